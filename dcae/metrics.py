@@ -1,0 +1,38 @@
+"""Quality and rate metrics, shared by the tests, training reports and benchmarks.
+
+Inputs are uint8 (H, W, 3) arrays as the codecs return them; bpp counts the
+real bytes of a coded file.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def psnr(reference: np.ndarray, decoded: np.ndarray, peak: float = 255.0) -> float:
+    """PSNR in dB over all channels (CompressAI's `psnr-rgb`)."""
+    if reference.shape != decoded.shape:
+        raise ValueError(f"shape mismatch {reference.shape} vs {decoded.shape}")
+    mse = np.mean((reference.astype(np.float64) - decoded.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * math.log10(peak**2 / mse)
+
+
+def ms_ssim(reference: np.ndarray, decoded: np.ndarray) -> float:
+    """MS-SSIM in [0, 1] (CompressAI's `ms-ssim-rgb`), via pytorch_msssim.
+
+    MS-SSIM needs images of at least 161 px per side (four downsamplings of an
+    11-px window); smaller images return NaN rather than a misleading value."""
+    import torch
+    from pytorch_msssim import ms_ssim as _ms_ssim
+
+    if min(reference.shape[:2]) < 161:
+        return float("nan")
+    a = torch.from_numpy(reference).permute(2, 0, 1)[None].double()
+    b = torch.from_numpy(decoded).permute(2, 0, 1)[None].double()
+    return float(_ms_ssim(a, b, data_range=255.0))
+
+
+def bpp(num_bytes: int, height: int, width: int) -> float:
+    """Bits per pixel of a coded file of `num_bytes` for an H x W image."""
+    return num_bytes * 8.0 / (height * width)

@@ -1,0 +1,74 @@
+"""Shared fixtures: models built from the golden deterministic weights, small
+random-init models, and the test images shipped in tests/data."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).parent / "data"
+GOLDEN = DATA / "golden"
+GOLDEN_CASES = ["seed0_256x256", "seed0_384x256"]
+
+
+def _golden_weights_module():
+    spec = importlib.util.spec_from_file_location("golden_weights", GOLDEN / "weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def golden_state():
+    """{name: torch tensor} of the official configuration, seed 0 (parameters only)."""
+    import torch
+
+    params = json.loads((GOLDEN / "dcae_params.json").read_text())
+    state = _golden_weights_module().make_state(params, seed=0)
+    return {k: torch.from_numpy(v) for k, v in state.items()}
+
+
+@pytest.fixture(scope="session")
+def golden_model(golden_state):
+    from dcae.checkpoint import model_from_state_dict
+    from dcae.config import get_config
+
+    return model_from_state_dict(golden_state, get_config("dcae"))
+
+
+def golden_input(case: str) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(GOLDEN / f"{case}_input.png").convert("RGB"))
+
+
+def golden_meta(case: str) -> dict:
+    return json.loads((GOLDEN / f"{case}.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def small_random_model():
+    """The small preset at a fixed random init, entropy tables built."""
+    import torch
+
+    from dcae.model import DCAE
+
+    torch.manual_seed(1)
+    return _ready(DCAE("small"))
+
+
+def _ready(model):
+    model.eval()
+    model.update(force=True)
+    return model
+
+
+@pytest.fixture(scope="session")
+def kodak_image() -> np.ndarray:
+    """kodim23 (768x512), a real photo for round trips."""
+    from PIL import Image
+
+    return np.asarray(Image.open(DATA / "kodak" / "kodim23.png").convert("RGB"))
