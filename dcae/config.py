@@ -56,7 +56,8 @@ class DCAEConfig:
         return self.dict_heads * self.dict_head_dim
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """JSON-ready: tuples become lists."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict) -> "DCAEConfig":

@@ -330,21 +330,29 @@ class DictionaryCrossAttention(nn.Module):
         self.res_scale_2 = Scale(dict_dim)
         self.res_scale_3 = Scale(dict_dim)
 
+    def dictionary_keys_values(self, dictionary: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys (e, c, entries) and values (e, entries, c) of the dictionary. They
+        depend on parameters only, so the exporter folds them into constants."""
+        d = self.dict_ln(dictionary)
+        k = self.k(d)
+        k = k.reshape(k.shape[0], self.head_num, -1).permute(1, 2, 0)
+        v = d.reshape(d.shape[0], self.head_num, -1).permute(1, 0, 2)
+        return k, v
+
     def forward(self, x: Tensor, dictionary: Tensor) -> Tensor:
         """x: (B, C, H, W) query map; dictionary: (entries, dict_dim)."""
+        return self.attend(x, *self.dictionary_keys_values(dictionary))
+
+    def attend(self, x: Tensor, keys: Tensor, values: Tensor) -> Tensor:
         b, _, h, w = x.shape
         x = self.x_trans(nchw_to_nhwc(x))
         x = self.msa(self.ln_scale(x)) + self.res_scale_1(x)
         shortcut = x
         q = self.q_trans(self.lnx(x))  # (B, H, W, e*c)
         q = q.reshape(b, h * w, self.head_num, -1).permute(0, 2, 1, 3)  # (B, e, HW, c)
-        d = self.dict_ln(dictionary)
-        k = self.k(d)
-        k = k.reshape(k.shape[0], self.head_num, -1).permute(1, 2, 0)  # (e, c, entries)
-        v = d.reshape(d.shape[0], self.head_num, -1).permute(1, 0, 2)  # (e, entries, c)
-        sim = torch.matmul(q, k) * self.scale
+        sim = torch.matmul(q, keys) * self.scale
         probs = torch.softmax(sim, dim=-1)
-        out = torch.matmul(probs, v)  # (B, e, HW, c)
+        out = torch.matmul(probs, values)  # (B, e, HW, c)
         out = out.permute(0, 2, 1, 3).reshape(b, h, w, -1)
         out = self.linear(out) + self.res_scale_2(shortcut)
         out = self.mlp(self.ln_mlp(out)) + self.res_scale_3(out)

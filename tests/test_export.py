@@ -1,0 +1,147 @@
+"""dcae-export: graphs checked against PyTorch, fp16 policy, entropy tables,
+manifest schema, and refusals."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from dcae.model import DCAE
+from exporter.export import ExportError, export_bundle
+from exporter.graphs import graph_definitions
+from exporter.reference_io import reference_graph_io
+from runtime.imaging import pad_image
+from runtime.manifest import Manifest, graph_order, is_entropy_graph, sha256_file
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(5)
+    model = DCAE("small").eval()
+    model.update(force=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def bundles(small_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundles")
+    quiet = lambda *a, **k: None
+    for precision in ("fp32", "fp16"):
+        export_bundle(small_model, root / precision, precision=precision, preset="small", progress=quiet)
+    return {p: root / p for p in ("fp32", "fp16")}
+
+
+@pytest.fixture(scope="module")
+def kodak_io(small_model, kodak_image):
+    """Real graph inputs/outputs for a Kodak crop that is not the export sample."""
+    x, _ = pad_image(kodak_image[100:400, 200:500])  # 300x300 -> 384x384
+    return reference_graph_io(small_model, graph_definitions(small_model), x)
+
+
+def _run_graph(path, inputs):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs)))
+
+
+def _rel_error(got, expected):
+    return float(np.max(np.abs(got.astype(np.float64) - expected)) / max(np.max(np.abs(expected)), 1e-12))
+
+
+def test_fp32_graphs_match_pytorch_on_a_kodak_crop(bundles, kodak_io):
+    manifest = Manifest.read(bundles["fp32"])
+    for name in graph_order(5):
+        spec = manifest.graphs[name]
+        assert spec.precision == "fp32"
+        got = _run_graph(bundles["fp32"] / spec.file, kodak_io[name]["inputs"])
+        for out, expected in kodak_io[name]["outputs"].items():
+            assert _rel_error(got[out], expected) <= 1e-4, (name, out)
+
+
+def test_fp16_policy_and_error(bundles, kodak_io):
+    manifest = Manifest.read(bundles["fp16"])
+    assert not manifest.reduced_precision_entropy
+    for name in graph_order(5):
+        spec = manifest.graphs[name]
+        assert spec.precision == ("fp32" if is_entropy_graph(name) else "fp16")
+        got = _run_graph(bundles["fp16"] / spec.file, kodak_io[name]["inputs"])
+        for out, expected in kodak_io[name]["outputs"].items():
+            assert got[out].dtype == np.float32  # fp16 inside, float32 at the boundary
+            bound = 1e-4 if spec.precision == "fp32" else 1e-2
+            assert _rel_error(got[out], expected) <= bound, (name, out)
+    # the entropy path is the same graphs as fp32: same fingerprint
+    assert manifest.entropy_fingerprint == Manifest.read(bundles["fp32"]).entropy_fingerprint
+
+
+def test_entropy_precision_same_marks_the_bundle(small_model, tmp_path):
+    manifest, _ = export_bundle(small_model, tmp_path / "b", precision="fp16", entropy_precision="same",
+                                progress=lambda *a: None)
+    assert manifest.reduced_precision_entropy
+    assert manifest.graphs["slice_params_0"].precision == "fp16"
+
+
+def test_manifest_round_trips_through_the_runtime_schema(bundles, small_model):
+    manifest = Manifest.read(bundles["fp32"])
+    again = Manifest.from_json(manifest.to_json())
+    assert again == manifest
+    assert manifest.model["config"] == small_model.config.to_dict()
+    for spec in manifest.graphs.values():
+        assert sha256_file(bundles["fp32"] / spec.file) == spec.sha256
+        assert all(t.dtype == "float32" for t in spec.inputs + spec.outputs)
+    assert manifest.graphs["slice_params_2"].inputs[2].shape == [1, 64, "h", "w"]
+    assert manifest.tools["onnxruntime"] == ort.__version__
+
+
+def test_entropy_tables_are_the_model_buffers(bundles, small_model):
+    tables = np.load(bundles["fp32"] / "entropy.npz")
+    gc, eb = small_model.gaussian_conditional, small_model.entropy_bottleneck
+    np.testing.assert_array_equal(tables["gaussian_cdfs"], gc.quantized_cdf.numpy())
+    np.testing.assert_array_equal(tables["gaussian_scale_table"], gc.scale_table.numpy())
+    np.testing.assert_array_equal(tables["z_cdfs"], eb._quantized_cdf.numpy())
+    np.testing.assert_array_equal(tables["z_offsets"], eb._offset.numpy())
+    np.testing.assert_array_equal(tables["z_medians"], eb._get_medians().detach().reshape(-1).numpy())
+
+
+def test_export_fails_naming_the_graph_and_leaves_nothing(small_model, tmp_path, monkeypatch):
+    import exporter.export as export_module
+
+    monkeypatch.setattr(export_module, "FP32_TOLERANCE", 0.0)
+    with pytest.raises(ExportError, match=r"graph g_a: onnxruntime differs"):
+        export_bundle(small_model, tmp_path / "bad", progress=lambda *a: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_graphs_use_no_einsum_or_scatter(bundles):
+    import onnx
+
+    for path in bundles["fp32"].glob("*.onnx"):
+        ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+        assert not ops & {"Einsum", "ScatterND", "ScatterElements"}, path.name
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_refusals_are_one_line(tmp_path):
+    result = _cli("-o", str(tmp_path / "b"), "--precision", "int8")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "--calib" in result.stderr
+    junk = tmp_path / "junk.pth.tar"
+    junk.write_bytes(b"junk")
+    result = _cli(str(junk), "-o", str(tmp_path / "b"))
+    assert result.returncode == 1 and "not a readable PyTorch checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_help_explains_options():
+    result = _cli("--help")
+    assert result.returncode == 0
+    for option in ("--precision", "--entropy-precision", "--opset", "--calib", "--tensorrt"):
+        assert option in result.stdout
