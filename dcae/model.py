@@ -188,7 +188,8 @@ class DCAE(CompressionModel):
     def compress(self, x: Tensor, return_latents: bool = False) -> dict:
         """x: (1, 3, H, W) in [0, 1], H and W padded. Returns upstream's
         {"strings": [[y_string], [z_string]], "shape": z size}; with
-        `return_latents`, also the encoder's y_hat (after LRP) and indexes."""
+        `return_latents`, also the encoder's y_hat (after LRP), scale-table
+        indexes and quantised symbols."""
         if x.shape[0] != 1:
             raise ValueError(f"compress codes one image at a time (batch 1), got batch {x.shape[0]}")
         check_padded_size(x.shape[-2], x.shape[-1])
@@ -199,7 +200,7 @@ class DCAE(CompressionModel):
         latent_scales, latent_means = self.hyper_synthesis(z_hat)
         cdf, cdf_lengths, offsets = self._gaussian_tables()
 
-        symbols, indexes, y_hat_slices, index_maps = [], [], [], []
+        symbols, indexes, y_hat_slices, index_maps, symbol_maps = [], [], [], [], []
         for i, y_slice in enumerate(y.chunk(self.num_slices, 1)):
             mu, scale, support = self.slice_params(i, latent_scales, latent_means, y_hat_slices)
             index = self.gaussian_conditional.build_indexes(scale)
@@ -207,6 +208,7 @@ class DCAE(CompressionModel):
             symbols.extend(y_q.reshape(-1).tolist())
             indexes.extend(index.reshape(-1).tolist())
             index_maps.append(index)
+            symbol_maps.append(y_q)
             y_hat_slices.append(self.slice_refine(i, support, y_q + mu))
 
         encoder = BufferedRansEncoder()
@@ -215,6 +217,7 @@ class DCAE(CompressionModel):
         if return_latents:
             out["y_hat"] = torch.cat(y_hat_slices, dim=1)
             out["indexes"] = torch.cat(index_maps, dim=1)
+            out["symbols"] = torch.cat(symbol_maps, dim=1)
         return out
 
     @torch.no_grad()

@@ -72,3 +72,48 @@ def kodak_image() -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(DATA / "kodak" / "kodim23.png").convert("RGB"))
+
+
+# ---- the runtime: one tiny bundle per session, exported with the real exporter ----
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The tiny preset with the golden deterministic weights (seed 0), tables built.
+
+    Not torch's default init: with that, every scale index is 0 and every z
+    symbol 0, so nothing about the entropy path would be tested. The golden
+    weights spread the scales over the whole table, as a trained model does.
+    """
+    import torch
+
+    from dcae.checkpoint import model_from_state_dict
+    from dcae.config import get_config
+    from dcae.model import DCAE
+
+    config = get_config("tiny")
+    with torch.device("meta"):
+        shapes = {name: list(p.shape) for name, p in DCAE(config).named_parameters()}
+    state = _golden_weights_module().make_state(shapes, seed=0)
+    return model_from_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, config)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_model, tmp_path_factory):
+    """A fp32 bundle of `tiny_model` (exported once; about 10 s)."""
+    from exporter.export import export_bundle
+
+    path = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
+    export_bundle(tiny_model, path, progress=lambda *a, **k: None, preset="tiny", threads=1)
+    return path
+
+
+@pytest.fixture(scope="session")
+def kodak_crop():
+    """kodak_crop(name, height, width, top=0, left=0): a small uint8 crop of a Kodak image."""
+    from PIL import Image
+
+    def crop(name: str, height: int, width: int, top: int = 0, left: int = 0) -> np.ndarray:
+        pixels = np.asarray(Image.open(DATA / "kodak" / f"{name}.png").convert("RGB"))
+        return np.ascontiguousarray(pixels[top : top + height, left : left + width])
+
+    return crop

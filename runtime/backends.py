@@ -1,0 +1,239 @@
+"""Backends: what runs a bundle's graphs, behind one small interface.
+
+Modelled on Polygraphy's runners: a `Backend` loads a graph into a
+`GraphSession`; a session maps named numpy inputs to named numpy outputs and
+records how long each call took. The codec, the benchmarks and the comparison
+tools only ever see this interface, so a comparison is a loop over backends.
+
+    backend = get_backend("onnxruntime", threads=2)
+    session = backend.load(manifest.graphs["g_a"], bundle_dir / "g_a.onnx")
+    y = session.run({"x": x})["y"]
+    backend.timings  # [("g_a", 0.0123), ...]
+
+Dtypes: a session casts each input to the dtype the manifest declares for it
+(an fp16 graph takes float16) and returns every output as float32 (the
+upcast from float16 is exact), so callers work in float32 whatever the
+graph's precision.
+
+`numeric_class` names the arithmetic a backend does. It goes into the
+bitstream fingerprint: two backends of one class compute the entropy
+parameters bit-identically (all onnxruntime CPU runs share one class, whatever
+the thread count), two of different classes may not.
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import BackendUnavailableError, BundleError, DcaeError
+from .manifest import GraphSpec
+
+
+class GraphRunError(DcaeError):
+    """A backend failed to run a graph on inputs the runtime checked: the
+    bundle's graph does not do what its manifest says."""
+
+
+def _one_line(text: str) -> str:
+    # onnxruntime's messages run over several lines; ours must be one.
+    return " ".join(str(text).split())
+
+
+class GraphSession(ABC):
+    """One loaded graph. `run` takes and returns {tensor name: array}."""
+
+    def __init__(self, spec: GraphSpec, timings: list):
+        self.spec = spec
+        self.name = spec.name
+        self.input_names = [t.name for t in spec.inputs]
+        self.output_names = [t.name for t in spec.outputs]
+        self._input_dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
+        self._timings = timings
+
+    def run(self, inputs: dict) -> dict:
+        if set(inputs) != set(self.input_names):
+            # The codec always passes the contract's names: this is a bug, not bad data.
+            raise ValueError(f"graph {self.name} takes inputs {self.input_names}, got {sorted(inputs)}")
+        feed = {}
+        for name, value in inputs.items():
+            dtype = self._input_dtypes[name]
+            # A C-contiguous array of the declared dtype passes through uncopied.
+            feed[name] = np.ascontiguousarray(value, dtype=dtype)
+        start = time.perf_counter()
+        outputs = self._run(feed)
+        self._timings.append((self.name, time.perf_counter() - start))
+        return {name: np.asarray(array, dtype=np.float32) for name, array in outputs.items()}
+
+    @abstractmethod
+    def _run(self, feed: dict) -> dict:
+        """Run the graph on checked, cast inputs; return {output name: array}."""
+
+
+class Backend(ABC):
+    """Loads graphs; records the time of every `run` of the sessions it made."""
+
+    name: str = ""
+    numeric_class: str = ""
+
+    def __init__(self) -> None:
+        self.timings: list[tuple[str, float]] = []
+
+    @abstractmethod
+    def load(self, graph: GraphSpec, path: str | Path) -> GraphSession:
+        """Load the graph file at `path` described by `graph`."""
+
+    def clear_timings(self) -> None:
+        self.timings.clear()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} ({self.numeric_class})>"
+
+
+# ---- onnxruntime --------------------------------------------------------------
+
+class OrtSession(GraphSession):
+    def __init__(self, spec: GraphSpec, timings: list, session):
+        super().__init__(spec, timings)
+        self._session = session
+
+    def _run(self, feed: dict) -> dict:
+        try:
+            arrays = self._session.run(self.output_names, feed)
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            raise GraphRunError(f"graph {self.name} failed in onnxruntime: {_one_line(exc)}") from None
+        return dict(zip(self.output_names, arrays))
+
+
+class OnnxRuntimeBackend(Backend):
+    """onnxruntime on one execution provider.
+
+    Sessions run sequentially with all graph optimisations on; `threads` sets
+    the intra-op thread pool (None: onnxruntime's default, one per core).
+    """
+
+    name = "onnxruntime"
+    numeric_class = "onnxruntime-cpu"
+    providers: tuple = ("CPUExecutionProvider",)
+
+    def __init__(self, threads: int | None = None):
+        super().__init__()
+        if threads is not None and threads < 1:
+            raise BackendUnavailableError(f"thread count must be at least 1, got {threads}")
+        self.threads = threads
+        import onnxruntime
+
+        self._ort = onnxruntime
+        self._check_providers()
+
+    def _check_providers(self) -> None:
+        available = self._ort.get_available_providers()
+        missing = [p for p in self.providers if p not in available]
+        if missing:  # pragma: no cover - the CPU provider is always built in
+            raise BackendUnavailableError(f"onnxruntime has no {', '.join(missing)} on this machine")
+
+    def _session_options(self):
+        options = self._ort.SessionOptions()
+        options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
+        # Graphs are run one after another, never side by side.
+        options.inter_op_num_threads = 1
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3  # errors only: no warnings on the user's terminal
+        return options
+
+    def load(self, graph: GraphSpec, path: str | Path) -> GraphSession:
+        path = Path(path)
+        try:
+            session = self._ort.InferenceSession(
+                str(path), sess_options=self._session_options(), providers=list(self.providers))
+        except Exception as exc:
+            raise BundleError(
+                f"bundle graph {path.name} cannot be loaded by onnxruntime: {_one_line(exc)}") from None
+        self._check_session(session, graph, path)
+        return OrtSession(graph, self.timings, session)
+
+    def _check_session(self, session, graph: GraphSpec, path: Path) -> None:
+        """The graph's tensor names must be the manifest's: the codec feeds by name."""
+        actual_in = [t.name for t in session.get_inputs()]
+        actual_out = [t.name for t in session.get_outputs()]
+        wanted_in = [t.name for t in graph.inputs]
+        wanted_out = [t.name for t in graph.outputs]
+        if sorted(actual_in) != sorted(wanted_in) or sorted(actual_out) != sorted(wanted_out):
+            raise BundleError(
+                f"bundle graph {path.name} has inputs {actual_in} and outputs {actual_out}, "
+                f"the manifest says {wanted_in} and {wanted_out}")
+
+
+class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
+    """onnxruntime's CUDA execution provider (the `onnxruntime-gpu` wheel)."""
+
+    name = "onnxruntime-cuda"
+    numeric_class = "onnxruntime-cuda"
+    providers = ("CUDAExecutionProvider",)
+
+    def _check_providers(self) -> None:
+        if "CUDAExecutionProvider" not in self._ort.get_available_providers():
+            raise BackendUnavailableError(
+                "onnxruntime CUDA backend unavailable: it needs the onnxruntime-gpu package "
+                "(pip install dcae-deploy[gpu]) and a CUDA GPU")
+
+    def _check_session(self, session, graph: GraphSpec, path: Path) -> None:
+        # onnxruntime silently falls back to the CPU when the CUDA libraries
+        # fail to load; that would run under the wrong numeric class.
+        if "CUDAExecutionProvider" not in session.get_providers():
+            raise BackendUnavailableError(
+                "onnxruntime CUDA backend unavailable: the CUDA provider did not load "
+                "(needs onnxruntime-gpu with matching CUDA/cuDNN libraries and a CUDA GPU)")
+        super()._check_session(session, graph, path)
+
+
+# ---- TensorRT (runtime/tensorrt_backend.py) ---------------------------------------
+
+def _tensorrt_backend(threads: int | None = None) -> Backend:
+    # Imported on use: tensorrt and cuda-python are optional, and the module
+    # says which is missing when constructed.
+    from .tensorrt_backend import TensorRTBackend
+
+    return TensorRTBackend(threads=threads)
+
+
+def _onnxruntime_trt_backend(threads: int | None = None) -> Backend:
+    from .tensorrt_backend import OnnxRuntimeTensorRTBackend
+
+    return OnnxRuntimeTensorRTBackend(threads=threads)
+
+
+# ---- registry ----------------------------------------------------------------------
+
+_REGISTRY: dict[str, Callable[..., Backend]] = {
+    "onnxruntime": OnnxRuntimeBackend,
+    "onnxruntime-cpu": OnnxRuntimeBackend,
+    "onnxruntime-cuda": OnnxRuntimeCudaBackend,
+    "onnxruntime-trt": _onnxruntime_trt_backend,
+    "tensorrt": _tensorrt_backend,
+}
+
+
+def register_backend(name: str, factory: Callable[..., Backend]) -> None:
+    """Make `get_backend(name, threads)` call `factory(threads=threads)`."""
+    _REGISTRY[name] = factory
+
+
+def backend_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_backend(name: str, threads: int | None = None) -> Backend:
+    """A new backend by registry name; `BackendUnavailableError` with the reason
+    when it is unknown or cannot run on this machine."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise BackendUnavailableError(
+            f"unknown backend {name!r}; known: {', '.join(_REGISTRY)}") from None
+    return factory(threads=threads)

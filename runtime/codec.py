@@ -1,0 +1,281 @@
+"""The codec: an exported bundle's graphs, the slice loop and entropy coding.
+
+    codec = Codec("bundle/")                  # onnxruntime on the CPU
+    data = codec.compress("photo.png")        # .dcae bytes
+    pixels = codec.decompress(data)           # uint8 (H, W, 3)
+
+Between the graphs the codec does exactly what `dcae.model.DCAE.compress` /
+`.decompress` do, in the same order (see the contract in `runtime.manifest`):
+
+    encoder: pad -> g_a -> h_a -> z symbols, z stream; z_hat by DECODING the
+             z stream -> h_s -> per slice i: slice_params_i -> scale index,
+             round(y_i - mu) -> + mu -> slice_lrp_i; all slices' symbols in
+             ONE rANS stream, in slice order, each slice flattened C, H, W.
+    decoder: z stream -> z_hat -> h_s -> per slice: slice_params_i -> index
+             -> rANS decode (same stream) -> + mu -> slice_lrp_i; check the
+             stream ended in sync -> g_s -> clamp to [0, 1] -> crop.
+
+A stream decodes only where the decoder recomputes the encoder's scale
+indexes and means bit for bit, so every `.dcae` carries a fingerprint of the
+entropy-parameter path (bundle graphs and tables, precision, backend class)
+and the decoder refuses a file whose fingerprint is not its own.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backends import Backend, GraphRunError, GraphSession, get_backend
+from .bundle import Bundle
+from .container import DcaeHeader, pack, sniff, unpack, unpack_bin
+from .entropy import build_indexes, compress_z, decompress_z, dequantize, quantize_symbols
+from .errors import BadInputError, CorruptStreamError, FingerprintMismatchError
+from .geometry import Y_DOWNSAMPLE, check_dimensions, padded_size, z_shape_for
+from .imaging import crop_to_uint8, load_image, pad_image
+from .rans import RansStreamDecoder, encode_with_indexes
+
+
+def setup_fingerprint(entropy_fingerprint: str, numeric_class: str) -> bytes:
+    """The 16 bytes a `.dcae` header carries: the bundle's entropy path and
+    the arithmetic that ran it."""
+    return hashlib.sha256(f"{entropy_fingerprint}:{numeric_class}".encode()).digest()[:16]
+
+
+@dataclass
+class EncodeResult:
+    """Everything the encoder computed that a test or a tool may want."""
+
+    data: bytes  # the .dcae file
+    y: bytes  # the y rANS stream
+    z: bytes  # the z rANS stream
+    height: int
+    width: int
+    y_hat: np.ndarray  # float32 (1, M, h, w), after LRP: what g_s decodes
+    indexes: np.ndarray  # int32 (1, M, h, w): scale-table index of each symbol
+    symbols: np.ndarray  # int32 (1, M, h, w): round(y - mu)
+    z_symbols: np.ndarray  # int32 (1, Z, zh, zw): round(z - medians)
+
+
+@dataclass
+class DecodeResult:
+    x: np.ndarray  # uint8 (H, W, 3)
+    y_hat: np.ndarray  # float32 (1, M, h, w)
+
+
+class Codec:
+    """A bundle on a backend. Batch 1; not thread-safe (one codec per thread)."""
+
+    def __init__(self, bundle: Bundle | str | os.PathLike, backend: str | Backend = "onnxruntime",
+                 threads: int | None = None):
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+        self.backend = backend if isinstance(backend, Backend) else get_backend(backend, threads)
+        self.manifest = self.bundle.manifest
+        self.fingerprint = setup_fingerprint(self.manifest.entropy_fingerprint, self.backend.numeric_class)
+        self._sessions: dict[str, GraphSession] = {}
+        # Seconds per stage of the last compress / decompress call.
+        self.last_timings: dict[str, float] = {}
+
+    # ---- graphs ----------------------------------------------------------------------
+
+    def _session(self, name: str) -> GraphSession:
+        # Loaded on first use: a decode-only host never loads g_a and h_a.
+        session = self._sessions.get(name)
+        if session is None:
+            session = self.backend.load(self.manifest.graphs[name], self.bundle.graph_path(name))
+            self._sessions[name] = session
+        return session
+
+    def load_graphs(self, names=None) -> None:
+        """Load graphs now (all by default), so later calls time only inference."""
+        for name in names or self.manifest.graphs:
+            self._session(name)
+
+    def _run(self, name: str, **inputs) -> dict:
+        session = self._session(name)  # (a first-use load is not counted as the graph's time)
+        with self._timed(name):
+            return session.run(inputs)
+
+    @contextmanager
+    def _timed(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.last_timings[stage] = self.last_timings.get(stage, 0.0) + time.perf_counter() - start
+
+    def _expect_shape(self, name: str, array: np.ndarray, shape: tuple) -> None:
+        # A graph returning another shape than the contract says is a broken
+        # bundle; catch it here rather than as a confusing numpy error later.
+        if array.shape != shape:
+            raise GraphRunError(f"graph {name} returned shape {array.shape}, expected {shape}")
+
+    # ---- the two halves of the slice loop ---------------------------------------------
+
+    def _slice_params(self, i: int, scales: np.ndarray, means: np.ndarray, y_hat: np.ndarray):
+        c = self.bundle.slice_channels
+        inputs = {"latent_scales": scales, "latent_means": means}
+        if i:
+            # Batch 1, so the first c*i channels are one contiguous block: a
+            # view, not a copy.
+            inputs["y_hat_prev"] = y_hat[:, : c * i]
+        out = self._run(f"slice_params_{i}", **inputs)
+        slice_shape = (1, c) + y_hat.shape[2:]
+        self._expect_shape(f"slice_params_{i}", out["mu"], slice_shape)
+        self._expect_shape(f"slice_params_{i}", out["scale"], slice_shape)
+        return out["mu"], out["scale"], out["support"]
+
+    def _slice_refine(self, i: int, support: np.ndarray, y_hat_raw: np.ndarray, y_hat: np.ndarray) -> None:
+        c = self.bundle.slice_channels
+        refined = self._run(f"slice_lrp_{i}", support=support, y_hat_raw=y_hat_raw)["y_hat"]
+        self._expect_shape(f"slice_lrp_{i}", refined, y_hat_raw.shape)
+        y_hat[:, c * i : c * (i + 1)] = refined
+
+    def _indexes(self, scale: np.ndarray) -> np.ndarray:
+        tables = self.bundle.entropy
+        return build_indexes(scale, tables.gaussian_scale_table, float(tables.gaussian_scale_bound))
+
+    def _hyper_synthesis(self, z_hat: np.ndarray, latent_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+        out = self._run("h_s", z_hat=z_hat)
+        self._expect_shape("h_s", out["latent_scales"], latent_shape)
+        self._expect_shape("h_s", out["latent_means"], latent_shape)
+        return out["latent_scales"], out["latent_means"]
+
+    def _latent_shape(self, height: int, width: int) -> tuple:
+        ph, pw = padded_size(height, width)
+        return (1, self.bundle.latent_channels, ph // Y_DOWNSAMPLE, pw // Y_DOWNSAMPLE)
+
+    # ---- encoder ----------------------------------------------------------------------
+
+    def encode(self, image) -> EncodeResult:
+        """Image (path, PIL image or array) -> `.dcae` bytes and the encoder's latents."""
+        self.last_timings = {}
+        self.backend.clear_timings()
+        started = time.perf_counter()
+        tables = self.bundle.entropy
+        c, n_slices = self.bundle.slice_channels, self.bundle.num_slices
+
+        with self._timed("load"):
+            pixels = load_image(image)
+            height, width = pixels.shape[:2]
+            x, _ = pad_image(pixels)
+        latent_shape = self._latent_shape(height, width)
+        y = self._run("g_a", x=x)["y"]
+        self._expect_shape("g_a", y, latent_shape)
+        z = self._run("h_a", y=y)["z"]
+        self._expect_shape("h_a", z, (1, self.bundle.z_channels) + z_shape_for(height, width))
+
+        with self._timed("z_coding"):
+            z_symbols = quantize_symbols(z, tables.z_medians[None, :, None, None])
+            z_stream = compress_z(z, *tables.z)
+            # As the reference: z_hat comes from decoding the stream, which
+            # also proves the stream decodes.
+            z_hat = decompress_z(z_stream, z.shape[-2:], *tables.z)
+        scales, means = self._hyper_synthesis(z_hat, latent_shape)
+
+        y_hat = np.empty(latent_shape, np.float32)
+        symbols = np.empty(latent_shape, np.int32)
+        indexes = np.empty(latent_shape, np.int32)
+        for i in range(n_slices):
+            mu, scale, support = self._slice_params(i, scales, means, y_hat)
+            with self._timed(f"slice_coding_{i}"):
+                block = slice(c * i, c * (i + 1))
+                indexes[:, block] = self._indexes(scale)
+                symbols[:, block] = quantize_symbols(y[:, block], mu)
+                y_hat_raw = dequantize(symbols[:, block], mu)
+            self._slice_refine(i, support, y_hat_raw, y_hat)
+
+        with self._timed("y_coding"):
+            # Slices are channel blocks, so C-order flattening of the whole
+            # latent is slice order with each slice flattened C, H, W.
+            y_stream = encode_with_indexes(symbols.reshape(-1), indexes.reshape(-1), *tables.gaussian)
+        header = DcaeHeader(height, width, self.fingerprint, self.manifest.reduced_precision_entropy)
+        data = pack(header, z_stream, y_stream)
+        self.last_timings["total"] = time.perf_counter() - started
+        return EncodeResult(data, y_stream, z_stream, height, width, y_hat, indexes, symbols, z_symbols)
+
+    def compress(self, image) -> bytes:
+        """Image -> `.dcae` bytes."""
+        return self.encode(image).data
+
+    # ---- decoder ----------------------------------------------------------------------
+
+    def decode_streams(self, y: bytes, z: bytes, height: int, width: int) -> DecodeResult:
+        """Decode raw y and z streams of a `height` x `width` image.
+
+        Raises `CorruptStreamError` (or its `DesyncError`) when the streams do
+        not decode in sync with this codec's entropy parameters.
+        """
+        self.last_timings = {}
+        self.backend.clear_timings()
+        started = time.perf_counter()
+        try:
+            check_dimensions(height, width)
+        except BadInputError as exc:
+            raise CorruptStreamError(f"stream header has an impossible image size: {exc}") from None
+        tables = self.bundle.entropy
+        c, n_slices = self.bundle.slice_channels, self.bundle.num_slices
+        latent_shape = self._latent_shape(height, width)
+
+        # z is tiny (1/64 of each side) and its stream is checked for sync
+        # before anything of the image's size is allocated or run.
+        with self._timed("z_coding"):
+            z_hat = decompress_z(z, z_shape_for(height, width), *tables.z)
+        scales, means = self._hyper_synthesis(z_hat, latent_shape)
+
+        y_hat = np.empty(latent_shape, np.float32)
+        decoder = RansStreamDecoder(y)
+        for i in range(n_slices):
+            mu, scale, support = self._slice_params(i, scales, means, y_hat)
+            with self._timed(f"slice_coding_{i}"):
+                index = self._indexes(scale)
+                values = decoder.decode(index.reshape(-1), *tables.gaussian)
+                y_hat_raw = dequantize(values.reshape(mu.shape), mu)
+            self._slice_refine(i, support, y_hat_raw, y_hat)
+        with self._timed("y_coding"):
+            decoder.finish()
+
+        x_hat = self._run("g_s", y_hat=y_hat)["x_hat"]
+        self._expect_shape("g_s", x_hat, (1, 3) + padded_size(height, width))
+        with self._timed("crop"):
+            np.clip(x_hat, 0.0, 1.0, out=x_hat)  # the reference clamps x_hat
+            pixels = crop_to_uint8(x_hat, height, width)
+        self.last_timings["total"] = time.perf_counter() - started
+        return DecodeResult(pixels, y_hat)
+
+    def decompress(self, data, force: bool = False) -> np.ndarray:
+        """`.dcae` (or upstream `.bin`) bytes or path -> uint8 (H, W, 3).
+
+        A `.dcae` written by another setup is refused with
+        `FingerprintMismatchError` unless `force`; then the decoder tries and
+        usually reports a desync. An upstream `.bin` carries no fingerprint:
+        it decodes with a warning.
+        """
+        self.last_timings = {}
+        if isinstance(data, (str, os.PathLike)):
+            data = Path(data).read_bytes()
+        data = bytes(data)
+        kind = sniff(data)
+        if kind == "bin":
+            parsed = unpack_bin(data)
+            warnings.warn("upstream .bin file: it carries no fingerprint, and a stream written by "
+                          "another setup (PyTorch, another backend or precision) may not decode",
+                          stacklevel=2)
+            return self.decode_streams(parsed.y, parsed.z, parsed.height, parsed.width).x
+        # Not a .bin: unpack checks it is a .dcae and says what it is if not.
+        parsed = unpack(data)
+        if parsed.header.fingerprint != self.fingerprint:
+            if not force:
+                raise FingerprintMismatchError(
+                    f"file was written by another bundle, backend or precision (fingerprint "
+                    f"{parsed.header.fingerprint.hex()}, this decoder's is {self.fingerprint.hex()}); "
+                    f"decode it with the setup that wrote it, or force the attempt (--force, force=True)")
+            warnings.warn("decoding a file written by another setup (forced): it may fail "
+                          "with a desync", stacklevel=2)
+        return self.decode_streams(parsed.y, parsed.z, parsed.header.height, parsed.header.width).x
