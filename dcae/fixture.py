@@ -45,7 +45,7 @@ def package_fixture(src: str | Path, dst: str | Path = DEFAULT_CHECKPOINT) -> Pa
 
 
 def _is_table(key: str) -> bool:
-    return key.endswith(("scale_table", "scale_bound", ".bound", "quantiles"))
+    return key.endswith(("scale_table", "scale_bound", ".bound", ".target", "quantiles"))
 
 
 def main(argv=None):

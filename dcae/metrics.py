@@ -5,17 +5,9 @@ real bytes of a coded file.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-
-def psnr(reference: np.ndarray, decoded: np.ndarray, peak: float = 255.0) -> float:
-    """PSNR in dB over all channels (CompressAI's `psnr-rgb`)."""
-    if reference.shape != decoded.shape:
-        raise ValueError(f"shape mismatch {reference.shape} vs {decoded.shape}")
-    mse = np.mean((reference.astype(np.float64) - decoded.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * math.log10(peak**2 / mse)
+from runtime.metrics import bpp, psnr  # noqa: F401  (one definition, shared with the runtime)
 
 
 def ms_ssim(reference: np.ndarray, decoded: np.ndarray) -> float:
@@ -31,8 +23,3 @@ def ms_ssim(reference: np.ndarray, decoded: np.ndarray) -> float:
     a = torch.from_numpy(reference).permute(2, 0, 1)[None].double()
     b = torch.from_numpy(decoded).permute(2, 0, 1)[None].double()
     return float(_ms_ssim(a, b, data_range=255.0))
-
-
-def bpp(num_bytes: int, height: int, width: int) -> float:
-    """Bits per pixel of a coded file of `num_bytes` for an H x W image."""
-    return num_bytes * 8.0 / (height * width)

@@ -193,6 +193,35 @@ def _decompress(args) -> int:
     return _for_each(list(zip(inputs, targets)), work)
 
 
+def _demo(args) -> int:
+    """The main job on the embedded default: export (first use), compress, decompress."""
+    import time
+
+    from .fileio import write_atomically
+    from .imaging import load_image, save_image
+    from .metrics import bpp, psnr
+
+    samples = sorted((Path(__file__).parent / "samples").glob("*.png"))
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    codec = _open_codec(args)
+    print(f"bundle: {codec.bundle.path}")
+    for sample in samples:
+        pixels = load_image(sample)
+        t0 = time.perf_counter()
+        data = codec.compress(pixels)
+        t1 = time.perf_counter()
+        decoded = codec.decompress(data)
+        t2 = time.perf_counter()
+        write_atomically(out / f"{sample.stem}.dcae", data)
+        save_image(decoded, out / f"{sample.stem}.png")
+        h, w = pixels.shape[:2]
+        print(f"{sample.name}: {w}x{h}, {len(data)} bytes, {bpp(len(data), h, w):.3f} bpp, "
+              f"PSNR {psnr(pixels, decoded):.2f} dB, encode {t1 - t0:.2f} s, decode {t2 - t1:.2f} s "
+              f"-> {out / (sample.stem + '.dcae')}, {out / (sample.stem + '.png')}")
+    return 0
+
+
 def describe(data: bytes) -> dict:
     """The header fields and stream facts of a `.dcae` or upstream `.bin`."""
     from .container import FLAG_REDUCED_PRECISION_ENTROPY, FORMAT_VERSION, sniff, unpack, unpack_bin
@@ -292,6 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(refused by default: it usually decodes to noise, which is then "
                                  "reported as a desync)")
     decompress.set_defaults(run=_decompress)
+
+    demo = commands.add_parser(
+        "demo", help="compress and decompress the shipped sample image with the default model",
+        description="The main job on the embedded default: export the default model's bundle (first use "
+                    "only), compress the sample image(s) shipped with the package, decompress them, and "
+                    "print size, bits per pixel, PSNR and timings.")
+    _add_codec_options(demo)
+    demo.set_defaults(run=_demo, output="dcae-demo")
+    for action in demo._actions:
+        if action.dest == "output":
+            action.required = False
+            action.help = "folder for the .dcae and decoded .png files (default: dcae-demo)"
 
     inspect = commands.add_parser(
         "inspect", help="show a .dcae (or .bin) file's header and streams",
