@@ -84,9 +84,10 @@ def recorded_inputs(model: DCAE, calib_dir: str | Path, count: int = 32, holdout
     heldout = collect_graph_inputs(model, held_crops, progress=show_bars, desc="recording held-out inputs")
     info["calibration_crop_list"] = [f"{c.source}@{c.top},{c.left}" for c in crops]
     info["heldout_crop_list"] = [f"{c.source}@{c.top},{c.left}" for c in held_crops]
+    info["cache_hit"] = False
     if cache is not None:
         cache.save({"calibration": calibration, "heldout": heldout}, info)
-        info.update(cache_hit=False, cache_key=cache.key)
+        info["cache_key"] = cache.key
     return calibration, heldout, info
 
 
@@ -97,4 +98,4 @@ def make_int8_quantizer(model: DCAE, calib_dir: str | Path, count: int = 32, met
     """The `quantize` hook for `export_bundle(..., precision="int8")`."""
     calibration, heldout, info = recorded_inputs(model, calib_dir, count, holdout, seed, crop_size, cache_dir,
                                                  progress)
-    return Int8Quantizer(calibration, heldout, method=method, info=info, progress=progress, threads=threads)
+    return Int8Quantizer(calibration, heldout, method=method, info=info, threads=threads)

@@ -14,6 +14,13 @@ and write a bundle directory that the `dcae` runtime (or a C++ host) loads.
   dcae-export -o bundle/                       embedded default (small) model, fp32
   dcae-export official.pth.tar -o b16/ --precision fp16
   dcae-export -o b8/ --precision int8 --calib ../shared/data/train
+
+INT8: g_a, h_a and g_s become QDQ graphs (int8 symmetric, per-channel weights:
+the form TensorRT's explicit quantisation takes), calibrated on --calib-count
+crops of the --calib images; the entropy graphs stay fp32 unless
+--entropy-precision same. Each graph's error against fp32 on held-out crops is
+printed and stored in the bundle as int8_report.json. The recorded graph
+inputs are cached (--calib-cache), so exporting the same model again is fast.
 """
 
 

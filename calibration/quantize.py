@@ -1,0 +1,436 @@
+"""INT8 QDQ quantisation of one exported graph, calibrated on its real inputs.
+
+The form is the one TensorRT's explicit quantisation consumes: QuantizeLinear /
+DequantizeLinear pairs (QuantFormat.QDQ), int8 weights per output channel,
+int8 activations, both symmetric (zero point 0), float biases
+(`exporter.tensorrt_check` passes every int8 graph). Only the inputs of the
+weighted operators (Conv, ConvTranspose, MatMul, Gemm) are quantised; every
+other operator runs in float between a DequantizeLinear and the next
+QuantizeLinear, which TensorRT fuses.
+
+Some nodes stay float whatever the calibration says (the per-graph policy
+table `POLICIES`):
+- LayerNormalization and Softmax: their outputs have a few large values next
+  to many small ones, which one int8 scale cannot hold;
+- the attention-score chain, q @ k -> scale/bias -> Softmax -> @ v: the scores
+  feed an exponential, so an int8 step in them is a multiplicative error in
+  the attention weights;
+- each graph's last weighted layer: its output is the graph's output (y, z,
+  x_hat, mu/scale), where an int8 step is directly visible as rate or
+  distortion, and it is a small share of the compute.
+
+Calibration methods (`--calib-method`), measured on the small model (a step-200
+training snapshot, biases then still int8-scaled int32), 16 calibration crops
+from ../shared/data/train, held-out SQNR of y / x_hat:
+minmax 36.6 / 39.2 dB, percentile (99.999) 36.9 / 40.4 dB, entropy (KL, 512
+bins searched for a 255-level window) 33.3 / 34.6 dB. KL picks ranges that
+clip the largest values, which a classifier tolerates and a codec, whose
+outputs are the values themselves, does not. minmax stays the default. Also measured and rejected: Q/DQ on the outputs of the weighted
+ops too (-0.5 to -2.3 dB, and no faster in onnxruntime CPU), int8 last layers
+(-1.4 to -1.8 dB); a float first layer gains only 0.2 to 0.5 dB.
+
+onnxruntime on the CPU runs these graphs as "fake quantisation" (dequantise,
+then float kernels), so an int8 bundle is not faster there (g_a at 768x512,
+one thread: 1.06 s fp32, 1.28 s int8); the int8 form is for TensorRT.
+
+This package never imports torch: the exporter records the inputs (see
+`exporter.calibrate`) and hands them over as numpy arrays.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    create_calibrator,
+    quantize_static,
+)
+from onnxruntime.quantization.calibrate import save_tensors_data
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+           "percentile": CalibrationMethod.Percentile}
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# Ops a walk from an output back to its last weighted layer (or along an
+# attention-score chain) may pass through.
+_PASS_THROUGH = {"Add", "Sub", "Mul", "Div", "Tanh", "Sigmoid", "Relu", "Reshape", "Transpose", "Concat",
+                 "Cast", "Where", "Squeeze", "Unsqueeze", "Identity"}
+_LAST_LAYER_HOPS = 4
+# Histogram settings per method (see calibrate_ranges); percentile keeps
+# onnxruntime's defaults (2048 bins, 99.999th percentile of |x|).
+CALIBRATOR_OPTIONS = {"entropy": {"num_bins": 512, "num_quantized_bins": 255}}
+CALIBRATION_CHUNK = 4
+
+Samples = list[dict[str, np.ndarray]]  # one {input name: array} per crop
+
+
+@dataclass(frozen=True)
+class GraphPolicy:
+    """What of one graph is kept float (see the module docstring for why)."""
+
+    float_ops: tuple[str, ...] = ("LayerNormalization", "Softmax")
+    float_attention_scores: bool = True
+    float_last_layer: bool = True
+    float_first_layer: bool = False
+    # Q/DQ also on the outputs of weighted ops (TensorRT needs only the inputs'
+    # and fuses the rest; measured worse, see the module docstring)
+    quantize_outputs: bool = False
+
+
+DEFAULT_POLICY = GraphPolicy()
+# Per graph name (or prefix, ending with "*"). The first match wins.
+POLICIES: dict[str, GraphPolicy] = {
+    "g_a": DEFAULT_POLICY,
+    "h_a": DEFAULT_POLICY,
+    "g_s": DEFAULT_POLICY,
+    "h_s": DEFAULT_POLICY,
+    "slice_params_*": DEFAULT_POLICY,
+    "slice_lrp_*": DEFAULT_POLICY,
+}
+
+
+def policy_for(name: str, policies: dict[str, GraphPolicy] | None = None) -> GraphPolicy:
+    for pattern, policy in (policies or POLICIES).items():
+        if pattern == name or (pattern.endswith("*") and name.startswith(pattern[:-1])):
+            return policy
+    return DEFAULT_POLICY
+
+
+class SampleReader(CalibrationDataReader):
+    """onnxruntime's calibration reader over recorded inputs, in order;
+    `rewind()` starts over (a reader is consumed by one calibration run)."""
+
+    def __init__(self, samples: Samples, input_names: list[str]):
+        if not samples:
+            raise ValueError("no calibration samples")
+        missing = [n for n in input_names if n not in samples[0]]
+        if missing:
+            raise ValueError(f"calibration samples lack inputs {missing}")
+        self.samples = samples
+        self.input_names = list(input_names)
+        self._next = 0
+
+    def get_next(self) -> dict | None:
+        if self._next >= len(self.samples):
+            return None
+        sample = self.samples[self._next]
+        self._next += 1
+        return {n: np.ascontiguousarray(sample[n], dtype=np.float32) for n in self.input_names}
+
+    def rewind(self) -> None:
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+# ---- which nodes stay float -----------------------------------------------------------
+
+class _GraphIndex:
+    def __init__(self, model: onnx.ModelProto):
+        graph = model.graph
+        self.nodes = list(graph.node)
+        self.constants = {i.name for i in graph.initializer}
+        self.producer = {o: n for n in self.nodes for o in n.output}
+        self.consumers: dict[str, list] = {}
+        for n in self.nodes:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+        self.inputs = [i.name for i in graph.input if i.name not in self.constants]
+        self.outputs = [o.name for o in graph.output]
+
+    def activation_producers(self, node) -> list:
+        return [self.producer[i] for i in node.input
+                if i in self.producer and self.producer[i].op_type != "Constant"]
+
+
+def _last_layers(index: _GraphIndex) -> set[str]:
+    """Weighted nodes that reach a graph output through at most a few
+    pass-through ops (the final conv, or conv -> tanh -> scale -> add)."""
+    found: set[str] = set()
+    stack = [(index.producer[o], 0) for o in index.outputs if o in index.producer]
+    while stack:
+        node, hops = stack.pop()
+        if node.op_type in WEIGHTED_OPS:
+            found.add(node.name)
+        elif node.op_type in _PASS_THROUGH and hops < _LAST_LAYER_HOPS:
+            stack += [(p, hops + 1) for p in index.activation_producers(node)]
+    return found
+
+
+def _first_layers(index: _GraphIndex) -> set[str]:
+    found: set[str] = set()
+    stack = [(c, 0) for i in index.inputs for c in index.consumers.get(i, [])]
+    while stack:
+        node, hops = stack.pop()
+        if node.op_type in WEIGHTED_OPS:
+            found.add(node.name)
+        elif node.op_type in _PASS_THROUGH and hops < _LAST_LAYER_HOPS:
+            stack += [(c, hops + 1) for o in node.output for c in index.consumers.get(o, [])]
+    return found
+
+
+def _attention_chains(index: _GraphIndex) -> set[str]:
+    """For each Softmax: back to the q @ k MatMul, forward to the @ v MatMul."""
+    found: set[str] = set()
+    for softmax in (n for n in index.nodes if n.op_type == "Softmax"):
+        stack = index.activation_producers(softmax)
+        while stack:
+            node = stack.pop()
+            if node.name in found:
+                continue
+            if node.op_type == "MatMul":
+                found.add(node.name)
+            elif node.op_type in _PASS_THROUGH - {"Concat"}:
+                found.add(node.name)
+                stack += index.activation_producers(node)
+        stack = list(index.consumers.get(softmax.output[0], []))
+        while stack:
+            node = stack.pop()
+            if node.op_type == "MatMul":
+                found.add(node.name)
+            elif node.op_type in ("Reshape", "Transpose", "Cast", "Identity"):
+                found.add(node.name)
+                stack += [c for o in node.output for c in index.consumers.get(o, [])]
+    return found
+
+
+def float_nodes(model: onnx.ModelProto, policy: GraphPolicy) -> dict[str, list[str]]:
+    """{reason: sorted node names} of the nodes `policy` keeps float."""
+    index = _GraphIndex(model)
+    reasons = {"ops": {n.name for n in index.nodes if n.op_type in policy.float_ops}}
+    if policy.float_attention_scores:
+        reasons["attention_scores"] = _attention_chains(index)
+    if policy.float_last_layer:
+        reasons["last_layer"] = _last_layers(index)
+    if policy.float_first_layer:
+        reasons["first_layer"] = _first_layers(index)
+    return {k: sorted(v) for k, v in reasons.items()}
+
+
+def _name_unnamed_nodes(model: onnx.ModelProto) -> None:
+    # nodes_to_exclude works by name; give every node one
+    used = {n.name for n in model.graph.node}
+    for k, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_unnamed_{k}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+
+
+# ---- quantising one graph ------------------------------------------------------------
+
+@dataclass
+class QuantizedGraph:
+    float_nodes: dict[str, list[str]]
+    weighted_nodes: int  # weighted ops in the graph
+    quantized_nodes: int  # weighted ops with int8 inputs
+    qdq_nodes: dict[str, int] = field(default_factory=dict)
+
+
+def quantize_graph(fp32_path: str | Path, out_path: str | Path, samples: Samples, method: str = "minmax",
+                   exclude_nodes: list[str] | tuple = (), policy: GraphPolicy = DEFAULT_POLICY,
+                   preprocess: bool = True) -> QuantizedGraph:
+    """Quantise the fp32 ONNX graph at `fp32_path` to QDQ int8 at `out_path`,
+    calibrated on `samples` (real inputs of this graph). `exclude_nodes` adds
+    node names to what `policy` keeps float."""
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; known: {', '.join(METHODS)}")
+    with tempfile.TemporaryDirectory(prefix="dcae-quant-") as tmp:
+        source = Path(tmp) / "pre.onnx"
+        if preprocess:
+            # Constant folding and onnx shape inference. Symbolic shape
+            # inference is skipped: it cannot follow the Swin blocks' window
+            # reshapes of dynamic H, W ("Incomplete symbolic shape inference").
+            quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=True)
+        else:
+            source.write_bytes(Path(fp32_path).read_bytes())
+        model = onnx.load(str(source))
+        _name_unnamed_nodes(model)
+        onnx.save(model, str(source))
+        keep_float = float_nodes(model, policy)
+        exclude = sorted(set().union(*keep_float.values(), exclude_nodes))
+        if exclude_nodes:
+            keep_float["requested"] = sorted(exclude_nodes)
+        input_names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+        ranges = Path(tmp) / "ranges.json"
+        save_tensors_data(calibrate_ranges(source, samples, input_names, method, Path(tmp)), ranges)
+        extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
+                 # biases stay float: TensorRT dequantises only INT8/FP8/INT4/FP4,
+                 # not the INT32 biases onnxruntime would write, and adds the
+                 # bias itself in the fused kernel
+                 "QuantizeBias": False}
+        if not policy.quantize_outputs:
+            extra["OpTypesToExcludeOutputQuantization"] = list(WEIGHTED_OPS)
+        quantize_static(
+            str(source), str(out_path), None, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(WEIGHTED_OPS), per_channel=True, reduce_range=False,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+            calibrate_method=METHODS[method], extra_options=extra, calibration_cache_path=str(ranges),
+        )
+    return _summarise(onnx.load(str(out_path)), keep_float)
+
+
+def calibrate_ranges(model_path: Path, samples: Samples, input_names: list[str], method: str, workdir: Path,
+                     chunk: int = CALIBRATION_CHUNK):
+    """Activation ranges of the tensors around the weighted ops.
+
+    Run here rather than inside `quantize_static` for two reasons:
+    - the histogram settings: through `quantize_static` the entropy method
+      gets 128 bins for 128 quantised bins, which leaves its KL search a single
+      candidate (the full min-max range); here it gets 2048 bins searched for
+      the best 255-level (int8) window, as TensorRT's entropy calibrator does;
+    - memory: onnxruntime keeps every intermediate tensor of every sample until
+      a collect call ends, so samples are fed `chunk` at a time."""
+    options = {"symmetric": True, **CALIBRATOR_OPTIONS.get(method, {})}
+    calibrator = create_calibrator(model_path, list(WEIGHTED_OPS),
+                                   augmented_model_path=str(workdir / "augmented.onnx"),
+                                   calibrate_method=METHODS[method], extra_options=options)
+    with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime prints its histogram settings
+        for start in range(0, len(samples), chunk):
+            calibrator.collect_data(SampleReader(samples[start:start + chunk], input_names))
+        return calibrator.compute_data()
+
+
+def _summarise(quantized: onnx.ModelProto, keep_float: dict[str, list[str]]) -> QuantizedGraph:
+    index = _GraphIndex(quantized)
+    weighted = [n for n in index.nodes if n.op_type in WEIGHTED_OPS]
+    quantized_count = sum(
+        1 for n in weighted
+        if n.input and n.input[0] in index.producer and index.producer[n.input[0]].op_type == "DequantizeLinear")
+    qdq = {op: sum(n.op_type == op for n in index.nodes) for op in ("QuantizeLinear", "DequantizeLinear")}
+    return QuantizedGraph(keep_float, len(weighted), quantized_count, qdq)
+
+
+# ---- error against fp32 --------------------------------------------------------------
+
+def _session(path: Path, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def compare_graphs(fp32_path: str | Path, int8_path: str | Path, samples: Samples,
+                   threads: int | None = 1) -> dict[str, dict]:
+    """Per output, over `samples`: the worst max |int8 - fp32| relative to
+    max |fp32|, and the signal-to-quantisation-noise ratio in dB over all
+    samples (for x_hat, also the PSNR of int8 against fp32 after both are
+    clamped to [0, 1], as the codec clamps the decoded image)."""
+    ref, test = _session(Path(fp32_path), threads), _session(Path(int8_path), threads)
+    names = [o.name for o in ref.get_outputs()]
+    acc = {n: {"max_abs": 0.0, "rel_max": 0.0, "signal": 0.0, "noise": 0.0, "count": 0, "pixel_noise": 0.0}
+           for n in names}
+    for sample in samples:
+        feeds = {i.name: np.ascontiguousarray(sample[i.name], np.float32) for i in ref.get_inputs()}
+        for name, a, b in zip(names, ref.run(names, feeds), test.run(names, feeds)):
+            a, d = a.astype(np.float64), b.astype(np.float64) - a.astype(np.float64)
+            stats = acc[name]
+            max_abs = float(np.max(np.abs(d)))
+            stats["max_abs"] = max(stats["max_abs"], max_abs)
+            stats["rel_max"] = max(stats["rel_max"], max_abs / (float(np.max(np.abs(a))) or 1.0))
+            stats["signal"] += float(np.sum(a * a))
+            stats["noise"] += float(np.sum(d * d))
+            stats["count"] += d.size
+            if name == "x_hat":  # the codec clamps the decoded image to [0, 1]
+                stats["pixel_noise"] += float(np.sum((np.clip(a + d, 0, 1) - np.clip(a, 0, 1)) ** 2))
+    result = {}
+    for name, s in acc.items():
+        entry = {"max_abs": s["max_abs"], "rel_max": s["rel_max"],
+                 "sqnr_db": _db(s["signal"], s["noise"])}
+        if name == "x_hat":
+            entry["psnr_db"] = _db(float(s["count"]), s["pixel_noise"])  # peak 1.0, clamped as decoded
+        result[name] = entry
+    return result
+
+
+def _db(signal: float, noise: float) -> float:
+    return float("inf") if noise == 0 else float(10 * np.log10(max(signal, 1e-300) / noise))
+
+
+# ---- the export hook -----------------------------------------------------------------
+
+class Int8Quantizer:
+    """The `quantize(name, fp32_path, out_path)` hook of the exporter.
+
+    Holds the recorded inputs of every graph over the calibration crops and
+    over held-out crops; quantises a graph on the first, measures it against
+    fp32 on the second, and keeps a report (`report()`, which the exporter
+    stores as int8_report.json in the bundle)."""
+
+    def __init__(self, calibration: list[dict], heldout: list[dict], method: str = "minmax",
+                 policies: dict[str, GraphPolicy] | None = None, info: dict | None = None,
+                 threads: int | None = 1):
+        if method not in METHODS:
+            raise ValueError(f"unknown calibration method {method!r}; known: {', '.join(METHODS)}")
+        if not calibration:
+            raise ValueError("no calibration records")
+        self.calibration, self.heldout = calibration, heldout
+        self.method = method
+        self.policies = policies
+        self.info = dict(info or {})
+        self.threads = threads
+        self.graphs: dict[str, dict] = {}
+
+    def __call__(self, name: str, fp32_path: str | Path, out_path: str | Path) -> None:
+        policy = policy_for(name, self.policies)
+        samples = [record[name] for record in self.calibration]
+        result = quantize_graph(fp32_path, out_path, samples, self.method, policy=policy)
+        entry = {"policy": asdict(policy), **asdict(result)}
+        if self.heldout:
+            entry["heldout_error"] = compare_graphs(fp32_path, out_path, [r[name] for r in self.heldout],
+                                                    self.threads)
+        self.graphs[name] = entry
+
+    def report(self) -> dict:
+        return {"method": self.method, "calibration_crops": len(self.calibration),
+                "heldout_crops": len(self.heldout), **self.info, "graphs": self.graphs}
+
+    def report_json(self) -> str:
+        return report_json(self.report())
+
+
+def format_report(report: dict) -> str:
+    """A table of the held-out error of each int8 graph."""
+    lines = [f"int8 ({report['method']}, {report['calibration_crops']} calibration crops, "
+             f"{report['heldout_crops']} held-out crops): error against fp32 on held-out crops",
+             f"{'graph':<16} {'output':<14} {'SQNR dB':>8} {'max rel':>9} {'PSNR dB':>8} {'int8 ops':>9}"]
+    for name, entry in report["graphs"].items():
+        ops = f"{entry['quantized_nodes']}/{entry['weighted_nodes']}"
+        for output, err in entry.get("heldout_error", {}).items():
+            psnr = f"{err['psnr_db']:8.2f}" if "psnr_db" in err else f"{'':>8}"
+            lines.append(f"{name:<16} {output:<14} {err['sqnr_db']:8.2f} {err['rel_max']:9.2e} {psnr} {ops:>9}")
+            ops = ""
+    return "\n".join(lines)
+
+
+def report_json(report: dict) -> str:
+    """Strict JSON: an infinite SQNR (int8 output identical to fp32) is written as null."""
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, (float, np.floating)):
+            return float(value) if math.isfinite(value) else None
+        if isinstance(value, np.integer):
+            return int(value)
+        return value
+
+    return json.dumps(clean(report), indent=1, allow_nan=False)

@@ -1,0 +1,366 @@
+"""Calibration and INT8: crops, recorded graph inputs, the cache, QDQ graphs,
+an int8 bundle end to end (API and CLI), and int8 round trips."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from calibration.cache import RecordCache
+from calibration.images import check_crop_size, list_images, sample_crops, split_files
+from calibration.quantize import SampleReader, float_nodes, policy_for, quantize_graph
+from runtime.manifest import Manifest, is_entropy_graph
+
+DATA = Path(__file__).parent / "data"
+
+# Held-out SQNR (dB) of each int8 graph output against its fp32 graph, measured
+# on the tiny golden-weight model with these crops (4 calibration crops, 2
+# held-out, minmax, onnxruntime 1.32): g_a y 32.2, h_a z 33.3, g_s x_hat 27.8
+# (PSNR of the clamped image 24.9); with entropy precision "same", h_s 34.0,
+# slice_params mu 29.2 to 31.6, scale 36 to 38, slice_lrp 55. The bounds
+# leave about 4 dB of margin. (The golden weights are random, not trained:
+# on a trained model the same graphs measure 36 to 40 dB.)
+MIN_SQNR_DB = {"g_a": 28.0, "h_a": 29.0, "g_s": 24.0}
+MIN_SQNR_DB_ENTROPY = 25.0
+MIN_XHAT_PSNR_DB = 21.0
+CALIB_COUNT, HOLDOUT = 4, 2
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory):
+    """Five training-like photos (crops of Kodak images), nested, in the three formats."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("calib")
+    (root / "nested" / "deeper").mkdir(parents=True)
+    targets = {"kodim01": "a.png", "kodim02": "nested/b.jpg", "kodim03": "nested/deeper/c.tiff",
+               "kodim04": "d.PNG", "kodim05": "nested/e.png"}
+    for k, (name, target) in enumerate(targets.items()):
+        pixels = np.asarray(Image.open(DATA / "kodak" / f"{name}.png").convert("RGB"))
+        Image.fromarray(pixels[40 * k : 40 * k + 320, 64 * k : 64 * k + 384]).save(root / target, quality=95)
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def recorded(tiny_model, calib_dir, tmp_path_factory):
+    from exporter.calibrate import recorded_inputs
+
+    cache = tmp_path_factory.mktemp("calib_cache")
+    calibration, heldout, info = recorded_inputs(tiny_model, calib_dir, count=CALIB_COUNT, holdout=HOLDOUT,
+                                                 seed=0, cache_dir=cache)
+    return {"calibration": calibration, "heldout": heldout, "info": info, "cache": cache}
+
+
+# ---- images ------------------------------------------------------------------------------
+
+def test_list_images_is_recursive_sorted_and_filters_formats(calib_dir):
+    files = [p.relative_to(calib_dir).as_posix() for p in list_images(calib_dir)]
+    assert files == ["a.png", "d.PNG", "nested/b.jpg", "nested/deeper/c.tiff", "nested/e.png"]
+
+
+def test_crops_are_uint8_of_the_asked_size_and_deterministic(calib_dir):
+    files = list_images(calib_dir)
+    first = sample_crops(files, 7, calib_dir, (256, 256), seed=3, progress=False)
+    again = sample_crops(files, 7, calib_dir, (256, 256), seed=3, progress=False)
+    other = sample_crops(files, 7, calib_dir, (256, 256), seed=4, progress=False)
+    assert len(first) == 7
+    for a, b in zip(first, again):
+        assert a.pixels.dtype == np.uint8 and a.pixels.shape == (256, 256, 3)
+        assert (a.source, a.top, a.left) == (b.source, b.top, b.left)
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+    assert [(c.source, c.top, c.left) for c in first] != [(c.source, c.top, c.left) for c in other]
+    # round-robin over the images: 7 crops from 5 images use every image
+    assert {c.source for c in first} == {p.relative_to(calib_dir).as_posix() for p in files}
+    # a crop is the image's pixels at its window
+    from runtime.imaging import load_image
+
+    crop = first[0]
+    whole = load_image(calib_dir / crop.source)
+    np.testing.assert_array_equal(crop.pixels, whole[crop.top : crop.top + 256, crop.left : crop.left + 256])
+    x = crop.model_input()
+    assert x.dtype == np.float32 and x.shape == (1, 3, 256, 256) and 0.0 <= x.min() and x.max() <= 1.0
+
+
+def test_images_smaller_than_the_crop_are_used_whole_and_padded(calib_dir):
+    crops = sample_crops(list_images(calib_dir), 2, calib_dir, (384, 512), progress=False)
+    for c in crops:
+        assert c.pixels.shape == (320, 384, 3)
+        assert c.model_input().shape == (1, 3, 384, 384)
+
+
+def test_crop_sizes_follow_the_padding_rule():
+    assert check_crop_size((256, 384)) == (256, 384)
+    for bad in [(128, 256), (200, 256), (256, 300)]:
+        with pytest.raises(ValueError, match="multiple of 128"):
+            check_crop_size(bad)
+
+
+def test_held_out_images_are_disjoint_from_calibration_images(calib_dir):
+    files = list_images(calib_dir)
+    calib, held = split_files(files, holdout=2, seed=0)
+    assert held and calib and not set(calib) & set(held) and sorted(calib + held) == files
+    assert split_files(files, 2, 0) == (calib, held)
+
+
+# ---- recorded inputs, reader, cache ----------------------------------------------------
+
+def test_records_hold_every_graphs_real_inputs(recorded, tiny_model):
+    cfg = tiny_model.config
+    c, h = cfg.slice_channels, 256 // 16
+    assert len(recorded["calibration"]) == CALIB_COUNT and len(recorded["heldout"]) == HOLDOUT
+    record = recorded["calibration"][0]
+    assert record["g_a"]["x"].shape == (1, 3, 256, 256)
+    assert record["h_a"]["y"].shape == (1, cfg.M, h, h)
+    assert record["g_s"]["y_hat"].shape == (1, cfg.M, h, h)
+    assert record["slice_params_2"]["y_hat_prev"].shape == (1, 2 * c, h, h)
+    # slice graphs see the decoded y_hat of earlier slices, as the codec does
+    last = cfg.num_slices - 1
+    np.testing.assert_array_equal(record[f"slice_params_{last}"]["y_hat_prev"],
+                                  record["g_s"]["y_hat"][:, : c * last])
+    assert recorded["info"]["heldout_disjoint"]
+
+
+def test_reader_yields_float32_inputs_in_order_and_rewinds(recorded):
+    samples = [r["slice_params_1"] for r in recorded["calibration"]]
+    names = ["latent_scales", "latent_means", "y_hat_prev"]
+    reader = SampleReader(samples, names)
+    first = list(reader)
+    assert len(first) == len(reader) == CALIB_COUNT
+    for got, sample in zip(first, samples):
+        assert sorted(got) == sorted(names)
+        for name in names:
+            assert got[name].dtype == np.float32 and got[name].flags.c_contiguous
+            np.testing.assert_array_equal(got[name], sample[name])
+    assert reader.get_next() is None
+    reader.rewind()
+    np.testing.assert_array_equal(reader.get_next()["y_hat_prev"], first[0]["y_hat_prev"])
+    with pytest.raises(ValueError, match="lack inputs"):
+        SampleReader(samples, ["support"])
+
+
+def test_second_collection_comes_from_the_cache(recorded, tiny_model, calib_dir, monkeypatch):
+    import exporter.calibrate as calibrate
+
+    assert recorded["info"]["cache_hit"] is False
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("recollected although the cache holds these crops")
+
+    monkeypatch.setattr(calibrate, "collect_graph_inputs", must_not_run)
+    calibration, heldout, info = calibrate.recorded_inputs(tiny_model, calib_dir, count=CALIB_COUNT,
+                                                           holdout=HOLDOUT, seed=0, cache_dir=recorded["cache"])
+    assert info["cache_hit"] is True
+    for got, want in zip(calibration + heldout, recorded["calibration"] + recorded["heldout"]):
+        for graph in want:
+            for name in want[graph]:
+                np.testing.assert_array_equal(got[graph][name], want[graph][name])
+    # another seed picks other crops: a miss, so it collects
+    with pytest.raises(AssertionError, match="recollected"):
+        calibrate.recorded_inputs(tiny_model, calib_dir, count=CALIB_COUNT, holdout=HOLDOUT, seed=1,
+                                  cache_dir=recorded["cache"])
+
+
+def test_a_half_written_cache_entry_is_a_miss(tmp_path):
+    cache = RecordCache(tmp_path, "k")
+    cache.save({"calibration": [{"g": {"x": np.ones(3, np.float32)}}]})
+    assert cache.load("calibration")[0]["g"]["x"].tolist() == [1, 1, 1]
+    (cache.path / "meta.json").unlink()
+    assert cache.load("calibration") is None
+
+
+# ---- quantising graphs ---------------------------------------------------------------------
+
+def _ops(path) -> dict[str, int]:
+    model = onnx.load(str(path))
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def _dequantized_inputs(path) -> dict[str, bool]:
+    """node name -> whether its first input comes from a DequantizeLinear."""
+    model = onnx.load(str(path))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    return {n.name: bool(n.input) and n.input[0] in producer and producer[n.input[0]].op_type == "DequantizeLinear"
+            for n in model.graph.node}
+
+
+@pytest.mark.parametrize("graph", ["g_a", "slice_params_1"])
+def test_int8_graph_is_qdq_keeps_the_policy_float_and_runs_at_other_sizes(graph, recorded, tiny_bundle, tmp_path):
+    fp32 = tiny_bundle / f"{graph}.onnx"
+    out = tmp_path / f"{graph}.int8.onnx"
+    result = quantize_graph(fp32, out, [r[graph] for r in recorded["calibration"]], "minmax",
+                            policy=policy_for(graph))
+    ops = _ops(out)
+    assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
+    assert 0 < result.quantized_nodes < result.weighted_nodes
+    # zero points are 0 (symmetric) and int8: what TensorRT's explicit quantisation takes
+    model = onnx.load(str(out))
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":
+            zp = onnx.numpy_helper.to_array(inits[node.input[2]])
+            assert zp.dtype == np.int8 and not zp.any()
+    dequantized = _dequantized_inputs(out)
+    kept = result.float_nodes
+    assert kept["last_layer"] and kept["attention_scores"]
+    for name in kept["ops"] + kept["attention_scores"] + kept["last_layer"]:
+        assert not dequantized.get(name, False), f"{name} should stay float"
+    # dynamic H, W survive quantisation: run at the calibration size and at
+    # one and a half times its height (real values, the lower half repeated)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    sample = recorded["heldout"][0][graph]
+    for feeds in (sample, {k: np.concatenate([a, a[:, :, a.shape[2] // 2 :]], axis=2) for k, a in sample.items()}):
+        got, want = session.run(None, feeds), reference.run(None, feeds)
+        assert [g.shape for g in got] == [w.shape for w in want]
+        assert all(np.isfinite(g).all() for g in got)
+
+
+def test_float_node_selection_on_an_exported_graph(tiny_bundle):
+    from calibration.quantize import GraphPolicy
+
+    model = onnx.load(str(tiny_bundle / "slice_lrp_0.onnx"))
+    kept = float_nodes(model, GraphPolicy())
+    assert kept["attention_scores"] == [] and len(kept["last_layer"]) == 1  # conv -> tanh -> *0.5 -> + y_hat_raw
+    kept = float_nodes(onnx.load(str(tiny_bundle / "slice_params_0.onnx")), GraphPolicy())
+    last = kept["last_layer"]
+    assert any("cc_mean" in n for n in last) and any("cc_scale" in n for n in last)
+    assert {n for n in kept["attention_scores"] if "MatMul" in n} and len(kept["ops"]) >= 2
+    nothing = float_nodes(model, GraphPolicy(float_ops=(), float_attention_scores=False, float_last_layer=False))
+    assert all(not v for v in nothing.values())
+
+
+def test_unknown_method_is_refused(tiny_bundle, tmp_path):
+    with pytest.raises(ValueError, match="unknown calibration method"):
+        quantize_graph(tiny_bundle / "h_a.onnx", tmp_path / "x.onnx", [{}], "kl")
+
+
+# ---- int8 bundles --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def int8_bundle(tiny_model, recorded, tmp_path_factory):
+    from calibration.quantize import Int8Quantizer
+    from exporter.export import export_bundle
+
+    quantizer = Int8Quantizer(recorded["calibration"], recorded["heldout"], "minmax", info=recorded["info"])
+    path = tmp_path_factory.mktemp("int8") / "bundle"
+    manifest, reports = export_bundle(tiny_model, path, precision="int8", quantize=quantizer, preset="tiny",
+                                      progress=lambda *a, **k: None, threads=1)
+    return path
+
+
+def test_int8_bundle_policy_report_and_error_bound(int8_bundle):
+    from runtime.bundle import Bundle
+
+    manifest = Bundle.open(int8_bundle).manifest
+    for name, spec in manifest.graphs.items():
+        assert spec.precision == ("fp32" if is_entropy_graph(name) else "int8")
+        ops = _ops(int8_bundle / spec.file)
+        assert ("DequantizeLinear" in ops) == (spec.precision == "int8")
+    assert manifest.precision == "int8" and not manifest.reduced_precision_entropy
+    report = json.loads((int8_bundle / "int8_report.json").read_text())
+    assert sorted(report["graphs"]) == ["g_a", "g_s", "h_a"]
+    assert report["calibration_crops"] == CALIB_COUNT and report["heldout_crops"] == HOLDOUT
+    assert report["heldout_disjoint"] is True
+    for name, bound in MIN_SQNR_DB.items():
+        for output, err in report["graphs"][name]["heldout_error"].items():
+            assert err["sqnr_db"] > bound, f"{name}.{output}: {err['sqnr_db']:.1f} dB"
+    assert report["graphs"]["g_s"]["heldout_error"]["x_hat"]["psnr_db"] > MIN_XHAT_PSNR_DB
+
+
+def test_int8_bundle_passes_the_static_tensorrt_check(int8_bundle):
+    """Q/DQ as TensorRT takes them: INT8 with zero points 0, per-channel
+    scales on weights only, no INT32 (bias) dequantisation."""
+    from exporter.tensorrt_check import check_bundle, errors
+
+    problems = {name: errors(p) for name, p in check_bundle(int8_bundle).items()}
+    assert not any(problems.values()), {k: [str(p) for p in v[:3]] for k, v in problems.items() if v}
+
+
+def test_int8_round_trip_decodes_bit_exactly_with_its_own_bundle(int8_bundle, kodak_crop):
+    from runtime.codec import Codec
+
+    pixels = kodak_crop("kodim19", 256, 320, top=100, left=60)
+    codec = Codec(int8_bundle, threads=1)
+    encoded = codec.encode(pixels)
+    decoded = codec.decode_streams(encoded.y, encoded.z, encoded.height, encoded.width)
+    np.testing.assert_array_equal(decoded.y_hat, encoded.y_hat)
+    np.testing.assert_array_equal(codec.decompress(encoded.data), decoded.x)
+    assert decoded.x.shape == pixels.shape
+
+
+def test_int8_quality_is_close_to_fp32(int8_bundle, tiny_bundle, kodak_crop):
+    """One image through the fp32 and the int8 bundle (g_a, h_a and g_s int8):
+    rate and distortion against the original stay close."""
+    from runtime.codec import Codec
+
+    pixels = kodak_crop("kodim21", 256, 384, top=200, left=300)
+    result = {}
+    for tag, path in (("fp32", tiny_bundle), ("int8", int8_bundle)):
+        codec = Codec(path, threads=1)
+        data = codec.compress(pixels)
+        mse = np.mean((codec.decompress(data).astype(np.float64) - pixels) ** 2)
+        result[tag] = (len(data), 10 * np.log10(255.0**2 / mse))
+    # measured: 22752 vs 22692 bytes, 5.569 vs 5.568 dB (the golden weights are
+    # random, so the decode itself is poor; this guards against gross int8 errors)
+    assert abs(result["int8"][0] - result["fp32"][0]) < 0.05 * result["fp32"][0]
+    assert abs(result["int8"][1] - result["fp32"][1]) < 0.5
+
+
+def test_cli_int8_with_entropy_precision_same(tiny_model, calib_dir, tmp_path, kodak_crop, capsys):
+    """dcae-export --precision int8 --entropy-precision same: every graph int8,
+    the manifest marks reduced-precision entropy, the report covers all graphs
+    and lands in the bundle, the calibration cache is written, and streams
+    round-trip with the bundle."""
+    from dcae.checkpoint import save_checkpoint
+    from exporter.cli import main
+
+    checkpoint = tmp_path / "tiny.pth.tar"
+    save_checkpoint(checkpoint, tiny_model, preset="tiny")
+    out = tmp_path / "b8"
+    argv = [str(checkpoint), "-o", str(out), "--precision", "int8", "--entropy-precision", "same",
+            "--calib", str(calib_dir), "--calib-count", str(CALIB_COUNT), "--calib-holdout", str(HOLDOUT),
+            "--calib-cache", str(tmp_path / "cache"), "--threads", "1"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "error against fp32 on held-out crops" in err and "not fp32" in err
+    manifest = Manifest.read(out)
+    assert {g.precision for g in manifest.graphs.values()} == {"int8"}
+    assert manifest.entropy_precision == "same" and manifest.reduced_precision_entropy
+    report = json.loads((out / "int8_report.json").read_text())
+    assert sorted(report["graphs"]) == sorted(manifest.graphs)
+    for name, entry in report["graphs"].items():
+        bound = MIN_SQNR_DB.get(name, MIN_SQNR_DB_ENTROPY)
+        for output, e in entry["heldout_error"].items():
+            assert e["sqnr_db"] is None or e["sqnr_db"] > bound, f"{name}.{output}: {e['sqnr_db']:.1f} dB"
+    assert report["cache_hit"] is False and list((tmp_path / "cache").iterdir())
+    from exporter.tensorrt_check import check_bundle, errors
+
+    assert not any(errors(p) for p in check_bundle(out).values())
+    # int8 entropy graphs: a stream still decodes bit-exactly with its own bundle
+    from runtime.codec import Codec
+
+    codec = Codec(out, threads=1)
+    encoded = codec.encode(kodak_crop("kodim15", 256, 256, top=40, left=200))
+    decoded = codec.decode_streams(encoded.y, encoded.z, encoded.height, encoded.width)
+    np.testing.assert_array_equal(decoded.y_hat, encoded.y_hat)
+
+
+def test_calibration_package_imports_without_torch():
+    """calibration/ may use the runtime and onnxruntime, never torch or dcae."""
+    import subprocess
+    import sys
+
+    code = ("import sys, calibration.images, calibration.cache, calibration.quantize; "
+            "bad = [m for m in ('torch', 'dcae', 'exporter') if m in sys.modules]; "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
