@@ -20,6 +20,6 @@ def ms_ssim(reference: np.ndarray, decoded: np.ndarray) -> float:
 
     if min(reference.shape[:2]) < 161:
         return float("nan")
-    a = torch.from_numpy(reference).permute(2, 0, 1)[None].double()
-    b = torch.from_numpy(decoded).permute(2, 0, 1)[None].double()
+    a = torch.from_numpy(np.array(reference)).permute(2, 0, 1)[None].double()
+    b = torch.from_numpy(np.array(decoded)).permute(2, 0, 1)[None].double()
     return float(_ms_ssim(a, b, data_range=255.0))

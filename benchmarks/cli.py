@@ -1,0 +1,258 @@
+"""`dcae-bench`: PyTorch vs ONNX Runtime vs TensorRT on real images, and the
+cross-backend decodability matrix.
+
+    dcae-bench --bundle B [--bundle B2 ...] --images DIR --out DIR
+               [--backends torch,onnxruntime,onnxruntime-cuda,tensorrt] [--limit N]
+               [--repeats R] [--threads T] [--checkpoint C] [--speed-only | --no-matrix]
+
+Setups: the PyTorch reference ("torch", the bundles' source checkpoint) and
+each bundle on each runtime backend ("onnxruntime:fp32"). Writes to --out:
+report.json, report.md, latency_by_stage.png, rate_distortion.png; the coded
+files and decoded images go to --files (default OUT/files).
+
+Exit status: 0; 2 for a usage error (no images, a checkpoint that is not the
+bundles' model); 3 when a runtime setup decoded a file WRONGLY WITHOUT AN
+ERROR (the report is written first and says so at the top).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff")
+EXIT_USAGE, EXIT_SILENT_WRONG = 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .setups import DEFAULT_BACKENDS
+
+    p = argparse.ArgumentParser(prog="dcae-bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", action="append", required=True, metavar="DIR",
+                   help="a bundle directory (dcae-export); repeat for several")
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of test images (e.g. Kodak)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where report.json, report.md and plots go")
+    p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
+                   help=f"comma-separated: 'torch' (the PyTorch reference) and runtime backends "
+                        f"(default: {','.join(DEFAULT_BACKENDS)}); those that cannot run here are reported "
+                        f"as not available")
+    p.add_argument("--checkpoint", default=None,
+                   help="the bundles' source checkpoint for the torch setup (default: the embedded model); "
+                        "refused if it is not the model the bundles were exported from")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images (sorted)")
+    p.add_argument("--repeats", type=int, default=3, metavar="R",
+                   help="timed runs per image after one warm-up (default: 3)")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="threads for every setup (default: each library's own default)")
+    p.add_argument("--files", default=None, metavar="DIR",
+                   help="where coded files and decoded images go (default: OUT/files)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--speed-only", action="store_true",
+                      help="timing and memory only: no rate-distortion, no decodability matrix")
+    mode.add_argument("--no-matrix", action="store_true", help="skip the cross-decoding matrix")
+    p.add_argument("--no-jpeg", action="store_true", help="skip the JPEG comparison")
+    p.add_argument("--note", action="append", default=[], metavar="TEXT",
+                   help="a line for the report's 'not available' list (e.g. why a bundle is missing)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return p
+
+
+def find_images(folder: str, limit: int | None) -> list[Path]:
+    path = Path(folder)
+    if not path.is_dir():
+        raise ValueError(f"--images {folder} is not a directory")
+    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if limit is not None:
+        images = images[: max(0, limit)]
+    if not images:
+        raise ValueError(f"no images in {folder}")
+    return images
+
+
+def plan_setups(bundles, backends: list[str], checkpoint: str | None):
+    from runtime.backends import backend_names
+    from runtime.manifest import Manifest
+
+    from .setups import TORCH, Setup, describe_precision
+
+    known = set(backend_names()) | {TORCH}
+    unknown = [b for b in backends if b not in known]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {', '.join(unknown)}; known: torch, {', '.join(backend_names())}")
+    setups = []
+    if TORCH in backends:
+        setups.append(Setup(TORCH, TORCH, TORCH, "fp32", checkpoint=checkpoint))
+    for backend in backends:
+        if backend == TORCH:
+            continue
+        for b in bundles:
+            setups.append(Setup(f"{backend}:{b.label}", "runtime", backend,
+                                describe_precision(Manifest.read(b.path)), bundle=b.label, bundle_path=b.path))
+    return setups
+
+
+def open_available(setups, bundles, threads, say) -> dict:
+    """Open every setup for the coding pass; mark those that cannot run here.
+    The torch setup must be the bundles' model (ReferenceMismatchError if not)."""
+    from runtime.manifest import Manifest
+
+    from .setups import TORCH, open_setup
+
+    coders = {}
+    for setup in setups:
+        try:
+            coder = open_setup(setup, threads, record_symbols=True)
+        except Exception as exc:  # noqa: BLE001 - any reason a setup cannot run is reported as such
+            if setup.kind == TORCH and isinstance(exc, ValueError):
+                raise  # a checkpoint that cannot be read (CheckpointError): the user's error
+            setup.available, setup.reason = False, " ".join(str(exc).split()) or type(exc).__name__
+            say(f"{setup.name}: not available: {setup.reason}")
+            continue
+        setup.numeric_class = coder.numeric_class
+        if setup.kind == TORCH:
+            setup.checkpoint = str(coder.reference.checkpoint)
+            for b in bundles:  # raises ReferenceMismatchError: a usage error
+                note = coder.reference.check_matches(Manifest.read(b.path))
+                if note:
+                    setup.notes.append(note)
+        coders[setup.name] = coder
+    return coders
+
+
+def measure_speed(setups, images, repeats, threads, work: Path, say) -> tuple[dict, dict]:
+    """({setup name: speed summary}, {setup name: why its measurement failed})."""
+    from .measure import measure_in_subprocess, summarise
+
+    speeds, errors = {}, {}
+    for setup in setups:
+        if not setup.available:
+            continue
+        t0 = time.perf_counter()
+        try:
+            raw = measure_in_subprocess(setup, images, repeats, threads, work)
+        except Exception as exc:  # noqa: BLE001 - reported, and the other setups go on
+            errors[setup.name] = " ".join(str(exc).split())
+            say(f"{setup.name}: speed measurement failed: {errors[setup.name]}")
+            continue
+        speed = speeds[setup.name] = summarise(raw)
+        say(f"{setup.name}: encode {speed['encode_ms']['median']:.1f} ms, decode "
+            f"{speed['decode_ms']['median']:.1f} ms (median; measured in {time.perf_counter() - t0:.0f} s)")
+    return speeds, errors
+
+
+def _speedups(setup_dicts: list[dict]) -> None:
+    torch_speed = next((s.get("speed") for s in setup_dicts if s["kind"] == "torch"), None)
+    for s in setup_dicts:
+        if torch_speed and s.get("speed"):
+            s["speedup_vs_torch"] = {
+                d: torch_speed[f"{d}_ms"]["median"] / s["speed"][f"{d}_ms"]["median"] for d in ("encode", "decode")}
+        else:
+            s["speedup_vs_torch"] = None
+
+
+def run(args, say) -> int:
+    from runtime.errors import DcaeError
+
+    from .machine import load_average, machine_facts
+    from .matrix import coding_pass, silent_wrong_totals
+    from .rd import rd_mean
+    from .report import write_report_files
+    from .setups import bundle_infos
+    from .torch_reference import ReferenceMismatchError
+
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        images = find_images(args.images, args.limit)
+        bundles = bundle_infos(args.bundle)
+        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+        setups = plan_setups(bundles, backends, args.checkpoint)
+        machine = machine_facts(args.threads)
+        say(f"{len(images)} images, {len(setups)} setups; machine: {machine['cpu']}, GPU: {machine['gpu']}")
+        coders = open_available(setups, bundles, args.threads, say)
+        if args.speed_only:
+            coders.clear()  # opened only to check they run here; the timing is done in subprocesses
+    except (ValueError, DcaeError, ReferenceMismatchError) as exc:
+        print(f"dcae-bench: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USAGE
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files_dir = Path(args.files) if args.files else out / "files"
+    speeds, speed_errors = measure_speed(setups, images, args.repeats, args.threads, files_dir / "measure", say)
+
+    available = [s for s in setups if s.available]
+    passed = None
+    if not args.speed_only and available:
+        passed = coding_pass(available, coders, images, files_dir, matrix=not args.no_matrix,
+                             with_jpeg=not args.no_jpeg, progress=say)
+    coders.clear()
+
+    setup_dicts = []
+    for s in setups:
+        d = s.to_dict()
+        d.update(speed=speeds.get(s.name), speed_error=speed_errors.get(s.name), rd=None)
+        if passed and s.name in passed["rd"]:
+            rows = passed["rd"][s.name]
+            per_image = (d["speed"] or {}).get("per_image_ms", {})
+            for row in rows:  # CompressAI's eval_model reports seconds
+                times = per_image.get(row["image"])
+                row["encoding_time"] = times["encode"] / 1e3 if times else None
+                row["decoding_time"] = times["decode"] / 1e3 if times else None
+            d["rd"] = {"images": rows, "mean": rd_mean(rows)}
+        setup_dicts.append(d)
+    _speedups(setup_dicts)
+
+    machine["load_average_end"] = load_average()
+    matrix = None
+    if passed and not args.no_matrix:
+        matrix = {"setups": [s.name for s in available], "cells": passed["cells"]}
+    report = {
+        "format": "dcae-bench-report", "version": 1,
+        "command": "dcae-bench " + " ".join(args.argv), "created": started,
+        "machine": machine,
+        "options": {"images_dir": str(args.images), "images": [p.name for p in images], "repeats": args.repeats,
+                    "threads": args.threads, "limit": args.limit, "backends": backends,
+                    "checkpoint": args.checkpoint, "speed_only": args.speed_only, "files": str(files_dir)},
+        "bundles": [b.__dict__ for b in bundles],
+        "setups": setup_dicts,
+        "not_available": [{"setup": s.name, "reason": s.reason} for s in setups if not s.available],
+        "notes": list(args.note),
+        "memory_method": next((s["memory"]["method"] for s in speeds.values()), None),
+        "matrix": matrix,
+        "silent_wrong": silent_wrong_totals(passed["cells"]) if matrix else None,
+        "symbol_differences": passed["symbol_differences"] if passed else None,
+    }
+    write_report_files(report, out)  # adds report["plots"]
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    say(f"report written to {out / 'report.md'}")
+    totals = report["silent_wrong"] or {}
+    if totals.get("runtime"):
+        print(f"dcae-bench: FAILURE: runtime setups decoded {totals['runtime']} file(s) wrongly without an error; "
+              f"see {out / 'report.md'}", file=sys.stderr)
+        return EXIT_SILENT_WRONG
+    if totals.get("reference"):
+        say(f"note: the PyTorch reference decoded {totals['reference']} foreign file(s) wrongly without an error "
+            f"(compressai has no desync check); see the matrix")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    if args.repeats < 1:
+        print("dcae-bench: error: --repeats must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    return run(args, say)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

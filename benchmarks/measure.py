@@ -1,0 +1,192 @@
+"""Speed and memory of one setup, measured in a fresh process of its own.
+
+    python -m benchmarks.measure SPEC.json RESULT.json     (dcae-bench runs this)
+
+One process per setup, so that each setup's peak memory is its own and no
+setup runs warmed by another's caches. Memory is the peak resident set size
+(VmHWM in /proc/self/status): the process resets the peak after its imports
+(writing 5 to /proc/self/clear_refs), so `peak_delta_mb` = peak RSS during
+load + coding - RSS before the bundle (or checkpoint) was loaded. Where the
+reset is not allowed, the peak since process start is used and said so.
+
+Per image: one warm-up encode + decode, then `repeats` timed runs of each.
+End-to-end times are wall-clock around `compress` / `decompress` (for the
+runtime, `decompress` includes the container checks); stage times are the
+coder's own `last_timings`. A runtime setup imports no torch here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_kb() -> int:
+    peak = _status_kb("VmHWM")
+    if peak is None:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return peak
+
+
+def spread(values: list[float]) -> dict:
+    """Median, quartiles and range, in the unit given."""
+    a = np.asarray(values, dtype=np.float64)
+    return {"median": float(np.median(a)), "p25": float(np.percentile(a, 25)),
+            "p75": float(np.percentile(a, 75)), "min": float(a.min()), "max": float(a.max()), "runs": int(a.size)}
+
+
+def _stage_ms(runs: list[dict]) -> dict:
+    """Median over runs of each stage's seconds, in ms ("total" left out)."""
+    names = [k for k in runs[0] if k != "total"]
+    return {k: 1e3 * float(np.median([r.get(k, 0.0) for r in runs])) for k in names}
+
+
+def measure(spec: dict) -> dict:
+    """Run one setup's timing and memory measurement in this process."""
+    from runtime.imaging import load_image
+
+    from .setups import Setup, open_setup
+
+    setup = Setup(**spec["setup"])
+    threads = spec.get("threads")
+    images = [(Path(p).name, load_image(p)) for p in spec["images"]]
+    repeats = max(1, int(spec["repeats"]))
+    if setup.kind == "torch":
+        # Imported before the baseline: load time and memory delta are the
+        # model's, not torch's import (peak_rss_mb still shows the total).
+        from . import torch_reference  # noqa: F401
+
+    reset = _reset_peak_rss()
+    rss_before = _status_kb("VmRSS") or 0
+    t0 = time.perf_counter()
+    coder = open_setup(setup, threads)
+    load_seconds = time.perf_counter() - t0
+
+    per_image = []
+    for name, pixels in images:
+        coder.decompress(coder.encode(pixels).data)  # warm-up: first-run allocations, JIT, caches
+        enc_times, dec_times, enc_stages, dec_stages = [], [], [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            data = coder.encode(pixels).data
+            enc_times.append(time.perf_counter() - start)
+            enc_stages.append(dict(coder.timings))
+            start = time.perf_counter()
+            coder.decompress(data)
+            dec_times.append(time.perf_counter() - start)
+            dec_stages.append(dict(coder.timings))
+        per_image.append({"image": name, "encode_s": enc_times, "decode_s": dec_times,
+                          "encode_stages_ms": _stage_ms(enc_stages), "decode_stages_ms": _stage_ms(dec_stages)})
+
+    peak = _peak_rss_kb()
+    return {
+        "setup": setup.name,
+        "numeric_class": coder.numeric_class,
+        "threads": threads,
+        "load_seconds": load_seconds,
+        "images": per_image,
+        "memory": {
+            "rss_before_load_mb": rss_before / 1024,
+            "peak_rss_mb": peak / 1024,
+            "peak_delta_mb": (peak - rss_before) / 1024,
+            "method": ("peak RSS (VmHWM) of a fresh process per setup, reset after imports; delta from the RSS "
+                       "before loading" if reset else
+                       "peak RSS (VmHWM) since process start (reset not allowed here); delta from the RSS "
+                       "before loading, so imports may be included"),
+        },
+        "torch_imported": "torch" in sys.modules,
+    }
+
+
+def summarise(raw: dict) -> dict:
+    """Per-setup speed figures from a `measure` result (all times in ms)."""
+    images = raw["images"]
+    encode = [1e3 * t for im in images for t in im["encode_s"]]
+    decode = [1e3 * t for im in images for t in im["decode_s"]]
+    enc_medians = [1e3 * float(np.median(im["encode_s"])) for im in images]
+    dec_medians = [1e3 * float(np.median(im["decode_s"])) for im in images]
+
+    def mean_stages(key):
+        names = list(dict.fromkeys(k for im in images for k in im[key]))
+        return {k: float(np.mean([im[key].get(k, 0.0) for im in images])) for k in names}
+
+    return {
+        "load_seconds": raw["load_seconds"],
+        "encode_ms": spread(encode),
+        "decode_ms": spread(decode),
+        # mean over images of each image's median
+        "encode_ms_mean_of_medians": float(np.mean(enc_medians)),
+        "decode_ms_mean_of_medians": float(np.mean(dec_medians)),
+        "encode_images_per_second": 1e3 / float(np.mean(enc_medians)),
+        "decode_images_per_second": 1e3 / float(np.mean(dec_medians)),
+        "stages_ms": {"encode": mean_stages("encode_stages_ms"), "decode": mean_stages("decode_stages_ms")},
+        "memory": raw["memory"],
+        "threads": raw["threads"],
+        "torch_imported": raw["torch_imported"],
+        "per_image_ms": {im["image"]: {"encode": 1e3 * float(np.median(im["encode_s"])),
+                                       "decode": 1e3 * float(np.median(im["decode_s"]))} for im in images},
+    }
+
+
+def measure_in_subprocess(setup, images: list[str], repeats: int, threads: int | None, work: Path,
+                          timeout: float | None = None) -> dict:
+    """Run `measure` for one setup in a new Python process; raise RuntimeError
+    with the child's last lines when it fails."""
+    work.mkdir(parents=True, exist_ok=True)
+    stem = setup.name.replace(":", "_").replace("/", "_")
+    spec_path, result_path = work / f"{stem}.spec.json", work / f"{stem}.result.json"
+    spec_path.write_text(json.dumps({"setup": setup.to_dict(), "images": [str(p) for p in images],
+                                     "repeats": repeats, "threads": threads}))
+    env = dict(os.environ)
+    if threads:
+        # the same thread count for every library the child may use
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.measure", str(spec_path), str(result_path)],
+                          capture_output=True, text=True, env=env, cwd=repo, timeout=timeout)
+    if proc.returncode != 0 or not result_path.is_file():
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"measuring {setup.name} failed (exit {proc.returncode}): {tail}")
+    return json.loads(result_path.read_text())
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m benchmarks.measure SPEC.json RESULT.json", file=sys.stderr)
+        return 2
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    spec = json.loads(Path(argv[0]).read_text())
+    Path(argv[1]).write_text(json.dumps(measure(spec)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

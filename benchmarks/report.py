@@ -1,0 +1,353 @@
+"""report.md and the PNG plots, from the report dict that becomes report.json."""
+from __future__ import annotations
+
+from pathlib import Path
+
+LATENCY_PLOT = "latency_by_stage.png"
+RD_PLOT = "rate_distortion.png"
+# Stage groups of the stacked bars: slices summed, in pipeline order.
+STAGE_GROUPS = [("load / pad", ("load",)), ("g_a", ("g_a",)), ("h_a", ("h_a",)), ("z coding", ("z_coding",)),
+                ("h_s", ("h_s",)), ("slice params", ("slice_params_",)), ("slice coding", ("slice_coding_",)),
+                ("slice lrp", ("slice_lrp_",)), ("y coding", ("y_coding",)), ("g_s", ("g_s",)),
+                ("crop", ("crop",))]
+
+
+def stage_order(names) -> list[str]:
+    """Stages in pipeline order: slices by index, params / coding / lrp within one."""
+    fixed = ["load", "g_a", "h_a", "z_coding", "h_s"]
+    tail = ["y_coding", "g_s", "crop"]
+    kinds = ["params", "coding", "lrp"]
+
+    def key(name: str):
+        if name in fixed:
+            return (0, fixed.index(name), 0)
+        if name.startswith("slice_"):
+            kind, _, index = name[len("slice_"):].rpartition("_")
+            if index.isdigit() and kind in kinds:
+                return (1, int(index), kinds.index(kind))
+        if name in tail:
+            return (2, tail.index(name), 0)
+        return (3, 0, 0)
+
+    return sorted(names, key=key)
+
+
+def _fmt(value, spec=".2f", missing="–") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def grouped_stages(stages: dict, end_to_end_ms: float) -> dict:
+    """{group: ms}, plus "other" = end-to-end minus the stages (container,
+    Python between stages)."""
+    out = {}
+    for label, keys in STAGE_GROUPS:
+        total = sum(v for k, v in stages.items() if any(k == p or (p.endswith("_") and k.startswith(p))
+                                                          for p in keys))
+        if total:
+            out[label] = total
+    out["other"] = max(0.0, end_to_end_ms - sum(out.values()))
+    return out
+
+
+# ---- plots --------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_latency(report: dict, path: Path) -> bool:
+    measured = [s for s in report["setups"] if s.get("speed")]
+    if not measured:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.6 * len(measured) + 2.2), sharey=True)
+    cmap = plt.get_cmap("tab20")
+    labels = [label for label, _ in STAGE_GROUPS] + ["other"]
+    colors = {label: cmap(i) for i, label in enumerate(labels)}
+    names = [s["name"] for s in measured]
+    for ax, direction in zip(axes, ("encode", "decode")):
+        for row, s in enumerate(measured):
+            speed = s["speed"]
+            groups = grouped_stages(speed["stages_ms"][direction], speed[f"{direction}_ms_mean_of_medians"])
+            left = 0.0
+            for label in labels:
+                width = groups.get(label, 0.0)
+                if width:
+                    ax.barh(row, width, left=left, color=colors[label], edgecolor="white", linewidth=0.5,
+                            label=label)
+                    left += width
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        ax.set_xlabel("ms per image (mean over images of the median run)")
+        ax.set_title(f"{direction}")
+        ax.grid(axis="x", alpha=0.3)
+    handles, legend_labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in legend_labels:
+                handles.append(h)
+                legend_labels.append(lab)
+    order = [legend_labels.index(lab) for lab in labels if lab in legend_labels]
+    fig.legend([handles[i] for i in order], [legend_labels[i] for i in order], loc="lower center",
+               ncol=min(6, len(order)), fontsize=8, frameon=False)
+    fig.suptitle(f"Latency by stage ({report['machine']['cpu']}, threads: {report['machine']['threads']})",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_rate_distortion(report: dict, path: Path) -> bool:
+    with_rd = [s for s in report["setups"] if s.get("rd")]
+    if not with_rd:
+        return False
+    bundles = [b["label"] for b in report["bundles"]]
+    torch_setup = next((s for s in with_rd if s["kind"] == "torch"), None)
+    groups = [(b, [s for s in with_rd if s.get("bundle") == b]) for b in bundles]
+    groups = [(b, members) for b, members in groups if members] or [("reference", [torch_setup])]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
+    for ax, (label, members) in zip(axes[0], groups):
+        shown = members + ([torch_setup] if torch_setup and torch_setup not in members else [])
+        for k, s in enumerate(shown):
+            rows = s["rd"]["images"]
+            marker = "x" if s["kind"] == "torch" else "o"
+            ax.scatter([r["bpp"] for r in rows], [r["psnr-rgb"] or 0 for r in rows], s=14, alpha=0.5,
+                       marker=marker, color=f"C{k}")
+            mean = s["rd"]["mean"]
+            ax.scatter([mean["bpp"]], [mean["psnr-rgb"]], s=90, marker=marker, color=f"C{k}",
+                       edgecolor=None if marker == "x" else "black", label=f"{s['name']} (mean {mean['bpp']:.3f} bpp, "
+                                                f"{_fmt(mean['psnr-rgb'])} dB)")
+        jpeg_rows = members[0]["rd"]["images"]
+        if jpeg_rows and "jpeg" in jpeg_rows[0]:
+            ax.scatter([r["jpeg"]["bpp"] for r in jpeg_rows], [r["jpeg"]["psnr-rgb"] or 0 for r in jpeg_rows],
+                       s=14, alpha=0.5, marker="s", color="grey")
+            mean = members[0]["rd"]["mean"]
+            ax.scatter([mean["jpeg_bpp"]], [mean["jpeg_psnr-rgb"]], s=90, marker="s", color="grey",
+                       edgecolor="black", label=f"JPEG 4:2:0 at the same rate (mean {mean['jpeg_bpp']:.3f} bpp, "
+                                                f"{_fmt(mean['jpeg_psnr-rgb'])} dB)")
+        ax.set_xlabel("bpp (file bytes)")
+        ax.set_ylabel("PSNR RGB (dB)")
+        ax.set_title(f"bundle {label}: per image (small) and mean (large)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ---- markdown -----------------------------------------------------------------------
+
+def _headline(report: dict) -> list[str]:
+    lines = ["| setup | precision | encode ms | decode ms | speed-up vs torch (enc / dec) | bpp | PSNR (dB) | MS-SSIM |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in report["setups"]:
+        if not s["available"]:
+            continue
+        speed, rd = s.get("speed"), (s.get("rd") or {}).get("mean", {})
+        enc = _fmt(speed["encode_ms"]["median"], ".1f") if speed else "–"
+        dec = _fmt(speed["decode_ms"]["median"], ".1f") if speed else "–"
+        up = s.get("speedup_vs_torch")
+        speedup = f"{up['encode']:.2f}× / {up['decode']:.2f}×" if up else "–"
+        lines.append(f"| {s['name']} | {s['precision']} | {enc} | {dec} | {speedup} | {_fmt(rd.get('bpp'), '.4f')} | "
+                     f"{_fmt(rd.get('psnr-rgb'))} | {_fmt(rd.get('ms-ssim-rgb'), '.4f')} |")
+    return lines
+
+
+def _speed_details(report: dict) -> list[str]:
+    lines = ["| setup | encode median [p25, p75] (min–max) ms | decode median [p25, p75] (min–max) ms | "
+             "images/s enc / dec | load s | peak RSS MB (Δ from before load) |", "|---|---|---|---|---|---|"]
+    for s in report["setups"]:
+        speed = s.get("speed")
+        if not speed:
+            continue
+
+        def cell(d):
+            return f"{d['median']:.1f} [{d['p25']:.1f}, {d['p75']:.1f}] ({d['min']:.1f}–{d['max']:.1f})"
+
+        mem = speed["memory"]
+        lines.append(f"| {s['name']} | {cell(speed['encode_ms'])} | {cell(speed['decode_ms'])} | "
+                     f"{speed['encode_images_per_second']:.2f} / {speed['decode_images_per_second']:.2f} | "
+                     f"{speed['load_seconds']:.2f} | {mem['peak_rss_mb']:.0f} (+{mem['peak_delta_mb']:.0f}) |")
+    return lines
+
+
+def _stage_table(report: dict, direction: str) -> list[str]:
+    measured = [s for s in report["setups"] if s.get("speed")]
+    if not measured:
+        return []
+    stages = stage_order(set(k for s in measured for k in s["speed"]["stages_ms"][direction]))
+    lines = ["| stage | " + " | ".join(s["name"] for s in measured) + " |",
+             "|---|" + "---|" * len(measured)]
+    for stage in stages:
+        values = [s["speed"]["stages_ms"][direction].get(stage) for s in measured]
+        lines.append(f"| {stage} | " + " | ".join(_fmt(v, ".2f") for v in values) + " |")
+    lines.append(f"| **end to end** | " + " | ".join(
+        f"**{s['speed'][f'{direction}_ms_mean_of_medians']:.2f}**" for s in measured) + " |")
+    return lines
+
+
+def _outcome_text(o: dict) -> str:
+    parts = []
+    if o["identical"]:
+        parts.append(f"{o['identical']} identical")
+    if o["decoded"]:
+        parts.append(f"{o['decoded']} decoded (pixels ±{o['max_pixel_diff']})")
+    for name, count in o["refused"].items():
+        parts.append(f"{count} refused ({name})")
+    if o["wrong_silent"]:
+        parts.append(f"**{o['wrong_silent']} WRONG WITHOUT ERROR**")
+    text = ", ".join(parts) or "–"
+    return text + (f" ({o['warned']} with a warning)" if o.get("warned") else "")
+
+
+def _matrix(report: dict) -> list[str]:
+    matrix = report.get("matrix")
+    if not matrix:
+        return ["Not run (--speed-only or --no-matrix)."]
+    names = matrix["setups"]
+    cells = {(c["encoder"], c["decoder"]): c for c in matrix["cells"]}
+    no_check = {c["decoder"] for c in matrix["cells"] if not c["decoder_detects_desync"]}
+    header = [f"{n} (no desync check)" if n in no_check else n for n in names]
+    lines = ["| encoder ↓ / decoder → | " + " | ".join(header) + " |", "|---|" + "---|" * len(names)]
+    for e in names:
+        row = []
+        for d in names:
+            c = cells.get((e, d))
+            if not c:
+                row.append("–")
+                continue
+            text = _outcome_text(c)
+            if c["forced"]:
+                text += f"; forced: {_outcome_text(c['forced'])}"
+            row.append(text)
+        lines.append(f"| **{e}** | " + " | ".join(row) + " |")
+    examples = {}
+    for c in matrix["cells"]:
+        for o in (c, c["forced"] or {}):
+            for name, message in o.get("examples", {}).items():
+                examples.setdefault(name, message)
+    if examples:
+        lines += ["", "Refusal messages (one example per error class):", ""]
+        lines += [f"- `{name}`: {message}" for name, message in examples.items()]
+    wrong = [(c["encoder"], c["decoder"], w) for c in matrix["cells"] for w in c["wrong"]]
+    if wrong:
+        lines += ["", "Silently wrong decodes:", ""]
+        lines += [f"- {e} → {d}, {w['image']}: {w['symbols_wrong']} of {w['symbols']} symbols wrong, "
+                  f"PSNR against the right decode {_fmt(w['psnr_vs_right_decode'])} dB" for e, d, w in wrong]
+    return lines
+
+
+def _symbol_differences(report: dict) -> list[str]:
+    diffs = report.get("symbol_differences")
+    if not diffs:
+        return ["Not measured."]
+    n = max(len(d["per_slice"]) for d in diffs)
+    lines = ["| setups | images differing | " + " | ".join(f"slice {i} idx / sym" for i in range(n)) +
+             " | all idx / sym |", "|---|---|" + "---|" * (n + 1)]
+    for d in diffs:
+        per = " | ".join(f"{p['index_fraction']:.2e} / {p['symbol_fraction']:.2e}" for p in d["per_slice"])
+        lines.append(f"| {d['a']} vs {d['b']} | {d['images_with_differences']} of {d['images']} | {per} | "
+                     f"{d['index_fraction']:.2e} / {d['symbol_fraction']:.2e} |")
+    return lines
+
+
+def _rd_per_image(report: dict) -> list[str]:
+    with_rd = [s for s in report["setups"] if s.get("rd")]
+    if not with_rd:
+        return ["Not measured (--speed-only)."]
+    lines = ["| image | " + " | ".join(f"{s['name']} bpp / PSNR / MS-SSIM" for s in with_rd) +
+             " | JPEG (at the first setup's rate) q / bpp / PSNR |", "|---|" + "---|" * (len(with_rd) + 1)]
+    for k, row in enumerate(with_rd[0]["rd"]["images"]):
+        cells = []
+        for s in with_rd:
+            r = s["rd"]["images"][k] if k < len(s["rd"]["images"]) else None
+            cells.append(f"{r['bpp']:.4f} / {_fmt(r['psnr-rgb'])} / {_fmt(r['ms-ssim-rgb'], '.4f')}" if r else "–")
+        jpeg = row.get("jpeg")
+        jpeg_text = f"q{jpeg['quality']} / {jpeg['bpp']:.4f} / {_fmt(jpeg['psnr-rgb'])}" if jpeg else "–"
+        lines.append(f"| {row['image']} | " + " | ".join(cells) + f" | {jpeg_text} |")
+    lines += ["", "| setup | mean bpp | mean PSNR | mean MS-SSIM | JPEG mean bpp | JPEG mean PSNR |",
+              "|---|---|---|---|---|---|"]
+    for s in with_rd:
+        m = s["rd"]["mean"]
+        lines.append(f"| {s['name']} | {_fmt(m['bpp'], '.4f')} | {_fmt(m['psnr-rgb'])} | "
+                     f"{_fmt(m['ms-ssim-rgb'], '.4f')} | {_fmt(m.get('jpeg_bpp'), '.4f')} | "
+                     f"{_fmt(m.get('jpeg_psnr-rgb'))} |")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    totals = report.get("silent_wrong") or {}
+    lines = [f"# dcae-bench: PyTorch vs ONNX Runtime vs TensorRT", "",
+             f"Command: `{report['command']}`  ", f"Run: {report['created']}", ""]
+    if totals.get("runtime"):
+        lines += [f"> **FAILURE: runtime setups decoded {totals['runtime']} file(s) WRONGLY WITHOUT AN ERROR.** "
+                  "This must never happen; see the decodability matrix.", ""]
+    elif report.get("matrix"):
+        lines += ["No runtime setup decoded any file wrongly without an error (every foreign stream was "
+                  "either decoded to the encoder's exact symbols or refused).", ""]
+    if report.get("matrix"):
+        lines += [f"The PyTorch reference decoder (compressai) has no end-of-stream check: it cannot detect a "
+                  f"desync, so a stream whose indexes it recomputes differently decodes to a wrong image without "
+                  f"an error. Measured here: **{totals.get('reference', 0)}** such decode(s) by the reference.", ""]
+    lines += ["## Machine", "",
+              f"- CPU: {m['cpu']}; {m['cores']} cores ({m['usable_cores']} usable); threads: {m['threads']}",
+              f"- load average (1, 5, 15 min) at start {m['load_average_start']}, at end {m.get('load_average_end')}"
+              " (other jobs on the machine slow every setup alike only if the load is steady)",
+              f"- GPU: {m['gpu']}", f"- platform: {m['platform']}",
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
+              f"Images: {len(report['options']['images'])} from `{report['options']['images_dir']}` "
+              f"({', '.join(report['options']['images'][:6])}{', …' if len(report['options']['images']) > 6 else ''}); "
+              f"warm-up 1 run per image, then {report['options']['repeats']} timed runs.", ""]
+    lines += ["## Headline", ""] + _headline(report) + [
+        "", "encode / decode ms: median over all timed runs of all images; speed-up: the torch setup's median "
+        "divided by this setup's. bpp counts the whole file (header included); PSNR and MS-SSIM on RGB, "
+        "means over images.", ""]
+    unavailable = [s for s in report["setups"] if not s["available"]]
+    if unavailable or report.get("notes"):
+        lines += ["## Not available, and notes", ""]
+        lines += [f"- {s['name']}: not available: {s['reason']}" for s in unavailable]
+        lines += [f"- {note}" for note in report.get("notes", [])]
+        lines.append("")
+    lines += ["## Speed and memory", ""] + _speed_details(report)
+    if report["setups"] and any(s.get("speed") for s in report["setups"]):
+        lines += ["", report["memory_method"], ""]
+    lines += ["### Latency by stage, encode (ms, mean over images of the median run)", ""] + \
+        _stage_table(report, "encode") + ["", "### Latency by stage, decode", ""] + _stage_table(report, "decode")
+    if report["plots"].get("latency"):
+        lines += ["", f"![latency by stage]({report['plots']['latency']})"]
+    lines += ["", "## Rate-distortion", ""] + _rd_per_image(report)
+    if report["plots"].get("rate_distortion"):
+        lines += ["", f"![rate-distortion]({report['plots']['rate_distortion']})"]
+    lines += ["", "## Decodability matrix", "",
+              "Each file encoded by the row's setup, decoded by the column's. *identical*: the encoder's exact "
+              "symbols and the encoder setup's own pixels; *decoded*: the exact symbols, pixels differing by "
+              "at most the given amount (another g_s precision or backend); *refused*: the decoder raised; "
+              "**WRONG**: no error, wrong symbols. The runtime decodes a .bin with a warning and refuses a "
+              "foreign .dcae by fingerprint; *forced* is the same file with force=True, where only the "
+              "end-of-stream desync check stands between a foreign stream and a wrong image. The reference "
+              "decodes a .dcae's streams with DCAE.decompress.", ""] + _matrix(report)
+    lines += ["", "## Encoder disagreement per slice", "",
+              "Fraction of scale-table indexes / of round(y - mu) symbols that differ between two setups' "
+              "encoders on the same image. A difference in slice i changes the context of later slices, so "
+              "later slices inherit it; between setups with different g_a / h_a precision the latents "
+              "themselves differ, so these fractions measure that, not numeric noise.", ""] + \
+        _symbol_differences(report)
+    return "\n".join(lines) + "\n"
+
+
+def write_report_files(report: dict, out: Path) -> None:
+    """Plots first (report.md links them), then report.md."""
+    report["plots"] = {
+        "latency": LATENCY_PLOT if plot_latency(report, out / LATENCY_PLOT) else None,
+        "rate_distortion": RD_PLOT if plot_rate_distortion(report, out / RD_PLOT) else None,
+    }
+    (out / "report.md").write_text(markdown(report))

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Regenerate the checked-in benchmark results (benchmarks/results/) on this machine.
+#
+#   benchmarks/run_results.sh KODAK_DIR [CALIB_DIR]
+#   e.g. benchmarks/run_results.sh ../shared/data/kodak ../shared/data/train
+#
+# 1. Exports the embedded default (fixture) model at fp32, fp16 and int8.
+#    int8 needs CALIB_DIR (calibration images); if that export fails, the report
+#    says "int8: not available (<reason>)" and everything else goes on.
+# 2. dcae-bench on every image of KODAK_DIR: the PyTorch reference vs each
+#    runtime backend x bundle (backends that cannot run here are listed with
+#    the reason), latency by stage, memory, rate-distortion with JPEG at the
+#    same rate, the decodability matrix -> $OUT/fixture/
+# 3. The official-size configuration (dcae.DCAE()) at random init (seed 0,
+#    update(force=True)), exported at fp32 and fp16 and timed on the first 2
+#    images only: speed only, since a random model's rate-distortion means
+#    nothing -> $OUT/official_random_init/
+#    and an index of both, $OUT/dcae-bench.md (other files in $OUT are left alone)
+#
+# Environment:
+#   THREADS=2      threads for every setup        REPEATS=3   timed runs per image
+#   OUT=benchmarks/results                        WORK=<temp dir>, removed unless KEEP_WORK=1
+#   BACKENDS=torch,onnxruntime,onnxruntime-cuda,tensorrt   (fixture part)
+#   QUICK=1        a test of this script: tiny random-init models instead of the
+#                  fixture and official ones, 2 images, 1 repeat, OUT defaults to
+#                  /tmp/dcae-bench-quick (the checked-in results are not touched)
+#
+# Exit status: 0, or the first failing dcae-bench's (3: a runtime setup decoded a
+# file wrongly without an error; the report is written and says so).
+set -euo pipefail
+
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 2; }
+[ $# -ge 1 ] || usage
+case "$1" in -h|--help) usage ;; esac
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+KODAK="$(cd "$1" && pwd)"
+CALIB="${2:-${CALIB:-}}"
+[ -z "$CALIB" ] || CALIB="$(cd "$CALIB" && pwd)"
+QUICK="${QUICK:-0}"
+THREADS="${THREADS:-2}"
+PYTHON="${PYTHON:-python}"
+if [ "$QUICK" = 1 ]; then
+    OUT="${OUT:-/tmp/dcae-bench-quick}"; REPEATS="${REPEATS:-1}"; LIMIT=(--limit 2)
+else
+    OUT="${OUT:-$REPO/benchmarks/results}"; REPEATS="${REPEATS:-3}"; LIMIT=()
+fi
+BACKENDS="${BACKENDS:-torch,onnxruntime,onnxruntime-cuda,tensorrt}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+WORK="${WORK:-$(mktemp -d -t dcae-bench-work.XXXXXX)}"
+mkdir -p "$WORK"
+[ "${KEEP_WORK:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
+cd "$REPO"
+say() { echo "[run_results] $*" >&2; }
+
+# ---- the models ---------------------------------------------------------------------
+if [ "$QUICK" = 1 ]; then
+    "$PYTHON" -m benchmarks.random_checkpoint --preset tiny --seed 0 -o "$WORK/fixture.pth.tar"
+    FIXTURE_CKPT=("$WORK/fixture.pth.tar")  # dcae-export's positional checkpoint
+    BENCH_CKPT=(--checkpoint "$WORK/fixture.pth.tar")
+    OFFICIAL_PRESET=tiny
+    CALIB_OPTS=(--calib-count 2 --calib-holdout 1)
+else
+    FIXTURE_CKPT=()  # dcae-export's and dcae-bench's default: the embedded model
+    BENCH_CKPT=()
+    OFFICIAL_PRESET=dcae
+    CALIB_OPTS=()
+fi
+
+export_bundle() {  # export_bundle OUT_DIR [dcae-export options...]
+    local dir="$1"; shift
+    say "dcae-export -o $dir $*"
+    "$PYTHON" -m exporter.cli "$@" -o "$dir" --threads "$THREADS" --quiet
+}
+
+# ---- 1. fixture bundles ---------------------------------------------------------------
+FIXTURE_BUNDLES=()
+for precision in fp32 fp16; do
+    export_bundle "$WORK/fixture/$precision" ${FIXTURE_CKPT[@]+"${FIXTURE_CKPT[@]}"} --precision "$precision"
+    FIXTURE_BUNDLES+=(--bundle "$WORK/fixture/$precision")
+done
+NOTES=()
+if [ -z "$CALIB" ]; then
+    NOTES+=(--note "int8: not available (no calibration images given: pass CALIB_DIR)")
+elif export_bundle "$WORK/fixture/int8" ${FIXTURE_CKPT[@]+"${FIXTURE_CKPT[@]}"} --precision int8 \
+        --calib "$CALIB" --calib-cache none ${CALIB_OPTS[@]+"${CALIB_OPTS[@]}"} 2> "$WORK/int8.log"; then
+    FIXTURE_BUNDLES+=(--bundle "$WORK/fixture/int8")
+else
+    reason="$(grep -v '^\s*$' "$WORK/int8.log" | tail -n 1 | cut -c1-300)"
+    say "int8 export failed: $reason"
+    NOTES+=(--note "int8: not available (dcae-export --precision int8 failed: ${reason:-no message})")
+fi
+
+# ---- 2. fixture benchmark -------------------------------------------------------------
+status=0
+say "dcae-bench: fixture bundles on $KODAK"
+"$PYTHON" -m benchmarks.cli "${FIXTURE_BUNDLES[@]}" --images "$KODAK" ${LIMIT[@]+"${LIMIT[@]}"} \
+    ${BENCH_CKPT[@]+"${BENCH_CKPT[@]}"} --backends "$BACKENDS" \
+    --threads "$THREADS" --repeats "$REPEATS" ${NOTES[@]+"${NOTES[@]}"} \
+    --out "$OUT/fixture" --files "$WORK/files/fixture" || status=$?
+
+# ---- 3. official-size configuration at random init, speed only ------------------------
+"$PYTHON" -m benchmarks.random_checkpoint --preset "$OFFICIAL_PRESET" --seed 0 -o "$WORK/official.pth.tar"
+for precision in fp32 fp16; do
+    export_bundle "$WORK/official/$precision" "$WORK/official.pth.tar" --precision "$precision"
+done
+say "dcae-bench: official-size configuration (random init), speed only, 2 images"
+"$PYTHON" -m benchmarks.cli --bundle "$WORK/official/fp32" --bundle "$WORK/official/fp16" \
+    --checkpoint "$WORK/official.pth.tar" --images "$KODAK" --limit 2 --speed-only \
+    --backends torch,onnxruntime --threads "$THREADS" --repeats "$REPEATS" \
+    --note "official-size configuration ($OFFICIAL_PRESET) at random init (seed 0): speed only" \
+    --out "$OUT/official_random_init" --files "$WORK/files/official" || { rc=$?; [ $status -ne 0 ] || status=$rc; }
+
+if [ "$QUICK" = 1 ]; then
+    models="QUICK=1: tiny random-init models in place of the fixture and official ones, 2 images"
+else
+    models="the embedded (fixture) model on every image; the official-size configuration at random init on 2"
+fi
+cat > "$OUT/dcae-bench.md" <<EOF
+# dcae-bench results
+
+Regenerated by \`benchmarks/run_results.sh\` on $(date -u +%Y-%m-%d) from \`$(basename "$KODAK")\`
+(THREADS=$THREADS, REPEATS=$REPEATS; $models):
+
+- [fixture/report.md](fixture/report.md): torch vs each runtime backend x bundle: latency by stage,
+  memory, rate-distortion with JPEG at the same rate, decodability matrix.
+- [official_random_init/report.md](official_random_init/report.md): the official-size configuration,
+  speed only.
+
+Rerun: \`benchmarks/run_results.sh KODAK_DIR [CALIB_DIR]\` (see the script's header).
+EOF
+say "results in $OUT (exit status $status)"
+exit $status

@@ -1,0 +1,198 @@
+"""What dcae-bench compares: setups, and one encode / decode interface over them.
+
+A setup is either the PyTorch reference ("torch", from the bundles' source
+checkpoint) or one bundle on one runtime backend ("onnxruntime:fp32"). Every
+setup asked for is listed in the report; one that cannot run here carries the
+reason instead of results, so a missing TensorRT is visible, not dropped.
+
+`open_setup` gives a `SetupCoder` with the same few calls for both kinds:
+`encode(pixels)` (file bytes, streams, the encoder's indexes and symbols),
+`decode(data, force)` (pixels and the symbols the decoder read), `timings`
+(seconds per stage of the last call, the keys of `Codec.last_timings`).
+This module imports torch only when a torch setup is opened, so a runtime
+setup's measuring process stays torch-free (its memory is the runtime's).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.codec import Codec
+from runtime.container import sniff, unpack, unpack_bin
+
+TORCH = "torch"
+DEFAULT_BACKENDS = ("torch", "onnxruntime", "onnxruntime-cuda", "tensorrt")
+
+
+@dataclass
+class BundleInfo:
+    label: str  # unique short name, from the bundle directory
+    path: str
+    precision: str
+    entropy_precision: str
+    preset: str | None
+    entropy_fingerprint: str
+    source_checkpoint_sha256: str | None
+
+
+@dataclass
+class Setup:
+    name: str  # "torch" or "<backend>:<bundle label>"
+    kind: str  # "torch" | "runtime"
+    backend: str
+    precision: str  # as a reader wants it: "fp32", "fp16 (entropy fp32)", ...
+    bundle: str | None = None  # bundle label
+    bundle_path: str | None = None
+    checkpoint: str | None = None  # torch only
+    available: bool = True
+    reason: str | None = None  # why not available
+    numeric_class: str | None = None
+    notes: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def describe_precision(manifest) -> str:
+    if manifest.precision == "fp32" and manifest.entropy_precision == "fp32":
+        return "fp32"
+    entropy = manifest.precision if manifest.entropy_precision == "same" else "fp32"
+    return f"{manifest.precision} (entropy {entropy})"
+
+
+def bundle_infos(paths: list[str]) -> list[BundleInfo]:
+    """Open each bundle's manifest (BundleError if it is not one); labels
+    are the directory names, made unique."""
+    from runtime.manifest import Manifest
+
+    infos, seen = [], {}
+    for path in paths:
+        manifest = Manifest.read(path)
+        label = Path(path).resolve().name
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            label = f"{label}-{seen[label]}"
+        infos.append(BundleInfo(label, str(path), manifest.precision, manifest.entropy_precision,
+                                manifest.model.get("preset"), manifest.entropy_fingerprint,
+                                manifest.source_checkpoint_sha256))
+    return infos
+
+
+# ---- the coders ---------------------------------------------------------------------
+
+@dataclass
+class Encoded:
+    data: bytes  # the file: .dcae (runtime) or upstream .bin (torch)
+    suffix: str
+    height: int
+    width: int
+    indexes: np.ndarray  # int32 (1, M, h, w)
+    symbols: np.ndarray  # int32 (1, M, h, w)
+
+
+@dataclass
+class Decoded:
+    x: np.ndarray  # uint8 (H, W, 3)
+    symbols: np.ndarray  # int32 (1, M, h, w): what the decoder read from the stream
+    warnings: list = field(default_factory=list)
+
+
+def streams_of(data: bytes) -> tuple[bytes, bytes, int, int]:
+    """(y, z, height, width) of a .dcae or .bin (CorruptStreamError if neither)."""
+    if sniff(data) == "bin":
+        parsed = unpack_bin(data)
+        return parsed.y, parsed.z, parsed.height, parsed.width
+    parsed = unpack(data)
+    return parsed.y, parsed.z, parsed.header.height, parsed.header.width
+
+
+class _SymbolRecordingCodec(Codec):
+    """A `Codec` that keeps the symbols its decoder read, so the matrix can
+    compare them with the encoder's exactly (benchmarks only: it hooks the
+    codec's slice-loop steps, and tests/test_bench.py checks the hook still
+    sees every slice). y_hat_raw = symbols + mu in float32, so
+    rint(y_hat_raw - mu) is the symbol exactly for any symbol below 2**22."""
+
+    def _slice_params(self, i, scales, means, y_hat):
+        mu, scale, support = super()._slice_params(i, scales, means, y_hat)
+        self._last_mu = mu
+        return mu, scale, support
+
+    def _slice_refine(self, i, support, y_hat_raw, y_hat):
+        c = self.bundle.slice_channels
+        if i == 0:
+            self.read_symbols = np.zeros(y_hat.shape, np.int32)
+        self.read_symbols[:, c * i : c * (i + 1)] = np.rint(y_hat_raw - self._last_mu).astype(np.int32)
+        super()._slice_refine(i, support, y_hat_raw, y_hat)
+
+
+class RuntimeCoder:
+    """A bundle on a runtime backend, through the product's own calls."""
+
+    def __init__(self, setup: Setup, threads: int | None, record_symbols: bool = False):
+        cls = _SymbolRecordingCodec if record_symbols else Codec
+        self.codec = cls(setup.bundle_path, backend=setup.backend, threads=threads)
+        self.codec.load_graphs()  # so that timings never include a graph load
+        self.numeric_class = self.codec.backend.numeric_class
+        self.num_slices = self.codec.bundle.num_slices
+
+    @property
+    def timings(self) -> dict:
+        return self.codec.last_timings
+
+    def encode(self, pixels) -> Encoded:
+        result = self.codec.encode(pixels)
+        return Encoded(result.data, ".dcae", result.height, result.width, result.indexes, result.symbols)
+
+    def decompress(self, data: bytes) -> np.ndarray:
+        # The user's call; .bin files warn that they carry no fingerprint.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self.codec.decompress(data)
+
+    def decode(self, data: bytes, force: bool = False) -> Decoded:
+        """`Codec.decompress` (its refusals are the cell's refusals)."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.codec.read_symbols = None
+            x = self.codec.decompress(data, force=force)
+        symbols = getattr(self.codec, "read_symbols", None)
+        if symbols is None:
+            raise RuntimeError("the symbol-recording codec saw no slice: Codec's slice loop changed")
+        return Decoded(x, symbols, [str(w.message) for w in caught])
+
+
+class TorchCoder:
+    """The PyTorch reference: writes upstream .bin; decodes .bin or the streams
+    of a .dcae (its header's fingerprint means nothing to the reference)."""
+
+    def __init__(self, setup: Setup, threads: int | None, reference=None):
+        from .torch_reference import TorchReference
+
+        self.reference = reference or TorchReference(setup.checkpoint, threads)
+        self.numeric_class = self.reference.numeric_class
+        self.num_slices = self.reference.model.num_slices
+
+    @property
+    def timings(self) -> dict:
+        return self.reference.last_timings
+
+    def encode(self, pixels) -> Encoded:
+        result = self.reference.encode(pixels)
+        return Encoded(result.data, ".bin", result.height, result.width, result.indexes, result.symbols)
+
+    def decompress(self, data: bytes) -> np.ndarray:
+        return self.reference.decode_streams(*streams_of(data)).x
+
+    def decode(self, data: bytes, force: bool = False) -> Decoded:
+        result = self.reference.decode_streams(*streams_of(data))
+        return Decoded(result.x, result.symbols)
+
+
+def open_setup(setup: Setup, threads: int | None, record_symbols: bool = False, reference=None):
+    if setup.kind == TORCH:
+        return TorchCoder(setup, threads, reference)
+    return RuntimeCoder(setup, threads, record_symbols)

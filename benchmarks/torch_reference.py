@@ -1,0 +1,203 @@
+"""The PyTorch reference as a benchmark "backend", timed per stage.
+
+The runtime never imports torch (DESIGN.md), so the PyTorch side of a
+comparison lives here. `TorchReference.encode` / `.decode_streams` do exactly
+what `DCAE.compress` / `.decompress` do, step for step and with the model's
+own pieces (`slice_params`, `slice_refine`, the compressai entropy models and
+rANS coder), so they write and read the same bytes (tests/test_bench.py
+checks it against `dcae.compress_image` / `dcae.decompress_image`). The only
+additions are timers around each step, under the stage names of
+`runtime.codec.Codec.last_timings`, and the decoded symbols, which let the
+decodability matrix tell a correct decode from a silently wrong one exactly.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from compressai.ans import BufferedRansEncoder, RansDecoder
+
+from dcae.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from runtime.container import pack_bin
+from runtime.geometry import z_shape_for
+from runtime.imaging import crop_to_uint8, load_image, pad_image
+from runtime.manifest import sha256_file
+
+# compressai's RansDecoder reads its stream without bounds checks. A decoder
+# out of sync (a foreign stream) can read past the end: at most one 32-bit
+# word per symbol, plus escapes. Zero words appended after the stream are
+# never read by a decoder in sync, and keep a desynced one inside our buffer.
+_OVERRUN_WORDS_PER_SYMBOL = 2
+
+
+class ReferenceMismatchError(ValueError):
+    """The checkpoint is not the model a bundle was exported from."""
+
+
+@dataclass
+class ReferenceEncoded:
+    data: bytes  # upstream .bin
+    y: bytes
+    z: bytes
+    height: int
+    width: int
+    y_hat: np.ndarray  # float32 (1, M, h, w)
+    indexes: np.ndarray  # int32 (1, M, h, w)
+    symbols: np.ndarray  # int32 (1, M, h, w): round(y - mu)
+
+
+@dataclass
+class ReferenceDecoded:
+    x: np.ndarray  # uint8 (H, W, 3)
+    y_hat: np.ndarray
+    symbols: np.ndarray  # int32 (1, M, h, w) as the decoder read them
+
+
+class TorchReference:
+    """`DCAE` from a checkpoint, with `Codec`-like encode / decode and timings."""
+
+    numeric_class = "torch-cpu"
+
+    def __init__(self, checkpoint: str | Path | None = None, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.checkpoint = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+        self.model = load_checkpoint(self.checkpoint)
+        self.preset = getattr(self.model, "preset", None)
+        self.last_timings: dict[str, float] = {}
+
+    @property
+    def config(self) -> dict:
+        return self.model.config.to_dict()
+
+    def sha256(self) -> str:
+        return sha256_file(self.checkpoint)
+
+    def check_matches(self, manifest) -> str | None:
+        """Refuse a bundle exported from another model; return a note when the
+        bundle does not record its source checkpoint (weights unverifiable)."""
+        if manifest.model.get("config") != self.config:
+            differing = sorted(k for k in self.config if manifest.model["config"].get(k) != self.config[k])
+            raise ReferenceMismatchError(
+                f"checkpoint {self.checkpoint} (preset {self.preset}) has another configuration than the "
+                f"bundle (preset {manifest.model.get('preset')}; fields {', '.join(differing)} differ): "
+                f"pass the bundle's checkpoint with --checkpoint, or leave torch out of --backends")
+        recorded = manifest.source_checkpoint_sha256
+        if recorded is None:
+            return (f"bundle (preset {manifest.model.get('preset')}) records no source checkpoint: "
+                    f"the PyTorch reference ({self.checkpoint.name}) has its configuration, but its weights "
+                    f"cannot be verified")
+        if recorded != self.sha256():
+            raise ReferenceMismatchError(
+                f"checkpoint {self.checkpoint} is not the one the bundle was exported from "
+                f"(sha256 {self.sha256()[:16]}, the bundle records {recorded[:16]}): pass that file with "
+                f"--checkpoint, or leave torch out of --backends")
+        return None
+
+    @contextmanager
+    def _timed(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.last_timings[stage] = self.last_timings.get(stage, 0.0) + time.perf_counter() - start
+
+    def _tables(self):
+        return self.model._gaussian_tables()
+
+    # ---- encoder: DCAE.compress with timers --------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, image) -> ReferenceEncoded:
+        self.last_timings = {}
+        started = time.perf_counter()
+        model, gc = self.model, self.model.gaussian_conditional
+        timed = self._timed
+        with timed("load"):
+            pixels = load_image(image)
+            height, width = pixels.shape[:2]
+            x = torch.from_numpy(pad_image(pixels)[0])
+        with timed("g_a"):
+            y = model.g_a(x)
+        with timed("h_a"):
+            z = model.h_a(y)
+        with timed("z_coding"):
+            z_strings = model.entropy_bottleneck.compress(z)
+            z_hat = model.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        with timed("h_s"):
+            latent_scales, latent_means = model.hyper_synthesis(z_hat)
+        cdf, cdf_lengths, offsets = self._tables()
+
+        symbols, indexes, y_hat_slices, index_maps, symbol_maps = [], [], [], [], []
+        for i, y_slice in enumerate(y.chunk(model.num_slices, 1)):
+            with timed(f"slice_params_{i}"):
+                mu, scale, support = model.slice_params(i, latent_scales, latent_means, y_hat_slices)
+            with timed(f"slice_coding_{i}"):
+                index = gc.build_indexes(scale)
+                y_q = gc.quantize(y_slice, "symbols", mu)
+                symbols.extend(y_q.reshape(-1).tolist())
+                indexes.extend(index.reshape(-1).tolist())
+                index_maps.append(index)
+                symbol_maps.append(y_q)
+                y_hat_raw = y_q + mu
+            with timed(f"slice_lrp_{i}"):
+                y_hat_slices.append(model.slice_refine(i, support, y_hat_raw))
+
+        with timed("y_coding"):
+            encoder = BufferedRansEncoder()
+            encoder.encode_with_indexes(symbols, indexes, cdf, cdf_lengths, offsets)
+            y_string = encoder.flush()
+        data = pack_bin(height, width, y_string, z_strings[0])
+        self.last_timings["total"] = time.perf_counter() - started
+        return ReferenceEncoded(
+            data, y_string, z_strings[0], height, width, torch.cat(y_hat_slices, 1).numpy(),
+            torch.cat(index_maps, 1).numpy().astype(np.int32), torch.cat(symbol_maps, 1).numpy().astype(np.int32))
+
+    def compress(self, image) -> bytes:
+        return self.encode(image).data
+
+    # ---- decoder: DCAE.decompress with timers ------------------------------------------
+
+    @torch.no_grad()
+    def decode_streams(self, y: bytes, z: bytes, height: int, width: int) -> ReferenceDecoded:
+        """Decode like `DCAE.decompress`: no desync check exists there, so a
+        foreign stream decodes to whatever it decodes to."""
+        self.last_timings = {}
+        started = time.perf_counter()
+        model, gc = self.model, self.model.gaussian_conditional
+        timed = self._timed
+        with timed("z_coding"):
+            z_hat = model.entropy_bottleneck.decompress([z], z_shape_for(height, width))
+        with timed("h_s"):
+            latent_scales, latent_means = model.hyper_synthesis(z_hat)
+        h, w = z_hat.shape[2] * 4, z_hat.shape[3] * 4
+        cdf, cdf_lengths, offsets = self._tables()
+        decoder = RansDecoder()
+        n_symbols = model.config.M * h * w
+        decoder.set_stream(y + bytes(4 * _OVERRUN_WORDS_PER_SYMBOL * n_symbols))
+
+        y_hat_slices, symbol_maps = [], []
+        for i in range(model.num_slices):
+            with timed(f"slice_params_{i}"):
+                mu, scale, support = model.slice_params(i, latent_scales, latent_means, y_hat_slices)
+            with timed(f"slice_coding_{i}"):
+                index = gc.build_indexes(scale)
+                values = decoder.decode_stream(index.reshape(-1).tolist(), cdf, cdf_lengths, offsets)
+                y_q = torch.tensor(values, dtype=mu.dtype, device=mu.device).reshape(1, -1, h, w)
+                # (kept apart: compressai's dequantize adds mu to a float y_q in place)
+                symbol_maps.append(np.asarray(values, np.int32).reshape(1, -1, h, w))
+                y_hat_raw = gc.dequantize(y_q, mu)
+            with timed(f"slice_lrp_{i}"):
+                y_hat_slices.append(model.slice_refine(i, support, y_hat_raw))
+
+        y_hat = torch.cat(y_hat_slices, dim=1)
+        with timed("g_s"):
+            x_hat = model.g_s(y_hat).clamp_(0, 1)
+        with timed("crop"):
+            pixels = crop_to_uint8(x_hat.numpy(), height, width)
+        self.last_timings["total"] = time.perf_counter() - started
+        return ReferenceDecoded(pixels, y_hat.numpy(), np.concatenate(symbol_maps, axis=1))

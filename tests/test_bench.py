@@ -1,0 +1,291 @@
+"""dcae-bench end to end on two small images with tiny bundles, and its parts.
+
+One run (module fixture) of `benchmarks.cli.main` with the PyTorch reference,
+onnxruntime on an fp32 bundle and on an fp16 bundle whose entropy graphs are
+fp16 too (so its files carry another fingerprint: the matrix has refusals and
+forced decodes to show), and TensorRT, which is not installed here. Speed
+values are not asserted; their presence and the report's invariants are.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dcae
+from benchmarks import cli
+from benchmarks.matrix import Outcomes, _attempt, silent_wrong_totals
+from benchmarks.report import stage_order
+from benchmarks.setups import Decoded, Encoded, RuntimeCoder, Setup
+from benchmarks.torch_reference import TorchReference
+from runtime.errors import DesyncError
+from runtime.metrics import psnr
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IMAGES = {"kodim05": (170, 200, 37, 53), "kodim20": (200, 170, 0, 0)}  # MS-SSIM needs >= 161 px a side
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_model, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bench_ckpt") / "tiny.pth.tar"
+    dcae.save_checkpoint(path, tiny_model, preset="tiny")
+    return path
+
+
+@pytest.fixture(scope="module")
+def fp16_bundle(tiny_model, tiny_checkpoint, tmp_path_factory) -> Path:
+    from exporter.export import export_bundle
+
+    path = tmp_path_factory.mktemp("bench_fp16") / "fp16"
+    export_bundle(tiny_model, path, precision="fp16", entropy_precision="same", preset="tiny", threads=1,
+                  source_checkpoint=tiny_checkpoint, progress=lambda *a, **k: None)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images_dir(tmp_path_factory, kodak_crop) -> Path:
+    folder = tmp_path_factory.mktemp("bench_images")
+    for name, (h, w, top, left) in IMAGES.items():
+        Image.fromarray(kodak_crop(name, h, w, top, left)).save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_bundle, fp16_bundle, tiny_checkpoint, images_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_out")
+    code = cli.main(["--bundle", str(tiny_bundle), "--bundle", str(fp16_bundle), "--images", str(images_dir),
+                     "--backends", "torch,onnxruntime,tensorrt", "--checkpoint", str(tiny_checkpoint),
+                     "--repeats", "1", "--threads", "1", "--out", str(out), "--quiet"])
+    report = json.loads((out / "report.json").read_text())
+    return code, out, report
+
+
+def setup_named(report: dict, name: str) -> dict:
+    return next(s for s in report["setups"] if s["name"] == name)
+
+
+# ---- the report -----------------------------------------------------------------------
+
+def test_report_lists_every_setup_and_says_why_tensorrt_is_missing(bench):
+    code, out, report = bench
+    assert code == 0
+    assert report["format"] == "dcae-bench-report"
+    assert {"machine", "options", "bundles", "setups", "matrix", "symbol_differences", "plots"} <= set(report)
+    assert report["machine"]["cpu"] and report["machine"]["gpu"].startswith(("none", "NVIDIA"))
+    assert "onnxruntime" in report["machine"]["versions"]
+    names = [s["name"] for s in report["setups"]]
+    assert names == ["torch", "onnxruntime:bundle", "onnxruntime:fp16", "tensorrt:bundle", "tensorrt:fp16"]
+    assert setup_named(report, "onnxruntime:fp16")["precision"] == "fp16 (entropy fp16)"
+    for name in ("tensorrt:bundle", "tensorrt:fp16"):
+        s = setup_named(report, name)
+        assert not s["available"] and "TensorRT" in s["reason"] and s["speed"] is None
+        assert f"{name}: not available: {s['reason']}" in (out / "report.md").read_text()
+    # The fp32 tiny bundle records no source checkpoint: the torch setup says so.
+    assert any("records no source checkpoint" in note for note in setup_named(report, "torch")["notes"])
+
+
+def test_speed_has_stages_spread_and_memory_of_each_available_setup(bench):
+    _, _, report = bench
+    for s in report["setups"]:
+        if not s["available"]:
+            continue
+        speed = s["speed"]
+        for direction in ("encode", "decode"):
+            assert {"median", "p25", "p75", "min", "max"} <= set(speed[f"{direction}_ms"])
+            assert speed[f"{direction}_images_per_second"] > 0
+        assert {"g_a", "h_a", "z_coding", "h_s", "y_coding"} <= set(speed["stages_ms"]["encode"])
+        assert {f"slice_{k}_{i}" for k in ("params", "coding", "lrp") for i in range(5)} <= \
+            set(speed["stages_ms"]["decode"])
+        assert "g_s" in speed["stages_ms"]["decode"]
+        assert speed["memory"]["peak_rss_mb"] > 0 and speed["load_seconds"] > 0
+        # a runtime setup is measured in a process without torch
+        assert speed["torch_imported"] == (s["kind"] == "torch")
+        assert s["speedup_vs_torch"] is not None
+    assert setup_named(report, "torch")["speedup_vs_torch"] == {"encode": 1.0, "decode": 1.0}
+
+
+def test_rate_distortion_is_recomputable_from_the_files(bench, images_dir):
+    _, _, report = bench
+    for s in report["setups"]:
+        if not s["available"]:
+            assert s["rd"] is None
+            continue
+        rows = s["rd"]["images"]
+        assert [r["image"] for r in rows] == sorted(f"{n}.png" for n in IMAGES)
+        for row in rows:
+            file = Path(row["file"])
+            assert file.suffix == (".bin" if s["kind"] == "torch" else ".dcae")
+            assert row["bytes"] == file.stat().st_size
+            assert row["bpp"] == pytest.approx(8 * file.stat().st_size / (row["height"] * row["width"]))
+            original = np.asarray(Image.open(images_dir / row["image"]).convert("RGB"))
+            decoded = np.asarray(Image.open(row["decoded"]).convert("RGB"))
+            assert row["psnr-rgb"] == pytest.approx(psnr(original, decoded))
+            assert 0 < row["ms-ssim-rgb"] <= 1
+            assert row["encoding_time"] > 0 and row["decoding_time"] > 0
+            assert {"quality", "bpp", "psnr-rgb"} <= set(row["jpeg"])
+        assert s["rd"]["mean"]["bpp"] == pytest.approx(np.mean([r["bpp"] for r in rows]))
+
+
+def test_decodability_matrix_has_no_silent_wrong_decode_in_the_runtime(bench):
+    _, out, report = bench
+    matrix = report["matrix"]
+    names = matrix["setups"]
+    assert names == ["torch", "onnxruntime:bundle", "onnxruntime:fp16"]
+    cells = {(c["encoder"], c["decoder"]): c for c in matrix["cells"]}
+    assert set(cells) == {(e, d) for e in names for d in names}
+    for (e, d), c in cells.items():
+        counted = c["identical"] + c["decoded"] + c["refused_total"] + c["wrong_silent"]
+        assert c["images"] == counted == len(IMAGES)
+        if e == d:
+            assert c["identical"] == len(IMAGES)  # each setup reads back exactly what it wrote
+        if e == "torch" and c["decoder_detects_desync"]:
+            # the runtime reads an upstream .bin (no fingerprint) with a warning
+            assert c["warned"] == c["identical"] + c["decoded"] + c["wrong_silent"]
+        if c["decoder_detects_desync"]:
+            assert c["wrong_silent"] == 0, c
+            assert c["forced"] is None or c["forced"]["wrong_silent"] == 0, c
+    # fp16 entropy graphs give the fp16 bundle another fingerprint: refused both ways,
+    # and forcing it either decodes the right symbols or is refused by the desync checks.
+    for e, d in (("onnxruntime:bundle", "onnxruntime:fp16"), ("onnxruntime:fp16", "onnxruntime:bundle")):
+        assert cells[(e, d)]["refused"] == {"FingerprintMismatchError": len(IMAGES)}
+        assert cells[(e, d)]["forced"]["images"] == len(IMAGES)
+    assert all(cells[(e, "torch")]["decoder_detects_desync"] is False for e in names)
+    assert report["silent_wrong"]["runtime"] == 0
+    reference_wrong = sum(c["wrong_silent"] for c in matrix["cells"] if c["decoder"] == "torch")
+    assert report["silent_wrong"]["reference"] == reference_wrong
+    text = (out / "report.md").read_text()
+    assert "No runtime setup decoded any file wrongly without an error" in text
+    assert f"Measured here: **{reference_wrong}** such decode(s) by the reference" in text
+
+
+def test_symbol_differences_per_slice(bench):
+    _, _, report = bench
+    pairs = {(d["a"], d["b"]): d for d in report["symbol_differences"]}
+    assert set(pairs) == {("torch", "onnxruntime:bundle"), ("torch", "onnxruntime:fp16"),
+                          ("onnxruntime:bundle", "onnxruntime:fp16")}
+    for d in pairs.values():
+        assert d["images"] == len(IMAGES) and len(d["per_slice"]) == 5
+        for p in d["per_slice"]:
+            assert 0 <= p["index_fraction"] <= 1 and 0 <= p["symbol_fraction"] <= 1
+    # fp16 g_a moves the latent itself
+    assert pairs[("onnxruntime:bundle", "onnxruntime:fp16")]["symbol_fraction"] > 0
+
+
+def test_plots_are_valid_pngs(bench):
+    _, out, report = bench
+    assert report["plots"] == {"latency": "latency_by_stage.png", "rate_distortion": "rate_distortion.png"}
+    for name in report["plots"].values():
+        path = out / name
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        with Image.open(path) as img:
+            img.verify()
+        assert f"]({name})" in (out / "report.md").read_text()
+
+
+# ---- refusals of the command line ----------------------------------------------------
+
+def test_checkpoint_of_another_configuration_is_refused(tiny_bundle, images_dir, tmp_path, capsys):
+    # the embedded default is the small preset; the bundle is tiny
+    code = cli.main(["--bundle", str(tiny_bundle), "--images", str(images_dir), "--backends", "torch,onnxruntime",
+                     "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE
+    assert "dcae-bench: error:" in err and "another configuration" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backends", "onnxruntime,nope"], "unknown backend"),
+    (["--limit", "0"], "no images"),
+    (["--backends", "torch", "--checkpoint", "missing.pth.tar"], "checkpoint not found"),
+])
+def test_usage_errors(tiny_bundle, images_dir, tmp_path, capsys, args, message):
+    code = cli.main(["--bundle", str(tiny_bundle), "--images", str(images_dir), "--out", str(tmp_path), *args])
+    assert code == cli.EXIT_USAGE and message in capsys.readouterr().err
+
+
+def test_a_silent_wrong_runtime_decode_fails_the_run_loudly(tiny_bundle, images_dir, tmp_path, capsys,
+                                                           monkeypatch):
+    import benchmarks.matrix as matrix
+
+    real = matrix.coding_pass
+
+    def with_a_wrong_decode(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result["cells"][0]["wrong_silent"] += 1  # as if the runtime had returned a wrong image
+        return result
+
+    monkeypatch.setattr(matrix, "coding_pass", with_a_wrong_decode)
+    out = tmp_path / "out"
+    code = cli.main(["--bundle", str(tiny_bundle), "--images", str(images_dir), "--backends", "onnxruntime",
+                     "--limit", "1", "--repeats", "1", "--threads", "1", "--no-jpeg", "--out", str(out), "--quiet"])
+    assert code == cli.EXIT_SILENT_WRONG
+    assert "FAILURE" in capsys.readouterr().err
+    assert "**FAILURE: runtime setups decoded 1 file(s) WRONGLY WITHOUT AN ERROR.**" in (out / "report.md").read_text()
+    assert json.loads((out / "report.json").read_text())["silent_wrong"]["runtime"] == 1
+
+
+# ---- the parts -------------------------------------------------------------------------
+
+def test_torch_reference_writes_and_reads_what_the_model_does(tiny_model, tiny_checkpoint, kodak_crop):
+    pixels = kodak_crop("kodim13", 100, 140, 10, 20)
+    reference = TorchReference(tiny_checkpoint, threads=1)
+    encoded = reference.encode(pixels)
+    assert encoded.data == dcae.compress_image(tiny_model, pixels)
+    encode_stages = set(reference.last_timings)
+    decoded = reference.decode_streams(encoded.y, encoded.z, encoded.height, encoded.width)
+    assert np.array_equal(decoded.x, dcae.decompress_image(tiny_model, encoded.data))
+    assert np.array_equal(decoded.symbols, encoded.symbols)
+    assert np.array_equal(decoded.y_hat, encoded.y_hat)
+    expected = {"load", "g_a", "h_a", "z_coding", "h_s", "y_coding", "total"} | {
+        f"slice_{k}_{i}" for k in ("params", "coding", "lrp") for i in range(5)}
+    assert encode_stages == expected
+    assert {"g_s", "crop"} <= set(reference.last_timings)
+
+
+def test_runtime_coder_records_the_symbols_its_decoder_read(tiny_bundle, kodak_crop):
+    coder = RuntimeCoder(Setup("onnxruntime:t", "runtime", "onnxruntime", "fp32", bundle_path=str(tiny_bundle)),
+                         threads=1, record_symbols=True)
+    encoded = coder.encode(kodak_crop("kodim08", 60, 90))
+    decoded = coder.decode(encoded.data)
+    assert np.array_equal(decoded.symbols, encoded.symbols) and decoded.symbols.any()
+
+
+class _FakeDecoder:
+    def __init__(self, result):
+        self.result = result
+
+    def decode(self, data, force=False):
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+def test_outcomes_are_classified_by_the_symbols_read():
+    symbols = np.arange(12, dtype=np.int32).reshape(1, 3, 2, 2)
+    encoded = Encoded(b"", ".dcae", 4, 4, symbols, symbols)
+    right = np.zeros((4, 4, 3), np.uint8)
+    off_by_one = right + 1
+    wrong = symbols.copy()
+    wrong[0, 2, 1, 1] += 1
+    outcomes = Outcomes()
+    _attempt(_FakeDecoder(Decoded(right, symbols.copy())), encoded, right, outcomes, "a")
+    _attempt(_FakeDecoder(Decoded(off_by_one, symbols.copy())), encoded, right, outcomes, "b")
+    _attempt(_FakeDecoder(DesyncError("out of sync")), encoded, right, outcomes, "c")
+    # right pixels but one wrong symbol is still a wrong decode
+    _attempt(_FakeDecoder(Decoded(right, wrong)), encoded, right, outcomes, "d")
+    assert (outcomes.images, outcomes.identical, outcomes.decoded, outcomes.wrong_silent) == (4, 1, 1, 1)
+    assert outcomes.refused == {"DesyncError": 1} and outcomes.max_pixel_diff == 1
+    assert outcomes.wrong == [{"image": "d", "symbols_wrong": 1, "symbols": 12, "psnr_vs_right_decode": None}]
+    cells = [{"decoder_detects_desync": True, "wrong_silent": 1, "forced": {"wrong_silent": 2}},
+             {"decoder_detects_desync": False, "wrong_silent": 3, "forced": None}]
+    assert silent_wrong_totals(cells) == {"runtime": 3, "reference": 3}
+
+
+def test_stage_order_follows_the_pipeline():
+    names = ["g_s", "slice_lrp_1", "y_coding", "slice_params_1", "g_a", "slice_coding_0", "crop", "h_s",
+             "slice_params_0", "slice_params_10", "load"]
+    assert stage_order(names) == ["load", "g_a", "h_s", "slice_params_0", "slice_coding_0", "slice_params_1",
+                                  "slice_lrp_1", "slice_params_10", "y_coding", "g_s", "crop"]
