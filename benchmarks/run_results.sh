@@ -21,6 +21,7 @@
 #   THREADS=2      threads for every setup        REPEATS=3   timed runs per image
 #   OUT=benchmarks/results                        WORK=<temp dir>, removed unless KEEP_WORK=1
 #   BACKENDS=torch,onnxruntime,onnxruntime-cuda,tensorrt   (fixture part)
+#   PARTS=fixture,official   which parts to run (default both)
 #   QUICK=1        a test of this script: tiny random-init models instead of the
 #                  fixture and official ones, 2 images, 1 repeat, OUT defaults to
 #                  /tmp/dcae-bench-quick (the checked-in results are not touched)
@@ -74,6 +75,9 @@ export_bundle() {  # export_bundle OUT_DIR [dcae-export options...]
     "$PYTHON" -m exporter.cli "$@" -o "$dir" --threads "$THREADS" --quiet
 }
 
+PARTS="${PARTS:-fixture,official}"
+status=0
+if [[ ",$PARTS," == *",fixture,"* ]]; then
 # ---- 1. fixture bundles ---------------------------------------------------------------
 FIXTURE_BUNDLES=()
 for precision in fp32 fp16; do
@@ -93,14 +97,15 @@ else
 fi
 
 # ---- 2. fixture benchmark -------------------------------------------------------------
-status=0
 say "dcae-bench: fixture bundles on $KODAK"
 "$PYTHON" -m benchmarks.cli "${FIXTURE_BUNDLES[@]}" --images "$KODAK" ${LIMIT[@]+"${LIMIT[@]}"} \
     ${BENCH_CKPT[@]+"${BENCH_CKPT[@]}"} --backends "$BACKENDS" \
     --threads "$THREADS" --repeats "$REPEATS" ${NOTES[@]+"${NOTES[@]}"} \
     --out "$OUT/fixture" --files "$WORK/files/fixture" || status=$?
+fi
 
 # ---- 3. official-size configuration at random init, speed only ------------------------
+if [[ ",$PARTS," == *",official,"* ]]; then
 "$PYTHON" -m benchmarks.random_checkpoint --preset "$OFFICIAL_PRESET" --seed 0 -o "$WORK/official.pth.tar"
 for precision in fp32 fp16; do
     export_bundle "$WORK/official/$precision" "$WORK/official.pth.tar" --precision "$precision"
@@ -111,6 +116,7 @@ say "dcae-bench: official-size configuration (random init), speed only, 2 images
     --backends torch,onnxruntime --threads "$THREADS" --repeats "$REPEATS" \
     --note "official-size configuration ($OFFICIAL_PRESET) at random init (seed 0): speed only" \
     --out "$OUT/official_random_init" --files "$WORK/files/official" || { rc=$?; [ $status -ne 0 ] || status=$rc; }
+fi
 
 if [ "$QUICK" = 1 ]; then
     models="QUICK=1: tiny random-init models in place of the fixture and official ones, 2 images"
