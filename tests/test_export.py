@@ -145,3 +145,14 @@ def test_cli_help_explains_options():
     assert result.returncode == 0
     for option in ("--precision", "--entropy-precision", "--opset", "--calib", "--tensorrt"):
         assert option in result.stdout
+
+
+def test_official_configuration_exports_end_to_end(golden_model, tmp_path):
+    """The official size, from the golden deterministic weights (an official-layout
+    state dict): every graph exported and checked against PyTorch at two sizes."""
+    manifest, reports = export_bundle(golden_model, tmp_path / "official", preset="dcae", progress=lambda *a: None)
+    assert manifest.model["config"]["M"] == 320 and len(reports) == 14
+    assert all(r.rel_error <= 1e-4 for r in reports)
+    assert sum(r.file_bytes for r in reports) > 450e6
+    report = json.loads((tmp_path / "official" / "export_report.json").read_text())
+    assert report["peak_rss_mb"] > 0
