@@ -13,7 +13,6 @@ decodability matrix tell a correct decode from a silently wrong one exactly.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from runtime.container import pack_bin
 from runtime.geometry import z_shape_for
 from runtime.imaging import crop_to_uint8, load_image, pad_image
 from runtime.manifest import sha256_file
+from runtime.timing import timed
 
 # compressai's RansDecoder reads its stream without bounds checks. A decoder
 # out of sync (a foreign stream) can read past the end: at most one 32-bit
@@ -98,13 +98,8 @@ class TorchReference:
                 f"--checkpoint, or leave torch out of --backends")
         return None
 
-    @contextmanager
     def _timed(self, stage: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.last_timings[stage] = self.last_timings.get(stage, 0.0) + time.perf_counter() - start
+        return timed(self.last_timings, stage)
 
     def _tables(self):
         return self.model._gaussian_tables()

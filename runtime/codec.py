@@ -26,7 +26,6 @@ import hashlib
 import os
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from .errors import BadInputError, CorruptStreamError, FingerprintMismatchError
 from .geometry import Y_DOWNSAMPLE, check_dimensions, padded_size, z_shape_for
 from .imaging import crop_to_uint8, load_image, pad_image
 from .rans import RansStreamDecoder, encode_with_indexes
+from .timing import timed
 
 
 def setup_fingerprint(entropy_fingerprint: str, numeric_class: str) -> bytes:
@@ -102,13 +102,8 @@ class Codec:
         with self._timed(name):
             return session.run(inputs)
 
-    @contextmanager
     def _timed(self, stage: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.last_timings[stage] = self.last_timings.get(stage, 0.0) + time.perf_counter() - start
+        return timed(self.last_timings, stage)
 
     def _expect_shape(self, name: str, array: np.ndarray, shape: tuple) -> None:
         # A graph returning another shape than the contract says is a broken
