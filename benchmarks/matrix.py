@@ -231,5 +231,7 @@ def silent_wrong_totals(cells: list[dict]) -> dict:
     runtime = sum(c["wrong_silent"] + (c["forced"]["wrong_silent"] if c["forced"] else 0)
                   for c in cells if c["decoder_detects_desync"])
     reference = sum(c["wrong_silent"] for c in cells if not c["decoder_detects_desync"])
-    return {"runtime": runtime, "reference": reference}
+    reference_forced = sum(c["forced"]["wrong_silent"] for c in cells
+                           if not c["decoder_detects_desync"] and c["forced"])
+    return {"runtime": runtime, "reference": reference, "reference_forced": reference_forced}
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from runtime.codec import Codec
 from runtime.container import sniff, unpack, unpack_bin
+from runtime.errors import FingerprintMismatchError
 
 TORCH = "torch"
 DEFAULT_BACKENDS = ("torch", "onnxruntime", "onnxruntime-cuda", "tensorrt")
@@ -166,8 +167,8 @@ class RuntimeCoder:
 
 
 class TorchCoder:
-    """The PyTorch reference: writes upstream .bin; decodes .bin or the streams
-    of a .dcae (its header's fingerprint means nothing to the reference)."""
+    """The PyTorch reference: writes upstream .bin; decodes .bin, and refuses a
+    .dcae unless forced (then it decodes the file's streams)."""
 
     def __init__(self, setup: Setup, threads: int | None, reference=None):
         from .torch_reference import TorchReference
@@ -188,6 +189,13 @@ class TorchCoder:
         return self.reference.decode_streams(*streams_of(data)).x
 
     def decode(self, data: bytes, force: bool = False) -> Decoded:
+        if sniff(data) == "dcae" and not force:
+            # A .dcae always comes from a runtime setup, whose entropy path the
+            # reference cannot promise to reproduce, and compressai's decoder
+            # cannot detect a desync: refuse, as the runtime refuses a foreign
+            # fingerprint (forcing still tries, and the matrix shows the result).
+            raise FingerprintMismatchError("a .dcae file is written by a runtime setup; the PyTorch reference "
+                                           "cannot check its entropy path and refuses it (force to try)")
         result = self.reference.decode_streams(*streams_of(data))
         return Decoded(result.x, result.symbols)
 

@@ -280,8 +280,9 @@ def test_outcomes_are_classified_by_the_symbols_read():
     assert outcomes.refused == {"DesyncError": 1} and outcomes.max_pixel_diff == 1
     assert outcomes.wrong == [{"image": "d", "symbols_wrong": 1, "symbols": 12, "psnr_vs_right_decode": None}]
     cells = [{"decoder_detects_desync": True, "wrong_silent": 1, "forced": {"wrong_silent": 2}},
-             {"decoder_detects_desync": False, "wrong_silent": 3, "forced": None}]
-    assert silent_wrong_totals(cells) == {"runtime": 3, "reference": 3}
+             {"decoder_detects_desync": False, "wrong_silent": 3, "forced": None},
+             {"decoder_detects_desync": False, "wrong_silent": 0, "forced": {"wrong_silent": 4}}]
+    assert silent_wrong_totals(cells) == {"runtime": 3, "reference": 3, "reference_forced": 4}
 
 
 def test_stage_order_follows_the_pipeline():
