@@ -37,6 +37,7 @@ from runtime.bundle import Bundle  # noqa: E402
 from runtime.codec import Codec  # noqa: E402
 from runtime.errors import DcaeError  # noqa: E402
 from runtime.imaging import load_image  # noqa: E402
+from runtime.metrics import psnr
 
 FP32_ENGINE_TOLERANCE = 1e-3  # max |trt - ort| / max |ort| for fp32 engines
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -109,11 +110,6 @@ def compare_engines(bundle: Bundle, records: dict, trt_backend, say) -> list[str
     return failures
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
 def code_images(bundle: Bundle, images: list[Path], trt_backend, say, compare_cpu: bool) -> tuple[list, dict]:
     """Encode and decode every image through TensorRT; for fp32 bundles also
     through onnxruntime CPU, comparing the streams."""
@@ -138,7 +134,7 @@ def code_images(bundle: Bundle, images: list[Path], trt_backend, say, compare_cp
         if not np.array_equal(decoded.y_hat, encoded.y_hat):
             failures.append(f"{bundle.path.name}/{path.name}: decoder's y_hat differs from the encoder's")
         h, w = pixels.shape[:2]
-        line = (f"  {path.name:<14} {len(encoded.data) * 8 / (h * w):6.3f} {_psnr(pixels, decoded.x):6.2f} "
+        line = (f"  {path.name:<14} {len(encoded.data) * 8 / (h * w):6.3f} {psnr(pixels, decoded.x):6.2f} "
                 f"{enc_ms:8.1f} {dec_ms:8.1f}")
         if cpu is not None:
             reference = cpu.encode(pixels)

@@ -19,11 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+from runtime.metrics import psnr
 
 
 def export_pair(checkpoint, work: Path, calib: str, calib_count: int, method: str, threads: int, say):

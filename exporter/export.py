@@ -12,7 +12,6 @@ import json
 import platform
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -76,11 +75,7 @@ def precision_policy(precision: str, entropy_precision: str, names: list[str]) -
 
 def _check_images(image=None) -> list[np.ndarray]:
     pixels = load_image(image if image is not None else SAMPLE_IMAGE)
-    crops = []
-    for h, w in CHECK_SIZES:
-        crop = pixels[:h, :w]
-        crops.append(crop)
-    return crops
+    return [pixels[:h, :w] for h, w in CHECK_SIZES]
 
 
 def _onnx_export(defn: GraphDefinition, inputs: dict[str, np.ndarray], path: Path, opset: int) -> None:

@@ -29,6 +29,7 @@ from runtime.errors import (
     FingerprintMismatchError,
 )
 from runtime.imaging import crop_to_uint8, pad_image
+from runtime.metrics import psnr
 from runtime.manifest import ENTROPY_ARRAYS, MANIFEST_NAME, Manifest, sha256_file
 from tests.fuzzing import mutations
 
@@ -41,11 +42,6 @@ DCAE_FIELDS = [(4, 1), (5, 1), (6, 2), (8, 4), (12, 4), (16, 4), (20, 4), (24, 2
 @pytest.fixture(scope="module")
 def codec(tiny_bundle):
     return Codec(tiny_bundle, threads=1)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def reference_compress(model, pixels: np.ndarray) -> dict:
