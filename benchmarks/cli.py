@@ -2,11 +2,12 @@
 cross-backend decodability matrix.
 
     dcae-bench --bundle B [--bundle B2 ...] --images DIR --out DIR
-               [--backends torch,onnxruntime,onnxruntime-cuda,tensorrt] [--limit N]
+               [--backends torch,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt] [--limit N]
                [--repeats R] [--threads T] [--checkpoint C] [--speed-only | --no-matrix]
 
-Setups: the PyTorch reference ("torch", the bundles' source checkpoint) and
-each bundle on each runtime backend ("onnxruntime:fp32"). Writes to --out:
+Setups: the PyTorch reference ("torch" on the CPU, "torch-cuda" on a GPU,
+from the bundles' source checkpoint) and each bundle on each runtime backend
+("onnxruntime:fp32"). Writes to --out:
 report.json, report.md, latency_by_stage.png, rate_distortion.png; the coded
 files and decoded images go to --files (default OUT/files).
 
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, metavar="DIR", help="folder of test images (e.g. Kodak)")
     p.add_argument("--out", required=True, metavar="DIR", help="where report.json, report.md and plots go")
     p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
-                   help=f"comma-separated: 'torch' (the PyTorch reference) and runtime backends "
+                   help=f"comma-separated: 'torch' (the PyTorch reference on the CPU, the speed-up baseline), "
+                        f"'torch-cuda' (the reference on a CUDA GPU) and runtime backends "
                         f"(default: {','.join(DEFAULT_BACKENDS)}); those that cannot run here are reported "
                         f"as not available")
     p.add_argument("--checkpoint", default=None,
@@ -78,17 +80,19 @@ def plan_setups(bundles, backends: list[str], checkpoint: str | None):
     from runtime.backends import backend_names
     from runtime.manifest import Manifest
 
-    from .setups import TORCH, Setup, describe_precision
+    from .setups import TORCH, TORCH_DEVICES, Setup, describe_precision
 
-    known = set(backend_names()) | {TORCH}
+    known = set(backend_names()) | set(TORCH_DEVICES)
     unknown = [b for b in backends if b not in known]
     if unknown:
-        raise ValueError(f"unknown backend(s) {', '.join(unknown)}; known: torch, {', '.join(backend_names())}")
+        raise ValueError(f"unknown backend(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(TORCH_DEVICES)}, {', '.join(backend_names())}")
     setups = []
-    if TORCH in backends:
-        setups.append(Setup(TORCH, TORCH, TORCH, "fp32", checkpoint=checkpoint))
+    for backend in TORCH_DEVICES:  # the CPU reference first: it is the speed-up baseline
+        if backend in backends:
+            setups.append(Setup(backend, TORCH, backend, "fp32", checkpoint=checkpoint))
     for backend in backends:
-        if backend == TORCH:
+        if backend in TORCH_DEVICES:
             continue
         for b in bundles:
             setups.append(Setup(f"{backend}:{b.label}", "runtime", backend,
@@ -146,7 +150,7 @@ def measure_speed(setups, images, repeats, threads, work: Path, say) -> tuple[di
 
 
 def _speedups(setup_dicts: list[dict]) -> None:
-    torch_speed = next((s.get("speed") for s in setup_dicts if s["kind"] == "torch"), None)
+    torch_speed = next((s.get("speed") for s in setup_dicts if s["name"] == "torch"), None)
     for s in setup_dicts:
         if torch_speed and s.get("speed"):
             s["speedup_vs_torch"] = {

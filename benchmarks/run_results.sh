@@ -4,15 +4,17 @@
 #   benchmarks/run_results.sh KODAK_DIR [CALIB_DIR]
 #   e.g. benchmarks/run_results.sh ../shared/data/kodak ../shared/data/train
 #
-# 1. Exports the embedded default (fixture) model at fp32, fp16 and int8.
-#    int8 needs CALIB_DIR (calibration images); if that export fails, the report
-#    says "int8: not available (<reason>)" and everything else goes on.
+# 1. Exports the embedded default (fixture) model at fp32, fp16 and int8 (for
+#    onnxruntime with the entropy graphs fp32 and int8, and for TensorRT).
+#    int8 needs CALIB_DIR (calibration images); if an int8 export fails, the
+#    report says "<name>: not available (<reason>)" and everything else goes on.
 # 2. dcae-bench on every image of KODAK_DIR: the PyTorch reference vs each
 #    runtime backend x bundle (backends that cannot run here are listed with
 #    the reason), latency by stage, memory, rate-distortion with JPEG at the
 #    same rate, the decodability matrix -> $OUT/fixture/
 # 3. The official-size configuration (dcae.DCAE()) at random init (seed 0,
-#    update(force=True)), exported at fp32 and fp16 and timed on the first 2
+#    update(force=True)), exported at fp32, fp16 and (with CALIB_DIR) int8 for
+#    onnxruntime with the entropy graphs fp32 and int8, timed on the first 2
 #    images only: speed only, since a random model's rate-distortion means
 #    nothing -> $OUT/official_random_init/
 #    and an index of both, $OUT/dcae-bench.md (other files in $OUT are left alone)
@@ -20,8 +22,9 @@
 # Environment:
 #   THREADS=2      threads for every setup        REPEATS=3   timed runs per image
 #   OUT=benchmarks/results                        WORK=<temp dir>, removed unless KEEP_WORK=1
-#   BACKENDS=torch,onnxruntime,onnxruntime-cuda,tensorrt   (fixture part)
+#   BACKENDS=torch,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt   (fixture part)
 #   PARTS=fixture,official   which parts to run (default both)
+#   OFFICIAL_CALIB_COUNT=8     calibration crops for the official int8 bundles
 #   QUICK=1        a test of this script: tiny random-init models instead of the
 #                  fixture and official ones, 2 images, 1 repeat, OUT defaults to
 #                  /tmp/dcae-bench-quick (the checked-in results are not touched)
@@ -46,7 +49,7 @@ if [ "$QUICK" = 1 ]; then
 else
     OUT="${OUT:-$REPO/benchmarks/results}"; REPEATS="${REPEATS:-3}"; LIMIT=()
 fi
-BACKENDS="${BACKENDS:-torch,onnxruntime,onnxruntime-cuda,tensorrt}"
+BACKENDS="${BACKENDS:-torch,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 WORK="${WORK:-$(mktemp -d -t dcae-bench-work.XXXXXX)}"
@@ -85,15 +88,27 @@ for precision in fp32 fp16; do
     FIXTURE_BUNDLES+=(--bundle "$WORK/fixture/$precision")
 done
 NOTES=()
+# int8 bundles: for onnxruntime (the default form) with the entropy graphs fp32
+# and int8, and for TensorRT (which onnxruntime runs as float kernels)
+INT8_VARIANTS=("int8 --entropy-precision fp32" "int8_entropy_int8 --entropy-precision same"
+               "int8_tensorrt --int8-target tensorrt")
 if [ -z "$CALIB" ]; then
     NOTES+=(--note "int8: not available (no calibration images given: pass CALIB_DIR)")
-elif export_bundle "$WORK/fixture/int8" ${FIXTURE_CKPT[@]+"${FIXTURE_CKPT[@]}"} --precision int8 \
-        --calib "$CALIB" --calib-cache none ${CALIB_OPTS[@]+"${CALIB_OPTS[@]}"} 2> "$WORK/int8.log"; then
-    FIXTURE_BUNDLES+=(--bundle "$WORK/fixture/int8")
 else
-    reason="$(grep -v '^\s*$' "$WORK/int8.log" | tail -n 1 | cut -c1-300)"
-    say "int8 export failed: $reason"
-    NOTES+=(--note "int8: not available (dcae-export --precision int8 failed: ${reason:-no message})")
+    mkdir -p "$WORK/calib_cache"
+    for variant in "${INT8_VARIANTS[@]}"; do
+        read -r name options <<< "$variant"
+        # shellcheck disable=SC2086  # options are words
+        if export_bundle "$WORK/fixture/$name" ${FIXTURE_CKPT[@]+"${FIXTURE_CKPT[@]}"} --precision int8 $options \
+                --calib "$CALIB" --calib-cache "$WORK/calib_cache" ${CALIB_OPTS[@]+"${CALIB_OPTS[@]}"} \
+                2> "$WORK/int8.log"; then
+            FIXTURE_BUNDLES+=(--bundle "$WORK/fixture/$name")
+        else
+            reason="$(grep -v '^\s*$' "$WORK/int8.log" | tail -n 1 | cut -c1-300)"
+            say "$name export failed: $reason"
+            NOTES+=(--note "$name: not available (dcae-export --precision int8 $options failed: ${reason:-no message})")
+        fi
+    done
 fi
 
 # ---- 2. fixture benchmark -------------------------------------------------------------
@@ -107,14 +122,26 @@ fi
 # ---- 3. official-size configuration at random init, speed only ------------------------
 if [[ ",$PARTS," == *",official,"* ]]; then
 "$PYTHON" -m benchmarks.random_checkpoint --preset "$OFFICIAL_PRESET" --seed 0 -o "$WORK/official.pth.tar"
+OFFICIAL_BUNDLES=()
 for precision in fp32 fp16; do
     export_bundle "$WORK/official/$precision" "$WORK/official.pth.tar" --precision "$precision"
+    OFFICIAL_BUNDLES+=(--bundle "$WORK/official/$precision")
 done
+OFFICIAL_NOTE="official-size configuration ($OFFICIAL_PRESET) at random init (seed 0): speed only"
+if [ -n "$CALIB" ]; then
+    mkdir -p "$WORK/calib_cache"
+    for entropy in fp32 same; do
+        name=int8_entropy_$([ $entropy = same ] && echo int8 || echo fp32)
+        export_bundle "$WORK/official/$name" "$WORK/official.pth.tar" --precision int8 --entropy-precision $entropy \
+            --calib "$CALIB" --calib-count "${OFFICIAL_CALIB_COUNT:-8}" --calib-holdout 2 \
+            --calib-cache "$WORK/calib_cache" && OFFICIAL_BUNDLES+=(--bundle "$WORK/official/$name")
+    done
+    OFFICIAL_NOTE="$OFFICIAL_NOTE; int8 for onnxruntime calibrated on ${OFFICIAL_CALIB_COUNT:-8} crops"
+fi
 say "dcae-bench: official-size configuration (random init), speed only, 2 images"
-"$PYTHON" -m benchmarks.cli --bundle "$WORK/official/fp32" --bundle "$WORK/official/fp16" \
+"$PYTHON" -m benchmarks.cli "${OFFICIAL_BUNDLES[@]}" \
     --checkpoint "$WORK/official.pth.tar" --images "$KODAK" --limit 2 --speed-only \
-    --backends torch,onnxruntime --threads "$THREADS" --repeats "$REPEATS" \
-    --note "official-size configuration ($OFFICIAL_PRESET) at random init (seed 0): speed only" \
+    --backends torch,onnxruntime --threads "$THREADS" --repeats "$REPEATS" --note "$OFFICIAL_NOTE" \
     --out "$OUT/official_random_init" --files "$WORK/files/official" || { rc=$?; [ $status -ne 0 ] || status=$rc; }
 fi
 

@@ -25,7 +25,9 @@ from runtime.container import sniff, unpack, unpack_bin
 from runtime.errors import FingerprintMismatchError
 
 TORCH = "torch"
-DEFAULT_BACKENDS = ("torch", "onnxruntime", "onnxruntime-cuda", "tensorrt")
+TORCH_CUDA = "torch-cuda"  # the reference on the GPU: upstream's own way of running DCAE
+TORCH_DEVICES = {TORCH: "cpu", TORCH_CUDA: "cuda"}
+DEFAULT_BACKENDS = ("torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "tensorrt")
 
 
 @dataclass
@@ -41,8 +43,8 @@ class BundleInfo:
 
 @dataclass
 class Setup:
-    name: str  # "torch" or "<backend>:<bundle label>"
-    kind: str  # "torch" | "runtime"
+    name: str  # "torch", "torch-cuda" or "<backend>:<bundle label>"
+    kind: str  # "torch" (the PyTorch reference, backend torch or torch-cuda) | "runtime"
     backend: str
     precision: str  # as a reader wants it: "fp32", "fp16 (entropy fp32)", ...
     bundle: str | None = None  # bundle label
@@ -173,7 +175,7 @@ class TorchCoder:
     def __init__(self, setup: Setup, threads: int | None, reference=None):
         from .torch_reference import TorchReference
 
-        self.reference = reference or TorchReference(setup.checkpoint, threads)
+        self.reference = reference or TorchReference(setup.checkpoint, threads, TORCH_DEVICES[setup.backend])
         self.numeric_class = self.reference.numeric_class
         self.num_slices = self.reference.model.num_slices
 

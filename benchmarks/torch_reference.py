@@ -12,6 +12,7 @@ decodability matrix tell a correct decode from a silently wrong one exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from compressai.ans import BufferedRansEncoder, RansDecoder
 
 from dcae.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from runtime.container import pack_bin
+from runtime.errors import BackendUnavailableError
 from runtime.geometry import z_shape_for
 from runtime.imaging import crop_to_uint8, load_image, pad_image
 from runtime.manifest import sha256_file
@@ -58,15 +60,22 @@ class ReferenceDecoded:
 
 
 class TorchReference:
-    """`DCAE` from a checkpoint, with `Codec`-like encode / decode and timings."""
+    """`DCAE` from a checkpoint, with `Codec`-like encode / decode and timings.
 
-    numeric_class = "torch-cpu"
+    `device="cuda"` runs the model on the GPU, as upstream's scripts do; the
+    entropy coding stays compressai's CPU coder either way."""
 
-    def __init__(self, checkpoint: str | Path | None = None, threads: int | None = None):
+    def __init__(self, checkpoint: str | Path | None = None, threads: int | None = None, device: str = "cpu"):
         if threads:
             torch.set_num_threads(threads)
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"unknown PyTorch device {device!r}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError("torch-cuda unavailable: PyTorch sees no CUDA GPU on this machine")
+        self.device = torch.device(device)
+        self.numeric_class = f"torch-{device}"
         self.checkpoint = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
-        self.model = load_checkpoint(self.checkpoint)
+        self.model = load_checkpoint(self.checkpoint).to(self.device)
         self.preset = getattr(self.model, "preset", None)
         self.last_timings: dict[str, float] = {}
 
@@ -98,8 +107,12 @@ class TorchReference:
                 f"--checkpoint, or leave torch out of --backends")
         return None
 
+    @contextlib.contextmanager
     def _timed(self, stage: str):
-        return timed(self.last_timings, stage)
+        with timed(self.last_timings, stage):
+            yield
+            if self.device.type == "cuda":  # kernels run asynchronously: a stage ends when they do
+                torch.cuda.synchronize()
 
     def _tables(self):
         return self.model._gaussian_tables()
@@ -115,7 +128,7 @@ class TorchReference:
         with timed("load"):
             pixels = load_image(image)
             height, width = pixels.shape[:2]
-            x = torch.from_numpy(pad_image(pixels)[0])
+            x = torch.from_numpy(pad_image(pixels)[0]).to(self.device)
         with timed("g_a"):
             y = model.g_a(x)
         with timed("h_a"):
@@ -149,8 +162,9 @@ class TorchReference:
         data = pack_bin(height, width, y_string, z_strings[0])
         self.last_timings["total"] = time.perf_counter() - started
         return ReferenceEncoded(
-            data, y_string, z_strings[0], height, width, torch.cat(y_hat_slices, 1).numpy(),
-            torch.cat(index_maps, 1).numpy().astype(np.int32), torch.cat(symbol_maps, 1).numpy().astype(np.int32))
+            data, y_string, z_strings[0], height, width, torch.cat(y_hat_slices, 1).cpu().numpy(),
+            torch.cat(index_maps, 1).cpu().numpy().astype(np.int32),
+            torch.cat(symbol_maps, 1).cpu().numpy().astype(np.int32))
 
     def compress(self, image) -> bytes:
         return self.encode(image).data
@@ -193,6 +207,6 @@ class TorchReference:
         with timed("g_s"):
             x_hat = model.g_s(y_hat).clamp_(0, 1)
         with timed("crop"):
-            pixels = crop_to_uint8(x_hat.numpy(), height, width)
+            pixels = crop_to_uint8(x_hat.cpu().numpy(), height, width)
         self.last_timings["total"] = time.perf_counter() - started
-        return ReferenceDecoded(pixels, y_hat.numpy(), np.concatenate(symbol_maps, axis=1))
+        return ReferenceDecoded(pixels, y_hat.cpu().numpy(), np.concatenate(symbol_maps, axis=1))

@@ -1,12 +1,24 @@
 """INT8 QDQ quantisation of one exported graph, calibrated on its real inputs.
 
-The form is the one TensorRT's explicit quantisation consumes: QuantizeLinear /
-DequantizeLinear pairs (QuantFormat.QDQ), int8 weights per output channel,
-int8 activations, both symmetric (zero point 0), float biases
-(`exporter.tensorrt_check` passes every int8 graph). Only the inputs of the
-weighted operators (Conv, ConvTranspose, MatMul, Gemm) are quantised; every
-other operator runs in float between a DequantizeLinear and the next
-QuantizeLinear, which TensorRT fuses.
+QuantizeLinear / DequantizeLinear pairs (QuantFormat.QDQ) with int8 weights per
+output channel (symmetric), in one of two forms (`INT8_FORMS`, chosen per
+bundle by `dcae-export --int8-target`), because the two runtimes fuse
+different patterns into integer kernels:
+
+- "onnxruntime" (default): uint8 asymmetric activations on the inputs and
+  outputs of the weighted operators, int32 biases. onnxruntime's CPU provider
+  turns DQ -> Conv/Gemm/MatMul -> Q into QLinearConv / QGemm / QLinearMatMul,
+  whose u8 x s8 kernels use VNNI or AMX. Measured at 768x512, 2 threads: a
+  slice_params graph 165 -> 90 ms, its largest 3x3 conv 19 -> 4.9 ms.
+- "tensorrt": int8 symmetric activations (zero point 0) on the inputs of the
+  weighted operators only, float biases: the form TensorRT's explicit
+  quantisation consumes (`exporter.tensorrt_check` passes every such graph).
+  onnxruntime cannot fuse it (no int32 bias, s8 activations) and runs it as
+  "fake quantisation": dequantise, then float kernels, slower than fp32
+  (g_a at 768x512, one thread: 1.06 s fp32, 1.28 s int8).
+
+Every other operator runs in float between a DequantizeLinear and the next
+QuantizeLinear.
 
 Some nodes stay float whatever the calibration says (the per-graph policy
 table `POLICIES`):
@@ -25,13 +37,12 @@ from ../shared/data/train, held-out SQNR of y / x_hat:
 minmax 36.6 / 39.2 dB, percentile (99.999) 36.9 / 40.4 dB, entropy (KL, 512
 bins searched for a 255-level window) 33.3 / 34.6 dB. KL picks ranges that
 clip the largest values, which a classifier tolerates and a codec, whose
-outputs are the values themselves, does not. minmax stays the default. Also measured and rejected: Q/DQ on the outputs of the weighted
-ops too (-0.5 to -2.3 dB, and no faster in onnxruntime CPU), int8 last layers
-(-1.4 to -1.8 dB); a float first layer gains only 0.2 to 0.5 dB.
-
-onnxruntime on the CPU runs these graphs as "fake quantisation" (dequantise,
-then float kernels), so an int8 bundle is not faster there (g_a at 768x512,
-one thread: 1.06 s fp32, 1.28 s int8); the int8 form is for TensorRT.
+outputs are the values themselves, does not. minmax stays the default. Also
+measured and rejected (tensorrt form): Q/DQ on the outputs of the weighted ops
+too (-0.5 to -2.3 dB, and no faster in onnxruntime CPU without int32 biases),
+int8 last layers (-1.4 to -1.8 dB); a float first layer gains only 0.2 to
+0.5 dB. The onnxruntime form, whose asymmetric activations fit the one-sided
+GELU outputs better, costs 0.16 dB and +0.6 % bpp on Kodak (fixture model).
 
 This package never imports torch: the exporter records the inputs (see
 `exporter.calibrate`) and hands them over as numpy arrays.
@@ -71,6 +82,37 @@ _LAST_LAYER_HOPS = 4
 # onnxruntime's defaults (2048 bins, 99.999th percentile of |x|).
 CALIBRATOR_OPTIONS = {"entropy": {"num_bins": 512, "num_quantized_bins": 255}}
 CALIBRATION_CHUNK = 4
+
+
+
+@dataclass(frozen=True)
+class Int8Form:
+    """How activations and biases are quantised: each runtime fuses Q/DQ
+    pairs into int8 kernels only in the form it knows."""
+
+    activation_type: QuantType
+    activation_symmetric: bool
+    quantize_bias: bool
+    # weighted ops whose outputs get a Q/DQ pair too (the others' stay float)
+    quantized_outputs: tuple[str, ...]
+    description: str
+
+
+INT8_FORMS = {
+    # onnxruntime's CPU provider fuses DQ -> Conv/MatMul -> Q with an int32
+    # bias into QLinearConv / QLinearMatMul, whose u8 x s8 kernels use VNNI or
+    # AMX; int8 activations (s8 x s8) or float biases leave it dequantising
+    # and running float kernels, slower than fp32.
+    "onnxruntime": Int8Form(QuantType.QUInt8, False, True, WEIGHTED_OPS,
+                            "uint8 asymmetric activations, int8 per-channel weights, int32 biases, "
+                            "Q/DQ on inputs and outputs of weighted ops (onnxruntime QLinearConv/QLinearMatMul)"),
+    # TensorRT's explicit quantisation: int8 symmetric only, and it
+    # dequantises INT8/FP8/INT4/FP4 alone, not the INT32 biases above; it adds
+    # float biases itself in the fused kernel.
+    "tensorrt": Int8Form(QuantType.QInt8, True, False, (),
+                         "int8 symmetric activations and per-channel weights, float biases, "
+                         "Q/DQ on inputs of weighted ops (TensorRT explicit quantisation)"),
+}
 
 Samples = list[dict[str, np.ndarray]]  # one {input name: array} per crop
 
@@ -243,12 +285,14 @@ class QuantizedGraph:
 
 def quantize_graph(fp32_path: str | Path, out_path: str | Path, samples: Samples, method: str = "minmax",
                    exclude_nodes: list[str] | tuple = (), policy: GraphPolicy = DEFAULT_POLICY,
-                   preprocess: bool = True) -> QuantizedGraph:
+                   preprocess: bool = True, target: str = "onnxruntime") -> QuantizedGraph:
     """Quantise the fp32 ONNX graph at `fp32_path` to QDQ int8 at `out_path`,
     calibrated on `samples` (real inputs of this graph). `exclude_nodes` adds
     node names to what `policy` keeps float."""
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; known: {', '.join(METHODS)}")
+    if target not in INT8_FORMS:
+        raise ValueError(f"unknown int8 target {target!r}; known: {', '.join(INT8_FORMS)}")
     with tempfile.TemporaryDirectory(prefix="dcae-quant-") as tmp:
         source = Path(tmp) / "pre.onnx"
         if preprocess:
@@ -267,25 +311,25 @@ def quantize_graph(fp32_path: str | Path, out_path: str | Path, samples: Samples
             keep_float["requested"] = sorted(exclude_nodes)
         input_names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
         ranges = Path(tmp) / "ranges.json"
-        save_tensors_data(calibrate_ranges(source, samples, input_names, method, Path(tmp)), ranges)
-        extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
-                 # biases stay float: TensorRT dequantises only INT8/FP8/INT4/FP4,
-                 # not the INT32 biases onnxruntime would write, and adds the
-                 # bias itself in the fused kernel
-                 "QuantizeBias": False}
+        form = INT8_FORMS[target]
+        save_tensors_data(calibrate_ranges(source, samples, input_names, method, Path(tmp),
+                                           symmetric=form.activation_symmetric), ranges)
+        extra = {"ActivationSymmetric": form.activation_symmetric, "WeightSymmetric": True,
+                 "QuantizeBias": form.quantize_bias}
         if not policy.quantize_outputs:
-            extra["OpTypesToExcludeOutputQuantization"] = list(WEIGHTED_OPS)
+            extra["OpTypesToExcludeOutputQuantization"] = [op for op in WEIGHTED_OPS
+                                                          if op not in form.quantized_outputs]
         quantize_static(
             str(source), str(out_path), None, quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(WEIGHTED_OPS), per_channel=True, reduce_range=False,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+            activation_type=form.activation_type, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
             calibrate_method=METHODS[method], extra_options=extra, calibration_cache_path=str(ranges),
         )
     return _summarise(onnx.load(str(out_path)), keep_float)
 
 
 def calibrate_ranges(model_path: Path, samples: Samples, input_names: list[str], method: str, workdir: Path,
-                     chunk: int = CALIBRATION_CHUNK):
+                     chunk: int = CALIBRATION_CHUNK, symmetric: bool = True):
     """Activation ranges of the tensors around the weighted ops.
 
     Run here rather than inside `quantize_static` for two reasons:
@@ -295,7 +339,7 @@ def calibrate_ranges(model_path: Path, samples: Samples, input_names: list[str],
       the best 255-level (int8) window, as TensorRT's entropy calibrator does;
     - memory: onnxruntime keeps every intermediate tensor of every sample until
       a collect call ends, so samples are fed `chunk` at a time."""
-    options = {"symmetric": True, **CALIBRATOR_OPTIONS.get(method, {})}
+    options = {"symmetric": symmetric, **CALIBRATOR_OPTIONS.get(method, {})}
     calibrator = create_calibrator(model_path, list(WEIGHTED_OPS),
                                    augmented_model_path=str(workdir / "augmented.onnx"),
                                    calibrate_method=METHODS[method], extra_options=options)
@@ -376,9 +420,12 @@ class Int8Quantizer:
 
     def __init__(self, calibration: list[dict], heldout: list[dict], method: str = "minmax",
                  policies: dict[str, GraphPolicy] | None = None, info: dict | None = None,
-                 threads: int | None = 1):
+                 threads: int | None = 1, target: str = "onnxruntime"):
         if method not in METHODS:
             raise ValueError(f"unknown calibration method {method!r}; known: {', '.join(METHODS)}")
+        if target not in INT8_FORMS:
+            raise ValueError(f"unknown int8 target {target!r}; known: {', '.join(INT8_FORMS)}")
+        self.target = target
         if not calibration:
             raise ValueError("no calibration records")
         self.calibration, self.heldout = calibration, heldout
@@ -391,7 +438,7 @@ class Int8Quantizer:
     def __call__(self, name: str, fp32_path: str | Path, out_path: str | Path) -> None:
         policy = policy_for(name, self.policies)
         samples = [record[name] for record in self.calibration]
-        result = quantize_graph(fp32_path, out_path, samples, self.method, policy=policy)
+        result = quantize_graph(fp32_path, out_path, samples, self.method, policy=policy, target=self.target)
         entry = {"policy": asdict(policy), **asdict(result)}
         if self.heldout:
             entry["heldout_error"] = compare_graphs(fp32_path, out_path, [r[name] for r in self.heldout],
@@ -399,7 +446,8 @@ class Int8Quantizer:
         self.graphs[name] = entry
 
     def report(self) -> dict:
-        return {"method": self.method, "calibration_crops": len(self.calibration),
+        return {"method": self.method, "target": self.target, "form": INT8_FORMS[self.target].description,
+                "calibration_crops": len(self.calibration),
                 "heldout_crops": len(self.heldout), **self.info, "graphs": self.graphs}
 
     def report_json(self) -> str:
@@ -408,7 +456,8 @@ class Int8Quantizer:
 
 def format_report(report: dict) -> str:
     """A table of the held-out error of each int8 graph."""
-    lines = [f"int8 ({report['method']}, {report['calibration_crops']} calibration crops, "
+    lines = [f"int8 for {report.get('target', 'tensorrt')} ({report['method']}, "
+             f"{report['calibration_crops']} calibration crops, "
              f"{report['heldout_crops']} held-out crops): error against fp32 on held-out crops",
              f"{'graph':<16} {'output':<14} {'SQNR dB':>8} {'max rel':>9} {'PSNR dB':>8} {'int8 ops':>9}"]
     for name, entry in report["graphs"].items():

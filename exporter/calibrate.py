@@ -93,9 +93,9 @@ def recorded_inputs(model: DCAE, calib_dir: str | Path, count: int = 32, holdout
 
 def make_int8_quantizer(model: DCAE, calib_dir: str | Path, count: int = 32, method: str = "minmax",
                         holdout: int = 4, seed: int = 0, crop_size: tuple[int, int] = DEFAULT_CROP,
-                        cache_dir: str | Path | None = None, progress=None, threads: int | None = 1
-                        ) -> Int8Quantizer:
+                        cache_dir: str | Path | None = None, progress=None, threads: int | None = 1,
+                        target: str = "onnxruntime") -> Int8Quantizer:
     """The `quantize` hook for `export_bundle(..., precision="int8")`."""
     calibration, heldout, info = recorded_inputs(model, calib_dir, count, holdout, seed, crop_size, cache_dir,
                                                  progress)
-    return Int8Quantizer(calibration, heldout, method=method, info=info, threads=threads)
+    return Int8Quantizer(calibration, heldout, method=method, info=info, threads=threads, target=target)

@@ -15,8 +15,9 @@ and write a bundle directory that the `dcae` runtime (or a C++ host) loads.
   dcae-export official.pth.tar -o b16/ --precision fp16
   dcae-export -o b8/ --precision int8 --calib ../shared/data/train
 
-INT8: g_a, h_a and g_s become QDQ graphs (int8 symmetric, per-channel weights:
-the form TensorRT's explicit quantisation takes), calibrated on --calib-count
+INT8: g_a, h_a and g_s become QDQ graphs (per-channel int8 weights; activations
+in the form --int8-target names: onnxruntime's integer kernels by default, or
+TensorRT's explicit quantisation), calibrated on --calib-count
 crops of the --calib images; the entropy graphs stay fp32 unless
 --entropy-precision same. Each graph's error against fp32 on held-out crops is
 printed and stored in the bundle as int8_report.json. The recorded graph
@@ -53,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where recorded graph inputs are cached, so a second export of the same model and "
                         "images does not rerun the reference (default: ~/.cache/dcae-deploy/calibration; "
                         "'none' to disable)")
+    p.add_argument("--int8-target", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                   help="the runtime the int8 graphs are quantised for. onnxruntime (default): uint8 "
+                        "asymmetric activations, int32 biases, Q/DQ around every weighted op, which "
+                        "onnxruntime's CPU provider turns into integer kernels (VNNI/AMX). tensorrt: int8 "
+                        "symmetric activations and float biases, the only form TensorRT's explicit "
+                        "quantisation takes (onnxruntime then dequantises and runs float kernels: slower than fp32)")
     p.add_argument("--tensorrt", action="store_true",
                    help="also build TensorRT engines (needs TensorRT and a CUDA GPU)")
     p.add_argument("--quiet", action="store_true", help="print only errors")
@@ -84,6 +91,9 @@ def _export(args, say) -> int:
     quantize = None
     if args.precision == "int8" and not args.calib:
         return _fail("--precision int8 needs calibration images: pass --calib DIR")
+    if args.tensorrt and args.precision == "int8" and args.int8_target != "tensorrt":
+        return _fail("--tensorrt with --precision int8 needs --int8-target tensorrt (TensorRT takes only "
+                     "int8-symmetric Q/DQ with float biases)")
     if args.tensorrt:
         from .tensorrt_check import tensorrt_unavailable_reason
 
@@ -134,7 +144,8 @@ def _int8_quantizer(model, args, say):
     return make_int8_quantizer(model, args.calib, count=args.calib_count, method=args.calib_method,
                                holdout=args.calib_holdout, seed=args.calib_seed,
                                crop_size=check_crop_size(args.calib_crop), cache_dir=cache_dir,
-                               progress=None if args.quiet else say, threads=args.threads or 1)
+                               progress=None if args.quiet else say, threads=args.threads or 1,
+                               target=args.int8_target)
 
 
 def quiet_library_warnings() -> None:

@@ -8,6 +8,7 @@ An fp32 graph whose error exceeds 1e-4 relative fails the export.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import resource
@@ -35,6 +36,7 @@ from runtime.manifest import (
 from .fp16 import convert_to_fp16
 from .graphs import GraphDefinition, graph_definitions
 from .reference_io import reference_graph_io
+from .rewrites import export_rewrites
 
 FP32_TOLERANCE = 1e-4  # max |ort - torch| / max |torch|
 DEFAULT_OPSET = 17
@@ -84,7 +86,10 @@ def _onnx_export(defn: GraphDefinition, inputs: dict[str, np.ndarray], path: Pat
     for name in defn.inputs + defn.outputs:
         shape = defn.shapes[name]
         dynamic[name] = {axis: str(dim) for axis, dim in enumerate(shape) if isinstance(dim, str)}
-    with torch.no_grad():
+    # the rate/quality graphs are traced in a faster form (exporter.rewrites);
+    # the entropy graphs keep the reference's operators
+    rewrites = contextlib.nullcontext() if is_entropy_graph(defn.name) else export_rewrites(defn.module)
+    with torch.no_grad(), rewrites:
         torch.onnx.export(
             defn.module, args, str(path), input_names=defn.inputs, output_names=defn.outputs,
             dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False,
@@ -237,6 +242,7 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
             source_checkpoint_sha256=sha256_file(source_checkpoint) if source_checkpoint else None,
             graphs=graphs, entropy_file=ENTROPY_NAME, entropy_sha256=sha256_file(staging / ENTROPY_NAME),
             precision=precision, entropy_precision=entropy_precision, tools={**tool_versions(), "opset": opset},
+            int8_target=getattr(quantize, "target", None) if "int8" in policy.values() else None,
         )
         manifest.entropy_fingerprint = manifest.compute_entropy_fingerprint()
         manifest.validate()

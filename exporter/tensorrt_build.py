@@ -104,6 +104,11 @@ def profile_shapes(spec: GraphSpec, low, opt, high) -> dict[str, dict[str, list[
 # ---- building ----------------------------------------------------------------------------
 
 def _static_check(bundle_dir: Path, progress) -> None:
+    target = Manifest.read(bundle_dir).int8_target
+    if target not in (None, "tensorrt"):
+        raise EngineBuildError(
+            f"the bundle's int8 graphs are quantised for {target} (uint8 activations, int32 biases), a form "
+            f"TensorRT does not take: export again with --precision int8 --int8-target tensorrt")
     results = check_bundle(bundle_dir)
     progress(summary(results))
     problems = [p for found in results.values() for p in errors(found)]

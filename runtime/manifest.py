@@ -126,6 +126,9 @@ class Manifest:
     entropy_sha256: str
     precision: str  # the requested precision of the rate/quality graphs
     entropy_precision: str  # "fp32", or "same": entropy graphs at `precision` too
+    # int8 bundles: the runtime their Q/DQ form is for ("onnxruntime" or
+    # "tensorrt", calibration.quantize.INT8_FORMS); None otherwise
+    int8_target: str | None = None
     padding: dict = field(default_factory=lambda: {"multiple": 128, "min_side": 256, "mode": "centred-zero"})
     tools: dict = field(default_factory=dict)
     engines: dict = field(default_factory=dict)  # TensorRT plans: see the module docstring

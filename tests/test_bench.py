@@ -57,7 +57,7 @@ def images_dir(tmp_path_factory, kodak_crop) -> Path:
 def bench(tiny_bundle, fp16_bundle, tiny_checkpoint, images_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_out")
     code = cli.main(["--bundle", str(tiny_bundle), "--bundle", str(fp16_bundle), "--images", str(images_dir),
-                     "--backends", "torch,onnxruntime,tensorrt", "--checkpoint", str(tiny_checkpoint),
+                     "--backends", "torch,torch-cuda,onnxruntime,tensorrt", "--checkpoint", str(tiny_checkpoint),
                      "--repeats", "1", "--threads", "1", "--out", str(out), "--quiet"])
     report = json.loads((out / "report.json").read_text())
     return code, out, report
@@ -77,8 +77,16 @@ def test_report_lists_every_setup_and_says_why_tensorrt_is_missing(bench):
     assert report["machine"]["cpu"] and report["machine"]["gpu"].startswith(("none", "NVIDIA"))
     assert "onnxruntime" in report["machine"]["versions"]
     names = [s["name"] for s in report["setups"]]
-    assert names == ["torch", "onnxruntime:bundle", "onnxruntime:fp16", "tensorrt:bundle", "tensorrt:fp16"]
+    assert names == ["torch", "torch-cuda", "onnxruntime:bundle", "onnxruntime:fp16", "tensorrt:bundle",
+                     "tensorrt:fp16"]
     assert setup_named(report, "onnxruntime:fp16")["precision"] == "fp16 (entropy fp16)"
+    import torch
+
+    cuda = setup_named(report, "torch-cuda")
+    if torch.cuda.is_available():  # the reference on the GPU: timed, with its own numeric class
+        assert cuda["available"] and cuda["numeric_class"] == "torch-cuda" and cuda["speed"]
+    else:
+        assert not cuda["available"] and "no CUDA GPU" in cuda["reason"] and cuda["speed"] is None
     for name in ("tensorrt:bundle", "tensorrt:fp16"):
         s = setup_named(report, name)
         assert not s["available"] and "TensorRT" in s["reason"] and s["speed"] is None

@@ -191,22 +191,43 @@ def _dequantized_inputs(path) -> dict[str, bool]:
             for n in model.graph.node}
 
 
-@pytest.mark.parametrize("graph", ["g_a", "slice_params_1"])
-def test_int8_graph_is_qdq_keeps_the_policy_float_and_runs_at_other_sizes(graph, recorded, tiny_bundle, tmp_path):
+def _optimized_ops(path, tmp_path) -> dict[str, int]:
+    """Op counts of the graph onnxruntime actually runs (after its fusions)."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return _ops(tmp_path / "optimized.onnx")
+
+
+@pytest.mark.parametrize("graph,target", [("g_a", "onnxruntime"), ("slice_params_1", "onnxruntime"),
+                                          ("g_a", "tensorrt")])
+def test_int8_graph_is_qdq_keeps_the_policy_float_and_runs_at_other_sizes(graph, target, recorded, tiny_bundle,
+                                                                          tmp_path):
     fp32 = tiny_bundle / f"{graph}.onnx"
     out = tmp_path / f"{graph}.int8.onnx"
     result = quantize_graph(fp32, out, [r[graph] for r in recorded["calibration"]], "minmax",
-                            policy=policy_for(graph))
+                            policy=policy_for(graph), target=target)
     ops = _ops(out)
     assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
     assert 0 < result.quantized_nodes < result.weighted_nodes
-    # zero points are 0 (symmetric) and int8: what TensorRT's explicit quantisation takes
     model = onnx.load(str(out))
     inits = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "QuantizeLinear":
-            zp = onnx.numpy_helper.to_array(inits[node.input[2]])
-            assert zp.dtype == np.int8 and not zp.any()
+    zero_points = [onnx.numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
+                   if n.op_type == "QuantizeLinear"]
+    optimized = _optimized_ops(out, tmp_path)
+    integer_kernels = sum(optimized.get(op, 0) for op in ("QLinearConv", "QLinearMatMul", "QGemm"))
+    if target == "tensorrt":
+        # zero points 0 (symmetric) and int8: what TensorRT's explicit
+        # quantisation takes; onnxruntime cannot fuse that form into integer kernels
+        assert all(zp.dtype == np.int8 and not zp.any() for zp in zero_points)
+        assert integer_kernels == 0
+    else:
+        # uint8 activations with real zero points, and onnxruntime runs the
+        # weighted ops as integer kernels (not dequantise + float kernel)
+        assert all(zp.dtype == np.uint8 for zp in zero_points) and any(zp.any() for zp in zero_points)
+        assert integer_kernels >= result.quantized_nodes - optimized.get("Conv", 0) - optimized.get("MatMul", 0)
+        assert optimized.get("QLinearConv", 0) > 0
     dequantized = _dequantized_inputs(out)
     kept = result.float_nodes
     assert kept["last_layer"] and kept["attention_scores"]
@@ -244,16 +265,26 @@ def test_unknown_method_is_refused(tiny_bundle, tmp_path):
 
 # ---- int8 bundles --------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def int8_bundle(tiny_model, recorded, tmp_path_factory):
+def _export_int8(tiny_model, recorded, path, target):
     from calibration.quantize import Int8Quantizer
     from exporter.export import export_bundle
 
-    quantizer = Int8Quantizer(recorded["calibration"], recorded["heldout"], "minmax", info=recorded["info"])
-    path = tmp_path_factory.mktemp("int8") / "bundle"
-    manifest, reports = export_bundle(tiny_model, path, precision="int8", quantize=quantizer, preset="tiny",
-                                      progress=lambda *a, **k: None, threads=1)
+    quantizer = Int8Quantizer(recorded["calibration"], recorded["heldout"], "minmax", info=recorded["info"],
+                              target=target)
+    export_bundle(tiny_model, path, precision="int8", quantize=quantizer, preset="tiny",
+                  progress=lambda *a, **k: None, threads=1)
     return path
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tiny_model, recorded, tmp_path_factory):
+    """The default int8 form (for onnxruntime)."""
+    return _export_int8(tiny_model, recorded, tmp_path_factory.mktemp("int8") / "bundle", "onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def int8_tensorrt_bundle(tiny_model, recorded, tmp_path_factory):
+    return _export_int8(tiny_model, recorded, tmp_path_factory.mktemp("int8trt") / "bundle", "tensorrt")
 
 
 def test_int8_bundle_policy_report_and_error_bound(int8_bundle):
@@ -275,13 +306,35 @@ def test_int8_bundle_policy_report_and_error_bound(int8_bundle):
     assert report["graphs"]["g_s"]["heldout_error"]["x_hat"]["psnr_db"] > MIN_XHAT_PSNR_DB
 
 
-def test_int8_bundle_passes_the_static_tensorrt_check(int8_bundle):
+def test_int8_tensorrt_bundle_passes_the_static_tensorrt_check(int8_tensorrt_bundle):
     """Q/DQ as TensorRT takes them: INT8 with zero points 0, per-channel
     scales on weights only, no INT32 (bias) dequantisation."""
     from exporter.tensorrt_check import check_bundle, errors
 
-    problems = {name: errors(p) for name, p in check_bundle(int8_bundle).items()}
+    assert Manifest.read(int8_tensorrt_bundle).int8_target == "tensorrt"
+    problems = {name: errors(p) for name, p in check_bundle(int8_tensorrt_bundle).items()}
     assert not any(problems.values()), {k: [str(p) for p in v[:3]] for k, v in problems.items() if v}
+
+
+def test_build_engines_refuses_an_onnxruntime_int8_bundle_with_the_reason(int8_bundle, capsys):
+    from exporter.cli import main
+
+    assert Manifest.read(int8_bundle).int8_target == "onnxruntime"
+    assert main(["build-engines", str(int8_bundle), "--check-only"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--int8-target tensorrt" in err and "quantised for onnxruntime" in err
+
+
+@pytest.mark.parametrize("form", ["onnxruntime", "tensorrt"])
+def test_int8_round_trip_of_either_form(form, int8_bundle, int8_tensorrt_bundle, kodak_crop):
+    from runtime.codec import Codec
+
+    bundle = int8_bundle if form == "onnxruntime" else int8_tensorrt_bundle
+    pixels = kodak_crop("kodim23", 256, 256, top=40, left=200)
+    codec = Codec(bundle, threads=1)
+    encoded = codec.encode(pixels)
+    decoded = codec.decode_streams(encoded.y, encoded.z, encoded.height, encoded.width)
+    np.testing.assert_array_equal(decoded.y_hat, encoded.y_hat)
 
 
 def test_int8_round_trip_decodes_bit_exactly_with_its_own_bundle(int8_bundle, kodak_crop):
@@ -315,7 +368,7 @@ def test_int8_quality_is_close_to_fp32(int8_bundle, tiny_bundle, kodak_crop):
 
 
 def test_cli_int8_with_entropy_precision_same(tiny_model, calib_dir, tmp_path, kodak_crop, capsys):
-    """dcae-export --precision int8 --entropy-precision same: every graph int8,
+    """dcae-export --precision int8 --entropy-precision same --int8-target tensorrt: every graph int8,
     the manifest marks reduced-precision entropy, the report covers all graphs
     and lands in the bundle, the calibration cache is written, and streams
     round-trip with the bundle."""
@@ -327,14 +380,16 @@ def test_cli_int8_with_entropy_precision_same(tiny_model, calib_dir, tmp_path, k
     out = tmp_path / "b8"
     argv = [str(checkpoint), "-o", str(out), "--precision", "int8", "--entropy-precision", "same",
             "--calib", str(calib_dir), "--calib-count", str(CALIB_COUNT), "--calib-holdout", str(HOLDOUT),
-            "--calib-cache", str(tmp_path / "cache"), "--threads", "1"]
+            "--calib-cache", str(tmp_path / "cache"), "--threads", "1", "--int8-target", "tensorrt"]
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "error against fp32 on held-out crops" in err and "not fp32" in err
     manifest = Manifest.read(out)
     assert {g.precision for g in manifest.graphs.values()} == {"int8"}
     assert manifest.entropy_precision == "same" and manifest.reduced_precision_entropy
+    assert manifest.int8_target == "tensorrt"
     report = json.loads((out / "int8_report.json").read_text())
+    assert report["target"] == "tensorrt"
     assert sorted(report["graphs"]) == sorted(manifest.graphs)
     for name, entry in report["graphs"].items():
         bound = MIN_SQNR_DB.get(name, MIN_SQNR_DB_ENTROPY)

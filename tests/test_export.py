@@ -124,6 +124,36 @@ def test_graphs_use_no_einsum_or_scatter(bundles):
         assert not ops & {"Einsum", "ScatterND", "ScatterElements"}, path.name
 
 
+def _slices_of_glu_fc1(path) -> int:
+    """Slice nodes that cut a ConvolutionalGLU's fc1 output in two."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    producer = {o: n for n in nodes for o in n.output}
+
+    def source(name):  # through the bias Add to the MatMul
+        node = producer.get(name)
+        while node is not None and node.op_type == "Add":
+            node = next((producer[i] for i in node.input if i in producer), None)
+        return node
+
+    return sum(1 for n in nodes if n.op_type == "Slice" and (src := source(n.input[0])) is not None
+               and "mlp/fc1" in src.name)
+
+
+def test_glu_is_traced_as_two_linears_in_the_image_graphs_only(bundles, small_model):
+    """exporter.rewrites: g_a / g_s compute ConvolutionalGLU's two halves as two
+    MatMuls (no Slice copies); the entropy graphs keep the reference's chunk;
+    the reference model's own forward is untouched after export."""
+    from dcae.layers import ConvolutionalGLU
+
+    fp32 = bundles["fp32"]
+    assert _slices_of_glu_fc1(fp32 / "g_a.onnx") == 0 and _slices_of_glu_fc1(fp32 / "g_s.onnx") == 0
+    assert _slices_of_glu_fc1(fp32 / "slice_params_1.onnx") == 2
+    glus = [m for m in small_model.modules() if isinstance(m, ConvolutionalGLU)]
+    assert glus and all("forward" not in vars(m) for m in glus)
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True)
 

@@ -96,6 +96,37 @@ def test_backend_sessions_run_by_name_and_record_time(tiny_bundle):
     assert [name for name, _ in backend.timings] == ["h_s"] and backend.timings[0][1] > 0
 
 
+def _config_entry(options, key):
+    try:
+        return options.get_session_config_entry(key)
+    except Exception:  # onnxruntime raises for a key never set
+        return None
+
+
+def test_onnxruntime_sessions_share_one_arena_and_only_the_transforms_spin(tiny_bundle):
+    """The codec runs a dozen short graphs back to back: a session's thread
+    pool left spinning would take a core from the next graph, and an arena per
+    session would make peak memory the sum of all graphs' peaks."""
+    from runtime.backends import SPINNING_GRAPHS
+
+    bundle = Bundle.open(tiny_bundle)
+    backend = get_backend("onnxruntime", threads=2)
+    assert set(SPINNING_GRAPHS) == {"g_a", "g_s"}
+    for name in bundle.manifest.graphs:
+        options = backend._session_options(name)
+        assert options.intra_op_num_threads == 2
+        # onnxruntime's default is to spin: only the short graphs turn it off
+        assert _config_entry(options, "session.intra_op.allow_spinning") == (
+            None if name in ("g_a", "g_s") else "0"), name
+        assert _config_entry(options, "session.use_env_allocators") == "1"
+    # and sessions made that way still run
+    session = backend.load(bundle.manifest.graphs["slice_lrp_0"], bundle.graph_path("slice_lrp_0"))
+    c = bundle.slice_channels
+    out = session.run({"support": np.ones((1, 3 * bundle.latent_channels, 8, 8), np.float32) * 0.1,
+                       "y_hat_raw": np.zeros((1, c, 8, 8), np.float32)})
+    assert out["y_hat"].shape == (1, c, 8, 8) and np.isfinite(out["y_hat"]).all()
+
+
 def test_unavailable_backends_say_why():
     with pytest.raises(BackendUnavailableError, match="TensorRT backend"):
         get_backend("tensorrt")
