@@ -150,7 +150,10 @@ def measure_speed(setups, images, repeats, threads, work: Path, say) -> tuple[di
 
 
 def _speedups(setup_dicts: list[dict]) -> None:
-    torch_speed = next((s.get("speed") for s in setup_dicts if s["name"] == "torch"), None)
+    from .setups import TORCH
+
+    # the baseline is the reference on the CPU, not torch-cuda
+    torch_speed = next((s.get("speed") for s in setup_dicts if s["name"] == TORCH), None)
     for s in setup_dicts:
         if torch_speed and s.get("speed"):
             s["speedup_vs_torch"] = {

@@ -7,7 +7,8 @@ reference's own compress/decompress steps), count the symbols the decoder read
 wrongly, under PyTorch's default CUDA settings (TF32 convolutions and matmuls,
 cuDNN's heuristic algorithms) and then with TF32 off and
 `torch.use_deterministic_algorithms(True)`. Also: the same slice context model
-run twice on the same input, bit-identical or not. Prints a table; exit 0.
+run twice on the same input, bit-identical or not. Prints a table; exit 0,
+or 2 with a one-line error where PyTorch sees no CUDA GPU.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from runtime.errors import BackendUnavailableError
-from runtime.imaging import load_image
+from runtime.imaging import load_image, pad_image
 
 from .torch_reference import TorchReference
 
@@ -36,8 +37,6 @@ def _settings(deterministic: bool) -> None:
 def _repeatable(reference: TorchReference, pixels: np.ndarray) -> bool:
     """slice_params_1 twice on one input: the same bits?"""
     model = reference.model
-    from runtime.imaging import pad_image
-
     x = torch.from_numpy(pad_image(pixels)[0]).to(reference.device)
     y = model.g_a(x)
     z_hat = torch.round(model.h_a(y))

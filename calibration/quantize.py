@@ -84,7 +84,6 @@ CALIBRATOR_OPTIONS = {"entropy": {"num_bins": 512, "num_quantized_bins": 255}}
 CALIBRATION_CHUNK = 4
 
 
-
 @dataclass(frozen=True)
 class Int8Form:
     """How activations and biases are quantised: each runtime fuses Q/DQ

@@ -103,8 +103,8 @@ def profile_shapes(spec: GraphSpec, low, opt, high) -> dict[str, dict[str, list[
 
 # ---- building ----------------------------------------------------------------------------
 
-def _static_check(bundle_dir: Path, progress) -> None:
-    target = Manifest.read(bundle_dir).int8_target
+def _static_check(bundle_dir: Path, manifest: Manifest, progress) -> None:
+    target = manifest.int8_target
     if target not in (None, "tensorrt"):
         raise EngineBuildError(
             f"the bundle's int8 graphs are quantised for {target} (uint8 activations, int32 biases), a form "
@@ -180,7 +180,7 @@ def build_engines(bundle_dir, min_size=DEFAULT_MIN_SIZE, opt_size=DEFAULT_OPT_SI
     reason = tensorrt_unavailable_reason()
     if reason:  # --check-only runs the static check without TensorRT
         raise EngineBuildError(reason)
-    _static_check(bundle_dir, progress)
+    _static_check(bundle_dir, manifest, progress)
     trt = import_tensorrt()
     platform = current_platform(trt)
     progress(f"building TensorRT {platform['tensorrt_version']} engines on {platform['gpu_name']} "
@@ -243,8 +243,8 @@ def main(argv=None) -> int:
     say = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, file=sys.stderr))
     try:
         if args.check_only:
-            Manifest.read(args.bundle)  # a one-line BundleError for a non-bundle
-            _static_check(Path(args.bundle), say)
+            # (Manifest.read: a one-line BundleError for a non-bundle)
+            _static_check(Path(args.bundle), Manifest.read(args.bundle), say)
             return 0
         sizes = [parse_size(s) for s in (args.min_size, args.opt_size, args.max_size)]
         build_engines(args.bundle, *sizes, progress=say, workspace_gb=args.workspace_gb)

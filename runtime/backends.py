@@ -22,7 +22,7 @@ the thread count), two of different classes may not.
 """
 from __future__ import annotations
 
-import threading
+import functools
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -103,10 +103,7 @@ class Backend(ABC):
 # two long image transforms keep spinning, which helps their many small ops.
 SPINNING_GRAPHS = ("g_a", "g_s")
 
-_ARENA_LOCK = threading.Lock()
-_ARENA_STATE: dict = {}
-
-
+@functools.cache
 def _shared_cpu_arena(ort) -> bool:
     """One CPU memory arena for all sessions of the process (registered once).
 
@@ -114,16 +111,14 @@ def _shared_cpu_arena(ort) -> bool:
     runtime's peak RSS is their sum (4.7 GB for the official model at 768x512
     against 2.5 GB for PyTorch); shared, it is the largest graph's (2.4 GB) at
     the same speed. Without arenas at all memory is lower still but g_a and
-    g_s slow down by ~20 % (fresh pages on every call)."""
-    with _ARENA_LOCK:
-        if "ok" not in _ARENA_STATE:
-            try:
-                info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
-                _ARENA_STATE["ok"] = True
-            except Exception:  # an onnxruntime build without shared allocators: one arena per session
-                _ARENA_STATE["ok"] = False
-        return _ARENA_STATE["ok"]
+    g_s slow down by ~20 % (fresh pages on every call). (Two threads racing
+    here may both register: onnxruntime accepts the second registration.)"""
+    try:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+    except Exception:  # an onnxruntime build without shared allocators: one arena per session
+        return False
+    return True
 
 
 class OrtSession(GraphSession):
