@@ -5,11 +5,13 @@ output channel (symmetric), in one of two forms (`INT8_FORMS`, chosen per
 bundle by `dcae-export --int8-target`), because the two runtimes fuse
 different patterns into integer kernels:
 
-- "onnxruntime" (default): uint8 asymmetric activations on the inputs and
-  outputs of the weighted operators, int32 biases. onnxruntime's CPU provider
-  turns DQ -> Conv/Gemm/MatMul -> Q into QLinearConv / QGemm / QLinearMatMul,
+- "onnxruntime" (default): uint8 asymmetric activations on the inputs of the
+  weighted operators and the outputs of the convolutions, int32 biases,
+  depthwise convolutions float. onnxruntime's CPU provider turns
+  DQ -> Conv -> Q into QLinearConv and DQ -> MatMul into MatMulIntegerToFloat,
   whose u8 x s8 kernels use VNNI or AMX. Measured at 768x512, 2 threads: a
-  slice_params graph 165 -> 90 ms, its largest 3x3 conv 19 -> 4.9 ms.
+  slice_params graph 165 -> 90 ms, its largest 3x3 conv 19 -> 4.9 ms; why
+  MatMul outputs and depthwise convs stay float: at INT8_FORMS.
 - "tensorrt": int8 symmetric activations (zero point 0) on the inputs of the
   weighted operators only, float biases: the form TensorRT's explicit
   quantisation consumes (`exporter.tensorrt_check` passes every such graph).
@@ -94,21 +96,31 @@ class Int8Form:
     quantize_bias: bool
     # weighted ops whose outputs get a Q/DQ pair too (the others' stay float)
     quantized_outputs: tuple[str, ...]
+    # depthwise convolutions stay float (see INT8_FORMS)
+    float_depthwise: bool
     description: str
 
 
 INT8_FORMS = {
-    # onnxruntime's CPU provider fuses DQ -> Conv/MatMul -> Q with an int32
-    # bias into QLinearConv / QLinearMatMul, whose u8 x s8 kernels use VNNI or
-    # AMX; int8 activations (s8 x s8) or float biases leave it dequantising
-    # and running float kernels, slower than fp32.
-    "onnxruntime": Int8Form(QuantType.QUInt8, False, True, WEIGHTED_OPS,
+    # onnxruntime's CPU provider fuses DQ -> Conv -> Q with an int32 bias into
+    # QLinearConv and DQ -> MatMul into MatMulIntegerToFloat, whose u8 x s8
+    # kernels use VNNI or AMX; int8 activations (s8 x s8) or float biases leave
+    # it dequantising and running float kernels, slower than fp32.
+    # MatMul outputs stay float: in the Swin blocks they feed float islands
+    # (bias adds, LayerNorm, attention, residuals), so a Q/DQ pair there only
+    # adds a round trip (g_a at 768x512, 2 threads: 1300 -> 1135 ms, and
+    # 0.9 dB better). Depthwise convs stay float: they are memory-bound, and a
+    # DequantizeLinear on their output, which onnxruntime duplicates per
+    # consumer, breaks the GELU after them into Erf/Div/Mul (-> 1046 ms;
+    # g_s 1498 -> 1248 ms; fp32 1358 / 1445 ms).
+    "onnxruntime": Int8Form(QuantType.QUInt8, False, True, ("Conv", "ConvTranspose"), True,
                             "uint8 asymmetric activations, int8 per-channel weights, int32 biases, "
-                            "Q/DQ on inputs and outputs of weighted ops (onnxruntime QLinearConv/QLinearMatMul)"),
+                            "Q/DQ on inputs of weighted ops and outputs of convs, depthwise convs float "
+                            "(onnxruntime QLinearConv/MatMulIntegerToFloat)"),
     # TensorRT's explicit quantisation: int8 symmetric only, and it
     # dequantises INT8/FP8/INT4/FP4 alone, not the INT32 biases above; it adds
     # float biases itself in the fused kernel.
-    "tensorrt": Int8Form(QuantType.QInt8, True, False, (),
+    "tensorrt": Int8Form(QuantType.QInt8, True, False, (), False,
                          "int8 symmetric activations and per-channel weights, float biases, "
                          "Q/DQ on inputs of weighted ops (TensorRT explicit quantisation)"),
 }
@@ -247,10 +259,17 @@ def _attention_chains(index: _GraphIndex) -> set[str]:
     return found
 
 
-def float_nodes(model: onnx.ModelProto, policy: GraphPolicy) -> dict[str, list[str]]:
-    """{reason: sorted node names} of the nodes `policy` keeps float."""
+def _depthwise_convs(index: _GraphIndex) -> set[str]:
+    return {n.name for n in index.nodes if n.op_type == "Conv"
+            and any(a.name == "group" and a.i > 1 for a in n.attribute)}
+
+
+def float_nodes(model: onnx.ModelProto, policy: GraphPolicy, form: Int8Form | None = None) -> dict[str, list[str]]:
+    """{reason: sorted node names} of the nodes `policy` (and the int8 `form`) keeps float."""
     index = _GraphIndex(model)
     reasons = {"ops": {n.name for n in index.nodes if n.op_type in policy.float_ops}}
+    if form is not None and form.float_depthwise:
+        reasons["depthwise"] = _depthwise_convs(index)
     if policy.float_attention_scores:
         reasons["attention_scores"] = _attention_chains(index)
     if policy.float_last_layer:
@@ -304,13 +323,13 @@ def quantize_graph(fp32_path: str | Path, out_path: str | Path, samples: Samples
         model = onnx.load(str(source))
         _name_unnamed_nodes(model)
         onnx.save(model, str(source))
-        keep_float = float_nodes(model, policy)
+        form = INT8_FORMS[target]
+        keep_float = float_nodes(model, policy, form)
         exclude = sorted(set().union(*keep_float.values(), exclude_nodes))
         if exclude_nodes:
             keep_float["requested"] = sorted(exclude_nodes)
         input_names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
         ranges = Path(tmp) / "ranges.json"
-        form = INT8_FORMS[target]
         save_tensors_data(calibrate_ranges(source, samples, input_names, method, Path(tmp),
                                            symmetric=form.activation_symmetric), ranges)
         extra = {"ActivationSymmetric": form.activation_symmetric, "WeightSymmetric": True,

@@ -216,22 +216,29 @@ def test_int8_graph_is_qdq_keeps_the_policy_float_and_runs_at_other_sizes(graph,
     zero_points = [onnx.numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
                    if n.op_type == "QuantizeLinear"]
     optimized = _optimized_ops(out, tmp_path)
-    integer_kernels = sum(optimized.get(op, 0) for op in ("QLinearConv", "QLinearMatMul", "QGemm"))
+    integer_kernels = sum(optimized.get(op, 0) for op in ("QLinearConv", "QLinearMatMul", "QGemm",
+                                                          "MatMulIntegerToFloat"))
     if target == "tensorrt":
         # zero points 0 (symmetric) and int8: what TensorRT's explicit
-        # quantisation takes; onnxruntime cannot fuse that form into integer kernels
+        # quantisation takes; onnxruntime cannot fuse its convs (float biases)
+        # into integer kernels
         assert all(zp.dtype == np.int8 and not zp.any() for zp in zero_points)
-        assert integer_kernels == 0
+        assert optimized.get("QLinearConv", 0) == 0
     else:
         # uint8 activations with real zero points, and onnxruntime runs the
         # weighted ops as integer kernels (not dequantise + float kernel)
         assert all(zp.dtype == np.uint8 for zp in zero_points) and any(zp.any() for zp in zero_points)
         assert integer_kernels >= result.quantized_nodes - optimized.get("Conv", 0) - optimized.get("MatMul", 0)
-        assert optimized.get("QLinearConv", 0) > 0
+        assert optimized.get("QLinearConv", 0) > 0 and optimized.get("MatMulIntegerToFloat", 0) > 0
+        # MatMul outputs stay float (no Q right after a MatMul); depthwise convs float
+        producers = {o: n.op_type for n in model.graph.node for o in n.output}
+        assert not [n for n in model.graph.node if n.op_type == "QuantizeLinear"
+                    and producers.get(n.input[0]) == "MatMul"]
+        assert result.float_nodes["depthwise"]
     dequantized = _dequantized_inputs(out)
     kept = result.float_nodes
     assert kept["last_layer"] and kept["attention_scores"]
-    for name in kept["ops"] + kept["attention_scores"] + kept["last_layer"]:
+    for name in kept["ops"] + kept["attention_scores"] + kept["last_layer"] + kept.get("depthwise", []):
         assert not dequantized.get(name, False), f"{name} should stay float"
     # dynamic H, W survive quantisation: run at the calibration size and at
     # one and a half times its height (real values, the lower half repeated)

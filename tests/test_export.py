@@ -154,6 +154,58 @@ def test_glu_is_traced_as_two_linears_in_the_image_graphs_only(bundles, small_mo
     assert glus and all("forward" not in vars(m) for m in glus)
 
 
+def _window_attention_gathers(path) -> int:
+    """Gather nodes in window attention that copy image activations (upstream's
+    qkv[0], qkv[1], qkv[2]); not the gathers of shapes or of parameters."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    activations = {i.name for i in graph.input}
+    for node in graph.node:  # topological order: mark what depends on the image
+        if node.op_type != "Shape" and activations.intersection(node.input):
+            activations.update(node.output)
+    return sum(1 for n in graph.node if n.op_type == "Gather" and "/msa/" in n.name and n.input[0] in activations)
+
+
+@pytest.mark.parametrize("window_type", ["W", "SW"])
+@pytest.mark.parametrize("size", [(32, 48), (16, 16)])
+def test_pixel_major_window_attention_computes_the_reference(window_type, size):
+    """exporter.rewrites' WMSA form equals the reference's forward (batch 2,
+    non-square maps, both window types, both window sizes the presets use)."""
+    from dcae.layers import WMSA
+    from exporter.rewrites import export_rewrites
+
+    torch.manual_seed(1)
+    for dim, head_dim, window in ((96, 8, 8), (64, 16, 4)):
+        module = WMSA(dim, dim, head_dim, window, window_type).eval()
+        x = torch.randn(2, *size, dim)
+        with torch.no_grad():
+            reference = module(x)
+            with export_rewrites(module):
+                rewritten = module(x)
+        torch.testing.assert_close(rewritten, reference, rtol=1e-5, atol=1e-6)
+        assert "forward" not in vars(module)
+
+
+def test_window_attention_is_traced_pixel_major_in_the_image_graphs_only(bundles, tmp_path):
+    """g_a / g_s: no activation Gathers in window attention, and onnxruntime folds
+    the per-head transposes into its MatMuls (FusedMatMul transBatch), the point
+    of the rewrite; h_s (an entropy graph) keeps the reference's operators."""
+    import onnx
+
+    fp32 = bundles["fp32"]
+    assert _window_attention_gathers(fp32 / "g_a.onnx") == 0 and _window_attention_gathers(fp32 / "g_s.onnx") == 0
+    assert _window_attention_gathers(fp32 / "h_s.onnx") > 0
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "g_a.optimized.onnx")
+    ort.InferenceSession(str(fp32 / "g_a.onnx"), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
+    strided = [n for n in optimized.graph.node if n.op_type == "FusedMatMul"
+               and any(a.name == "transBatchB" and a.i == 1 for a in n.attribute)]
+    softmaxes = [n for n in optimized.graph.node if n.op_type == "Softmax"]
+    assert len(strided) == 2 * len(softmaxes) > 0  # q @ k^T and probs @ v of every block
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True)
 
