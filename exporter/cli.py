@@ -56,10 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "'none' to disable)")
     p.add_argument("--int8-target", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
                    help="the runtime the int8 graphs are quantised for. onnxruntime (default): uint8 "
-                        "asymmetric activations, int32 biases, Q/DQ around every weighted op, which "
-                        "onnxruntime's CPU provider turns into integer kernels (VNNI/AMX). tensorrt: int8 "
-                        "symmetric activations and float biases, the only form TensorRT's explicit "
-                        "quantisation takes (onnxruntime then dequantises and runs float kernels: slower than fp32)")
+                        "asymmetric activations, int32 biases, Q/DQ on the inputs of weighted ops and the outputs of "
+                        "convs, depthwise convs float, which onnxruntime's CPU provider turns into integer "
+                        "kernels (VNNI/AMX). tensorrt: int8 symmetric activations and float biases, the only "
+                        "form TensorRT's explicit quantisation takes (onnxruntime then runs its convs "
+                        "dequantised as float kernels: slower than fp32)")
     p.add_argument("--tensorrt", action="store_true",
                    help="also build TensorRT engines (needs TensorRT and a CUDA GPU)")
     p.add_argument("--quiet", action="store_true", help="print only errors")

@@ -103,6 +103,7 @@ class Backend(ABC):
 # two long image transforms keep spinning, which helps their many small ops.
 SPINNING_GRAPHS = ("g_a", "g_s")
 
+
 @functools.cache
 def _shared_cpu_arena(ort) -> bool:
     """One CPU memory arena for all sessions of the process (registered once).
