@@ -73,6 +73,8 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.calibrate import save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from .fusions import MS_DOMAIN, fuse_matmul_bias
+
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -99,6 +101,8 @@ class Int8Form:
     quantized_outputs: tuple[str, ...]
     # depthwise convolutions stay float (see INT8_FORMS)
     float_depthwise: bool
+    # Linear layers as MatMulIntegerToFloat with their bias (calibration.fusions)
+    fuse_matmul_bias: bool
     description: str
 
 
@@ -114,14 +118,14 @@ INT8_FORMS = {
     # a DequantizeLinear on their output, which onnxruntime duplicates per
     # consumer, breaks the GELU after them into Erf/Div/Mul (-> 1046 ms;
     # g_s 1498 -> 1248 ms; fp32 1358 / 1445 ms).
-    "onnxruntime": Int8Form(QuantType.QUInt8, False, True, ("Conv", "ConvTranspose"), True,
+    "onnxruntime": Int8Form(QuantType.QUInt8, False, True, ("Conv", "ConvTranspose"), True, True,
                             "uint8 asymmetric activations, int8 per-channel weights, int32 biases, "
                             "Q/DQ on inputs of weighted ops and outputs of convs, depthwise convs float "
                             "(onnxruntime QLinearConv/MatMulIntegerToFloat)"),
     # TensorRT's explicit quantisation: int8 symmetric only, and it
     # dequantises INT8/FP8/INT4/FP4 alone, not the INT32 biases above; it adds
     # float biases itself in the fused kernel.
-    "tensorrt": Int8Form(QuantType.QInt8, True, False, (), False,
+    "tensorrt": Int8Form(QuantType.QInt8, True, False, (), False, False,
                          "int8 symmetric activations and per-channel weights, float biases, "
                          "Q/DQ on inputs of weighted ops (TensorRT explicit quantisation)"),
 }
@@ -345,6 +349,10 @@ def quantize_graph(fp32_path: str | Path, out_path: str | Path, samples: Samples
             activation_type=form.activation_type, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
             calibrate_method=METHODS[method], extra_options=extra, calibration_cache_path=str(ranges),
         )
+    if form.fuse_matmul_bias:
+        quantized = onnx.load(str(out_path))
+        if fuse_matmul_bias(quantized):
+            onnx.save(quantized, str(out_path))
     return _summarise(onnx.load(str(out_path)), keep_float)
 
 
@@ -372,11 +380,13 @@ def calibrate_ranges(model_path: Path, samples: Samples, input_names: list[str],
 def _summarise(quantized: onnx.ModelProto, keep_float: dict[str, list[str]]) -> QuantizedGraph:
     index = _GraphIndex(quantized)
     weighted = [n for n in index.nodes if n.op_type in WEIGHTED_OPS]
-    quantized_count = sum(
+    # a fused Linear (calibration.fusions) takes its int8 input directly
+    fused = sum(1 for n in index.nodes if n.domain == MS_DOMAIN and n.op_type == "MatMulIntegerToFloat")
+    quantized_count = fused + sum(
         1 for n in weighted
         if n.input and n.input[0] in index.producer and index.producer[n.input[0]].op_type == "DequantizeLinear")
     qdq = {op: sum(n.op_type == op for n in index.nodes) for op in ("QuantizeLinear", "DequantizeLinear")}
-    return QuantizedGraph(keep_float, len(weighted), quantized_count, qdq)
+    return QuantizedGraph(keep_float, len(weighted) + fused, quantized_count, qdq)
 
 
 # ---- error against fp32 --------------------------------------------------------------

@@ -57,7 +57,11 @@ def _pixel_major_wmsa_forward(self: WMSA, x: Tensor) -> Tensor:
     shifted = self.type != "W"
     if shifted:
         x = torch.roll(x, shifts=(-(win // 2), -(win // 2)), dims=(1, 2))
-    b, h, w, c = x.shape
+    b, h, w, _ = x.shape
+    # the channel count from the layer, not from x.shape: a traced shape would
+    # make the weight slices below graph computations, recomputed (and, in
+    # int8, quantised per tensor) at every run instead of constant weights
+    c = self.embedding_layer.in_features
     rows, cols, pixels = h // win, w // win, win * win
     windows = x.reshape(b, rows, win, cols, win, c).permute(2, 4, 0, 1, 3, 5).reshape(pixels, -1, c)
     weight, bias = self.embedding_layer.weight, self.embedding_layer.bias

@@ -251,6 +251,40 @@ def test_int8_graph_is_qdq_keeps_the_policy_float_and_runs_at_other_sizes(graph,
         assert all(np.isfinite(g).all() for g in got)
 
 
+def test_linear_layers_run_as_int8_matmuls_with_their_bias_fused(recorded, tiny_bundle, tmp_path, monkeypatch):
+    """onnxruntime form: every Linear of g_a becomes one MatMulIntegerToFloat
+    that adds its bias (no separate Add over its output), computing what the
+    QDQ graph before the fusion computes, on real held-out inputs."""
+    import calibration.quantize as quantize
+    from calibration.fusions import MS_DOMAIN, fuse_matmul_bias
+
+    fp32 = tiny_bundle / "g_a.onnx"
+    samples = [r["g_a"] for r in recorded["calibration"]]
+    monkeypatch.setattr(quantize, "fuse_matmul_bias", lambda model: 0)
+    quantize_graph(fp32, tmp_path / "unfused.onnx", samples, policy=policy_for("g_a"))
+    monkeypatch.undo()
+    result = quantize_graph(fp32, tmp_path / "fused.onnx", samples, policy=policy_for("g_a"))
+    unfused, fused = onnx.load(str(tmp_path / "unfused.onnx")), onnx.load(str(tmp_path / "fused.onnx"))
+
+    producers = {o: n for n in unfused.graph.node for o in n.output}
+    linears = [n for n in unfused.graph.node if n.op_type == "MatMul"
+               and all(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input)
+               and producers[n.input[1]].input[0] in {t.name for t in unfused.graph.initializer}]
+    fused_nodes = [n for n in fused.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert linears and len(fused_nodes) == len(linears)
+    assert all(n.domain == MS_DOMAIN and len(n.input) == 7 and n.input[6] for n in fused_nodes)
+    assert _ops(tmp_path / "unfused.onnx")["Add"] - _ops(tmp_path / "fused.onnx")["Add"] == len(linears)
+    assert not [n for n in fused.graph.node if n.op_type == "MatMul"
+                and producers.get(n.input[1]) is not None and producers[n.input[1]].op_type == "DequantizeLinear"]
+    assert result.quantized_nodes >= len(linears)
+    assert fuse_matmul_bias(fused) == 0  # nothing left to fuse
+
+    sample = recorded["heldout"][0]["g_a"]
+    want = ort.InferenceSession(str(tmp_path / "unfused.onnx"), providers=["CPUExecutionProvider"]).run(None, sample)
+    got = ort.InferenceSession(str(tmp_path / "fused.onnx"), providers=["CPUExecutionProvider"]).run(None, sample)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4 * float(np.abs(want[0]).max()))
+
+
 def test_float_node_selection_on_an_exported_graph(tiny_bundle):
     from calibration.quantize import GraphPolicy
 

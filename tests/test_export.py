@@ -196,6 +196,12 @@ def test_window_attention_is_traced_pixel_major_in_the_image_graphs_only(bundles
     fp32 = bundles["fp32"]
     assert _window_attention_gathers(fp32 / "g_a.onnx") == 0 and _window_attention_gathers(fp32 / "g_s.onnx") == 0
     assert _window_attention_gathers(fp32 / "h_s.onnx") > 0
+    # q, k, v weights are constants (initializers), not slices of the
+    # embedding weight recomputed at every run
+    graph = onnx.load(str(fp32 / "g_a.onnx"), load_external_data=False).graph
+    parameters = {t.name for t in graph.initializer}
+    assert not [n for n in graph.node if n.op_type == "Slice" and n.input[0] in parameters
+                and "embedding_layer" in n.input[0]]
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "g_a.optimized.onnx")
     ort.InferenceSession(str(fp32 / "g_a.onnx"), options, providers=["CPUExecutionProvider"])
