@@ -3,7 +3,7 @@ cross-backend decodability matrix.
 
     dcae-bench --bundle B [--bundle B2 ...] --images DIR --out DIR
                [--backends torch,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt] [--limit N]
-               [--repeats R] [--threads T] [--checkpoint C] [--speed-only | --no-matrix]
+               [--repeats R] [--rounds N] [--threads T] [--checkpoint C] [--speed-only | --no-matrix]
 
 Setups: the PyTorch reference ("torch" on the CPU, "torch-cuda" on a GPU,
 from the bundles' source checkpoint) and each bundle on each runtime backend
@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images (sorted)")
     p.add_argument("--repeats", type=int, default=3, metavar="R",
                    help="timed runs per image after one warm-up (default: 3)")
+    p.add_argument("--rounds", type=int, default=1, metavar="N",
+                   help="measure every setup N times, the setups in turn, each time in a fresh process (with "
+                        "its own warm-up), and pool the runs: on a shared machine whose load drifts, the drift "
+                        "then falls on every setup alike (default: 1)")
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="threads for every setup (default: each library's own default)")
     p.add_argument("--files", default=None, metavar="DIR",
@@ -128,25 +132,34 @@ def open_available(setups, bundles, threads, say) -> dict:
     return coders
 
 
-def measure_speed(setups, images, repeats, threads, work: Path, say) -> tuple[dict, dict]:
-    """({setup name: speed summary}, {setup name: why its measurement failed})."""
-    from .measure import measure_in_subprocess, summarise
+def measure_speed(setups, images, repeats, threads, work: Path, say, rounds: int = 1) -> tuple[dict, dict]:
+    """({setup name: speed summary}, {setup name: why its measurement failed}).
 
-    speeds, errors = {}, {}
-    for setup in setups:
-        if not setup.available:
-            continue
-        t0 = time.perf_counter()
-        try:
-            raw = measure_in_subprocess(setup, images, repeats, threads, work)
-        except Exception as exc:  # noqa: BLE001 - reported, and the other setups go on
-            errors[setup.name] = " ".join(str(exc).split())
-            say(f"{setup.name}: speed measurement failed: {errors[setup.name]}")
-            continue
-        speed = speeds[setup.name] = summarise(raw)
-        say(f"{setup.name}: encode {speed['encode_ms']['median']:.1f} ms, decode "
-            f"{speed['decode_ms']['median']:.1f} ms (median; measured in {time.perf_counter() - t0:.0f} s)")
-    return speeds, errors
+    With `rounds` > 1 every setup is measured once per round, the setups in
+    turn (see `benchmarks.measure.merge_rounds`)."""
+    from .measure import measure_in_subprocess, merge_rounds, summarise
+
+    raws: dict[str, list[dict]] = {}
+    errors: dict[str, str] = {}
+    for round_index in range(rounds):
+        for setup in setups:
+            if not setup.available or setup.name in errors:
+                continue
+            t0 = time.perf_counter()
+            try:
+                raw = measure_in_subprocess(setup, images, repeats, threads, work)
+            except Exception as exc:  # noqa: BLE001 - reported, and the other setups go on
+                errors[setup.name] = " ".join(str(exc).split())
+                raws.pop(setup.name, None)
+                say(f"{setup.name}: speed measurement failed: {errors[setup.name]}")
+                continue
+            raws.setdefault(setup.name, []).append(raw)
+            speed = summarise(raw)
+            round_label = f", round {round_index + 1}/{rounds}" if rounds > 1 else ""
+            say(f"{setup.name}: encode {speed['encode_ms']['median']:.1f} ms, decode "
+                f"{speed['decode_ms']['median']:.1f} ms (median; measured in {time.perf_counter() - t0:.0f} s"
+                f"{round_label})")
+    return {name: summarise(merge_rounds(runs)) for name, runs in raws.items()}, errors
 
 
 def _speedups(setup_dicts: list[dict]) -> None:
@@ -190,7 +203,8 @@ def run(args, say) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     files_dir = Path(args.files) if args.files else out / "files"
-    speeds, speed_errors = measure_speed(setups, images, args.repeats, args.threads, files_dir / "measure", say)
+    speeds, speed_errors = measure_speed(setups, images, args.repeats, args.threads, files_dir / "measure", say,
+                                         rounds=args.rounds)
 
     available = [s for s in setups if s.available]
     passed = None
@@ -223,7 +237,7 @@ def run(args, say) -> int:
         "command": "dcae-bench " + " ".join(args.argv), "created": started,
         "machine": machine,
         "options": {"images_dir": str(args.images), "images": [p.name for p in images], "repeats": args.repeats,
-                    "threads": args.threads, "limit": args.limit, "backends": backends,
+                    "rounds": args.rounds, "threads": args.threads, "limit": args.limit, "backends": backends,
                     "checkpoint": args.checkpoint, "speed_only": args.speed_only, "files": str(files_dir)},
         "bundles": [b.__dict__ for b in bundles],
         "setups": setup_dicts,
@@ -252,9 +266,10 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    if args.repeats < 1:
-        print("dcae-bench: error: --repeats must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
+    for option in ("repeats", "rounds"):
+        if getattr(args, option) < 1:
+            print(f"dcae-bench: error: --{option} must be at least 1", file=sys.stderr)
+            return EXIT_USAGE
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))

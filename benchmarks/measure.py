@@ -10,6 +10,10 @@ load + coding - RSS before the bundle (or checkpoint) was loaded. Where the
 reset is not allowed, the peak since process start is used and said so.
 
 Per image: one warm-up encode + decode, then `repeats` timed runs of each.
+`dcae-bench --rounds N` measures every setup N times, round-robin, each time
+in a fresh process, and pools the runs (`merge_rounds`): on a shared machine
+whose load drifts, that spreads the drift over every setup instead of
+charging it to whichever setup ran during it.
 End-to-end times are wall-clock around `compress` / `decompress` (for the
 runtime, `decompress` includes the container checks); stage times are the
 coder's own `last_timings`. A runtime setup imports no torch here.
@@ -150,6 +154,29 @@ def summarise(raw: dict) -> dict:
         "per_image_ms": {im["image"]: {"encode": 1e3 * float(np.median(im["encode_s"])),
                                        "decode": 1e3 * float(np.median(im["decode_s"]))} for im in images},
     }
+
+
+def merge_rounds(raws: list[dict]) -> dict:
+    """One setup's `measure` results from several rounds (fresh processes at
+    different times, interleaved with the other setups) as one result: the
+    timed runs of each image pooled, each stage the mean over rounds of the
+    round's median, load time the median, memory the round with the highest
+    peak."""
+    first = raws[0]
+    images = []
+    for k, image in enumerate(first["images"]):
+        rounds = [raw["images"][k] for raw in raws]
+        merged = {"image": image["image"]}
+        for key in ("encode_s", "decode_s"):
+            merged[key] = [t for r in rounds for t in r[key]]
+        for key in ("encode_stages_ms", "decode_stages_ms"):
+            names = list(dict.fromkeys(n for r in rounds for n in r[key]))
+            merged[key] = {n: float(np.mean([r[key].get(n, 0.0) for r in rounds])) for n in names}
+        images.append(merged)
+    return {**first, "images": images, "rounds": len(raws),
+            "load_seconds": float(np.median([raw["load_seconds"] for raw in raws])),
+            "memory": max((raw["memory"] for raw in raws), key=lambda m: m["peak_rss_mb"]),
+            "torch_imported": any(raw["torch_imported"] for raw in raws)}
 
 
 def measure_in_subprocess(setup, images: list[str], repeats: int, threads: int | None, work: Path,

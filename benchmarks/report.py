@@ -12,6 +12,15 @@ STAGE_GROUPS = [("load / pad", ("load",)), ("g_a", ("g_a",)), ("h_a", ("h_a",)),
                 ("crop", ("crop",))]
 
 
+def _timing_plan(options: dict) -> str:
+    rounds = options.get("rounds", 1)
+    if rounds == 1:
+        return f"warm-up 1 run per image, then {options['repeats']} timed runs."
+    return (f"{rounds} rounds, the setups in turn, each setup in a fresh process per round: warm-up 1 run per "
+            f"image, then {options['repeats']} timed runs ({rounds * options['repeats']} per image in all, pooled; "
+            f"stages: mean over rounds of each round's median).")
+
+
 def stage_order(names) -> list[str]:
     """Stages in pipeline order: slices by index, params / coding / lrp within one."""
     fixed = ["load", "g_a", "h_a", "z_coding", "h_s"]
@@ -308,7 +317,7 @@ def markdown(report: dict) -> str:
               "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
               f"Images: {len(report['options']['images'])} from `{report['options']['images_dir']}` "
               f"({', '.join(report['options']['images'][:6])}{', …' if len(report['options']['images']) > 6 else ''}); "
-              f"warm-up 1 run per image, then {report['options']['repeats']} timed runs.", ""]
+              + _timing_plan(report['options']), ""]
     lines += ["## Headline", ""] + _headline(report) + [
         "", "encode / decode ms: median over all timed runs of all images; speed-up: the torch setup's median "
         "divided by this setup's. bpp counts the whole file (header included); PSNR and MS-SSIM on RGB, "

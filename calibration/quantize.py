@@ -9,9 +9,11 @@ different patterns into integer kernels:
   weighted operators and the outputs of the convolutions, int32 biases,
   depthwise convolutions float. onnxruntime's CPU provider turns
   DQ -> Conv -> Q into QLinearConv and DQ -> MatMul into MatMulIntegerToFloat,
-  whose u8 x s8 kernels use VNNI or AMX. Measured at 768x512, 2 threads: a
-  slice_params graph 165 -> 90 ms, its largest 3x3 conv 19 -> 4.9 ms; why
-  MatMul outputs and depthwise convs stay float: at INT8_FORMS.
+  whose u8 x s8 kernels use VNNI or AMX; each Linear is written here as one
+  MatMulIntegerToFloat that adds its bias too (`calibration.fusions`).
+  Measured at 768x512, 2 threads: a slice_params graph 165 -> 90 ms, its
+  largest 3x3 conv 19 -> 4.9 ms; why MatMul outputs and depthwise convs stay
+  float: at INT8_FORMS.
 - "tensorrt": int8 symmetric activations (zero point 0) on the inputs of the
   weighted operators only, float biases: the form TensorRT's explicit
   quantisation consumes (`exporter.tensorrt_check` passes every such graph).

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-target", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
                    help="the runtime the int8 graphs are quantised for. onnxruntime (default): uint8 "
                         "asymmetric activations, int32 biases, Q/DQ on the inputs of weighted ops and the outputs of "
-                        "convs, depthwise convs float, which onnxruntime's CPU provider turns into integer "
+                        "convs, depthwise convs float, Linear layers as MatMulIntegerToFloat with their bias "
+                        "(an onnxruntime contrib op), which onnxruntime's CPU provider runs as integer "
                         "kernels (VNNI/AMX). tensorrt: int8 symmetric activations and float biases, the only "
                         "form TensorRT's explicit quantisation takes (onnxruntime then runs its convs "
                         "dequantised as float kernels: slower than fp32)")

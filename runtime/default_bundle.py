@@ -4,7 +4,10 @@
 Its bundle is cached under `$DCAE_CACHE` (or `~/.cache/dcae-deploy`) in
 `bundles/default-fp32-<tag>`, where the tag changes whenever the checkpoint
 file does (its size and mtime) or, without a checkpoint file, the package
-version. A missing bundle is exported by running `dcae-export` in a
+version, and whenever the source of the code that writes the graphs does
+(the `exporter` and `dcae` packages): a bundle cached by an older exporter
+would otherwise be used forever, in its older (slower) graph form. A missing
+bundle is exported by running `dcae-export` in a
 subprocess: the exporter needs torch, and the runtime must never import it.
 """
 from __future__ import annotations
@@ -58,6 +61,18 @@ def _package_version() -> str:
         return "source"
 
 
+# the packages whose code decides what an exported bundle's graphs are
+GRAPH_SOURCE_PACKAGES = ("exporter", "dcae")
+
+
+def _graph_source_digest(digest) -> None:
+    for name in GRAPH_SOURCE_PACKAGES:
+        package = _package_dir(name)
+        for source in sorted(package.glob("*.py")) if package is not None else ():
+            digest.update(f"{name}/{source.name}:".encode())
+            digest.update(source.read_bytes())
+
+
 def _model_tag() -> str:
     checkpoint = default_checkpoint_file()
     if checkpoint is not None:
@@ -65,7 +80,9 @@ def _model_tag() -> str:
         key = f"checkpoint:{stat.st_size}:{stat.st_mtime_ns}"
     else:
         key = f"version:{_package_version()}"
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
+    digest = hashlib.sha256(key.encode())
+    _graph_source_digest(digest)
+    return digest.hexdigest()[:12]
 
 
 def default_bundle_path() -> Path:

@@ -204,7 +204,48 @@ def test_checkpoint_of_another_configuration_is_refused(tiny_bundle, images_dir,
     assert "dcae-bench: error:" in err and "another configuration" in err and "Traceback" not in err
 
 
+def test_rounds_pool_every_run_and_keep_the_highest_memory_peak():
+    from benchmarks.measure import merge_rounds, summarise
+
+    def raw(encode, decode, g_a, peak, load):
+        return {"setup": "s", "numeric_class": "c", "threads": 2, "load_seconds": load, "torch_imported": False,
+                "images": [{"image": "a.png", "encode_s": encode, "decode_s": decode,
+                            "encode_stages_ms": {"g_a": g_a}, "decode_stages_ms": {"g_s": 2 * g_a}}],
+                "memory": {"peak_rss_mb": peak, "rss_before_load_mb": 10.0, "peak_delta_mb": peak - 10.0,
+                           "method": "m"}}
+
+    merged = merge_rounds([raw([1.0, 1.2], [2.0], 100.0, 50.0, 0.5), raw([1.4], [2.2, 2.6], 300.0, 80.0, 0.9),
+                           raw([3.0], [2.4], 200.0, 60.0, 0.7)])
+    image = merged["images"][0]
+    assert image["encode_s"] == [1.0, 1.2, 1.4, 3.0] and image["decode_s"] == [2.0, 2.2, 2.6, 2.4]
+    assert image["encode_stages_ms"] == {"g_a": 200.0} and image["decode_stages_ms"] == {"g_s": 400.0}
+    assert merged["memory"]["peak_rss_mb"] == 80.0 and merged["load_seconds"] == 0.7 and merged["rounds"] == 3
+    speed = summarise(merged)
+    assert speed["encode_ms"]["median"] == pytest.approx(1300.0) and speed["encode_ms"]["runs"] == 4
+
+
+def test_rounds_measure_each_setup_in_turn(tiny_bundle, images_dir, tmp_path, monkeypatch):
+    """--rounds 2: the setups alternate (a, b, a, b), and each setup's runs are pooled."""
+    import benchmarks.measure as measure
+
+    order = []
+
+    def fake(setup, images, repeats, threads, work, timeout=None):
+        order.append(setup.name)
+        return {"setup": setup.name, "numeric_class": "c", "threads": threads, "load_seconds": 0.1,
+                "torch_imported": False, "memory": {"peak_rss_mb": 1.0, "method": "m"},
+                "images": [{"image": "a.png", "encode_s": [0.1 * len(order)] * repeats, "decode_s": [0.2] * repeats,
+                            "encode_stages_ms": {}, "decode_stages_ms": {}}]}
+
+    monkeypatch.setattr(measure, "measure_in_subprocess", fake)
+    setups = [type("S", (), {"name": n, "available": True})() for n in ("a", "b")]
+    speeds, errors = cli.measure_speed(setups, [], 2, 1, tmp_path, lambda *a: None, rounds=2)
+    assert order == ["a", "b", "a", "b"] and not errors
+    assert speeds["a"]["encode_ms"]["runs"] == 4 and speeds["a"]["encode_ms"]["max"] == pytest.approx(300.0)
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--rounds", "0"], "--rounds must be at least 1"),
     (["--backends", "onnxruntime,nope"], "unknown backend"),
     (["--limit", "0"], "no images"),
     (["--backends", "torch", "--checkpoint", "missing.pth.tar"], "checkpoint not found"),

@@ -256,6 +256,22 @@ def test_default_bundle_from_the_cache(capsys, tmp_path, monkeypatch, images, ti
     assert code == 0, err
 
 
+def test_default_bundle_tag_follows_the_exporter_source(monkeypatch, tmp_path):
+    """A bundle cached by an older exporter is not reused: the cache tag
+    changes with the source of the packages that write the graphs."""
+    monkeypatch.setenv("DCAE_CACHE", str(tmp_path / "cache"))
+    before = default_bundle.default_bundle_path()
+    assert default_bundle.default_bundle_path() == before  # stable while nothing changes
+    copy = tmp_path / "exporter"
+    shutil.copytree(default_bundle._package_dir("exporter"), copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    real = default_bundle._package_dir
+    monkeypatch.setattr(default_bundle, "_package_dir", lambda name: copy if name == "exporter" else real(name))
+    assert default_bundle.default_bundle_path() == before  # same source, same tag
+    (copy / "rewrites.py").write_text((copy / "rewrites.py").read_text() + "\n# changed\n")
+    assert default_bundle.default_bundle_path() != before
+
+
 def test_default_bundle_without_the_exporter_says_what_to_do(capsys, tmp_path, monkeypatch, images):
     monkeypatch.setenv("DCAE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(default_bundle, "exporter_available", lambda: False)
