@@ -20,7 +20,7 @@ different patterns into integer kernels:
   onnxruntime fuses its MatMuls into MatMulIntegerToFloat but not its convs
   (float biases), which it runs as "fake quantisation": dequantise, then
   float kernels. Slower than fp32 there (embedded model, 24 Kodak images,
-  2 threads: 411 / 436 ms encode / decode against 331 / 365 ms fp32).
+  2 threads: 391 / 418 ms encode / decode against 325 / 360 ms fp32).
 
 Every other operator runs in float between a DequantizeLinear and the next
 QuantizeLinear.
@@ -47,7 +47,7 @@ measured and rejected (tensorrt form): Q/DQ on the outputs of the weighted ops
 too (-0.5 to -2.3 dB, and no faster in onnxruntime CPU without int32 biases),
 int8 last layers (-1.4 to -1.8 dB); a float first layer gains only 0.2 to
 0.5 dB. The onnxruntime form, whose asymmetric activations fit the one-sided
-GELU outputs better, costs 0.16 dB and +0.6 % bpp on Kodak (fixture model).
+GELU outputs better, costs 0.15 dB and +0.5 % bpp on Kodak (fixture model).
 
 This package never imports torch: the exporter records the inputs (see
 `exporter.calibrate`) and hands them over as numpy arrays.
@@ -119,11 +119,14 @@ INT8_FORMS = {
     # 32.3 -> 33.4 dB). Depthwise convs stay float: they are memory-bound, and
     # a DequantizeLinear on their output, which onnxruntime duplicates per
     # consumer, breaks the GELU after them into Erf/Div/Mul (-> 1046 ms;
-    # g_s 1498 -> 1248 ms; fp32 1358 / 1445 ms).
+    # g_s 1498 -> 1248 ms; fp32 1358 / 1445 ms). Each Linear's bias is added
+    # inside its MatMulIntegerToFloat (calibration.fusions; with q/k/v weights
+    # as constants, exporter.rewrites): g_a 955 -> 790 ms, g_s 1290 -> 1105 ms
+    # (A/B of the two forms' graphs, 4 alternating runs each).
     "onnxruntime": Int8Form(QuantType.QUInt8, False, True, ("Conv", "ConvTranspose"), True, True,
                             "uint8 asymmetric activations, int8 per-channel weights, int32 biases, "
                             "Q/DQ on inputs of weighted ops and outputs of convs, depthwise convs float "
-                            "(onnxruntime QLinearConv/MatMulIntegerToFloat)"),
+                            "(onnxruntime QLinearConv/MatMulIntegerToFloat, Linear biases fused)"),
     # TensorRT's explicit quantisation: int8 symmetric only, and it
     # dequantises INT8/FP8/INT4/FP4 alone, not the INT32 biases above; it adds
     # float biases itself in the fused kernel.
