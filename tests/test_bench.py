@@ -224,7 +224,7 @@ def test_rounds_pool_every_run_and_keep_the_highest_memory_peak():
     assert speed["encode_ms"]["median"] == pytest.approx(1300.0) and speed["encode_ms"]["runs"] == 4
 
 
-def test_rounds_measure_each_setup_in_turn(tiny_bundle, images_dir, tmp_path, monkeypatch):
+def test_rounds_measure_each_setup_in_turn(tmp_path, monkeypatch):
     """--rounds 2: the setups alternate (a, b, a, b), and each setup's runs are pooled."""
     import benchmarks.measure as measure
 
