@@ -9,6 +9,10 @@ setup runs warmed by another's caches. Memory is the peak resident set size
 load + coding - RSS before the bundle (or checkpoint) was loaded. Where the
 reset is not allowed, the peak since process start is used and said so.
 
+A second fresh process per setup loads it and only decodes the files the
+first one wrote (`measure_decode_memory`): the peak memory of a decoder host,
+which the first process's peak (load + encode + decode) does not show.
+
 Per image: one warm-up encode + decode, then `repeats` timed runs of each.
 `dcae-bench --rounds N` measures every setup N times, round-robin, each time
 in a fresh process, and pools the runs (`merge_rounds`): on a shared machine
@@ -56,6 +60,27 @@ def _peak_rss_kb() -> int:
     return peak
 
 
+def _memory_record(reset: bool, rss_before_kb: int) -> dict:
+    """Peak RSS now and its rise over `rss_before_kb`, in MB, and how it was taken."""
+    peak = _peak_rss_kb()
+    return {
+        "rss_before_load_mb": rss_before_kb / 1024,
+        "peak_rss_mb": peak / 1024,
+        "peak_delta_mb": (peak - rss_before_kb) / 1024,
+        "method": ("peak RSS (VmHWM) of a fresh process per setup, reset after imports; delta from the RSS "
+                   "before loading" if reset else
+                   "peak RSS (VmHWM) since process start (reset not allowed here); delta from the RSS "
+                   "before loading, so imports may be included"),
+    }
+
+
+def _import_reference_first(setup) -> None:
+    if setup.kind == "torch":
+        # Imported before the baseline: load time and memory delta are the
+        # model's, not torch's import (peak_rss_mb still shows the total).
+        from . import torch_reference  # noqa: F401
+
+
 def spread(values: list[float]) -> dict:
     """Median, quartiles and range, in the unit given."""
     a = np.asarray(values, dtype=np.float64)
@@ -79,10 +104,7 @@ def measure(spec: dict) -> dict:
     threads = spec.get("threads")
     images = [(Path(p).name, load_image(p)) for p in spec["images"]]
     repeats = max(1, int(spec["repeats"]))
-    if setup.kind == "torch":
-        # Imported before the baseline: load time and memory delta are the
-        # model's, not torch's import (peak_rss_mb still shows the total).
-        from . import torch_reference  # noqa: F401
+    _import_reference_first(setup)
 
     reset = _reset_peak_rss()
     rss_before = _status_kb("VmRSS") or 0
@@ -90,7 +112,8 @@ def measure(spec: dict) -> dict:
     coder = open_setup(setup, threads)
     load_seconds = time.perf_counter() - t0
 
-    per_image = []
+    per_image, encoded_files = [], []
+    encoded_dir = Path(spec["encoded_dir"]) if spec.get("encoded_dir") else None
     for name, pixels in images:
         coder.decompress(coder.encode(pixels).data)  # warm-up: first-run allocations, JIT, caches
         enc_times, dec_times, enc_stages, dec_stages = [], [], [], []
@@ -105,25 +128,37 @@ def measure(spec: dict) -> dict:
             dec_stages.append(dict(coder.timings))
         per_image.append({"image": name, "encode_s": enc_times, "decode_s": dec_times,
                           "encode_stages_ms": _stage_ms(enc_stages), "decode_stages_ms": _stage_ms(dec_stages)})
+        if encoded_dir is not None:
+            encoded_dir.mkdir(parents=True, exist_ok=True)
+            path = encoded_dir / f"{len(encoded_files)}.coded"
+            path.write_bytes(data)
+            encoded_files.append(str(path))
 
-    peak = _peak_rss_kb()
     return {
         "setup": setup.name,
         "numeric_class": coder.numeric_class,
         "threads": threads,
         "load_seconds": load_seconds,
         "images": per_image,
-        "memory": {
-            "rss_before_load_mb": rss_before / 1024,
-            "peak_rss_mb": peak / 1024,
-            "peak_delta_mb": (peak - rss_before) / 1024,
-            "method": ("peak RSS (VmHWM) of a fresh process per setup, reset after imports; delta from the RSS "
-                       "before loading" if reset else
-                       "peak RSS (VmHWM) since process start (reset not allowed here); delta from the RSS "
-                       "before loading, so imports may be included"),
-        },
+        "memory": _memory_record(reset, rss_before),
+        "encoded_files": encoded_files,
         "torch_imported": "torch" in sys.modules,
     }
+
+
+def measure_decode_memory(spec: dict) -> dict:
+    """Load one setup and decode `spec["decode_files"]`, nothing else: the
+    peak memory of a process that only decodes."""
+    from .setups import Setup, open_setup
+
+    setup = Setup(**spec["setup"])
+    files = [Path(p).read_bytes() for p in spec["decode_files"]]
+    _import_reference_first(setup)
+    reset = _reset_peak_rss()
+    rss_before = _status_kb("VmRSS") or 0
+    coder = open_setup(setup, spec.get("threads"))
+    shapes = [list(coder.decompress(data).shape) for data in files]
+    return {**_memory_record(reset, rss_before), "files": len(files), "decoded_shapes": shapes}
 
 
 def summarise(raw: dict) -> dict:
@@ -149,6 +184,7 @@ def summarise(raw: dict) -> dict:
         "decode_images_per_second": 1e3 / float(np.mean(dec_medians)),
         "stages_ms": {"encode": mean_stages("encode_stages_ms"), "decode": mean_stages("decode_stages_ms")},
         "memory": raw["memory"],
+        "decode_memory": raw.get("decode_memory"),
         "threads": raw["threads"],
         "torch_imported": raw["torch_imported"],
         "per_image_ms": {im["image"]: {"encode": 1e3 * float(np.median(im["encode_s"])),
@@ -175,20 +211,39 @@ def merge_rounds(raws: list[dict]) -> dict:
         images.append(merged)
     return {**first, "images": images, "rounds": len(raws),
             "load_seconds": float(np.median([raw["load_seconds"] for raw in raws])),
-            "memory": max((raw["memory"] for raw in raws), key=lambda m: m["peak_rss_mb"]),
+            "memory": _highest_peak([raw["memory"] for raw in raws]),
+            "decode_memory": _highest_peak([raw["decode_memory"] for raw in raws if raw.get("decode_memory")]),
             "torch_imported": any(raw["torch_imported"] for raw in raws)}
+
+
+def _highest_peak(records: list[dict]) -> dict | None:
+    return max(records, key=lambda m: m["peak_rss_mb"]) if records else None
 
 
 def measure_in_subprocess(setup, images: list[str], repeats: int, threads: int | None, work: Path,
                           timeout: float | None = None) -> dict:
-    """Run `measure` for one setup in a new Python process; raise RuntimeError
-    with the child's last lines when it fails."""
+    """Run `measure` for one setup in a new Python process, then
+    `measure_decode_memory` on the files it wrote in another (its result under
+    "decode_memory"); raise RuntimeError with the child's last lines when one
+    fails."""
     work.mkdir(parents=True, exist_ok=True)
     stem = setup.name.replace(":", "_").replace("/", "_")
-    spec_path, result_path = work / f"{stem}.spec.json", work / f"{stem}.result.json"
-    spec_path.write_text(json.dumps({"setup": setup.to_dict(), "images": [str(p) for p in images],
-                                     "repeats": repeats, "threads": threads}))
+    spec = {"setup": setup.to_dict(), "threads": threads}
+    result = _run_child({**spec, "images": [str(p) for p in images], "repeats": repeats,
+                         "encoded_dir": str(work / f"{stem}.coded")}, work / stem, setup.name, timeout)
+    if result.get("encoded_files"):
+        result["decode_memory"] = _run_child({**spec, "mode": "decode_memory",
+                                              "decode_files": result["encoded_files"]},
+                                             work / f"{stem}.decode_memory", setup.name, timeout)
+    return result
+
+
+def _run_child(spec: dict, stem: Path, name: str, timeout: float | None) -> dict:
+    spec_path, result_path = stem.with_name(stem.name + ".spec.json"), stem.with_name(stem.name + ".result.json")
+    spec_path.write_text(json.dumps(spec))
+    result_path.unlink(missing_ok=True)
     env = dict(os.environ)
+    threads = spec.get("threads")
     if threads:
         # the same thread count for every library the child may use
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
@@ -198,7 +253,8 @@ def measure_in_subprocess(setup, images: list[str], repeats: int, threads: int |
                           capture_output=True, text=True, env=env, cwd=repo, timeout=timeout)
     if proc.returncode != 0 or not result_path.is_file():
         tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-        raise RuntimeError(f"measuring {setup.name} failed (exit {proc.returncode}): {tail}")
+        what = "decode memory of " if spec.get("mode") == "decode_memory" else ""
+        raise RuntimeError(f"measuring {what}{name} failed (exit {proc.returncode}): {tail}")
     return json.loads(result_path.read_text())
 
 
@@ -211,7 +267,8 @@ def main(argv=None) -> int:
 
     warnings.filterwarnings("ignore")
     spec = json.loads(Path(argv[0]).read_text())
-    Path(argv[1]).write_text(json.dumps(measure(spec)))
+    run = measure_decode_memory if spec.get("mode") == "decode_memory" else measure
+    Path(argv[1]).write_text(json.dumps(run(spec)))
     return 0
 
 

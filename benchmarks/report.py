@@ -172,7 +172,8 @@ def _headline(report: dict) -> list[str]:
 
 def _speed_details(report: dict) -> list[str]:
     lines = ["| setup | encode median [p25, p75] (min–max) ms | decode median [p25, p75] (min–max) ms | "
-             "images/s enc / dec | load s | peak RSS MB (Δ from before load) |", "|---|---|---|---|---|---|"]
+             "images/s enc / dec | load s | peak RSS MB (Δ from before load) | decode-only process: peak RSS MB (Δ) |",
+             "|---|---|---|---|---|---|---|"]
     for s in report["setups"]:
         speed = s.get("speed")
         if not speed:
@@ -181,10 +182,12 @@ def _speed_details(report: dict) -> list[str]:
         def cell(d):
             return f"{d['median']:.1f} [{d['p25']:.1f}, {d['p75']:.1f}] ({d['min']:.1f}–{d['max']:.1f})"
 
-        mem = speed["memory"]
+        def peak(mem):
+            return f"{mem['peak_rss_mb']:.0f} (+{mem['peak_delta_mb']:.0f})" if mem else "–"
+
         lines.append(f"| {s['name']} | {cell(speed['encode_ms'])} | {cell(speed['decode_ms'])} | "
                      f"{speed['encode_images_per_second']:.2f} / {speed['decode_images_per_second']:.2f} | "
-                     f"{speed['load_seconds']:.2f} | {mem['peak_rss_mb']:.0f} (+{mem['peak_delta_mb']:.0f}) |")
+                     f"{speed['load_seconds']:.2f} | {peak(speed['memory'])} | {peak(speed.get('decode_memory'))} |")
     return lines
 
 
@@ -330,7 +333,8 @@ def markdown(report: dict) -> str:
         lines.append("")
     lines += ["## Speed and memory", ""] + _speed_details(report)
     if report["setups"] and any(s.get("speed") for s in report["setups"]):
-        lines += ["", report["memory_method"], ""]
+        lines += ["", report["memory_method"] + ". Decode-only process: a second fresh process that loads the setup "
+                  "and decodes each image's file once, nothing else (what a decoder host holds).", ""]
     lines += ["### Latency by stage, encode (ms, mean over images of the median run)", ""] + \
         _stage_table(report, "encode") + ["", "### Latency by stage, decode", ""] + _stage_table(report, "decode")
     if report["plots"].get("latency"):

@@ -109,6 +109,11 @@ def test_speed_has_stages_spread_and_memory_of_each_available_setup(bench):
             set(speed["stages_ms"]["decode"])
         assert "g_s" in speed["stages_ms"]["decode"]
         assert speed["memory"]["peak_rss_mb"] > 0 and speed["load_seconds"] > 0
+        # a process that only loads and decodes: its own peak, with the model loaded
+        decode_memory = speed["decode_memory"]
+        assert decode_memory["files"] == len(IMAGES)
+        assert sorted(decode_memory["decoded_shapes"]) == sorted([h, w, 3] for h, w, _, _ in IMAGES.values())
+        assert 0 < decode_memory["peak_delta_mb"] and decode_memory["peak_rss_mb"] > decode_memory["peak_delta_mb"]
         # a runtime setup is measured in a process without torch
         assert speed["torch_imported"] == (s["kind"] == "torch")
         assert s["speedup_vs_torch"] is not None
@@ -212,7 +217,8 @@ def test_rounds_pool_every_run_and_keep_the_highest_memory_peak():
                 "images": [{"image": "a.png", "encode_s": encode, "decode_s": decode,
                             "encode_stages_ms": {"g_a": g_a}, "decode_stages_ms": {"g_s": 2 * g_a}}],
                 "memory": {"peak_rss_mb": peak, "rss_before_load_mb": 10.0, "peak_delta_mb": peak - 10.0,
-                           "method": "m"}}
+                           "method": "m"},
+                "decode_memory": {"peak_rss_mb": peak / 2, "peak_delta_mb": peak / 2 - 10.0}}
 
     merged = merge_rounds([raw([1.0, 1.2], [2.0], 100.0, 50.0, 0.5), raw([1.4], [2.2, 2.6], 300.0, 80.0, 0.9),
                            raw([3.0], [2.4], 200.0, 60.0, 0.7)])
@@ -220,6 +226,7 @@ def test_rounds_pool_every_run_and_keep_the_highest_memory_peak():
     assert image["encode_s"] == [1.0, 1.2, 1.4, 3.0] and image["decode_s"] == [2.0, 2.2, 2.6, 2.4]
     assert image["encode_stages_ms"] == {"g_a": 200.0} and image["decode_stages_ms"] == {"g_s": 400.0}
     assert merged["memory"]["peak_rss_mb"] == 80.0 and merged["load_seconds"] == 0.7 and merged["rounds"] == 3
+    assert merged["decode_memory"]["peak_rss_mb"] == 40.0
     speed = summarise(merged)
     assert speed["encode_ms"]["median"] == pytest.approx(1300.0) and speed["encode_ms"]["runs"] == 4
 
