@@ -20,7 +20,7 @@ different patterns into integer kernels:
   onnxruntime fuses its MatMuls into MatMulIntegerToFloat but not its convs
   (float biases), which it runs as "fake quantisation": dequantise, then
   float kernels. Slower than fp32 there (embedded model, 24 Kodak images,
-  2 threads: 391 / 418 ms encode / decode against 325 / 360 ms fp32).
+  2 threads: 438 / 469 ms encode / decode against 342 / 384 ms fp32).
 
 Every other operator runs in float between a DequantizeLinear and the next
 QuantizeLinear.
