@@ -187,6 +187,37 @@ def test_pixel_major_window_attention_computes_the_reference(window_type, size):
         assert "forward" not in vars(module)
 
 
+@pytest.mark.parametrize("kernel, c_in, c_out", [(5, 32, 16), (5, 16, 3), (3, 8, 24)])
+def test_subpixel_upsampler_computes_the_transposed_conv(kernel, c_in, c_out):
+    """exporter.rewrites' 4-phase conv + pixel shuffle equals dcae.layers.deconv
+    (batch 2, non-square input), and leaves no buffer or forward behind."""
+    from dcae.layers import deconv
+    from exporter.rewrites import export_rewrites
+
+    torch.manual_seed(2)
+    module = deconv(c_in, c_out, kernel, 2).eval()
+    x = torch.randn(2, c_in, 7, 10)
+    with torch.no_grad():
+        reference = module(x)
+        with export_rewrites(module):
+            rewritten = module(x)
+    torch.testing.assert_close(rewritten, reference, rtol=1e-5, atol=1e-5)
+    assert "forward" not in vars(module) and not dict(module.named_buffers())
+
+
+def test_upsamplers_are_plain_convs_in_g_s_only(bundles):
+    """g_s has no ConvTranspose left (a Conv + DepthToSpace each); h_s, an
+    entropy graph, keeps the reference's ConvTranspose."""
+    import onnx
+
+    def ops(name):
+        return [n.op_type for n in onnx.load(str(bundles["fp32"] / name), load_external_data=False).graph.node]
+
+    g_s, h_s = ops("g_s.onnx"), ops("h_s.onnx")
+    assert "ConvTranspose" not in g_s and g_s.count("DepthToSpace") >= 2
+    assert "ConvTranspose" in h_s
+
+
 def test_window_attention_is_traced_pixel_major_in_the_image_graphs_only(bundles, tmp_path):
     """g_a / g_s: no activation Gathers in window attention, and onnxruntime folds
     the per-head transposes into its MatMuls (FusedMatMul transBatch), the point
