@@ -114,6 +114,8 @@ def measure(spec: dict) -> dict:
 
     per_image, encoded_files = [], []
     encoded_dir = Path(spec["encoded_dir"]) if spec.get("encoded_dir") else None
+    if encoded_dir is not None:
+        encoded_dir.mkdir(parents=True, exist_ok=True)
     for name, pixels in images:
         coder.decompress(coder.encode(pixels).data)  # warm-up: first-run allocations, JIT, caches
         enc_times, dec_times, enc_stages, dec_stages = [], [], [], []
@@ -129,7 +131,6 @@ def measure(spec: dict) -> dict:
         per_image.append({"image": name, "encode_s": enc_times, "decode_s": dec_times,
                           "encode_stages_ms": _stage_ms(enc_stages), "decode_stages_ms": _stage_ms(dec_stages)})
         if encoded_dir is not None:
-            encoded_dir.mkdir(parents=True, exist_ok=True)
             path = encoded_dir / f"{len(encoded_files)}.coded"
             path.write_bytes(data)
             encoded_files.append(str(path))

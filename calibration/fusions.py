@@ -21,16 +21,16 @@ from onnx import helper, numpy_helper
 MS_DOMAIN = "com.microsoft"
 
 
-def _constant_arrays(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    return {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-
-
 def fuse_matmul_bias(model: onnx.ModelProto) -> int:
     """Rewrite each DQ(x) -> MatMul <- DQ(constant W), followed by its only
     consumer Add(constant bias of W's width), as MatMulIntegerToFloat with that
     bias, in place. Returns how many were fused."""
     graph = model.graph
-    constants = _constant_arrays(graph)
+    initializers = {i.name: i for i in graph.initializer}
+
+    def array(name: str) -> np.ndarray:  # converted only where a candidate needs it
+        return numpy_helper.to_array(initializers[name])
+
     producer = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list] = {}
     for node in graph.node:
@@ -53,15 +53,14 @@ def fuse_matmul_bias(model: onnx.ModelProto) -> int:
         add = users[0]
         bias_name = add.input[1] if add.input[0] == matmul.output[0] else add.input[0]
         weight_q, weight_scale, weight_zero = dq_w.input
-        if not all(n in constants for n in (bias_name, weight_q, weight_scale, weight_zero, *dq_x.input[1:])):
+        if not all(n in initializers for n in (bias_name, weight_q, weight_scale, weight_zero, *dq_x.input[1:])):
             continue
-        weight = constants[weight_q]
-        bias = constants[bias_name]
+        weight, bias = array(weight_q), array(bias_name)
         # per-column weight scales only along W's output axis (axis 1 of a 2-D W)
         axis = next((a.i for a in dq_w.attribute if a.name == "axis"), 1)
         if weight.ndim != 2 or bias.shape != (weight.shape[1],) or bias.dtype != np.float32 \
-                or (constants[weight_scale].ndim == 1 and axis not in (1, -1)) \
-                or constants[dq_x.input[1]].ndim != 0:
+                or (array(weight_scale).ndim == 1 and axis not in (1, -1)) \
+                or array(dq_x.input[1]).ndim != 0:
             continue
         fused = helper.make_node(
             "MatMulIntegerToFloat",
