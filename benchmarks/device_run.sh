@@ -16,6 +16,9 @@
 #           2-core machine.
 # official_int8: as official, plus int8 bundles for onnxruntime (entropy graphs
 #           fp32, and int8 too), calibrated on 8 crops of CALIB (a folder of photos).
+# REPEATS (timed runs per setup and round) and ROUNDS (official parts: the
+# setups measured in turn that many times, each in a fresh process) as in
+# run_results.sh.
 # Needs compressai and pytorch-msssim importable (PYTHONPATH) besides the
 # machine's own torch, onnxruntime, onnx, numba.
 set -euo pipefail
@@ -54,7 +57,7 @@ for part in $parts; do
         fi
         taskset -c 0,1 "$PYTHON" -m benchmarks.cli "${bundles[@]}" --checkpoint "$work/official.pth.tar" \
             --images "$repo/tests/data/kodak" --limit 1 --speed-only --backends "$backends" --threads 2 \
-            --repeats "${REPEATS:-3}" --note "$note" --out "$out/$part" --files "$work/files_$part" \
+            --repeats "${REPEATS:-3}" --rounds "${ROUNDS:-1}" --note "$note" --out "$out/$part" --files "$work/files_$part" \
             || echo "dcae-bench exit $?"
         ;;
     *) echo "unknown part $part" >&2; exit 64 ;;

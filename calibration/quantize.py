@@ -83,8 +83,10 @@ METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entr
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # Ops a walk from an output back to its last weighted layer (or along an
 # attention-score chain) may pass through.
+# DepthToSpace is g_s's pixel shuffle after its last (sub-pixel) conv: the
+# walk must pass it to find that conv.
 _PASS_THROUGH = {"Add", "Sub", "Mul", "Div", "Tanh", "Sigmoid", "Relu", "Reshape", "Transpose", "Concat",
-                 "Cast", "Where", "Squeeze", "Unsqueeze", "Identity"}
+                 "Cast", "Where", "Squeeze", "Unsqueeze", "Identity", "DepthToSpace"}
 _LAST_LAYER_HOPS = 4
 # Histogram settings per method (see calibrate_ranges); percentile keeps
 # onnxruntime's defaults (2048 bins, 99.999th percentile of |x|).

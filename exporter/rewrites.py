@@ -145,7 +145,10 @@ def export_rewrites(module: nn.Module):
             if isinstance(sub, cls) and (applies is None or applies(sub)):
                 added = constants(sub) if constants is not None else {}
                 for name, value in added.items():
-                    sub.register_buffer(name, value, persistent=False)
+                    # persistent: the exporter writes state_dict entries as
+                    # initializers and other tensors as Constant nodes, which
+                    # quantisation takes for activations (per-tensor, float bias)
+                    sub.register_buffer(name, value)
                 sub.forward = types.MethodType(forward, sub)
                 patched.append((sub, list(added)))
     try:

@@ -297,6 +297,12 @@ def test_float_node_selection_on_an_exported_graph(tiny_bundle):
     assert {n for n in kept["attention_scores"] if "MatMul" in n} and len(kept["ops"]) >= 2
     nothing = float_nodes(model, GraphPolicy(float_ops=(), float_attention_scores=False, float_last_layer=False))
     assert all(not v for v in nothing.values())
+    # g_s ends in a sub-pixel conv and a pixel shuffle: that conv is its last layer
+    g_s = onnx.load(str(tiny_bundle / "g_s.onnx"))
+    output_producer = next(n for n in g_s.graph.node if g_s.graph.output[0].name in n.output)
+    assert output_producer.op_type == "DepthToSpace"
+    last = float_nodes(g_s, policy_for("g_s"))["last_layer"]
+    assert last == [n.name for n in g_s.graph.node if n.output[0] == output_producer.input[0]]
 
 
 def test_unknown_method_is_refused(tiny_bundle, tmp_path):

@@ -207,15 +207,21 @@ def test_subpixel_upsampler_computes_the_transposed_conv(kernel, c_in, c_out):
 
 def test_upsamplers_are_plain_convs_in_g_s_only(bundles):
     """g_s has no ConvTranspose left (a Conv + DepthToSpace each); h_s, an
-    entropy graph, keeps the reference's ConvTranspose."""
+    entropy graph, keeps the reference's ConvTranspose. Every conv's weight and
+    bias is an initializer (what quantisation takes for a weight), the
+    sub-pixel ones too."""
     import onnx
 
-    def ops(name):
-        return [n.op_type for n in onnx.load(str(bundles["fp32"] / name), load_external_data=False).graph.node]
+    def graph(name):
+        return onnx.load(str(bundles["fp32"] / name), load_external_data=False).graph
 
-    g_s, h_s = ops("g_s.onnx"), ops("h_s.onnx")
-    assert "ConvTranspose" not in g_s and g_s.count("DepthToSpace") >= 2
-    assert "ConvTranspose" in h_s
+    g_s, h_s = graph("g_s.onnx"), graph("h_s.onnx")
+    g_s_ops = [n.op_type for n in g_s.node]
+    assert "ConvTranspose" not in g_s_ops and g_s_ops.count("DepthToSpace") >= 2
+    assert "ConvTranspose" in [n.op_type for n in h_s.node]
+    parameters = {t.name for t in g_s.initializer}
+    convs = [n for n in g_s.node if n.op_type == "Conv"]
+    assert all(len(n.input) == 3 and set(n.input[1:]) <= parameters for n in convs)
 
 
 def test_window_attention_is_traced_pixel_major_in_the_image_graphs_only(bundles, tmp_path):
