@@ -20,7 +20,7 @@ different patterns into integer kernels:
   onnxruntime fuses its MatMuls into MatMulIntegerToFloat but not its convs
   (float biases), which it runs as "fake quantisation": dequantise, then
   float kernels. Slower than fp32 there (embedded model, 24 Kodak images,
-  2 threads: 418 / 419 ms encode / decode against 343 / 356 ms fp32).
+  2 threads: 393 / 392 ms encode / decode against 318 / 337 ms fp32).
 
 Every other operator runs in float between a DequantizeLinear and the next
 QuantizeLinear.
@@ -47,8 +47,9 @@ measured and rejected (tensorrt form): Q/DQ on the outputs of the weighted ops
 too (-0.5 to -2.3 dB, and no faster in onnxruntime CPU without int32 biases),
 int8 last layers (-1.4 to -1.8 dB); a float first layer gains only 0.2 to
 0.5 dB. The onnxruntime form, whose asymmetric activations fit the one-sided
-GELU outputs better, costs 0.15 dB and +0.5 % bpp on Kodak (fixture model; 0.195 dB
-with g_s's last conv quantised, see the README's known defect).
+GELU outputs better, costs 0.149 dB and +0.5 % bpp on Kodak (fixture model; 0.195 dB
+when g_s's last conv, before its pixel shuffle, was quantised: DepthToSpace is
+in _PASS_THROUGH for that reason).
 
 This package never imports torch: the exporter records the inputs (see
 `exporter.calibrate`) and hands them over as numpy arrays.
