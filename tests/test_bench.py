@@ -346,3 +346,16 @@ def test_stage_order_follows_the_pipeline():
              "slice_params_0", "slice_params_10", "load"]
     assert stage_order(names) == ["load", "g_a", "h_s", "slice_params_0", "slice_coding_0", "slice_params_1",
                                   "slice_lrp_1", "slice_params_10", "y_coding", "g_s", "crop"]
+
+
+def test_attention_chunking_compares_equal_results_and_refuses_bad_sizes(capsys):
+    """The chunking benchmark checks that row-by-row attention equals the whole
+    before it times anything, and prints both times and their ratio."""
+    from benchmarks import attention_chunking
+
+    assert attention_chunking.main(["--size", "256x128", "--repeats", "1", "--heads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "8x16 windows" in out and "all windows at once" in out and "ratio" in out
+    with pytest.raises(SystemExit) as exit_info:
+        attention_chunking.main(["--size", "100x7"])
+    assert exit_info.value.code == 2

@@ -1,0 +1,112 @@
+"""How much the stage-1 window attention would gain from running on a few
+windows at a time (so that its score matrices stay in cache).
+
+    python -m benchmarks.attention_chunking [--size 768x512] [--threads 2] [--repeats 5]
+
+Builds the chain the image graphs run for one block (q @ k^T * scale + relative
+bias -> Softmax -> @ v; window-pixel-major inputs as `exporter.rewrites` traces
+them) as a standalone onnxruntime graph, and times it on every window at once
+(what the bundle does now) against one row of windows per call (what a Loop over
+window rows would do), side by side in one run; prints both and their ratio.
+Random inputs: the chain's cost does not depend on the values. Not a model
+measurement: it decides whether a Loop in g_a / g_s is worth building.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+
+WINDOW = 8  # the official configuration's window size (64 pixels per window)
+
+
+def attention_chain(windows: int, heads: int, head_dim: int, threads: int):
+    import onnx
+    import onnx.helper as oh
+    import onnxruntime as ort
+
+    pixels = WINDOW * WINDOW
+    rng = np.random.default_rng(0)
+    constants = [
+        onnx.numpy_helper.from_array(rng.standard_normal((heads, pixels, pixels)).astype(np.float32), "bias"),
+        onnx.numpy_helper.from_array(np.array(head_dim ** -0.5, np.float32), "scale"),
+    ]
+    nodes = [
+        oh.make_node("Transpose", ["q"], ["q_t"], perm=[1, 2, 0, 3]),
+        oh.make_node("Transpose", ["k"], ["k_t"], perm=[1, 2, 3, 0]),
+        oh.make_node("Transpose", ["v"], ["v_t"], perm=[1, 2, 0, 3]),
+        oh.make_node("MatMul", ["q_t", "k_t"], ["scores"]),
+        oh.make_node("Mul", ["scores", "scale"], ["scaled"]),
+        oh.make_node("Add", ["scaled", "bias"], ["biased"]),
+        oh.make_node("Softmax", ["biased"], ["weights"], axis=-1),
+        oh.make_node("MatMul", ["weights", "v_t"], ["out"]),
+    ]
+    inputs = [oh.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [pixels, windows, heads, head_dim]) for n in "qkv"]
+    output = oh.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [windows, heads, pixels, head_dim])
+    model = oh.make_model(oh.make_graph(nodes, "attention", inputs, [output], constants),
+                          opset_imports=[oh.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {text!r}") from None
+    if width <= 0 or height <= 0 or width % 16 or height % 16:
+        raise argparse.ArgumentTypeError(f"size must be positive multiples of 16, got {text!r}")
+    return width, height
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.attention_chunking", description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=parse_size, default=(768, 512), help="image WIDTHxHEIGHT (default 768x512)")
+    p.add_argument("--heads", type=int, default=12, help="heads of the stage-1 block (official: 12)")
+    p.add_argument("--head-dim", type=int, default=8, help="channels per head (official: 8)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of each form, alternating")
+    args = p.parse_args(argv)
+    width, height = args.size
+    # stage 1 runs at half the image size (g_a after its first stride-2 conv;
+    # g_s before its last upsampler)
+    rows, cols = height // 2 // WINDOW, width // 2 // WINDOW
+    pixels = WINDOW * WINDOW
+    rng = np.random.default_rng(1)
+    whole = attention_chain(rows * cols, args.heads, args.head_dim, args.threads)
+    per_row = attention_chain(cols, args.heads, args.head_dim, args.threads)
+    q, k, v = (rng.standard_normal((pixels, rows * cols, args.heads, args.head_dim)).astype(np.float32)
+               for _ in range(3))
+    row_feeds = [{n: np.ascontiguousarray(t[:, r * cols:(r + 1) * cols]) for n, t in zip("qkv", (q, k, v))}
+                 for r in range(rows)]
+    want = whole.run(None, {"q": q, "k": k, "v": v})[0]
+    got = np.concatenate([per_row.run(None, f)[0] for f in row_feeds])
+    if not np.allclose(got, want, rtol=1e-5, atol=1e-5):
+        print("the row-by-row result differs from the whole one", file=sys.stderr)
+        return 1
+    times: dict[str, list[float]] = {"all windows at once": [], "one row of windows per call": []}
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        whole.run(None, {"q": q, "k": k, "v": v})
+        times["all windows at once"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for feeds in row_feeds:
+            per_row.run(None, feeds)
+        times["one row of windows per call"].append(time.perf_counter() - start)
+    score_mb = rows * cols * args.heads * pixels * pixels * 4 / 2 ** 20
+    print(f"stage-1 attention at {width}x{height}: {rows}x{cols} windows, {args.heads} heads of {args.head_dim}, "
+          f"scores {score_mb:.0f} MB; {args.threads} threads, median of {args.repeats}")
+    medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    for name, ms in medians.items():
+        print(f"  {name:28s} {ms:8.1f} ms")
+    whole_ms, rows_ms = medians.values()
+    print(f"  ratio {whole_ms / rows_ms:.2f}x (row-by-row input slices are prepared outside the timing)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
