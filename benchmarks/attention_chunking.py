@@ -1,7 +1,7 @@
 """How much the stage-1 window attention would gain from running on a few
 windows at a time (so that its score matrices stay in cache).
 
-    python -m benchmarks.attention_chunking [--size 768x512] [--threads 2] [--repeats 5]
+    python -m benchmarks.attention_chunking [--size 512x768] [--threads 2] [--repeats 5]
 
 Builds the chain the image graphs run for one block (q @ k^T * scale + relative
 bias -> Softmax -> @ v; window-pixel-major inputs as `exporter.rewrites` traces
@@ -53,25 +53,27 @@ def attention_chain(windows: int, heads: int, head_dim: int, threads: int):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def _size_argument(text: str) -> tuple[int, int]:
+    """--size: a padded image size, HEIGHTxWIDTH, read as `dcae-export
+    build-engines` reads its sizes."""
+    from exporter.tensorrt_build import EngineBuildError, parse_size
+
     try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {text!r}") from None
-    if width <= 0 or height <= 0 or width % 16 or height % 16:
-        raise argparse.ArgumentTypeError(f"size must be positive multiples of 16, got {text!r}")
-    return width, height
+        return parse_size(text)
+    except EngineBuildError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.attention_chunking", description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=parse_size, default=(768, 512), help="image WIDTHxHEIGHT (default 768x512)")
+    p.add_argument("--size", type=_size_argument, default=(512, 768),
+                   help="padded image size HEIGHTxWIDTH (default 512x768)")
     p.add_argument("--heads", type=int, default=12, help="heads of the stage-1 block (official: 12)")
     p.add_argument("--head-dim", type=int, default=8, help="channels per head (official: 8)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="timed runs of each form, alternating")
     args = p.parse_args(argv)
-    width, height = args.size
+    height, width = args.size
     # stage 1 runs at half the image size (g_a after its first stride-2 conv;
     # g_s before its last upsampler)
     rows, cols = height // 2 // WINDOW, width // 2 // WINDOW
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             per_row.run(None, feeds)
         times["one row of windows per call"].append(time.perf_counter() - start)
     score_mb = rows * cols * args.heads * pixels * pixels * 4 / 2 ** 20
-    print(f"stage-1 attention at {width}x{height}: {rows}x{cols} windows, {args.heads} heads of {args.head_dim}, "
+    print(f"stage-1 attention at {height}x{width} (HxW): {rows}x{cols} windows, {args.heads} heads of {args.head_dim}, "
           f"scores {score_mb:.0f} MB; {args.threads} threads, median of {args.repeats}")
     medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
     for name, ms in medians.items():

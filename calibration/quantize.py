@@ -358,11 +358,10 @@ def quantize_graph(fp32_path: str | Path, out_path: str | Path, samples: Samples
             activation_type=form.activation_type, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
             calibrate_method=METHODS[method], extra_options=extra, calibration_cache_path=str(ranges),
         )
-    if form.fuse_matmul_bias:
-        quantized = onnx.load(str(out_path))
-        if fuse_matmul_bias(quantized):
-            onnx.save(quantized, str(out_path))
-    return _summarise(onnx.load(str(out_path)), keep_float)
+    quantized = onnx.load(str(out_path))
+    if form.fuse_matmul_bias and fuse_matmul_bias(quantized):
+        onnx.save(quantized, str(out_path))
+    return _summarise(quantized, keep_float)
 
 
 def calibrate_ranges(model_path: Path, samples: Samples, input_names: list[str], method: str, workdir: Path,

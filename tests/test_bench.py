@@ -353,9 +353,9 @@ def test_attention_chunking_compares_equal_results_and_refuses_bad_sizes(capsys)
     before it times anything, and prints both times and their ratio."""
     from benchmarks import attention_chunking
 
-    assert attention_chunking.main(["--size", "256x128", "--repeats", "1", "--heads", "2"]) == 0
+    assert attention_chunking.main(["--size", "256x384", "--repeats", "1", "--heads", "2"]) == 0
     out = capsys.readouterr().out
-    assert "8x16 windows" in out and "all windows at once" in out and "ratio" in out
+    assert "16x24 windows" in out and "all windows at once" in out and "ratio" in out
     with pytest.raises(SystemExit) as exit_info:
         attention_chunking.main(["--size", "100x7"])
     assert exit_info.value.code == 2
