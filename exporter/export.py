@@ -36,7 +36,7 @@ from runtime.manifest import (
 from .fp16 import convert_to_fp16
 from .graphs import GraphDefinition, graph_definitions
 from .reference_io import reference_graph_io
-from .rewrites import export_rewrites
+from .rewrites import ENTROPY_REWRITES, export_rewrites
 
 FP32_TOLERANCE = 1e-4  # max |ort - torch| / max |torch|
 DEFAULT_OPSET = 17
@@ -80,16 +80,25 @@ def _check_images(image=None) -> list[np.ndarray]:
     return [pixels[:h, :w] for h, w in CHECK_SIZES]
 
 
-def _onnx_export(defn: GraphDefinition, inputs: dict[str, np.ndarray], path: Path, opset: int) -> None:
+def _traced_form(defn: GraphDefinition, precision: str):
+    """The rewrites a graph is traced with (exporter.rewrites): the rate /
+    quality graphs always; the entropy graphs only their fp32-only Winograd
+    convs, when they stay fp32."""
+    if not is_entropy_graph(defn.name):
+        return export_rewrites(defn.module)
+    if precision == "fp32":
+        return export_rewrites(defn.module, ENTROPY_REWRITES)
+    return contextlib.nullcontext()
+
+
+def _onnx_export(defn: GraphDefinition, inputs: dict[str, np.ndarray], path: Path, opset: int,
+                 precision: str) -> None:
     args = tuple(torch.from_numpy(inputs[name]) for name in defn.inputs)
     dynamic = {}
     for name in defn.inputs + defn.outputs:
         shape = defn.shapes[name]
         dynamic[name] = {axis: str(dim) for axis, dim in enumerate(shape) if isinstance(dim, str)}
-    # the rate/quality graphs are traced in a faster form (exporter.rewrites);
-    # the entropy graphs keep the reference's operators
-    rewrites = contextlib.nullcontext() if is_entropy_graph(defn.name) else export_rewrites(defn.module)
-    with torch.no_grad(), rewrites:
+    with torch.no_grad(), _traced_form(defn, precision):
         torch.onnx.export(
             defn.module, args, str(path), input_names=defn.inputs, output_names=defn.outputs,
             dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False,
@@ -207,7 +216,7 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
             report = GraphReport(defn.name, policy[defn.name])
             t0 = time.perf_counter()
             fp32_path = staging / f"{defn.name}.fp32.onnx"
-            _onnx_export(defn, cases_by_size[0][defn.name]["inputs"], fp32_path, opset)
+            _onnx_export(defn, cases_by_size[0][defn.name]["inputs"], fp32_path, opset, report.precision)
             check_onnx_graph(fp32_path)
             cases = [c[defn.name] for c in cases_by_size]
             compare_with_torch(defn, fp32_path, cases, threads, report)

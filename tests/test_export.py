@@ -205,6 +205,87 @@ def test_subpixel_upsampler_computes_the_transposed_conv(kernel, c_in, c_out):
     assert "forward" not in vars(module) and not dict(module.named_buffers())
 
 
+def test_winograd_transforms_are_exact_and_the_conv_stays_accurate():
+    """exporter.winograd: the Toom-Cook matrices satisfy the 1-D identity
+    exactly; the rewritten conv (float32 constants) equals the float64 conv
+    within the error measured for F(4x4, 3x3) at these points (~4e-6; 0, +-1,
+    +-2 gives 1.2e-5); only wide 3x3 'same' convs qualify."""
+    from torch import nn
+
+    from exporter import winograd
+    from exporter.rewrites import ENTROPY_REWRITES, export_rewrites
+
+    b_t, g, a_t = winograd.toom_cook_matrices()
+    rng = np.random.default_rng(0)
+    d, k = rng.standard_normal(6), rng.standard_normal(3)
+    np.testing.assert_allclose(a_t @ ((g @ k) * (b_t @ d)), np.correlate(d, k, "valid"), rtol=0, atol=1e-12)
+    torch.manual_seed(3)
+    for c, k_out, h, w in ((640, 128, 8, 12), (512, 160, 4, 4)):
+        conv = nn.Conv2d(c, k_out, 3, padding=1).eval()
+        x = torch.randn(1, c, h, w)
+        with torch.no_grad():
+            exact = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+            with export_rewrites(conv, ENTROPY_REWRITES):
+                rewritten = conv(x)
+            plain = conv(x)
+        scale = float(exact.abs().max())
+        assert float((rewritten.double() - exact).abs().max()) / scale < 1e-5
+        assert float((plain.double() - exact).abs().max()) / scale < 1e-6
+        assert "forward" not in vars(conv) and not dict(conv.named_buffers())
+    assert winograd.applies(nn.Conv2d(960, 224, 3, padding=1))
+    assert not winograd.applies(nn.Conv2d(256, 256, 3, padding=1))  # narrow: slower (docstring)
+    assert not winograd.applies(nn.Conv2d(608, 64, 3, padding=1))  # few outputs: slower
+    assert not winograd.applies(nn.Conv2d(640, 64, 3, stride=2, padding=1))
+    assert not winograd.applies(nn.Conv2d(640, 64, 5, padding=2))
+
+
+def _wide_3x3_convs(path) -> int:
+    """Conv nodes that exporter.winograd would rewrite (3x3, wide enough)."""
+    import onnx
+
+    from exporter.winograd import WIDE_INPUT_CHANNELS, WIDE_OUTPUT_CHANNELS
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    shapes = {t.name: list(t.dims) for t in graph.initializer}
+    return sum(1 for n in graph.node if n.op_type == "Conv" and (shape := shapes.get(n.input[1]))
+               and shape[0] >= WIDE_OUTPUT_CHANNELS and shape[1] >= WIDE_INPUT_CHANNELS and shape[2:] == [3, 3])
+
+
+def _winograd_products(path) -> int:
+    """Winograd weights in a graph: (36, K, C) initializers, one per rewritten conv."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sum(1 for t in graph.initializer if len(t.dims) == 3 and t.dims[0] == 36)
+
+
+def test_wide_entropy_convs_are_winograd_in_fp32_only(tmp_path):
+    """A model whose lrp heads start 3M + 32 = 512 -> 128 (wide enough): slice_lrp_0
+    traced for an fp32 graph has its first conv as Winograd and still computes
+    the module (onnxruntime, 1e-4 as the export check); traced for fp16 or int8
+    it keeps the plain conv."""
+    import dataclasses
+
+    from dcae.config import get_config
+    from exporter.export import _onnx_export
+
+    torch.manual_seed(6)
+    model = DCAE(dataclasses.replace(get_config("small"), head_hidden=(128, 48))).eval()
+    defn = {d.name: d for d in graph_definitions(model)}["slice_lrp_0"]
+    rng = np.random.default_rng(0)
+    inputs = {"support": rng.standard_normal((1, 480, 16, 24)).astype(np.float32),
+              "y_hat_raw": rng.standard_normal((1, 32, 16, 24)).astype(np.float32)}
+    for precision, rewritten in (("fp32", True), ("fp16", False), ("int8", False)):
+        path = tmp_path / f"{precision}.onnx"
+        _onnx_export(defn, inputs, path, 17, precision)
+        assert (_winograd_products(path), _wide_3x3_convs(path)) == ((1, 0) if rewritten else (0, 1)), precision
+    with torch.no_grad():
+        expected = defn.module(*(torch.from_numpy(inputs[n]) for n in defn.inputs)).numpy()
+    got = _run_graph(tmp_path / "fp32.onnx", inputs)["y_hat"]
+    assert _rel_error(got, expected) <= 1e-4
+    assert not [name for name, _ in model.named_buffers() if "_winograd" in name]  # removed after tracing
+
+
 def test_upsamplers_are_plain_convs_in_g_s_only(bundles):
     """g_s has no ConvTranspose left (a Conv + DepthToSpace each); h_s, an
     entropy graph, keeps the reference's ConvTranspose. Every conv's weight and
@@ -278,6 +359,11 @@ def test_official_configuration_exports_end_to_end(golden_model, tmp_path):
     manifest, reports = export_bundle(golden_model, tmp_path / "official", preset="dcae", progress=lambda *a: None)
     assert manifest.model["config"]["M"] == 320 and len(reports) == 14
     assert all(r.rel_error <= 1e-4 for r in reports)
+    # every slice head's first conv (960+ -> 224) is Winograd (exporter.winograd)
+    for i in range(5):
+        assert _winograd_products(tmp_path / "official" / f"slice_params_{i}.onnx") == 2
+        assert _winograd_products(tmp_path / "official" / f"slice_lrp_{i}.onnx") == 1
+        assert _wide_3x3_convs(tmp_path / "official" / f"slice_params_{i}.onnx") == 0
     assert sum(r.file_bytes for r in reports) > 450e6
     report = json.loads((tmp_path / "official" / "export_report.json").read_text())
     assert report["peak_rss_mb"] > 0
