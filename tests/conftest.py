@@ -39,6 +39,17 @@ def golden_model(golden_state):
     return model_from_state_dict(golden_state, get_config("dcae"))
 
 
+@pytest.fixture(scope="session")
+def golden_bundle(golden_model, tmp_path_factory):
+    """(path, manifest, graph reports) of the official configuration exported
+    fp32 from the golden weights (about 45 s, once per session)."""
+    from exporter.export import export_bundle
+
+    path = tmp_path_factory.mktemp("golden_bundle") / "official"
+    manifest, reports = export_bundle(golden_model, path, preset="dcae", progress=lambda *a: None)
+    return path, manifest, reports
+
+
 def golden_input(case: str) -> np.ndarray:
     from PIL import Image
 

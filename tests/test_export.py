@@ -353,17 +353,17 @@ def test_cli_help_explains_options():
         assert option in result.stdout
 
 
-def test_official_configuration_exports_end_to_end(golden_model, tmp_path):
+def test_official_configuration_exports_end_to_end(golden_bundle):
     """The official size, from the golden deterministic weights (an official-layout
     state dict): every graph exported and checked against PyTorch at two sizes."""
-    manifest, reports = export_bundle(golden_model, tmp_path / "official", preset="dcae", progress=lambda *a: None)
+    path, manifest, reports = golden_bundle
     assert manifest.model["config"]["M"] == 320 and len(reports) == 14
     assert all(r.rel_error <= 1e-4 for r in reports)
     # every slice head's first conv (960+ -> 224) is Winograd (exporter.winograd)
     for i in range(5):
-        assert _winograd_products(tmp_path / "official" / f"slice_params_{i}.onnx") == 2
-        assert _winograd_products(tmp_path / "official" / f"slice_lrp_{i}.onnx") == 1
-        assert _wide_3x3_convs(tmp_path / "official" / f"slice_params_{i}.onnx") == 0
+        assert _winograd_products(path / f"slice_params_{i}.onnx") == 2
+        assert _winograd_products(path / f"slice_lrp_{i}.onnx") == 1
+        assert _wide_3x3_convs(path / f"slice_params_{i}.onnx") == 0
     assert sum(r.file_bytes for r in reports) > 450e6
-    report = json.loads((tmp_path / "official" / "export_report.json").read_text())
+    report = json.loads((path / "export_report.json").read_text())
     assert report["peak_rss_mb"] > 0
