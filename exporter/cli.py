@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="entropy-parameter graphs (h_s, slice_*): fp32 (default; bitstreams stay decodable by "
                         "any fp32 bundle of this model on the same backend class) or 'same' as --precision "
                         "(smaller and faster; bitstreams then decode only with this bundle on the same backend)")
+    p.add_argument("--no-winograd", dest="winograd", action="store_false",
+                   help="keep the fp32 entropy graphs' wide 3x3 convs plain instead of Winograd F(4x4, 3x3): "
+                        "slower (official model at 768x512: ~0.14 s per encode and per decode on 2 cores), "
+                        "closer to PyTorch's arithmetic (fewer scale indexes differ from the reference's)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the checks")
     p.add_argument("--calib", metavar="DIR", help="calibration images for --precision int8 (PNG/JPEG/TIFF)")
@@ -112,7 +116,7 @@ def _export(args, say) -> int:
         manifest, reports = export_bundle(
             model, args.output, precision=args.precision, entropy_precision=args.entropy_precision,
             opset=args.opset, source_checkpoint=source, preset=model.preset, threads=args.threads,
-            progress=say, quantize=quantize)
+            progress=say, quantize=quantize, winograd=args.winograd)
     except (CheckpointError, ExportError, DcaeError, OSError, ValueError) as exc:
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     say(summary_table(reports))

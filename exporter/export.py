@@ -80,25 +80,25 @@ def _check_images(image=None) -> list[np.ndarray]:
     return [pixels[:h, :w] for h, w in CHECK_SIZES]
 
 
-def _traced_form(defn: GraphDefinition, precision: str):
+def _traced_form(defn: GraphDefinition, precision: str, winograd: bool = True):
     """The rewrites a graph is traced with (exporter.rewrites): the rate /
     quality graphs always; the entropy graphs only their fp32-only Winograd
-    convs, when they stay fp32."""
+    convs, when they stay fp32 (and `winograd`)."""
     if not is_entropy_graph(defn.name):
         return export_rewrites(defn.module)
-    if precision == "fp32":
+    if precision == "fp32" and winograd:
         return export_rewrites(defn.module, ENTROPY_REWRITES)
     return contextlib.nullcontext()
 
 
 def _onnx_export(defn: GraphDefinition, inputs: dict[str, np.ndarray], path: Path, opset: int,
-                 precision: str) -> None:
+                 precision: str, winograd: bool = True) -> None:
     args = tuple(torch.from_numpy(inputs[name]) for name in defn.inputs)
     dynamic = {}
     for name in defn.inputs + defn.outputs:
         shape = defn.shapes[name]
         dynamic[name] = {axis: str(dim) for axis, dim in enumerate(shape) if isinstance(dim, str)}
-    with torch.no_grad(), _traced_form(defn, precision):
+    with torch.no_grad(), _traced_form(defn, precision, winograd):
         torch.onnx.export(
             defn.module, args, str(path), input_names=defn.inputs, output_names=defn.outputs,
             dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False,
@@ -187,14 +187,15 @@ def _tensor_specs(defn: GraphDefinition, names: list[str]) -> list[TensorSpec]:
 def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", entropy_precision: str = "fp32",
                   opset: int = DEFAULT_OPSET, source_checkpoint: str | Path | None = None,
                   preset: str | None = None, check_image=None, threads: int | None = None,
-                  progress=print, quantize=None) -> tuple[Manifest, list[GraphReport]]:
+                  progress=print, quantize=None, winograd: bool = True) -> tuple[Manifest, list[GraphReport]]:
     """Write a bundle to `out_dir` (created; must not exist or be empty).
 
     `quantize(name, fp32_path, out_path)` is called for graphs whose policy is
     int8 (`exporter.calibrate.make_int8_quantizer` makes one); when it has a
     `report_json()`, that is stored in the bundle as int8_report.json. The bundle is built in a
     temporary sibling directory and renamed into place, so a failed export
-    leaves nothing behind."""
+    leaves nothing behind. `winograd=False` keeps the fp32 entropy graphs'
+    wide convs plain (exporter.winograd)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"output directory {out_dir} exists and is not empty")
@@ -216,7 +217,8 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
             report = GraphReport(defn.name, policy[defn.name])
             t0 = time.perf_counter()
             fp32_path = staging / f"{defn.name}.fp32.onnx"
-            _onnx_export(defn, cases_by_size[0][defn.name]["inputs"], fp32_path, opset, report.precision)
+            _onnx_export(defn, cases_by_size[0][defn.name]["inputs"], fp32_path, opset, report.precision,
+                         winograd)
             check_onnx_graph(fp32_path)
             cases = [c[defn.name] for c in cases_by_size]
             compare_with_torch(defn, fp32_path, cases, threads, report)
@@ -257,7 +259,7 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
         manifest.validate()
         manifest.write(staging)
         (staging / "export_report.json").write_text(json.dumps(
-            {"peak_rss_mb": peak_rss_mb(), "check_sizes": CHECK_SIZES,
+            {"peak_rss_mb": peak_rss_mb(), "check_sizes": CHECK_SIZES, "winograd": winograd,
              "graphs": [r.__dict__ for r in reports]}, indent=1))
         if "int8" in policy.values() and hasattr(quantize, "report_json"):
             # the int8 graphs' error against fp32 on held-out crops (calibration.quantize)

@@ -2,23 +2,17 @@
 random-init models, and the test images shipped in tests/data."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests import golden
+
 DATA = Path(__file__).parent / "data"
-GOLDEN = DATA / "golden"
+GOLDEN = golden.GOLDEN
 GOLDEN_CASES = ["seed0_256x256", "seed0_384x256"]
-
-
-def _golden_weights_module():
-    spec = importlib.util.spec_from_file_location("golden_weights", GOLDEN / "weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +20,7 @@ def golden_state():
     """{name: torch tensor} of the official configuration, seed 0 (parameters only)."""
     import torch
 
-    params = json.loads((GOLDEN / "dcae_params.json").read_text())
-    state = _golden_weights_module().make_state(params, seed=0)
+    state = golden.official_state(seed=0)
     return {k: torch.from_numpy(v) for k, v in state.items()}
 
 
@@ -104,7 +97,7 @@ def tiny_model():
     config = get_config("tiny")
     with torch.device("meta"):
         shapes = {name: list(p.shape) for name, p in DCAE(config).named_parameters()}
-    state = _golden_weights_module().make_state(shapes, seed=0)
+    state = golden.make_state(shapes, seed=0)
     return model_from_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, config)
 
 

@@ -359,3 +359,21 @@ def test_attention_chunking_compares_equal_results_and_refuses_bad_sizes(capsys)
     with pytest.raises(SystemExit) as exit_info:
         attention_chunking.main(["--size", "100x7"])
     assert exit_info.value.code == 2
+
+
+def test_entropy_agreement_counts_what_moved_against_the_reference(tiny_model, tiny_bundle, kodak_crop):
+    """benchmarks.entropy_agreement feeds the reference's own slice inputs to the
+    bundle's slice_params graphs: on a real crop mu and sigma agree to ~1e-5
+    and few indexes move; a reference whose indexes all differ is counted so."""
+    from benchmarks.entropy_agreement import compare_bundle, reference_slice_inputs
+    from runtime import Codec
+
+    slices = reference_slice_inputs(tiny_model, kodak_crop("kodim23", 256, 256))
+    codec = Codec(tiny_bundle, threads=1)
+    row = compare_bundle(codec, slices)
+    assert row["symbols"] == sum(s["indexes"].size for s in slices) == 40 * 16 * 16
+    assert len(row["moved_indexes"]) == len(row["moved_roundings"]) == 5
+    assert row["max_mu_diff"] < 1e-4 and row["max_scale_diff"] < 1e-4
+    assert sum(row["moved_indexes"]) <= 1e-3 * row["symbols"]
+    slices[2]["indexes"] = slices[2]["indexes"] + 1
+    assert compare_bundle(codec, slices)["moved_indexes"][2] == slices[2]["indexes"].size

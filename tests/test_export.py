@@ -262,8 +262,8 @@ def _winograd_products(path) -> int:
 def test_wide_entropy_convs_are_winograd_in_fp32_only(tmp_path):
     """A model whose lrp heads start 3M + 32 = 512 -> 128 (wide enough): slice_lrp_0
     traced for an fp32 graph has its first conv as Winograd and still computes
-    the module (onnxruntime, 1e-4 as the export check); traced for fp16 or int8
-    it keeps the plain conv."""
+    the module (onnxruntime, 1e-4 as the export check); with winograd=False
+    (dcae-export --no-winograd) or for fp16 or int8 it keeps the plain conv."""
     import dataclasses
 
     from dcae.config import get_config
@@ -275,13 +275,16 @@ def test_wide_entropy_convs_are_winograd_in_fp32_only(tmp_path):
     rng = np.random.default_rng(0)
     inputs = {"support": rng.standard_normal((1, 480, 16, 24)).astype(np.float32),
               "y_hat_raw": rng.standard_normal((1, 32, 16, 24)).astype(np.float32)}
-    for precision, rewritten in (("fp32", True), ("fp16", False), ("int8", False)):
+    for precision, winograd, rewritten in (("fp32", True, True), ("fp32", False, False), ("fp16", True, False),
+                                           ("int8", True, False)):
         path = tmp_path / f"{precision}.onnx"
-        _onnx_export(defn, inputs, path, 17, precision)
+        _onnx_export(defn, inputs, path, 17, precision, winograd)
         assert (_winograd_products(path), _wide_3x3_convs(path)) == ((1, 0) if rewritten else (0, 1)), precision
+        if precision == "fp32" and winograd:
+            path.rename(tmp_path / "winograd.onnx")
     with torch.no_grad():
         expected = defn.module(*(torch.from_numpy(inputs[n]) for n in defn.inputs)).numpy()
-    got = _run_graph(tmp_path / "fp32.onnx", inputs)["y_hat"]
+    got = _run_graph(tmp_path / "winograd.onnx", inputs)["y_hat"]
     assert _rel_error(got, expected) <= 1e-4
     assert not [name for name, _ in model.named_buffers() if "_winograd" in name]  # removed after tracing
 
