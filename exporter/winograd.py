@@ -13,8 +13,8 @@ products per (input, output) channel pair instead of 144:
 - input transform B^T d B of every overlapping 6x6 tile (stride 4): one conv
   with the 36 transform kernels, the channels taken as the batch (one pass
   over the input);
-- 36 matrix products (K x C) @ (C x tiles), the transformed weights G g G^T
-  precomputed in float64;
+- 36 matrix products (K x C) @ (C x tiles), with the transformed weights
+  G g G^T (constant: onnxruntime computes them once, when it loads the graph);
 - output transform A^T . A as one (16 x 36) matrix product, then the 4x4
   tiles are put back in place.
 
@@ -89,19 +89,26 @@ def applies(conv: nn.Conv2d) -> bool:
 
 
 def constants(conv: nn.Conv2d) -> dict[str, Tensor]:
-    """The three transforms of `conv` (see winograd_conv_forward)."""
+    """The transforms of `conv` (see winograd_conv_forward) and its taps.
+
+    The transformed weights G g G^T are 36 numbers per (K, C) pair where the
+    conv has 9: stored, they would make the official fp32 bundle 842 MB instead
+    of 458. So the graph stores the taps and computes G g G^T as one MatMul of
+    two initializers, which onnxruntime folds into a constant when it loads
+    the graph (memory holds the 36, the file the 9)."""
     b_t, g, a_t = toom_cook_matrices()
-    weight = conv.weight.detach().double().cpu().numpy()  # (K, C, 3, 3)
-    k, c = weight.shape[:2]
-    # G g G^T for every (K, C) pair, laid out (36, K, C): one matrix per tile position
-    transformed = np.einsum("ij,kcjl,ml->imkc", g, weight, g).reshape(TILE_IN * TILE_IN, k, c)
+    k, c = conv.out_channels, conv.in_channels
+    # (9, K * C): tap (j, l) of every (K, C) pair, so that kron(G, G) @ taps is
+    # G g G^T laid out (36, K * C), tile position (i, m) first
+    taps = conv.weight.detach().permute(2, 3, 0, 1).reshape(9, k * c).float()
     # the 36 kernels of B^T d B: kernel (i, j) is the outer product of rows i and j of B^T
     input_kernels = np.einsum("ir,js->ijrs", b_t, b_t).reshape(TILE_IN * TILE_IN, 1, TILE_IN, TILE_IN)
     output_matrix = np.kron(a_t, a_t)  # (16, 36): output (a, b) from tile position (i, j)
     bias = conv.bias.detach() if conv.bias is not None else conv.weight.new_zeros(k)
     as_tensor = lambda a: torch.from_numpy(a.astype(np.float32)).to(conv.weight.device)  # noqa: E731
     return {"_winograd_input_kernels": as_tensor(input_kernels),
-            "_winograd_weight": as_tensor(transformed),
+            "_winograd_weight_transform": as_tensor(np.kron(g, g)),  # (36, 9)
+            "_winograd_taps": taps.contiguous(),
             "_winograd_output_matrix": as_tensor(output_matrix),
             "_winograd_bias": bias.reshape(1, k, 1, 1).float()}
 
@@ -116,7 +123,8 @@ def winograd_conv_forward(self: nn.Conv2d, x: Tensor) -> Tensor:
     transformed = F.conv2d(x.reshape(c, 1, h, w), self._winograd_input_kernels, stride=TILE_OUT, padding=1)
     # (36, C, tiles); onnxruntime folds this transpose into the MatMul as a strided batch
     transformed = transformed.reshape(c, tiles, rows * cols).transpose(0, 1)
-    products = torch.matmul(self._winograd_weight, transformed)  # (36, K, tiles)
+    weight = torch.matmul(self._winograd_weight_transform, self._winograd_taps).reshape(tiles, k, c)
+    products = torch.matmul(weight, transformed)  # (36, K, tiles)
     out = torch.matmul(self._winograd_output_matrix, products.reshape(tiles, -1))  # (16, K * tiles)
     out = out.reshape(TILE_OUT, TILE_OUT, k, rows, cols).permute(2, 3, 0, 4, 1).reshape(1, k, h, w)
     return out + self._winograd_bias

@@ -252,11 +252,14 @@ def _wide_3x3_convs(path) -> int:
 
 
 def _winograd_products(path) -> int:
-    """Winograd weights in a graph: (36, K, C) initializers, one per rewritten conv."""
+    """Winograd convs in a graph: each computes its transformed weights G g G^T
+    as a MatMul onto its (9, K * C) taps, an initializer (a constant
+    computation that onnxruntime folds)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    return sum(1 for t in graph.initializer if len(t.dims) == 3 and t.dims[0] == 36)
+    taps = {t.name for t in graph.initializer if len(t.dims) == 2 and t.dims[0] == 9}
+    return sum(1 for n in graph.node if n.op_type == "MatMul" and n.input[1] in taps)
 
 
 def test_wide_entropy_convs_are_winograd_in_fp32_only(tmp_path):
@@ -286,6 +289,17 @@ def test_wide_entropy_convs_are_winograd_in_fp32_only(tmp_path):
         expected = defn.module(*(torch.from_numpy(inputs[n]) for n in defn.inputs)).numpy()
     got = _run_graph(tmp_path / "winograd.onnx", inputs)["y_hat"]
     assert _rel_error(got, expected) <= 1e-4
+    # the file keeps the 3x3 taps, not the 4x larger transformed weights ...
+    assert (tmp_path / "winograd.onnx").stat().st_size < 1.1 * (tmp_path / "fp32.onnx").stat().st_size
+    # ... which onnxruntime computes once, when it loads the graph
+    import onnx
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "winograd.onnx"), options, providers=["CPUExecutionProvider"])
+    assert _winograd_products(tmp_path / "optimized.onnx") == 0
+    folded = onnx.load(str(tmp_path / "optimized.onnx")).graph.initializer
+    assert [list(t.dims) for t in folded if list(t.dims) == [36, 128, 512]]
     assert not [name for name, _ in model.named_buffers() if "_winograd" in name]  # removed after tracing
 
 
@@ -364,9 +378,9 @@ def test_official_configuration_exports_end_to_end(golden_bundle):
     assert all(r.rel_error <= 1e-4 for r in reports)
     # every slice head's first conv (960+ -> 224) is Winograd (exporter.winograd)
     for i in range(5):
-        assert _winograd_products(path / f"slice_params_{i}.onnx") == 2
+        assert _winograd_products(path / f"slice_params_{i}.onnx") == 2  # cc_mean and cc_scale
         assert _winograd_products(path / f"slice_lrp_{i}.onnx") == 1
-        assert _wide_3x3_convs(path / f"slice_params_{i}.onnx") == 0
+        assert _wide_3x3_convs(path / f"slice_params_{i}.onnx") == _wide_3x3_convs(path / f"slice_lrp_{i}.onnx") == 0
     assert sum(r.file_bytes for r in reports) > 450e6
     report = json.loads((path / "export_report.json").read_text())
     assert report["peak_rss_mb"] > 0

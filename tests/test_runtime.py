@@ -469,10 +469,11 @@ def test_official_configuration_round_trips_exactly_and_matches_the_reference(go
     """The official configuration (golden weights), whose slice heads run as
     Winograd convs (exporter.winograd), on a 256x384 (height x width) Kodak crop: the decoder's
     y_hat is the encoder's bit for bit; against the reference the z stream is
-    identical and few indexes and roundings move (measured on this crop: 224
-    indexes and 56 roundings of 122,880, a cascade from the first moved
-    rounding; 1 and 0 with plain convs); the size and the quality stay the
-    reference's."""
+    identical and few indexes and roundings move (measured on this crop: 3
+    indexes of 122,880 and no rounding; 1 and 0 with plain convs; a moved
+    rounding changes the later slices' context: an earlier form of the rewrite
+    moved one here, and 224 indexes and 56 roundings followed); the size and
+    the quality stay the reference's."""
     path, _, _ = golden_bundle
     pixels = np.ascontiguousarray(kodak_image[128:384, 64:448])
     h, w = pixels.shape[:2]
