@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.images import list_images
+from benchmarks.cli import find_images
 from dcae.checkpoint import load_checkpoint, model_from_state_dict
 from dcae.config import get_config
-from exporter.export import export_bundle
+from exporter.export import ExportError, export_bundle
 from runtime import Codec
 from runtime.entropy import build_indexes
+from runtime.errors import DcaeError
 from runtime.imaging import load_image, pad_image
 from tests import golden
 
@@ -64,13 +65,18 @@ def reference_slice_inputs(model, pixels: np.ndarray) -> list[dict]:
     return slices
 
 
-def compare_bundle(codec: Codec, slices: list[dict]) -> dict:
+def slice_sessions(codec: Codec) -> list:
+    """The bundle's slice_params graphs, loaded once on the codec's backend."""
+    names = [f"slice_params_{i}" for i in range(codec.bundle.num_slices)]
+    return [codec.backend.load(codec.manifest.graphs[n], codec.bundle.graph_path(n)) for n in names]
+
+
+def compare_bundle(codec: Codec, slices: list[dict], sessions: list | None = None) -> dict:
     """The bundle's slice_params graphs on the reference's inputs, against the reference."""
     tables = codec.bundle.entropy
+    sessions = sessions or slice_sessions(codec)
     row = {"moved_indexes": [], "moved_roundings": [], "max_mu_diff": 0.0, "max_scale_diff": 0.0, "symbols": 0}
-    for i, ref in enumerate(slices):
-        name = f"slice_params_{i}"
-        session = codec.backend.load(codec.manifest.graphs[name], codec.bundle.graph_path(name))
+    for session, ref in zip(sessions, slices, strict=True):
         out = session.run(ref["inputs"])
         indexes = build_indexes(out["scale"], tables.gaussian_scale_table, float(tables.gaussian_scale_bound))
         row["moved_indexes"].append(int(np.count_nonzero(indexes != ref["indexes"])))
@@ -94,28 +100,33 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="threads for PyTorch and onnxruntime (default: 2)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = (load_checkpoint(args.checkpoint) if args.checkpoint else golden_official_model()).eval()
-    if args.export:
-        if args.checkpoint:
-            p.error("--export exports the golden model: leave out --checkpoint")
-        for form in ("winograd", "plain"):
-            path = Path(args.export) / form
-            if not (path / "manifest.json").exists():
-                print(f"exporting the golden official model ({form} entropy convs) to {path}", flush=True)
-                export_bundle(model, path, preset="dcae", threads=args.threads, progress=lambda *a: None,
-                              winograd=form == "winograd")
-            args.bundle.append(str(path))
-    if not args.bundle:
-        p.error("give --bundle or --export")
-    codecs = {b: Codec(b, threads=args.threads) for b in args.bundle}
-    for path in list_images(args.images)[: args.limit]:
-        slices = reference_slice_inputs(model, load_image(path))
-        for bundle, codec in codecs.items():
-            row = compare_bundle(codec, slices)
-            print(f"{Path(path).stem} {bundle}: moved indexes {sum(row['moved_indexes'])} of {row['symbols']} "
-                  f"(per slice {row['moved_indexes']}), roundings {sum(row['moved_roundings'])} "
-                  f"(per slice {row['moved_roundings']}); max |d mu| {row['max_mu_diff']:.2e}, "
-                  f"max |d scale| {row['max_scale_diff']:.2e}", flush=True)
+    try:
+        model = (load_checkpoint(args.checkpoint) if args.checkpoint else golden_official_model()).eval()
+        if args.export:
+            if args.checkpoint:
+                p.error("--export exports the golden model: leave out --checkpoint")
+            for form in ("winograd", "plain"):
+                path = Path(args.export) / form
+                if not (path / "manifest.json").exists():
+                    print(f"exporting the golden official model ({form} entropy convs) to {path}", flush=True)
+                    export_bundle(model, path, preset="dcae", threads=args.threads, progress=lambda *a: None,
+                                  winograd=form == "winograd")
+                args.bundle.append(str(path))
+        if not args.bundle:
+            p.error("give --bundle or --export")
+        codecs = {b: Codec(b, threads=args.threads) for b in args.bundle}
+        sessions = {b: slice_sessions(codec) for b, codec in codecs.items()}
+        for path in find_images(args.images, args.limit):
+            slices = reference_slice_inputs(model, load_image(path))
+            for bundle, codec in codecs.items():
+                row = compare_bundle(codec, slices, sessions[bundle])
+                print(f"{Path(path).stem} {bundle}: moved indexes {sum(row['moved_indexes'])} of {row['symbols']} "
+                      f"(per slice {row['moved_indexes']}), roundings {sum(row['moved_roundings'])} "
+                      f"(per slice {row['moved_roundings']}); max |d mu| {row['max_mu_diff']:.2e}, "
+                      f"max |d scale| {row['max_scale_diff']:.2e}", flush=True)
+    except (ValueError, DcaeError, ExportError) as exc:  # (CheckpointError is a ValueError)
+        print(f"{p.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     return 0
 
 

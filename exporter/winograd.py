@@ -27,10 +27,11 @@ heads), nor for narrow convs on big maps (224 -> 128 equal; 96 -> 96 at
 
 Precision: the transform coefficients (up to 2.5 in B^T, 16/15 in G, 8 in
 A^T) cost accuracy: max error ~4e-6 of the output's range against float64
-(see POINTS), where the plain conv has 3e-7. Encoder and decoder run the same graph, so
-their indexes agree; against the PyTorch reference more scale-table indexes
-move (the runtime's comparison with the reference counts them). Only fp32
-graphs get it: in fp16 or int8 that error would be far larger.
+(see POINTS), where the plain conv has 3e-7. Encoder and decoder run the same
+graph, so their indexes agree; against the PyTorch reference more scale-table
+indexes move (`python -m benchmarks.entropy_agreement` counts them). Only fp32
+graphs get it: in fp16 or int8 that error would be far larger. The input must
+be (1, C, H, W) with H and W multiples of 4: padded latents are multiples of 8.
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def constants(conv: nn.Conv2d) -> dict[str, Tensor]:
 
 
 def winograd_conv_forward(self: nn.Conv2d, x: Tensor) -> Tensor:
-    """The conv of (1, C, H, W), H and W multiples of 4 (padded latents are)."""
+    """The conv of (1, C, H, W), H and W multiples of 4 (see the module docstring)."""
     _, _, h, w = x.shape
     c, k = self.in_channels, self.out_channels
     tiles = TILE_IN * TILE_IN
