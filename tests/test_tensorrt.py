@@ -66,6 +66,15 @@ def test_exported_bundles_pass_the_static_check(bundles, precision):
     assert "all 14 graphs pass" in summary(results)
 
 
+def test_official_bundle_with_winograd_slice_heads_passes_the_static_check(golden_bundle):
+    """The official configuration's fp32 entropy graphs carry the Winograd convs
+    (exporter.winograd: a conv with channels as batch, batched MatMuls on a
+    folded constant); TensorRT takes them as they are."""
+    path, _, _ = golden_bundle
+    results = check_bundle(path)
+    assert len(results) == 14 and not [str(p) for found in results.values() for p in errors(found)]
+
+
 def _model(nodes, inputs, outputs, initializers=(), opset=17):
     graph = helper.make_graph(nodes, "handmade", inputs, outputs, initializer=list(initializers))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
