@@ -1,15 +1,17 @@
-"""How much the stage-1 window attention would gain from running on a few
-windows at a time (so that its score matrices stay in cache).
+"""How much the stage-1 window attention gains from running on a few windows
+at a time (so that its score matrices stay in cache).
 
     python -m benchmarks.attention_chunking [--size 512x768] [--threads 2] [--repeats 5]
 
 Builds the chain the image graphs run for one block (q @ k^T * scale + relative
 bias -> Softmax -> @ v; window-pixel-major inputs as `exporter.rewrites` traces
-them) as a standalone onnxruntime graph, and times it on every window at once
-(what the bundle does now) against one row of windows per call (what a Loop over
-window rows would do), side by side in one run; prints both and their ratio.
+them) as a standalone onnxruntime graph, and times, side by side in one run:
+every window at once (the bundles before the chunking), the windows split into
+`exporter.rewrites.ATTENTION_CHUNKS` chunks inside one graph (what g_a / g_s do
+now for blocks with 8 channels per head), and one row of windows per call (what
+a Loop over window rows would do); prints each and its ratio to the first.
 Random inputs: the chain's cost does not depend on the values. Not a model
-measurement: it decides whether a Loop in g_a / g_s is worth building.
+measurement: the whole-graph effect is in `exporter/rewrites.py`.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ import numpy as np
 WINDOW = 8  # the official configuration's window size (64 pixels per window)
 
 
-def attention_chain(windows: int, heads: int, head_dim: int, threads: int):
+def attention_chain(windows: int, heads: int, head_dim: int, threads: int, chunks: int = 1):
+    """The chain on `windows` windows, in `chunks` equal chunks of windows."""
     import onnx
     import onnx.helper as oh
     import onnxruntime as ort
@@ -34,16 +37,27 @@ def attention_chain(windows: int, heads: int, head_dim: int, threads: int):
         onnx.numpy_helper.from_array(rng.standard_normal((heads, pixels, pixels)).astype(np.float32), "bias"),
         onnx.numpy_helper.from_array(np.array(head_dim ** -0.5, np.float32), "scale"),
     ]
-    nodes = [
-        oh.make_node("Transpose", ["q"], ["q_t"], perm=[1, 2, 0, 3]),
-        oh.make_node("Transpose", ["k"], ["k_t"], perm=[1, 2, 3, 0]),
-        oh.make_node("Transpose", ["v"], ["v_t"], perm=[1, 2, 0, 3]),
-        oh.make_node("MatMul", ["q_t", "k_t"], ["scores"]),
-        oh.make_node("Mul", ["scores", "scale"], ["scaled"]),
-        oh.make_node("Add", ["scaled", "bias"], ["biased"]),
-        oh.make_node("Softmax", ["biased"], ["weights"], axis=-1),
-        oh.make_node("MatMul", ["weights", "v_t"], ["out"]),
-    ]
+    def chain(q: str, k: str, v: str, out: str) -> list:
+        return [
+            oh.make_node("Transpose", [q], [f"{q}_t"], perm=[1, 2, 0, 3]),
+            oh.make_node("Transpose", [k], [f"{k}_t"], perm=[1, 2, 3, 0]),
+            oh.make_node("Transpose", [v], [f"{v}_t"], perm=[1, 2, 0, 3]),
+            oh.make_node("MatMul", [f"{q}_t", f"{k}_t"], [f"{out}_scores"]),
+            oh.make_node("Mul", [f"{out}_scores", "scale"], [f"{out}_scaled"]),
+            oh.make_node("Add", [f"{out}_scaled", "bias"], [f"{out}_biased"]),
+            oh.make_node("Softmax", [f"{out}_biased"], [f"{out}_weights"], axis=-1),
+            oh.make_node("MatMul", [f"{out}_weights", f"{v}_t"], [out]),
+        ]
+
+    if chunks == 1:
+        nodes = chain("q", "k", "v", "out")
+    else:
+        bounds = [i * windows // chunks for i in range(chunks + 1)]  # as exporter.rewrites bounds them
+        constants.append(onnx.numpy_helper.from_array(np.diff(bounds).astype(np.int64), "split"))
+        nodes = [oh.make_node("Split", [n, "split"], [f"{n}{i}" for i in range(chunks)], axis=1) for n in "qkv"]
+        for i in range(chunks):
+            nodes += chain(f"q{i}", f"k{i}", f"v{i}", f"out{i}")
+        nodes.append(oh.make_node("Concat", [f"out{i}" for i in range(chunks)], ["out"], axis=0))
     inputs = [oh.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [pixels, windows, heads, head_dim]) for n in "qkv"]
     output = oh.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [windows, heads, pixels, head_dim])
     model = oh.make_model(oh.make_graph(nodes, "attention", inputs, [output], constants),
@@ -79,36 +93,39 @@ def main(argv: list[str] | None = None) -> int:
     rows, cols = height // 2 // WINDOW, width // 2 // WINDOW
     pixels = WINDOW * WINDOW
     rng = np.random.default_rng(1)
-    whole = attention_chain(rows * cols, args.heads, args.head_dim, args.threads)
+    from exporter.rewrites import ATTENTION_CHUNKS
+
+    sessions = {"all windows at once": attention_chain(rows * cols, args.heads, args.head_dim, args.threads),
+                f"{ATTENTION_CHUNKS} chunks in one graph": attention_chain(
+                    rows * cols, args.heads, args.head_dim, args.threads, chunks=ATTENTION_CHUNKS)}
     per_row = attention_chain(cols, args.heads, args.head_dim, args.threads)
     q, k, v = (rng.standard_normal((pixels, rows * cols, args.heads, args.head_dim)).astype(np.float32)
                for _ in range(3))
-    row_feeds = [{n: np.ascontiguousarray(t[:, r * cols:(r + 1) * cols]) for n, t in zip("qkv", (q, k, v))}
+    feeds = {"q": q, "k": k, "v": v}
+    row_feeds = [{n: np.ascontiguousarray(t[:, r * cols:(r + 1) * cols]) for n, t in feeds.items()}
                  for r in range(rows)]
-    want = whole.run(None, {"q": q, "k": k, "v": v})[0]
-    got = np.concatenate([per_row.run(None, f)[0] for f in row_feeds])
-    if not np.allclose(got, want, rtol=1e-5, atol=1e-5):
-        print("the row-by-row result differs from the whole one", file=sys.stderr)
-        return 1
-    times: dict[str, list[float]] = {"all windows at once": [], "one row of windows per call": []}
+    forms = {name: (lambda s=session: s.run(None, feeds)[0]) for name, session in sessions.items()}
+    forms["one row of windows per call"] = lambda: np.concatenate([per_row.run(None, f)[0] for f in row_feeds])
+    want = forms["all windows at once"]()
+    for name, run in forms.items():
+        if not np.allclose(run(), want, rtol=1e-5, atol=1e-5):
+            print(f"{name}: the result differs from all windows at once", file=sys.stderr)
+            return 1
+    times: dict[str, list[float]] = {name: [] for name in forms}
     for _ in range(args.repeats):
-        start = time.perf_counter()
-        whole.run(None, {"q": q, "k": k, "v": v})
-        times["all windows at once"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        for feeds in row_feeds:
-            per_row.run(None, feeds)
-        times["one row of windows per call"].append(time.perf_counter() - start)
+        for name, run in forms.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
     score_mb = rows * cols * args.heads * pixels * pixels * 4 / 2 ** 20
     print(f"stage-1 attention at {height}x{width} (HxW): {rows}x{cols} windows, {args.heads} heads of {args.head_dim}, "
           f"scores {score_mb:.0f} MB; {args.threads} threads, median of {args.repeats}")
     medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    whole_ms = medians["all windows at once"]
     for name, ms in medians.items():
-        print(f"  {name:28s} {ms:8.1f} ms")
-    whole_ms, rows_ms = medians.values()
-    print(f"  ratio {whole_ms / rows_ms:.2f}x (row-by-row input slices are prepared outside the timing)")
+        print(f"  {name:30s} {ms:8.1f} ms  {whole_ms / ms:.2f}x")
+    print("  (ratios: all windows at once / each form; row-by-row input slices are prepared outside the timing)")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,8 +22,19 @@ arithmetic; the entropy-parameter graphs get only `ENTROPY_REWRITES` (below).
   (FusedMatMul transBatch), so no copy is made; the linear projection runs
   after the windows are merged (it is per pixel). At 768x512 on 2 threads the
   stage-1 block (96 channels, 12 heads of 8) runs 1.29x faster, the stage-2
-  blocks 1.1-1.15x, the stage-3 blocks about equal. Same products and sums;
-  onnxruntime's result differs from the traced reference by ~1e-7.
+  blocks 1.1-1.15x, the stage-3 blocks about equal.
+  Blocks with 8 channels per head (the stage-1 blocks: 12 heads at 768x512,
+  1536 windows, 302 MB of scores) run on 1/16 of each image's windows at a
+  time, from the q/k/v Linears to the weighted sum, so the scores stay in
+  cache through their four passes (q k^T, + bias, Softmax, @ v). And two bias
+  additions go, exactly: k's bias adds q . b_k to all scores of a query, which
+  softmax ignores; v's bias passes through the attention unchanged (weights sum
+  to 1) and joins the projection's bias. onnxruntime's profiler, official g_a
+  at 768x512, 2 threads: the stage-1 block 214-221 -> 142-153 ms; side by side
+  (10 alternating runs, best): fp32 g_a 1265 -> 1233-1263 ms, g_s 1343 ->
+  1267; int8 g_a 834 -> 770, g_s 838 -> 783 (chunks only). The stage-2 blocks
+  (16 per head) gained nothing from chunks. onnxruntime's result differs from
+  the traced reference by ~1e-7 (the v bias is added after the sum).
 
 - `ConvTranspose2d` of `dcae.layers.deconv` (stride 2, odd kernel): onnxruntime's
   ConvTranspose kernel is a GEMM then a col2im scatter, and no int8 kernel exists
@@ -46,7 +57,9 @@ keeps the plain convs).
 Measured and rejected: every 3-D Linear as Reshape + Gemm (bias inside the
 GEMM) instead of MatMul + Add: no faster (onnxruntime's Gemm writes the bias
 first and accumulates onto it, the same traffic as the separate Add); with the
-WMSA form above, g_a at 768x512 fp32 1221 -> 1314 ms, int8 895 -> 973 ms.
+WMSA form above, g_a at 768x512 fp32 1221 -> 1314 ms, int8 895 -> 973 ms;
+measured again for the MLP and projection Linears only: g_s kernel time 1606 ->
+1655 ms (the 45 Gemms took 386 ms where MatMul + Add took ~320).
 """
 from __future__ import annotations
 
@@ -61,6 +74,13 @@ from dcae.layers import WMSA, ConvolutionalGLU, shifted_window_mask
 
 from . import winograd
 
+# Window attention whose heads have few channels runs on 1/ATTENTION_CHUNKS of
+# the windows at a time (see _pixel_major_wmsa_forward): its scores take
+# P / head_dim times the memory of the block's activations, 8x for the official
+# stage-1 block (12 heads of 8: 302 MB at 768x512).
+ATTENTION_CHUNKS = 16
+CHUNKED_HEAD_DIM = 8
+
 
 def _split_glu_forward(self: ConvolutionalGLU, x: Tensor) -> Tensor:
     hidden = self.fc1.out_features // 2
@@ -68,6 +88,19 @@ def _split_glu_forward(self: ConvolutionalGLU, x: Tensor) -> Tensor:
     gate = F.linear(x, weight[:hidden], bias[:hidden])
     value = F.linear(x, weight[hidden:], bias[hidden:])
     return self.fc2(self.act(self.dwconv(gate)) * value)
+
+
+def _window_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
+                      mask: Tensor | None, images) -> Tensor:
+    """softmax(q k^T * scale + bias [+ mask]) v for pixel-major q, k, v (P, windows,
+    heads, d): (P, windows, heads, d) -> (windows, heads, P, d) and, for k, (windows,
+    heads, d, P), the pixel axis moved from first to a matrix axis, a strided
+    MatMul batch. The windows are `images` images' in turn; `mask` (windows of
+    one image, 1, P, P) is added to each image's."""
+    sim = torch.matmul(q.permute(1, 2, 0, 3), k.permute(1, 2, 3, 0)) * scale + bias
+    if mask is not None:
+        sim = (sim.reshape(images, -1, *sim.shape[1:]) + mask).reshape(-1, *sim.shape[1:])
+    return torch.matmul(torch.softmax(sim, dim=-1), v.permute(1, 2, 0, 3))
 
 
 def _pixel_major_wmsa_forward(self: WMSA, x: Tensor) -> Tensor:
@@ -84,18 +117,31 @@ def _pixel_major_wmsa_forward(self: WMSA, x: Tensor) -> Tensor:
     rows, cols, pixels = h // win, w // win, win * win
     windows = x.reshape(b, rows, win, cols, win, c).permute(2, 4, 0, 1, 3, 5).reshape(pixels, -1, c)
     weight, bias = self.embedding_layer.weight, self.embedding_layer.bias
-    q, k, v = (F.linear(windows, weight[t * c:(t + 1) * c], bias[t * c:(t + 1) * c])
-               .reshape(pixels, -1, self.n_heads, self.head_dim) for t in range(3))
-    # (P, B*nW, heads, d) -> (B*nW, heads, P, d) and, for k, (B*nW, heads, d, P):
-    # the pixel axis moves from first to a matrix axis, a strided MatMul batch.
-    sim = torch.matmul(q.permute(1, 2, 0, 3), k.permute(1, 2, 3, 0)) * self.scale
-    sim = sim + self.relative_bias()
-    if shifted:
-        per_image = sim.reshape(b, rows * cols, self.n_heads, pixels, pixels)
-        sim = (per_image + shifted_window_mask(h, w, win, sim.device)).reshape(sim.shape)
-    out = torch.matmul(torch.softmax(sim, dim=-1), v.permute(1, 2, 0, 3))  # (B*nW, heads, P, d)
+    relative_bias = self.relative_bias()
+    mask = shifted_window_mask(h, w, win, x.device).reshape(-1, 1, pixels, pixels) if shifted else None
+    # Few channels per head: a few windows of each image at a time, so that
+    # their scores stay in cache through the four passes over them (stage-1
+    # block at 768x512: 209 -> 155 ms). The bounds follow the traced window
+    # count; any count >= 1 works (a chunk may be empty).
+    n_chunks = ATTENTION_CHUNKS if self.head_dim <= CHUNKED_HEAD_DIM else 1
+    per_image = windows.reshape(pixels, b, -1, c)
+    count = per_image.shape[2]
+    bounds = [i * count // n_chunks for i in range(n_chunks + 1)]
+    # Two bias additions dropped, exactly: k's bias adds q . b_k to every score
+    # of a query, which softmax ignores; v's bias comes out of the attention as
+    # is (each row of weights sums to 1), so it joins the projection's bias.
+    outs = []
+    for start, end in zip(bounds, bounds[1:]):
+        group = per_image[:, :, start:end].reshape(pixels, -1, c) if n_chunks > 1 else windows
+        group_mask = mask[start:end] if shifted and n_chunks > 1 else mask
+        q, k, v = (F.linear(group, weight[t * c:(t + 1) * c], bias[:c] if t == 0 else None)
+                   .reshape(pixels, -1, self.n_heads, self.head_dim) for t in range(3))
+        out = _window_attention(q, k, v, relative_bias, self.scale, group_mask, b)
+        outs.append(out.reshape(b, -1, self.n_heads, pixels, self.head_dim))
+    out = torch.cat(outs, dim=1) if n_chunks > 1 else outs[0]
     out = out.reshape(b, rows, cols, self.n_heads, win, win, self.head_dim)
-    out = self.linear(out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, h, w, c))
+    projection_bias = self.linear.bias + self.linear.weight @ bias[2 * c:]
+    out = F.linear(out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, h, w, c), self.linear.weight, projection_bias)
     if shifted:
         out = torch.roll(out, shifts=(win // 2, win // 2), dims=(1, 2))
     return out

@@ -24,6 +24,9 @@ plain Conv -> this form): 960 -> 224 18.0 -> 10.4 ms (F(2x2, 3x3): 14.6 ms),
 not pay for few output channels (608 -> 64 3.5 -> 3.9 ms, the small model's
 heads), nor for narrow convs on big maps (224 -> 128 equal; 96 -> 96 at
 256x384 49 -> 89 ms), hence `WIDE_INPUT_CHANNELS` and `WIDE_OUTPUT_CHANNELS`.
+Tried and not kept: a slice's cc_mean and cc_scale first convs (same input) as
+one conv to 448 channels, one input transform instead of two: slice_params_0
+and _4 at 768x512 0.98x and 1.02x, i.e. no gain.
 
 Precision: the transform coefficients (up to 2.5 in B^T, 16/15 in G, 8 in
 A^T) cost accuracy: max error ~4e-6 of the output's range against float64

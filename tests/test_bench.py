@@ -9,6 +9,7 @@ values are not asserted; their presence and the report's invariants are.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -349,13 +350,17 @@ def test_stage_order_follows_the_pipeline():
 
 
 def test_attention_chunking_compares_equal_results_and_refuses_bad_sizes(capsys):
-    """The chunking benchmark checks that row-by-row attention equals the whole
-    before it times anything, and prints both times and their ratio."""
+    """The chunking benchmark checks that the chunked and row-by-row attention
+    equal the whole before it times anything, and prints each form's time and
+    its ratio to the whole."""
     from benchmarks import attention_chunking
+    from exporter.rewrites import ATTENTION_CHUNKS
 
     assert attention_chunking.main(["--size", "256x384", "--repeats", "1", "--heads", "2"]) == 0
     out = capsys.readouterr().out
-    assert "16x24 windows" in out and "all windows at once" in out and "ratio" in out
+    assert "16x24 windows" in out and "ratios" in out
+    for form in ("all windows at once", f"{ATTENTION_CHUNKS} chunks in one graph", "one row of windows per call"):
+        assert re.search(rf"{form} +[0-9.]+ ms +[0-9.]+x", out), form
     with pytest.raises(SystemExit) as exit_info:
         attention_chunking.main(["--size", "100x7"])
     assert exit_info.value.code == 2

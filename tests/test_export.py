@@ -187,6 +187,36 @@ def test_pixel_major_window_attention_computes_the_reference(window_type, size):
         assert "forward" not in vars(module)
 
 
+@pytest.mark.parametrize("window_type", ["W", "SW"])
+def test_chunked_window_attention_follows_any_window_count(window_type, tmp_path):
+    """Blocks with 8 channels per head are traced as ATTENTION_CHUNKS chunks of
+    windows whose bounds follow the input's window count: the graph, traced at
+    one size, computes the reference at window counts below the chunk count
+    (empty chunks), not divisible by it, and above it; a block with 16
+    channels per head stays one chain."""
+    import onnx
+
+    from dcae.layers import WMSA
+    from exporter.rewrites import ATTENTION_CHUNKS, export_rewrites
+
+    torch.manual_seed(2)
+    for head_dim, chains in ((8, ATTENTION_CHUNKS), (16, 1)):
+        module = WMSA(32, 32, head_dim, 8, window_type).eval()
+        path = tmp_path / f"wmsa_{head_dim}.onnx"
+        with torch.no_grad(), export_rewrites(module):
+            torch.onnx.export(module, (torch.randn(1, 64, 64, 32),), str(path), input_names=["x"],
+                              output_names=["y"], dynamic_axes={"x": {1: "h", 2: "w"}},
+                              opset_version=17, dynamo=False)
+        graph = onnx.load(str(path)).graph
+        assert sum(n.op_type == "Softmax" for n in graph.node) == chains
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for size in ((8, 8), (16, 8), (24, 40), (64, 64), (136, 72)):  # 1, 2, 15, 64, 153 windows
+            x = torch.randn(1, *size, 32)
+            with torch.no_grad():
+                reference = module(x).numpy()
+            np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], reference, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("kernel, c_in, c_out", [(5, 32, 16), (5, 16, 3), (3, 8, 24)])
 def test_subpixel_upsampler_computes_the_transposed_conv(kernel, c_in, c_out):
     """exporter.rewrites' 4-phase conv + pixel shuffle equals dcae.layers.deconv
