@@ -77,7 +77,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.calibrate import save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from .fusions import MS_DOMAIN, fuse_matmul_bias
+from .fusions import MS_DOMAIN, fuse_gelu, fuse_matmul_bias
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
@@ -107,8 +107,10 @@ class Int8Form:
     quantized_outputs: tuple[str, ...]
     # depthwise convolutions stay float (see INT8_FORMS)
     float_depthwise: bool
-    # Linear layers as MatMulIntegerToFloat with their bias (calibration.fusions)
-    fuse_matmul_bias: bool
+    # onnxruntime's com.microsoft kernels where its optimizer does not reach them
+    # (calibration.fusions): Linears as MatMulIntegerToFloat with their bias,
+    # erf GELUs after a quantised conv as Gelu
+    onnxruntime_fusions: bool
     description: str
 
 
@@ -359,7 +361,7 @@ def quantize_graph(fp32_path: str | Path, out_path: str | Path, samples: Samples
             calibrate_method=METHODS[method], extra_options=extra, calibration_cache_path=str(ranges),
         )
     quantized = onnx.load(str(out_path))
-    if form.fuse_matmul_bias and fuse_matmul_bias(quantized):
+    if form.onnxruntime_fusions and fuse_matmul_bias(quantized) + fuse_gelu(quantized):
         onnx.save(quantized, str(out_path))
     return _summarise(quantized, keep_float)
 

@@ -3,6 +3,7 @@ an int8 bundle end to end (API and CLI), and int8 round trips."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -252,9 +253,10 @@ def test_int8_graph_is_qdq_keeps_the_policy_float_and_runs_at_other_sizes(graph,
 
 
 def test_linear_layers_run_as_int8_matmuls_with_their_bias_fused(recorded, tiny_bundle, tmp_path, monkeypatch):
-    """onnxruntime form: every Linear of g_a becomes one MatMulIntegerToFloat
-    that adds its bias (no separate Add over its output), computing what the
-    QDQ graph before the fusion computes, on real held-out inputs."""
+    """onnxruntime form: every Linear of g_a with a bias becomes one
+    MatMulIntegerToFloat that adds it (no separate Add over its output),
+    computing what the QDQ graph before the fusion computes, on real held-out
+    inputs; those without one (window attention's k and v) stay as they are."""
     import calibration.quantize as quantize
     from calibration.fusions import MS_DOMAIN, fuse_matmul_bias
 
@@ -266,23 +268,71 @@ def test_linear_layers_run_as_int8_matmuls_with_their_bias_fused(recorded, tiny_
     result = quantize_graph(fp32, tmp_path / "fused.onnx", samples, policy=policy_for("g_a"))
     unfused, fused = onnx.load(str(tmp_path / "unfused.onnx")), onnx.load(str(tmp_path / "fused.onnx"))
 
-    producers = {o: n for n in unfused.graph.node for o in n.output}
-    linears = [n for n in unfused.graph.node if n.op_type == "MatMul"
-               and all(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input)
-               and producers[n.input[1]].input[0] in {t.name for t in unfused.graph.initializer}]
+    def linears(model, with_bias: bool):
+        """int8 Linears (DQ(x) @ DQ(constant W)) whose only consumer is (not) an Add."""
+        producers = {o: n for n in model.graph.node for o in n.output}
+        users: dict[str, list] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                users.setdefault(name, []).append(node.op_type)
+        constants = {t.name for t in model.graph.initializer}
+        return [n for n in model.graph.node if n.op_type == "MatMul"
+                and all(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input)
+                and producers[n.input[1]].input[0] in constants
+                and (users.get(n.output[0]) == ["Add"]) == with_bias]
+
+    biased = linears(unfused, with_bias=True)
     fused_nodes = [n for n in fused.graph.node if n.op_type == "MatMulIntegerToFloat"]
-    assert linears and len(fused_nodes) == len(linears)
+    assert biased and len(fused_nodes) == len(biased)
     assert all(n.domain == MS_DOMAIN and len(n.input) == 7 and n.input[6] for n in fused_nodes)
-    assert _ops(tmp_path / "unfused.onnx")["Add"] - _ops(tmp_path / "fused.onnx")["Add"] == len(linears)
-    assert not [n for n in fused.graph.node if n.op_type == "MatMul"
-                and producers.get(n.input[1]) is not None and producers[n.input[1]].op_type == "DequantizeLinear"]
-    assert result.quantized_nodes >= len(linears)
+    assert _ops(tmp_path / "unfused.onnx")["Add"] - _ops(tmp_path / "fused.onnx")["Add"] == len(biased)
+    assert not linears(fused, with_bias=True)
+    # the window attention's k and v Linears have no bias (exporter.rewrites):
+    # onnxruntime makes those MatMulIntegerToFloat itself
+    assert len(linears(fused, with_bias=False)) == len(linears(unfused, with_bias=False)) > 0
+    assert result.quantized_nodes >= len(biased)
     assert fuse_matmul_bias(fused) == 0  # nothing left to fuse
 
     sample = recorded["heldout"][0]["g_a"]
     want = ort.InferenceSession(str(tmp_path / "unfused.onnx"), providers=["CPUExecutionProvider"]).run(None, sample)
     got = ort.InferenceSession(str(tmp_path / "fused.onnx"), providers=["CPUExecutionProvider"]).run(None, sample)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4 * float(np.abs(want[0]).max()))
+
+
+def test_gelus_after_quantised_convs_run_as_one_kernel(recorded, tiny_bundle, tmp_path, monkeypatch):
+    """onnxruntime form: an erf GELU whose input is a quantised conv's output
+    (the slice heads) becomes one com.microsoft Gelu, so that onnxruntime's
+    optimized graph keeps no Erf (its own fusion misses these), computing what
+    the graph before the fusion computes, on real held-out inputs."""
+    import calibration.quantize as quantize
+    from calibration.fusions import MS_DOMAIN, fuse_gelu
+
+    name = "slice_params_1"
+    fp32 = tiny_bundle / f"{name}.onnx"
+    samples = [r[name] for r in recorded["calibration"]]
+    monkeypatch.setattr(quantize, "fuse_gelu", lambda model: 0)
+    quantize_graph(fp32, tmp_path / "unfused.onnx", samples, policy=policy_for(name))
+    monkeypatch.undo()
+    quantize_graph(fp32, tmp_path / "fused.onnx", samples, policy=policy_for(name))
+
+    def optimized_ops(path):
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+    erfs = _ops(tmp_path / "unfused.onnx")["Erf"]
+    gelus = [n for n in onnx.load(str(tmp_path / "fused.onnx")).graph.node if n.op_type == "Gelu"]
+    assert erfs > 0 and len(gelus) == erfs and all(n.domain == MS_DOMAIN for n in gelus)
+    assert optimized_ops(tmp_path / "unfused.onnx")["Erf"] > 0  # what the fusion is for
+    assert optimized_ops(tmp_path / "fused.onnx")["Erf"] == 0
+    assert fuse_gelu(onnx.load(str(tmp_path / "fused.onnx"))) == 0  # nothing left to fuse
+
+    sample = recorded["heldout"][0][name]
+    want = ort.InferenceSession(str(tmp_path / "unfused.onnx"), providers=["CPUExecutionProvider"]).run(None, sample)
+    got = ort.InferenceSession(str(tmp_path / "fused.onnx"), providers=["CPUExecutionProvider"]).run(None, sample)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))
 
 
 def test_float_node_selection_on_an_exported_graph(tiny_bundle):
