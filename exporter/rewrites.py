@@ -30,11 +30,14 @@ arithmetic; the entropy-parameter graphs get only `ENTROPY_REWRITES` (below).
   additions go, exactly: k's bias adds q . b_k to all scores of a query, which
   softmax ignores; v's bias passes through the attention unchanged (weights sum
   to 1) and joins the projection's bias. onnxruntime's profiler, official g_a
-  at 768x512, 2 threads: the stage-1 block 214-221 -> 142-153 ms; side by side
-  (10 alternating runs, best): fp32 g_a 1265 -> 1233-1263 ms, g_s 1343 ->
-  1267; int8 g_a 834 -> 770, g_s 838 -> 783 (chunks only). The stage-2 blocks
-  (16 per head) gained nothing from chunks. onnxruntime's result differs from
-  the traced reference by ~1e-7 (the v bias is added after the sum).
+  at 768x512, 2 threads: the stage-1 block 214-221 -> 142-153 ms (the score
+  tensors no longer held whole: fp32 peak RSS of coding 2715 -> 2027 MB). Side
+  by side, best of 10 alternating runs: fp32 g_s 1343 -> 1267 ms (g_a's gain
+  within the host's noise there), int8 g_a 834 -> 770 ms and g_s 838 -> 783
+  with the chunks alone. The stage-2 blocks (16 per head) gained nothing from
+  chunks. Each chunk's Linears share the block's weight initializers (the
+  file grows by nothing). onnxruntime's result differs from the traced
+  reference by ~1e-7 (the v bias is added after the sum).
 
 - `ConvTranspose2d` of `dcae.layers.deconv` (stride 2, odd kernel): onnxruntime's
   ConvTranspose kernel is a GEMM then a col2im scatter, and no int8 kernel exists
@@ -120,9 +123,9 @@ def _pixel_major_wmsa_forward(self: WMSA, x: Tensor) -> Tensor:
     relative_bias = self.relative_bias()
     mask = shifted_window_mask(h, w, win, x.device).reshape(-1, 1, pixels, pixels) if shifted else None
     # Few channels per head: a few windows of each image at a time, so that
-    # their scores stay in cache through the four passes over them (stage-1
-    # block at 768x512: 209 -> 155 ms). The bounds follow the traced window
-    # count; any count >= 1 works (a chunk may be empty).
+    # their scores stay in cache through the four passes over them (see the
+    # module docstring). The bounds follow the traced window count; any count
+    # >= 1 works (a chunk may be empty).
     n_chunks = ATTENTION_CHUNKS if self.head_dim <= CHUNKED_HEAD_DIM else 1
     per_image = windows.reshape(pixels, b, -1, c)
     count = per_image.shape[2]
@@ -140,11 +143,19 @@ def _pixel_major_wmsa_forward(self: WMSA, x: Tensor) -> Tensor:
         outs.append(out.reshape(b, -1, self.n_heads, pixels, self.head_dim))
     out = torch.cat(outs, dim=1) if n_chunks > 1 else outs[0]
     out = out.reshape(b, rows, cols, self.n_heads, win, win, self.head_dim)
-    projection_bias = self.linear.bias + self.linear.weight @ bias[2 * c:]
-    out = F.linear(out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, h, w, c), self.linear.weight, projection_bias)
+    out = F.linear(out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, h, w, c), self.linear.weight, self._projection_bias)
     if shifted:
         out = torch.roll(out, shifts=(win // 2, win // 2), dims=(1, 2))
     return out
+
+
+def _wmsa_constants(wmsa: WMSA) -> dict[str, Tensor]:
+    """The projection's bias with v's bias folded in (see _pixel_major_wmsa_forward),
+    computed once here: traced, W @ b_v would stay a graph MatMul holding a
+    second copy of W in the file."""
+    c = wmsa.embedding_layer.in_features
+    v_bias = wmsa.embedding_layer.bias.detach()[2 * c:]
+    return {"_projection_bias": wmsa.linear.bias.detach() + wmsa.linear.weight.detach() @ v_bias}
 
 
 def _is_exact_upsampler(deconv: nn.ConvTranspose2d) -> bool:
@@ -184,7 +195,7 @@ def _subpixel_deconv_forward(self: nn.ConvTranspose2d, x: Tensor) -> Tensor:
 # (class, export-time forward, constants it needs as buffers or None, which instances)
 QUALITY_REWRITES = (
     (ConvolutionalGLU, _split_glu_forward, None, None),
-    (WMSA, _pixel_major_wmsa_forward, None, None),
+    (WMSA, _pixel_major_wmsa_forward, _wmsa_constants, None),
     (nn.ConvTranspose2d, _subpixel_deconv_forward, _subpixel_constants, _is_exact_upsampler),
 )
 ENTROPY_REWRITES = (
