@@ -52,7 +52,9 @@ def attention_chain(windows: int, heads: int, head_dim: int, threads: int, chunk
     if chunks == 1:
         nodes = chain("q", "k", "v", "out")
     else:
-        bounds = [i * windows // chunks for i in range(chunks + 1)]  # as exporter.rewrites bounds them
+        from exporter.rewrites import chunk_bounds
+
+        bounds = chunk_bounds(windows, chunks)
         constants.append(onnx.numpy_helper.from_array(np.diff(bounds).astype(np.int64), "split"))
         nodes = [oh.make_node("Split", [n, "split"], [f"{n}{i}" for i in range(chunks)], axis=1) for n in "qkv"]
         for i in range(chunks):
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:30s} {ms:8.1f} ms  {whole_ms / ms:.2f}x")
     print("  (ratios: all windows at once / each form; row-by-row input slices are prepared outside the timing)")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -38,6 +38,7 @@ from runtime.errors import DcaeError
 from runtime.imaging import load_image, pad_image
 from tests import golden
 
+
 def golden_official_model():
     """The official configuration with the golden deterministic weights (seed 0)."""
     state = golden.official_state(seed=0)

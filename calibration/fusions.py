@@ -121,9 +121,10 @@ def fuse_gelu(model: onnx.ModelProto) -> int:
 
     def other_input_is(node, operand: str, value: float) -> bool:
         other = [name for name in node.input if name != operand]
-        return (len(other) == 1 and other[0] in initializers
-                and numpy_helper.to_array(initializers[other[0]]).size == 1
-                and np.isclose(float(numpy_helper.to_array(initializers[other[0]])), value, rtol=1e-6))
+        if len(other) != 1 or other[0] not in initializers:
+            return False
+        constant = numpy_helper.to_array(initializers[other[0]])
+        return constant.size == 1 and np.isclose(float(constant), value, rtol=1e-6)
 
     replaced: dict[int, onnx.NodeProto] = {}
     removed: set[int] = set()

@@ -85,6 +85,12 @@ ATTENTION_CHUNKS = 16
 CHUNKED_HEAD_DIM = 8
 
 
+def chunk_bounds(count, chunks: int) -> list:
+    """Bounds of `chunks` near-equal chunks of `count` items, count a traced
+    size or an int: any count >= 0 (chunks may be empty)."""
+    return [i * count // chunks for i in range(chunks + 1)]
+
+
 def _split_glu_forward(self: ConvolutionalGLU, x: Tensor) -> Tensor:
     hidden = self.fc1.out_features // 2
     weight, bias = self.fc1.weight, self.fc1.bias
@@ -94,7 +100,7 @@ def _split_glu_forward(self: ConvolutionalGLU, x: Tensor) -> Tensor:
 
 
 def _window_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
-                      mask: Tensor | None, images) -> Tensor:
+                      mask: Tensor | None, images: int) -> Tensor:
     """softmax(q k^T * scale + bias [+ mask]) v for pixel-major q, k, v (P, windows,
     heads, d): (P, windows, heads, d) -> (windows, heads, P, d) and, for k, (windows,
     heads, d, P), the pixel axis moved from first to a matrix axis, a strided
@@ -126,22 +132,23 @@ def _pixel_major_wmsa_forward(self: WMSA, x: Tensor) -> Tensor:
     # their scores stay in cache through the four passes over them (see the
     # module docstring). The bounds follow the traced window count; any count
     # >= 1 works (a chunk may be empty).
-    n_chunks = ATTENTION_CHUNKS if self.head_dim <= CHUNKED_HEAD_DIM else 1
-    per_image = windows.reshape(pixels, b, -1, c)
-    count = per_image.shape[2]
-    bounds = [i * count // n_chunks for i in range(n_chunks + 1)]
+    if self.head_dim <= CHUNKED_HEAD_DIM:
+        per_image = windows.reshape(pixels, b, -1, c)
+        bounds = chunk_bounds(per_image.shape[2], ATTENTION_CHUNKS)
+        groups = [(per_image[:, :, start:end].reshape(pixels, -1, c), mask[start:end] if shifted else None)
+                  for start, end in zip(bounds, bounds[1:])]
+    else:
+        groups = [(windows, mask)]
     # Two bias additions dropped, exactly: k's bias adds q . b_k to every score
     # of a query, which softmax ignores; v's bias comes out of the attention as
     # is (each row of weights sums to 1), so it joins the projection's bias.
     outs = []
-    for start, end in zip(bounds, bounds[1:]):
-        group = per_image[:, :, start:end].reshape(pixels, -1, c) if n_chunks > 1 else windows
-        group_mask = mask[start:end] if shifted and n_chunks > 1 else mask
+    for group, group_mask in groups:
         q, k, v = (F.linear(group, weight[t * c:(t + 1) * c], bias[:c] if t == 0 else None)
                    .reshape(pixels, -1, self.n_heads, self.head_dim) for t in range(3))
         out = _window_attention(q, k, v, relative_bias, self.scale, group_mask, b)
         outs.append(out.reshape(b, -1, self.n_heads, pixels, self.head_dim))
-    out = torch.cat(outs, dim=1) if n_chunks > 1 else outs[0]
+    out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
     out = out.reshape(b, rows, cols, self.n_heads, win, win, self.head_dim)
     out = F.linear(out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, h, w, c), self.linear.weight, self._projection_bias)
     if shifted:
