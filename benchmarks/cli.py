@@ -114,7 +114,7 @@ def open_available(setups, bundles, threads, say) -> dict:
     coders = {}
     for setup in setups:
         try:
-            coder = open_setup(setup, threads, record_symbols=True)
+            coder = open_setup(setup, threads)
         except Exception as exc:  # noqa: BLE001 - any reason a setup cannot run is reported as such
             if setup.kind == TORCH and isinstance(exc, ValueError):
                 raise  # a checkpoint that cannot be read (CheckpointError): the user's error

@@ -17,6 +17,7 @@ from PIL import Image
 
 from runtime import cli, default_bundle
 from runtime.container import unpack
+from runtime.portable import DEFAULT_MARGIN, decode_side_stream
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -104,7 +105,10 @@ def test_inspect(capsys, coded):
     code, out, _ = run_cli(capsys, "inspect", coded, "--json")
     info = json.loads(out)
     parsed = unpack(coded.read_bytes())
-    assert info["format"] == "dcae" and info["version"] == 1 and info["flags"] == 0
+    assert info["format"] == "dcae" and info["version"] == 2 and info["flags"] == 2 and info["portable"]
+    assert info["margin"] == pytest.approx(DEFAULT_MARGIN) and info["side_bytes"] == len(parsed.side)
+    listed = decode_side_stream(parsed.side, 2**31 - 1).positions.size if parsed.side else 0
+    assert info["side_marked"] == listed
     assert (info["height"], info["width"], info["padded_height"], info["padded_width"]) == (40, 60, 256, 256)
     assert (info["z_height"], info["z_width"]) == (4, 4)
     assert info["fingerprint"] == parsed.header.fingerprint.hex()
