@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from .errors import BadInputError, DcaeError
+from .fileio import absolute_path
 from .portable import DEFAULT_MARGIN, MAX_MARGIN, check_margin
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".gif"}
@@ -304,7 +305,7 @@ def _add_codec_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output file for one input file; otherwise a directory (created) that "
                              "receives one file per input, named after the input's stem")
-    parser.add_argument("-b", "--bundle", metavar="BUNDLE",
+    parser.add_argument("-b", "--bundle", metavar="BUNDLE", type=absolute_path,
                         help="bundle directory written by dcae-export (default: the default model's bundle, "
                              "exported on first use)")
     parser.add_argument("--backend", default="onnxruntime", choices=backend_names(),

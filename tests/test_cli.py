@@ -6,6 +6,7 @@ subprocess to check what a user's terminal sees.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -95,6 +96,23 @@ def test_directories_and_globs(capsys, tmp_path, images, tiny_bundle):
                            "-b", tiny_bundle)
     assert code == 0, err
     assert "c.png" in files_in(tmp_path / "globbed")
+
+
+def test_relative_paths_from_another_directory(capsys, tmp_path, monkeypatch, images, tiny_bundle):
+    """Inputs, -o and -b relative to a working directory that holds none of them."""
+    monkeypatch.chdir(tmp_path)
+    image, bundle = os.path.relpath(images / "a.png"), os.path.relpath(tiny_bundle)
+    code, out, err = run_cli(capsys, "compress", image, "-o", "coded/", "-b", bundle, "--threads", "1")
+    assert code == 0, err
+    assert files_in(tmp_path / "coded") == ["a.dcae"]
+    assert out.startswith(f"{image} -> {Path('coded', 'a.dcae')}:")  # named as the user named them
+
+    code, _, err = run_cli(capsys, "decompress", "coded", "-o", "decoded", "-b", bundle)
+    assert code == 0, err
+    assert np.asarray(Image.open(tmp_path / "decoded" / "a.png")).shape == (40, 60, 3)
+    code, out, err = run_cli(capsys, "inspect", Path("coded", "a.dcae"), "--json")
+    assert code == 0, err
+    assert (json.loads(out)["height"], json.loads(out)["width"]) == (40, 60)
 
 
 def test_inspect(capsys, coded):
