@@ -9,11 +9,14 @@ Setups: the PyTorch reference ("torch" on the CPU, "torch-cuda" on a GPU,
 from the bundles' source checkpoint) and each bundle on each runtime backend
 ("onnxruntime:fp32"). Writes to --out:
 report.json, report.md, latency_by_stage.png, rate_distortion.png; the coded
-files and decoded images go to --files (default OUT/files).
+files and decoded images go to --files (default OUT/files). Relative paths
+are taken from the current directory.
 
-Exit status: 0; 2 for a usage error (no images, a checkpoint that is not the
-bundles' model); 3 when a runtime setup decoded a file WRONGLY WITHOUT AN
-ERROR (the report is written first and says so at the top).
+Exit status: 0 (also when a setup cannot run here, e.g. no GPU: the report
+lists it with the reason); 2 for a usage error (no images, a checkpoint that
+is not the bundles' model); 3 when a runtime setup decoded a file WRONGLY
+WITHOUT AN ERROR; 4 when the speed of a setup that runs here could not be
+measured. For 3 and 4 the report is written first and says so at the top.
 """
 from __future__ import annotations
 
@@ -26,24 +29,30 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff")
-EXIT_USAGE, EXIT_SILENT_WRONG = 2, 3
+EXIT_USAGE, EXIT_SILENT_WRONG, EXIT_MEASUREMENT_FAILED = 2, 3, 4
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from runtime.fileio import absolute_path
+
     from .setups import DEFAULT_BACKENDS
 
+    # Every path is made absolute here: the measuring processes run in the
+    # repository, not in the caller's directory.
     p = argparse.ArgumentParser(prog="dcae-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", action="append", required=True, metavar="DIR",
+    p.add_argument("--bundle", action="append", required=True, metavar="DIR", type=absolute_path,
                    help="a bundle directory (dcae-export); repeat for several")
-    p.add_argument("--images", required=True, metavar="DIR", help="folder of test images (e.g. Kodak)")
-    p.add_argument("--out", required=True, metavar="DIR", help="where report.json, report.md and plots go")
+    p.add_argument("--images", required=True, metavar="DIR", type=absolute_path,
+                   help="folder of test images (e.g. Kodak)")
+    p.add_argument("--out", required=True, metavar="DIR", type=absolute_path,
+                   help="where report.json, report.md and plots go")
     p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
                    help=f"comma-separated: 'torch' (the PyTorch reference on the CPU, the speed-up baseline), "
                         f"'torch-cuda' (the reference on a CUDA GPU) and runtime backends "
                         f"(default: {','.join(DEFAULT_BACKENDS)}); those that cannot run here are reported "
                         f"as not available")
-    p.add_argument("--checkpoint", default=None,
+    p.add_argument("--checkpoint", default=None, type=absolute_path,
                    help="the bundles' source checkpoint for the torch setup (default: the embedded model); "
                         "refused if it is not the model the bundles were exported from")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images (sorted)")
@@ -55,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "then falls on every setup alike (default: 1)")
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="threads for every setup (default: each library's own default)")
-    p.add_argument("--files", default=None, metavar="DIR",
+    p.add_argument("--files", default=None, metavar="DIR", type=absolute_path,
                    help="where coded files and decoded images go (default: OUT/files)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--speed-only", action="store_true",
@@ -114,7 +123,7 @@ def open_available(setups, bundles, threads, say) -> dict:
     coders = {}
     for setup in setups:
         try:
-            coder = open_setup(setup, threads, record_symbols=True)
+            coder = open_setup(setup, threads)
         except Exception as exc:  # noqa: BLE001 - any reason a setup cannot run is reported as such
             if setup.kind == TORCH and isinstance(exc, ValueError):
                 raise  # a checkpoint that cannot be read (CheckpointError): the user's error
@@ -242,6 +251,7 @@ def run(args, say) -> int:
         "bundles": [b.__dict__ for b in bundles],
         "setups": setup_dicts,
         "not_available": [{"setup": s.name, "reason": s.reason} for s in setups if not s.available],
+        "measurement_failed": [{"setup": name, "reason": reason} for name, reason in speed_errors.items()],
         "notes": list(args.note),
         "memory_method": next((s["memory"]["method"] for s in speeds.values()), None),
         "matrix": matrix,
@@ -259,6 +269,10 @@ def run(args, say) -> int:
     if totals.get("reference"):
         say(f"note: the PyTorch reference decoded {totals['reference']} foreign file(s) wrongly without an error "
             f"(compressai has no desync check); see the matrix")
+    if speed_errors:
+        print(f"dcae-bench: FAILURE: could not measure the speed of {', '.join(speed_errors)}; "
+              f"see {out / 'report.md'}", file=sys.stderr)
+        return EXIT_MEASUREMENT_FAILED
     return 0
 
 

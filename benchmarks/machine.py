@@ -48,14 +48,36 @@ def gpu() -> str:
     return f"{info.name} (compute capability {info.compute_capability}, CUDA {info.driver_cuda_version})"
 
 
+def installed_version(module) -> str | None:
+    """The imported module's version: its `__version__`, else (pytorch_msssim
+    has none) the version of the installed distribution that provides it;
+    None when neither says."""
+    version = getattr(module, "__version__", None)
+    if version:
+        return str(version)
+    from importlib import metadata
+
+    # the distribution's name is not always the module's (PIL: pillow)
+    for distribution in metadata.packages_distributions().get(module.__name__.partition(".")[0], []):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def library_versions() -> dict:
     versions = {"python": platform.python_version()}
-    for module in ("numpy", "onnxruntime", "onnx", "torch", "compressai", "numba", "PIL", "matplotlib",
-                   "pytorch_msssim", "tensorrt"):
+    for name in ("numpy", "onnxruntime", "onnx", "torch", "compressai", "numba", "PIL", "matplotlib",
+                 "pytorch_msssim", "tensorrt"):
         try:
-            versions[module] = getattr(importlib.import_module(module), "__version__", "?")
+            module = importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - a missing or broken optional library is a fact too
-            versions[module] = f"not available ({type(exc).__name__})"
+            versions[name] = f"not available ({type(exc).__name__})"
+            continue
+        version = installed_version(module)
+        if version is not None:  # a version we cannot tell is left out rather than shown as "?"
+            versions[name] = version
     try:
         import onnxruntime
 

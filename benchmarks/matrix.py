@@ -4,9 +4,10 @@ through every other setup's decoder (the decodability matrix).
 For each image, each available setup encodes it once (its file is written,
 and its own decode gives the rate-distortion row); then every ordered pair
 (encoder, decoder) decodes the encoder's file, as a user would: the runtime
-through `Codec.decompress` (a .bin with its warning; a foreign .dcae is
-refused by fingerprint), the reference by `DCAE.decompress` on the file's
-streams. Each outcome falls in exactly one class:
+through `Codec.decompress` (a .bin with its warning; a portable .dcae of
+the same model decodes on every setup; a .dcae for one setup only is refused
+by fingerprint elsewhere), the reference by `dcae.coding.decode_dcae` (a
+portable .dcae, with the runtime's checks) or `DCAE.decompress` (a .bin). Each outcome falls in exactly one class:
 
 - identical: the decoder read the encoder's symbols, and its pixels equal the
   encoder setup's own decode bit for bit;
@@ -41,6 +42,7 @@ from runtime.imaging import load_image, save_image
 from dcae.metrics import psnr
 
 from .rd import finite_or_none, rd_row
+from .setups import TORCH_DEVICES
 
 @dataclass
 class Outcomes:
@@ -151,13 +153,15 @@ def coding_pass(setups: list, coders: dict, images: list[Path], files_dir: Path,
                 with_jpeg: bool = True, progress=print) -> dict:
     """Encode every image with every setup, decode (own and, with `matrix`, all pairs).
 
-    `setups`: the available `Setup`s; `coders`: name -> coder opened with
-    record_symbols=True. Returns {"rd": {setup: [rows]}, "cells": [...],
+    `setups`: the available `Setup`s; `coders`: name -> coder (`open_setup`). Returns {"rd": {setup: [rows]}, "cells": [...],
     "symbol_differences": [...]}.
     """
     names = [s.name for s in setups]
     kinds = {s.name: s.kind for s in setups}
-    cells = {(e, d): Cell(e, d, decoder_detects_desync=kinds[d] != "torch")
+    # Every decoder checks the stream's end but the reference on the GPU,
+    # whose files are upstream .bin (compressai's decoder).
+    on_gpu = {s.name for s in setups if s.kind == "torch" and TORCH_DEVICES[s.backend] != "cpu"}
+    cells = {(e, d): Cell(e, d, decoder_detects_desync=d not in on_gpu)
              for e in names for d in names if matrix or e == d}
     rd: dict[str, list] = {n: [] for n in names}
     differences = SymbolDifferences()

@@ -225,8 +225,11 @@ def measure_in_subprocess(setup, images: list[str], repeats: int, threads: int |
                           timeout: float | None = None) -> dict:
     """Run `measure` for one setup in a new Python process, then
     `measure_decode_memory` on the files it wrote in another (its result under
-    "decode_memory"); raise RuntimeError with the child's last lines when one
-    fails."""
+    "decode_memory"); raise RuntimeError with the child's error in one line
+    when one fails (its whole stderr is kept next to its spec file).
+
+    The children run in the repository, so every path in `setup`, `images`
+    and `work` must be absolute."""
     work.mkdir(parents=True, exist_ok=True)
     stem = setup.name.replace(":", "_").replace("/", "_")
     spec = {"setup": setup.to_dict(), "threads": threads}
@@ -253,9 +256,14 @@ def _run_child(spec: dict, stem: Path, name: str, timeout: float | None) -> dict
     proc = subprocess.run([sys.executable, "-m", "benchmarks.measure", str(spec_path), str(result_path)],
                           capture_output=True, text=True, env=env, cwd=repo, timeout=timeout)
     if proc.returncode != 0 or not result_path.is_file():
-        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        # The last line of a traceback is the exception itself: enough for the
+        # report's one line; the traceback stays in the log for whoever digs.
+        log_path = stem.with_name(stem.name + ".stderr.txt")
+        log_path.write_text(proc.stderr)
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
         what = "decode memory of " if spec.get("mode") == "decode_memory" else ""
-        raise RuntimeError(f"measuring {what}{name} failed (exit {proc.returncode}): {tail}")
+        raise RuntimeError(f"measuring {what}{name} failed (exit {proc.returncode}): "
+                           f"{lines[-1] if lines else 'no error output'} (details: {log_path})")
     return json.loads(result_path.read_text())
 
 

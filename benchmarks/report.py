@@ -161,8 +161,9 @@ def _headline(report: dict) -> list[str]:
         if not s["available"]:
             continue
         speed, rd = s.get("speed"), (s.get("rd") or {}).get("mean", {})
-        enc = _fmt(speed["encode_ms"]["median"], ".1f") if speed else "–"
-        dec = _fmt(speed["decode_ms"]["median"], ".1f") if speed else "–"
+        missing = "failed" if s.get("speed_error") else "–"
+        enc = _fmt(speed["encode_ms"]["median"], ".1f") if speed else missing
+        dec = _fmt(speed["decode_ms"]["median"], ".1f") if speed else missing
         up = s.get("speedup_vs_torch")
         speedup = f"{up['encode']:.2f}× / {up['decode']:.2f}×" if up else "–"
         lines.append(f"| {s['name']} | {s['precision']} | {enc} | {dec} | {speedup} | {_fmt(rd.get('bpp'), '.4f')} | "
@@ -300,6 +301,11 @@ def markdown(report: dict) -> str:
     totals = report.get("silent_wrong") or {}
     lines = [f"# dcae-bench: PyTorch vs ONNX Runtime vs TensorRT", "",
              f"Command: `{report['command']}`  ", f"Run: {report['created']}", ""]
+    failed = report.get("measurement_failed") or []
+    if failed:
+        lines += [f"> **FAILURE: the speed of {len(failed)} setup(s) could not be measured.**", ">"]
+        lines += [f"> - {f['setup']}: {f['reason']}" for f in failed]
+        lines.append("")
     if totals.get("runtime"):
         lines += [f"> **FAILURE: runtime setups decoded {totals['runtime']} file(s) WRONGLY WITHOUT AN ERROR.** "
                   "This must never happen; see the decodability matrix.", ""]

@@ -32,7 +32,8 @@
 #                  /tmp/dcae-bench-quick (the checked-in results are not touched)
 #
 # Exit status: 0, or the first failing dcae-bench's (3: a runtime setup decoded a
-# file wrongly without an error; the report is written and says so).
+# file wrongly without an error; 4: a setup's speed could not be measured; the
+# report is written and says so).
 set -euo pipefail
 
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 2; }

@@ -22,7 +22,6 @@ import numpy as np
 
 from runtime.codec import Codec
 from runtime.container import sniff, unpack, unpack_bin
-from runtime.errors import FingerprintMismatchError
 
 TORCH = "torch"
 TORCH_CUDA = "torch-cuda"  # the reference on the GPU: upstream's own way of running DCAE
@@ -112,32 +111,11 @@ def streams_of(data: bytes) -> tuple[bytes, bytes, int, int]:
     return parsed.y, parsed.z, parsed.header.height, parsed.header.width
 
 
-class _SymbolRecordingCodec(Codec):
-    """A `Codec` that keeps the symbols its decoder read, so the matrix can
-    compare them with the encoder's exactly (benchmarks only: it hooks the
-    codec's slice-loop steps, and tests/test_bench.py checks the hook still
-    sees every slice). y_hat_raw = symbols + mu in float32, so
-    rint(y_hat_raw - mu) is the symbol exactly for any symbol below 2**22."""
-
-    def _slice_params(self, i, scales, means, y_hat):
-        mu, scale, support = super()._slice_params(i, scales, means, y_hat)
-        self._last_mu = mu
-        return mu, scale, support
-
-    def _slice_refine(self, i, support, y_hat_raw, y_hat):
-        c = self.bundle.slice_channels
-        if i == 0:
-            self.read_symbols = np.zeros(y_hat.shape, np.int32)
-        self.read_symbols[:, c * i : c * (i + 1)] = np.rint(y_hat_raw - self._last_mu).astype(np.int32)
-        super()._slice_refine(i, support, y_hat_raw, y_hat)
-
-
 class RuntimeCoder:
     """A bundle on a runtime backend, through the product's own calls."""
 
-    def __init__(self, setup: Setup, threads: int | None, record_symbols: bool = False):
-        cls = _SymbolRecordingCodec if record_symbols else Codec
-        self.codec = cls(setup.bundle_path, backend=setup.backend, threads=threads)
+    def __init__(self, setup: Setup, threads: int | None):
+        self.codec = Codec(setup.bundle_path, backend=setup.backend, threads=threads)
         self.codec.load_graphs()  # so that timings never include a graph load
         self.numeric_class = self.codec.backend.numeric_class
         self.num_slices = self.codec.bundle.num_slices
@@ -160,17 +138,14 @@ class RuntimeCoder:
         """`Codec.decompress` (its refusals are the cell's refusals)."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            self.codec.read_symbols = None
-            x = self.codec.decompress(data, force=force)
-        symbols = getattr(self.codec, "read_symbols", None)
-        if symbols is None:
-            raise RuntimeError("the symbol-recording codec saw no slice: Codec's slice loop changed")
-        return Decoded(x, symbols, [str(w.message) for w in caught])
+            result = self.codec.decode(data, force=force)
+        return Decoded(result.x, result.symbols.reshape(result.y_hat.shape), [str(w.message) for w in caught])
 
 
 class TorchCoder:
-    """The PyTorch reference: writes upstream .bin; decodes .bin, and refuses a
-    .dcae unless forced (then it decodes the file's streams)."""
+    """The PyTorch reference: writes portable .dcae (upstream .bin on a GPU);
+    decodes portable .dcae with the runtime's checks (`dcae.coding.decode_dcae`)
+    and .bin with compressai's decoder."""
 
     def __init__(self, setup: Setup, threads: int | None, reference=None):
         from .torch_reference import TorchReference
@@ -185,24 +160,29 @@ class TorchCoder:
 
     def encode(self, pixels) -> Encoded:
         result = self.reference.encode(pixels)
-        return Encoded(result.data, ".bin", result.height, result.width, result.indexes, result.symbols)
+        suffix = ".dcae" if sniff(result.data) == "dcae" else ".bin"
+        return Encoded(result.data, suffix, result.height, result.width, result.indexes, result.symbols)
 
     def decompress(self, data: bytes) -> np.ndarray:
-        return self.reference.decode_streams(*streams_of(data)).x
+        return self.decode(data).x
 
     def decode(self, data: bytes, force: bool = False) -> Decoded:
-        if sniff(data) == "dcae" and not force:
-            # A .dcae always comes from a runtime setup, whose entropy path the
-            # reference cannot promise to reproduce, and compressai's decoder
-            # cannot detect a desync: refuse, as the runtime refuses a foreign
-            # fingerprint (forcing still tries, and the matrix shows the result).
-            raise FingerprintMismatchError("a .dcae file is written by a runtime setup; the PyTorch reference "
-                                           "cannot check its entropy path and refuses it (force to try)")
+        if sniff(data) == "dcae":
+            # Portable files only (others are refused): the runtime's rANS
+            # decoder and side-stream checks, so a desync is an error.
+            from dcae.coding import decode_dcae
+
+            pixels, symbols = decode_dcae(self.reference.model, data)
+            return Decoded(pixels, symbols.reshape(self._latent_shape(data)))
         result = self.reference.decode_streams(*streams_of(data))
         return Decoded(result.x, result.symbols)
 
+    def _latent_shape(self, data: bytes) -> tuple:
+        height, width = unpack(data).header.padded_size
+        return (1, self.reference.model.config.M, height // 16, width // 16)
 
-def open_setup(setup: Setup, threads: int | None, record_symbols: bool = False, reference=None):
+
+def open_setup(setup: Setup, threads: int | None, reference=None):
     if setup.kind == TORCH:
         return TorchCoder(setup, threads, reference)
-    return RuntimeCoder(setup, threads, record_symbols)
+    return RuntimeCoder(setup, threads)

@@ -22,6 +22,7 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 
 from dcae.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from dcae.coding import pack_portable
 from runtime.container import pack_bin
 from runtime.errors import BackendUnavailableError
 from runtime.geometry import z_shape_for
@@ -42,7 +43,7 @@ class ReferenceMismatchError(ValueError):
 
 @dataclass
 class ReferenceEncoded:
-    data: bytes  # upstream .bin
+    data: bytes  # portable .dcae on the CPU; upstream .bin on a GPU
     y: bytes
     z: bytes
     height: int
@@ -140,7 +141,7 @@ class TorchReference:
             latent_scales, latent_means = model.hyper_synthesis(z_hat)
         cdf, cdf_lengths, offsets = self._tables()
 
-        symbols, indexes, y_hat_slices, index_maps, symbol_maps = [], [], [], [], []
+        symbols, indexes, y_hat_slices, index_maps, symbol_maps, scale_maps = [], [], [], [], [], []
         for i, y_slice in enumerate(y.chunk(model.num_slices, 1)):
             with timed(f"slice_params_{i}"):
                 mu, scale, support = model.slice_params(i, latent_scales, latent_means, y_hat_slices)
@@ -151,6 +152,7 @@ class TorchReference:
                 indexes.extend(index.reshape(-1).tolist())
                 index_maps.append(index)
                 symbol_maps.append(y_q)
+                scale_maps.append(scale)
                 y_hat_raw = y_q + mu
             with timed(f"slice_lrp_{i}"):
                 y_hat_slices.append(model.slice_refine(i, support, y_hat_raw))
@@ -159,12 +161,17 @@ class TorchReference:
             encoder = BufferedRansEncoder()
             encoder.encode_with_indexes(symbols, indexes, cdf, cdf_lengths, offsets)
             y_string = encoder.flush()
-        data = pack_bin(height, width, y_string, z_strings[0])
+        index_map = torch.cat(index_maps, 1).cpu().numpy().astype(np.int32)
+        if self.device.type == "cpu":
+            with timed("side_stream"):
+                data = pack_portable(model, height, width, z_strings[0], y_string,
+                                     torch.cat(scale_maps, 1).float().cpu().numpy(), index_map)
+        else:  # no measured scale error bound on a GPU: upstream's format, for this setup only
+            data = pack_bin(height, width, y_string, z_strings[0])
         self.last_timings["total"] = time.perf_counter() - started
         return ReferenceEncoded(
             data, y_string, z_strings[0], height, width, torch.cat(y_hat_slices, 1).cpu().numpy(),
-            torch.cat(index_maps, 1).cpu().numpy().astype(np.int32),
-            torch.cat(symbol_maps, 1).cpu().numpy().astype(np.int32))
+            index_map, torch.cat(symbol_maps, 1).cpu().numpy().astype(np.int32))
 
     def compress(self, image) -> bytes:
         return self.encode(image).data

@@ -1,37 +1,160 @@
-"""Image-level coding with the PyTorch reference, in upstream's `.bin` format.
+"""Image-level coding with the PyTorch reference: upstream's `.bin` and portable `.dcae`.
 
 `compress_image` accepts any image the runtime's loader accepts (path, PIL,
 array; grayscale, palette, RGBA, 16-bit), pads it to the model's size rule,
-codes it with `DCAE.compress`, and writes upstream's `.bin` layout, so files
-from the upstream scripts decode here and ours decode there.
+codes it with `DCAE.compress`, and writes upstream's `.bin` layout (files from
+the upstream scripts decode here and ours decode there) or, with
+`format="dcae"`, a portable `.dcae` that every setup decodes (the runtime on
+any backend, the C++ host, this reference on another CPU family): its side
+stream lists the elements whose scale lies near an index boundary
+(`runtime.portable`). `decompress_image` reads both formats; `.dcae` files are
+decoded with the runtime's rANS decoder, which checks the stream ends in sync.
 """
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import torch
 
-from runtime.container import pack_bin, unpack_bin
+from runtime.container import DcaeHeader, pack, pack_bin, sniff, unpack, unpack_bin
+from runtime.entropy import build_indexes, decompress_z
+from runtime.errors import BadInputError, FingerprintMismatchError
 from runtime.geometry import z_shape_for
 from runtime.imaging import crop_to_uint8, load_image, pad_image
+from runtime.portable import (DEFAULT_MARGIN, Thresholds, apply_side_stream, decode_side_stream,
+                              encode_side_stream, mark)
+from runtime.rans import RansStreamDecoder
 
 from .model import DCAE
+
+FORMATS = ("bin", "dcae")
+# Modules the decoder's entropy path never runs: left out of its fingerprint.
+_NOT_ENTROPY_PATH = ("g_a.", "g_s.", "h_a.")
+# |ln sigma_torch - ln sigma_float64| of the reference's fp32 slice scales on
+# the CPU: measured at most 4.2e-6 with AVX-512 kernels and 1.04e-5 with AVX2
+# ones (embedded model, 24 Kodak images: benchmarks/results/sigma_agreement.md,
+# `python -m benchmarks.sigma_agreement`); stated with a margin of 2x.
+TORCH_CPU_SIGMA_ERROR_BOUND = 2e-5
 
 
 def _device_of(model: DCAE) -> torch.device:
     return next(model.parameters()).device
 
 
-def compress_image(model: DCAE, image) -> bytes:
-    """Image -> upstream `.bin` bytes."""
+def entropy_model_fingerprint(model: DCAE) -> bytes:
+    """16 bytes that identify the decoder's entropy path: the weights of every
+    module the slice loop runs and the coding tables, as float32 / int32.
+    Portable `.dcae` files carry it; every fp32-entropy bundle exported from
+    the model records the same value (`entropy_model_fingerprint` in its manifest)."""
+    digest = hashlib.sha256(b"dcae-entropy-model-v1:fp32")
+    for key, tensor in sorted(model.state_dict().items()):
+        if key.startswith(_NOT_ENTROPY_PATH):
+            continue
+        t = tensor.detach().cpu()
+        t = t.float() if t.is_floating_point() else t.int()
+        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.contiguous().numpy().tobytes())
+    return digest.digest()[:16]
+
+
+def sigma_error_bound(model: DCAE) -> float:
+    """The reference's stated scale error on its device (see
+    `TORCH_CPU_SIGMA_ERROR_BOUND`); refuses where none was measured."""
+    device = _device_of(model)
+    if device.type != "cpu":
+        raise BadInputError(f"portable .dcae coding with the reference on {device.type} has no measured "
+                            f"scale error bound; code on the CPU or with the runtime")
+    return TORCH_CPU_SIGMA_ERROR_BOUND
+
+
+def scale_thresholds(model: DCAE) -> Thresholds:
+    gc = model.gaussian_conditional
+    return Thresholds.from_table(gc.scale_table.cpu().numpy(), float(gc.lower_bound_scale.bound))
+
+
+def compress_image(model: DCAE, image, format: str = "bin", margin: float = DEFAULT_MARGIN) -> bytes:
+    """Image -> upstream `.bin` bytes, or a portable `.dcae` with `format="dcae"`
+    whose side stream covers decoders within `margin` (natural log) of these scales."""
+    return encode_image(model, image, format, margin)[0]
+
+
+def encode_image(model: DCAE, image, format: str = "bin", margin: float = DEFAULT_MARGIN) -> tuple[bytes, dict]:
+    """`compress_image`, also returning `DCAE.compress`'s output with the latents
+    (y_hat, indexes, symbols, scales)."""
+    if format not in FORMATS:
+        raise BadInputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     pixels = load_image(image)
     height, width = pixels.shape[:2]
     x, _ = pad_image(pixels)
-    out = model.compress(torch.from_numpy(x).to(_device_of(model)))
-    return pack_bin(height, width, out["strings"][0][0], out["strings"][1][0])
+    out = model.compress(torch.from_numpy(x).to(_device_of(model)), return_latents=True)
+    y_stream, z_stream = out["strings"][0][0], out["strings"][1][0]
+    if format == "bin":
+        return pack_bin(height, width, y_stream, z_stream), out
+    return pack_portable(model, height, width, z_stream, y_stream, out["scales"].float().cpu().numpy(),
+                         out["indexes"].cpu().numpy(), margin), out
+
+
+def pack_portable(model: DCAE, height: int, width: int, z_stream: bytes, y_stream: bytes, scales: np.ndarray,
+                  indexes: np.ndarray, margin: float = DEFAULT_MARGIN) -> bytes:
+    """A portable `.dcae` of the reference's streams, with the side stream of
+    the elements whose encoder `scales` lie within `margin` of an index boundary."""
+    header = DcaeHeader(height, width, entropy_model_fingerprint(model), margin=margin)
+    if header.margin < 2 * sigma_error_bound(model):
+        raise BadInputError(f"margin {margin:g} is under twice this encoder's scale error bound")
+    positions, bits = mark(scales, indexes, scale_thresholds(model), header.margin)
+    return pack(header, z_stream, y_stream, encode_side_stream(positions, bits, scales.size))
 
 
 def decompress_image(model: DCAE, data: bytes) -> np.ndarray:
-    """Upstream `.bin` bytes -> uint8 (H, W, 3)."""
-    parsed = unpack_bin(bytes(data))
-    x_hat = model.decompress([[parsed.y], [parsed.z]], z_shape_for(parsed.height, parsed.width))["x_hat"]
-    return crop_to_uint8(x_hat.float().cpu().numpy(), parsed.height, parsed.width)
+    """Upstream `.bin` or portable `.dcae` bytes -> uint8 (H, W, 3)."""
+    data = bytes(data)
+    if sniff(data) != "dcae":
+        parsed = unpack_bin(data)
+        x_hat = model.decompress([[parsed.y], [parsed.z]], z_shape_for(parsed.height, parsed.width))["x_hat"]
+        return crop_to_uint8(x_hat.float().cpu().numpy(), parsed.height, parsed.width)
+    return decode_dcae(model, data)[0]
+
+
+@torch.no_grad()
+def decode_dcae(model: DCAE, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """A portable `.dcae` -> (uint8 (H, W, 3), the y symbols in stream order); raises the
+    runtime's errors (`FingerprintMismatchError`, `CorruptStreamError`,
+    `MarginError`, `DesyncError`) rather than returning noise."""
+    parsed = unpack(data)
+    header = parsed.header
+    if not header.portable:
+        raise FingerprintMismatchError("this .dcae file is not portable: it decodes only with the runtime "
+                                       "setup that wrote it")
+    if header.fingerprint != entropy_model_fingerprint(model):
+        raise FingerprintMismatchError("this .dcae file was written with another model (entropy-model "
+                                       "fingerprint differs)")
+    error_bound = sigma_error_bound(model)
+    if header.margin < 2 * error_bound:
+        raise FingerprintMismatchError(f"the file's margin {header.margin:g} is under twice this decoder's "
+                                       f"scale error bound {error_bound:g}")
+    eb, gc = model.entropy_bottleneck, model.gaussian_conditional
+    z_hat = decompress_z(parsed.z, header.z_shape, eb.quantiles[:, 0, 1].detach().cpu().numpy(),
+                         eb._quantized_cdf.cpu().numpy(), eb._cdf_length.cpu().numpy(), eb._offset.cpu().numpy())
+    ph, pw = header.padded_size
+    slice_size = model.config.slice_channels * (ph // 16) * (pw // 16)
+    side = decode_side_stream(parsed.side, slice_size * model.num_slices)
+    tables = (gc.quantized_cdf.cpu().numpy(), gc.cdf_length.cpu().numpy(), gc.offset.cpu().numpy())
+    table, bound = gc.scale_table.cpu().numpy(), float(gc.lower_bound_scale.bound)
+    thresholds = Thresholds.from_table(table, bound)
+    decoder = RansStreamDecoder(parsed.y)
+    symbols = []
+
+    def decode_slice(i: int, scale: torch.Tensor) -> torch.Tensor:
+        scales = scale.float().cpu().numpy()
+        indexes = build_indexes(scales, table, bound)
+        lo, hi = np.searchsorted(side.positions, [i * slice_size, (i + 1) * slice_size])
+        apply_side_stream(scales, indexes, side.positions[lo:hi] - i * slice_size, side.bits[lo:hi],
+                          thresholds, header.margin, error_bound)
+        symbols.append(decoder.decode(indexes.reshape(-1), *tables))
+        return torch.from_numpy(symbols[-1])
+
+    y_hat = model.decode_slices(torch.from_numpy(z_hat).to(_device_of(model)), decode_slice)
+    decoder.finish()
+    x_hat = model.g_s(y_hat).clamp_(0, 1)
+    return crop_to_uint8(x_hat.float().cpu().numpy(), header.height, header.width), np.concatenate(symbols)

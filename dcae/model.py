@@ -150,6 +150,9 @@ class DCAE(CompressionModel):
         check_padded_size(x.shape[-2], x.shape[-1], minimum=128)
         y = self.g_a(x)
         z = self.h_a(y)
+        # Likelihoods in float32 also under autocast (bf16 training): the rate
+        # term is a sum of logs of small probabilities.
+        z = z.float()
         _, z_likelihoods = self.entropy_bottleneck(z)
         z_offset = self.entropy_bottleneck._get_medians()
         z_hat = ste_round(z - z_offset) + z_offset
@@ -158,7 +161,8 @@ class DCAE(CompressionModel):
         y_hat_slices, y_likelihoods, means, scales = [], [], [], []
         for i, y_slice in enumerate(y.chunk(self.num_slices, 1)):
             mu, scale, support = self.slice_params(i, latent_scales, latent_means, y_hat_slices)
-            _, likelihood = self.gaussian_conditional(y_slice, scale, mu)
+            mu, scale = mu.float(), scale.float()
+            _, likelihood = self.gaussian_conditional(y_slice.float(), scale, mu)
             y_hat_raw = ste_round(y_slice - mu) + mu
             y_hat_slices.append(self.slice_refine(i, support, y_hat_raw))
             y_likelihoods.append(likelihood)
@@ -200,7 +204,7 @@ class DCAE(CompressionModel):
         latent_scales, latent_means = self.hyper_synthesis(z_hat)
         cdf, cdf_lengths, offsets = self._gaussian_tables()
 
-        symbols, indexes, y_hat_slices, index_maps, symbol_maps = [], [], [], [], []
+        symbols, indexes, y_hat_slices, index_maps, symbol_maps, scale_maps = [], [], [], [], [], []
         for i, y_slice in enumerate(y.chunk(self.num_slices, 1)):
             mu, scale, support = self.slice_params(i, latent_scales, latent_means, y_hat_slices)
             index = self.gaussian_conditional.build_indexes(scale)
@@ -209,6 +213,7 @@ class DCAE(CompressionModel):
             indexes.extend(index.reshape(-1).tolist())
             index_maps.append(index)
             symbol_maps.append(y_q)
+            scale_maps.append(scale)
             y_hat_slices.append(self.slice_refine(i, support, y_q + mu))
 
         encoder = BufferedRansEncoder()
@@ -218,7 +223,24 @@ class DCAE(CompressionModel):
             out["y_hat"] = torch.cat(y_hat_slices, dim=1)
             out["indexes"] = torch.cat(index_maps, dim=1)
             out["symbols"] = torch.cat(symbol_maps, dim=1)
+            out["scales"] = torch.cat(scale_maps, dim=1)
         return out
+
+    @torch.no_grad()
+    def decode_slices(self, z_hat: Tensor, decode_slice) -> Tensor:
+        """The decoder's slice loop: y_hat (after LRP) from z_hat, where
+        `decode_slice(i, scale)` returns slice i's integer symbols (a tensor
+        shaped like `scale`) given the scales this model computed for it.
+        Entropy decoding, the portable side stream and measurements of the
+        scales all plug in here, so the loop exists once."""
+        latent_scales, latent_means = self.hyper_synthesis(z_hat)
+        y_hat_slices = []
+        for i in range(self.num_slices):
+            mu, scale, support = self.slice_params(i, latent_scales, latent_means, y_hat_slices)
+            y_q = decode_slice(i, scale).to(dtype=mu.dtype, device=mu.device).reshape(mu.shape)
+            y_hat_raw = self.gaussian_conditional.dequantize(y_q, mu)
+            y_hat_slices.append(self.slice_refine(i, support, y_hat_raw))
+        return torch.cat(y_hat_slices, dim=1)
 
     @torch.no_grad()
     def decompress(self, strings: list, shape) -> dict:
@@ -226,20 +248,13 @@ class DCAE(CompressionModel):
         if len(strings[0]) != 1 or len(strings[1]) != 1:
             raise ValueError("decompress codes one image at a time (batch 1)")
         z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-        latent_scales, latent_means = self.hyper_synthesis(z_hat)
-        h, w = z_hat.shape[2] * 4, z_hat.shape[3] * 4
         cdf, cdf_lengths, offsets = self._gaussian_tables()
         decoder = RansDecoder()
         decoder.set_stream(strings[0][0])
 
-        y_hat_slices = []
-        for i in range(self.num_slices):
-            mu, scale, support = self.slice_params(i, latent_scales, latent_means, y_hat_slices)
+        def decode_slice(i: int, scale: Tensor) -> Tensor:
             index = self.gaussian_conditional.build_indexes(scale)
-            values = decoder.decode_stream(index.reshape(-1).tolist(), cdf, cdf_lengths, offsets)
-            y_q = torch.tensor(values, dtype=mu.dtype, device=mu.device).reshape(1, -1, h, w)
-            y_hat_raw = self.gaussian_conditional.dequantize(y_q, mu)
-            y_hat_slices.append(self.slice_refine(i, support, y_hat_raw))
+            return torch.tensor(decoder.decode_stream(index.reshape(-1).tolist(), cdf, cdf_lengths, offsets))
 
-        x_hat = self.g_s(torch.cat(y_hat_slices, dim=1)).clamp_(0, 1)
+        x_hat = self.g_s(self.decode_slices(z_hat, decode_slice)).clamp_(0, 1)
         return {"x_hat": x_hat}

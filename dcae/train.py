@@ -6,13 +6,26 @@ Loss is upstream's: lambda * 255^2 * MSE + bpp (estimated from likelihoods),
 with Adam on the network and a second Adam on the EntropyBottleneck quantiles
 (the auxiliary loss). Checkpoints are written every `--save-every` steps and
 on exit; running the same command again resumes from `OUT/last.pth.tar`.
+A new run folder starts from `--init` (default: the embedded model), so
+training goes on from the shipped weights on a fresh clone.
+
+Every `--log-every` steps a line goes to `OUT/train_log.jsonl` (mean loss,
+bpp, PSNR of the training crops since the last line, seconds per step);
+with `--eval-images`, every `--eval-every` steps the model is also evaluated
+on those images (estimated bpp from the likelihoods with rounding, PSNR of
+the reconstruction) and a line with `"eval"` is logged.
+
+bf16 autocast (`--bf16 auto`: on a CUDA device, or a CPU with AVX512-BF16)
+runs the transforms in bfloat16; likelihoods and the loss stay float32.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -21,10 +34,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import save_checkpoint
+from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import get_config
 from .model import DCAE
 
+EMBEDDED_PRESET = "small"  # the preset of dcae/weights/fixture.pth.tar
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
 
@@ -89,7 +103,57 @@ def parse_args(argv=None):
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--init", default=None,
+                   help="weights a new run folder starts from (default: the embedded model for its preset, "
+                        "'small'; random for the others; 'none': random)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                   help="bfloat16 autocast for the transforms (auto: CUDA, or a CPU with AVX512-BF16)")
+    p.add_argument("--final-crop", type=int, default=0,
+                   help="crop side for the last part of training (0: keep --crop)")
+    p.add_argument("--final-crop-at", type=float, default=0.8,
+                   help="fraction of --steps after which --final-crop is used")
+    p.add_argument("--log-every", type=int, default=50, help="steps between lines of OUT/train_log.jsonl")
+    p.add_argument("--eval-images", default=None, help="folder of evaluation images (e.g. Kodak)")
+    p.add_argument("--eval-every", type=int, default=500, help="steps between evaluations")
+    p.add_argument("--eval-limit", type=int, default=24, help="evaluate on at most this many images")
     return p.parse_args(argv)
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def use_bf16(args) -> bool:
+    if args.bf16 != "auto":
+        return args.bf16 == "on"
+    return args.device.startswith("cuda") or (args.device == "cpu" and cpu_has_bf16())
+
+
+@torch.no_grad()
+def evaluate(model: DCAE, paths: list[Path], device: str) -> dict:
+    """Estimated bpp (likelihoods of the rounded latents) and PSNR over `paths`."""
+    from runtime.imaging import crop_to_uint8, load_image, pad_image
+
+    from .metrics import psnr
+
+    was_training = model.training
+    model.eval()
+    bpps, psnrs = [], []
+    for path in paths:
+        pixels = load_image(path)
+        h, w = pixels.shape[:2]
+        x, _ = pad_image(pixels)
+        out = model(torch.from_numpy(x).to(device))
+        bits = sum(torch.log2(l).sum() for l in out["likelihoods"].values())
+        bpps.append(float(-bits) / (h * w))
+        decoded = crop_to_uint8(out["x_hat"].float().clamp(0, 1).cpu().numpy(), h, w)
+        psnrs.append(psnr(pixels, decoded))
+    model.train(was_training)
+    return {"bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs)), "images": len(paths)}
 
 
 def train(args) -> Path:
@@ -102,14 +166,24 @@ def train(args) -> Path:
     last = out / "last.pth.tar"
 
     torch.manual_seed(args.seed)
-    model = DCAE(get_config(args.preset)).train()
+    step = 0
+    model = DCAE(get_config(args.preset))
+    init_path = args.init or (str(DEFAULT_CHECKPOINT) if args.preset == EMBEDDED_PRESET else "none")
+    if not last.exists() and init_path != "none":
+        init = load_checkpoint(init_path)
+        if init.config != model.config:
+            raise ValueError(f"--init {init_path} is not a {args.preset} model")
+        model.load_state_dict(init.state_dict(), strict=False)
+        # Steps count on from the initial weights' own training.
+        step = int(torch.load(init_path, map_location="cpu", weights_only=False).get("step") or 0)
+        print(f"starting from {init_path} (step {step})", file=sys.stderr)
+    model = model.to(args.device).train()
     net_params, aux_params = split_parameters(model)
     optimizer = torch.optim.Adam(net_params, lr=args.lr)
     aux_optimizer = torch.optim.Adam(aux_params, lr=args.aux_lr)
-    step = 0
     data_seed = args.seed
     if last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = torch.load(last, map_location=args.device, weights_only=False)
         model.load_state_dict(state["state_dict"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         aux_optimizer.load_state_dict(state["aux_optimizer"])
@@ -117,8 +191,22 @@ def train(args) -> Path:
         data_seed = args.seed + step  # a fresh but reproducible crop stream after a resume
         print(f"resuming from {last} at step {step}", file=sys.stderr)
 
-    crops = RandomCrops(list_images(args.data), args.crop, data_seed)
+    final_crop = args.final_crop or args.crop
+    if final_crop % 128:
+        raise ValueError(f"--final-crop must be a multiple of 128, got {final_crop}")
+    paths = list_images(args.data)
+    crops = RandomCrops(paths, args.crop, data_seed)
+    final_crop_step = int(args.steps * args.final_crop_at) if final_crop != args.crop else args.steps
     decay_step = int(args.steps * args.lr_decay_at)
+    eval_paths = list_images(args.eval_images)[: args.eval_limit] if args.eval_images else []
+    bf16 = use_bf16(args)
+    device_type = "cuda" if args.device.startswith("cuda") else "cpu"
+    log_path = out / "train_log.jsonl"
+    window = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0, "n": 0, "t": time.perf_counter()}
+
+    def log(record: dict) -> None:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def save():
         save_checkpoint(
@@ -134,10 +222,14 @@ def train(args) -> Path:
             lr = args.lr * (0.1 if step >= decay_step else 1.0)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x = crops.batch(args.batch_size)
+            if step >= final_crop_step and crops.crop != final_crop:
+                crops = RandomCrops(paths, final_crop, args.seed + step)
+            x = crops.batch(args.batch_size).to(args.device)
             optimizer.zero_grad()
             aux_optimizer.zero_grad()
-            result = model(x)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                result = model(x)
+            result["x_hat"] = result["x_hat"].float()
             losses = rate_distortion_loss(result, x, args.lmbda)
             losses["loss"].backward()
             if args.clip > 0:
@@ -148,6 +240,17 @@ def train(args) -> Path:
             aux_optimizer.step()
             step += 1
             psnr = -10 * math.log10(max(losses["mse"].item(), 1e-10))
+            for key, value in (("loss", losses["loss"].item()), ("bpp", losses["bpp"].item()), ("psnr", psnr)):
+                window[key] += value
+            window["n"] += 1
+            if step % args.log_every == 0:
+                now = time.perf_counter()
+                log({"step": step, "lr": lr, "lmbda": args.lmbda, "crop": crops.crop, "bf16": bf16,
+                     **{k: round(window[k] / window["n"], 4) for k in ("loss", "bpp", "psnr")},
+                     "s_per_step": round((now - window["t"]) / window["n"], 3)})
+                window.update(loss=0.0, bpp=0.0, psnr=0.0, n=0, t=now)
+            if eval_paths and step % args.eval_every == 0:
+                log({"step": step, "eval": evaluate(model, eval_paths, args.device)})
             bar.set_postfix(loss=f"{losses['loss'].item():.3f}", bpp=f"{losses['bpp'].item():.3f}",
                             psnr=f"{psnr:.2f}", aux=f"{aux_loss.item():.1f}",
                             s_per_step=f"{(time.perf_counter() - t0) / max(1, bar.n + 1 - bar.initial):.2f}")
@@ -160,8 +263,14 @@ def train(args) -> Path:
     return last
 
 
+def _stop_on_sigterm(signum, frame):
+    # `kill` (SIGTERM) ends training like Ctrl-C: the finally block saves.
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         path = train(args)
     except (FileNotFoundError, ValueError) as exc:

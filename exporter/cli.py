@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.fileio import absolute_path
+
 DESCRIPTION = """\
 Split a DCAE checkpoint into ONNX graphs (g_a, h_a, h_s, slice_params_0..S-1,
 slice_lrp_0..S-1, g_s), check each against PyTorch on a real image at two sizes,
@@ -25,13 +27,21 @@ inputs are cached (--calib-cache), so exporting the same model again is fast.
 """
 
 
+def _cache_dir_argument(text: str) -> str:
+    return text if text.lower() == "none" else absolute_path(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # Paths are made absolute where they are parsed, so that what the bundle's
+    # int8 report records (the calibration folder) names the same place from
+    # anywhere.
     p = argparse.ArgumentParser(prog="dcae-export", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", nargs="?", default=None,
+    p.add_argument("checkpoint", nargs="?", default=None, type=absolute_path,
                    help="a DCAE checkpoint (.pth.tar with state_dict, official or ours, with or without "
                         "'module.' prefixes); default: the embedded small model")
-    p.add_argument("-o", "--output", required=True, help="bundle directory to create (must not exist or be empty)")
+    p.add_argument("-o", "--output", required=True, type=absolute_path,
+                   help="bundle directory to create (must not exist or be empty)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="precision of the rate/quality graphs g_a, h_a, g_s (default: fp32)")
     p.add_argument("--entropy-precision", choices=["fp32", "same"], default="fp32",
@@ -44,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "closer to PyTorch's arithmetic (fewer scale indexes differ from the reference's)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the checks")
-    p.add_argument("--calib", metavar="DIR", help="calibration images for --precision int8 (PNG/JPEG/TIFF)")
+    p.add_argument("--calib", metavar="DIR", type=absolute_path,
+                   help="calibration images for --precision int8 (PNG/JPEG/TIFF)")
     p.add_argument("--calib-count", type=int, default=32, help="number of calibration crops (default: 32)")
     p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax",
                    help="activation range estimation for int8 (default: minmax)")
@@ -54,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-crop", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
                    help="calibration crop size, multiples of 128, at least 256 (default: 256 256)")
     p.add_argument("--calib-seed", type=int, default=0, help="seed that picks the crops (default: 0)")
-    p.add_argument("--calib-cache", metavar="DIR", default=None,
+    p.add_argument("--calib-cache", metavar="DIR", default=None, type=_cache_dir_argument,
                    help="where recorded graph inputs are cached, so a second export of the same model and "
                         "images does not rerun the reference (default: ~/.cache/dcae-deploy/calibration; "
                         "'none' to disable)")

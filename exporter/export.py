@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 import torch
 
+from dcae.coding import entropy_model_fingerprint
 from dcae.model import DCAE
 from runtime.imaging import load_image, pad_image
 from runtime.manifest import (
@@ -256,6 +257,8 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
             int8_target=getattr(quantize, "target", None) if "int8" in policy.values() else None,
         )
         manifest.entropy_fingerprint = manifest.compute_entropy_fingerprint()
+        if not manifest.reduced_precision_entropy:
+            manifest.entropy_model_fingerprint = entropy_model_fingerprint(model).hex()
         manifest.validate()
         manifest.write(staging)
         (staging / "export_report.json").write_text(json.dumps(

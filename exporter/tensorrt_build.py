@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 from runtime.errors import DcaeError
-from runtime.fileio import write_atomically
+from runtime.fileio import absolute_path, write_atomically
 from runtime.geometry import MIN_PADDED_SIDE, PAD_MULTIPLE, Y_DOWNSAMPLE, Z_DOWNSAMPLE
 from runtime.manifest import ENGINES_DIR, GraphSpec, Manifest, graph_order, sha256_file
 
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dcae-export build-engines",
         description="Build a TensorRT plan for every graph of a bundle (needs TensorRT and a CUDA GPU; "
                     "--check-only runs anywhere).")
-    p.add_argument("bundle", help="bundle directory written by dcae-export")
+    p.add_argument("bundle", type=absolute_path, help="bundle directory written by dcae-export")
     p.add_argument("--min-size", default=_size(DEFAULT_MIN_SIZE), help="smallest padded image, HxW (default 256x256)")
     p.add_argument("--opt-size", default=_size(DEFAULT_OPT_SIZE), help="size to tune for, HxW (default 512x768)")
     p.add_argument("--max-size", default=_size(DEFAULT_MAX_SIZE), help="largest padded image, HxW (default 2048x2048)")

@@ -89,6 +89,10 @@ class Backend(ABC):
 
     name: str = ""
     numeric_class: str = ""
+    # The largest |ln sigma - ln sigma_float64| this backend's fp32 entropy
+    # graphs give (a measured bound): it reads portable files whose margin is
+    # at least twice this. None: not measured, so no portable files.
+    sigma_error_bound: float | None = None
 
     def __init__(self) -> None:
         self.timings: list[tuple[str, float]] = []
@@ -154,6 +158,9 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     numeric_class = "onnxruntime-cpu"
+    # Measured at most 4.4e-6 (embedded model, 24 Kodak images, AVX-512:
+    # benchmarks/results/sigma_agreement.md); stated with a margin of 2x.
+    sigma_error_bound = 1e-5
     providers: tuple = ("CPUExecutionProvider",)
 
     def __init__(self, threads: int | None = None):
@@ -208,6 +215,7 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
 
     name = "onnxruntime-cuda"
     numeric_class = "onnxruntime-cuda"
+    sigma_error_bound = None  # never measured: no onnxruntime-gpu here
     providers = ("CUDAExecutionProvider",)
 
     def _check_providers(self) -> None:

@@ -19,6 +19,8 @@ import warnings
 from pathlib import Path
 
 from .errors import BadInputError, DcaeError
+from .fileio import absolute_path
+from .portable import DEFAULT_MARGIN, MAX_MARGIN, check_margin
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".gif"}
 CODED_SUFFIXES = {".dcae", ".bin"}
@@ -50,6 +52,13 @@ def _one_line(message) -> str:
 def _os_error_message(exc: OSError) -> str:
     reason = exc.strerror or type(exc).__name__
     return f"{reason}: {exc.filename}" if exc.filename else reason
+
+
+def _margin(text: str) -> float:
+    try:
+        return check_margin(float(text))
+    except (ValueError, BadInputError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -168,7 +177,7 @@ def _compress(args) -> int:
     codec = _open_codec(args)
 
     def work(source: Path, target: Path) -> str:
-        result = codec.encode(source)
+        result = codec.encode(source, None if args.not_portable else args.margin)
         with _writing(target):
             write_atomically(target, result.data)
         bpp = 8 * len(result.data) / (result.height * result.width)
@@ -224,22 +233,30 @@ def _demo(args) -> int:
 
 def describe(data: bytes) -> dict:
     """The header fields and stream facts of a `.dcae` or upstream `.bin`."""
-    from .container import FLAG_REDUCED_PRECISION_ENTROPY, FORMAT_VERSION, sniff, unpack, unpack_bin
+    from .container import FLAG_PORTABLE, FLAG_REDUCED_PRECISION_ENTROPY, sniff, unpack, unpack_bin
     from .geometry import padded_size, z_shape_for
+    from .portable import decode_side_stream
 
     if sniff(data) == "bin":
         parsed = unpack_bin(data)
         height, width, y, z = parsed.height, parsed.width, parsed.y, parsed.z
         info = {"format": "bin", "version": None, "flags": None, "reduced_precision_entropy": None,
-                "fingerprint": None}
+                "portable": False, "fingerprint": None, "margin": None, "side_bytes": 0, "side_marked": 0}
     else:
         parsed = unpack(data)  # raises with a reason when this is not a sound .dcae
         header = parsed.header
         height, width, y, z = header.height, header.width, parsed.y, parsed.z
-        info = {"format": "dcae", "version": FORMAT_VERSION,
-                "flags": FLAG_REDUCED_PRECISION_ENTROPY if header.reduced_precision_entropy else 0,
-                "reduced_precision_entropy": header.reduced_precision_entropy,
-                "fingerprint": header.fingerprint.hex()}
+        marked = 0
+        if parsed.side:
+            # The y latent's element count depends on the model, which inspect
+            # does not load: positions are bounded by the format's limit only.
+            marked = decode_side_stream(parsed.side, 2**31 - 1).positions.size
+        info = {"format": "dcae", "version": header.version,
+                "flags": (FLAG_REDUCED_PRECISION_ENTROPY if header.reduced_precision_entropy else 0)
+                | (FLAG_PORTABLE if header.portable else 0),
+                "reduced_precision_entropy": header.reduced_precision_entropy, "portable": header.portable,
+                "fingerprint": header.fingerprint.hex(), "margin": header.margin,
+                "side_bytes": len(parsed.side), "side_marked": marked}
     (padded_height, padded_width), (z_height, z_width) = padded_size(height, width), z_shape_for(height, width)
     pixels = height * width
     info.update({
@@ -259,7 +276,8 @@ def _inspect(args) -> int:
         return 0
     if info["format"] == "dcae":
         kind = f".dcae version {info['version']}"
-        flags = "reduced-precision entropy path" if info["reduced_precision_entropy"] else "none"
+        flags = ("reduced-precision entropy path" if info["reduced_precision_entropy"]
+                 else f"portable (margin {info['margin']:g})" if info["portable"] else "none")
     else:
         kind, flags = "upstream .bin (no fingerprint, no checksum)", "-"
     rows = [
@@ -271,6 +289,7 @@ def _inspect(args) -> int:
         ("fingerprint", info["fingerprint"] or "-"),
         ("z stream", f"{info['z_bytes']} bytes, sha256 {info['z_sha256']}"),
         ("y stream", f"{info['y_bytes']} bytes, sha256 {info['y_sha256']}"),
+        ("side stream", f"{info['side_bytes']} bytes, {info['side_marked']} elements listed"),
         ("bpp", f"{info['bpp']:.4f} (file), {info['stream_bpp']:.4f} (streams)"),
     ]
     for name, value in rows:
@@ -286,12 +305,13 @@ def _add_codec_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output file for one input file; otherwise a directory (created) that "
                              "receives one file per input, named after the input's stem")
-    parser.add_argument("-b", "--bundle", metavar="BUNDLE",
+    parser.add_argument("-b", "--bundle", metavar="BUNDLE", type=absolute_path,
                         help="bundle directory written by dcae-export (default: the default model's bundle, "
                              "exported on first use)")
     parser.add_argument("--backend", default="onnxruntime", choices=backend_names(),
-                        help="what runs the graphs (default: onnxruntime on the CPU). A file decodes only "
-                             "with the bundle, precision and backend class that wrote it")
+                        help="what runs the graphs (default: onnxruntime on the CPU). Files of bundles whose "
+                             "entropy graphs are fp32 are portable: any backend, CPU or host with a bundle of "
+                             "the same model decodes them; others decode only on the setup that wrote them")
     parser.add_argument("--threads", type=_positive_int, metavar="N",
                         help="threads per graph (default: one per CPU core); does not change the bitstream")
 
@@ -308,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("inputs", nargs="+", metavar="IN",
                           help="image files, directories (every image directly inside) or quoted globs")
     _add_codec_options(compress)
+    compress.add_argument("--margin", type=_margin, default=DEFAULT_MARGIN, metavar="DELTA",
+                          help=f"portable files decode on every setup whose scales are within DELTA (natural "
+                               f"log) of this encoder's; larger costs more bytes (default: {DEFAULT_MARGIN:g}, "
+                               f"at most {MAX_MARGIN:g})")
+    compress.add_argument("--not-portable", action="store_true",
+                          help="write a file that only this bundle and backend decode (no side stream)")
     compress.set_defaults(run=_compress)
 
     decompress = commands.add_parser(

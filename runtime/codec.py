@@ -16,9 +16,14 @@ Between the graphs the codec does exactly what `dcae.model.DCAE.compress` /
              stream ended in sync -> g_s -> clamp to [0, 1] -> crop.
 
 A stream decodes only where the decoder recomputes the encoder's scale
-indexes and means bit for bit, so every `.dcae` carries a fingerprint of the
-entropy-parameter path (bundle graphs and tables, precision, backend class)
-and the decoder refuses a file whose fingerprint is not its own.
+indexes. A bundle whose entropy graphs are fp32 writes PORTABLE files: their
+fingerprint is the entropy model's, and a side stream lists the elements
+whose scale lies within the file's margin of an index boundary, with the
+index the encoder used (`runtime.portable`), so every setup whose scales stay
+within the margin decodes them (any backend, CPU family, the reference, the
+C++ host). Bundles with reduced-precision entropy graphs write files that
+carry a fingerprint of the whole setup (graphs, precision, backend class),
+which other setups refuse.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from .bundle import Bundle
 from .container import DcaeHeader, pack, sniff, unpack, unpack_bin
 from .entropy import build_indexes, compress_z, decompress_z, dequantize, quantize_symbols
 from .errors import BadInputError, CorruptStreamError, FingerprintMismatchError
+from .portable import DEFAULT_MARGIN, Thresholds, apply_side_stream, decode_side_stream, encode_side_stream, mark
 from .geometry import Y_DOWNSAMPLE, check_dimensions, padded_size, z_shape_for
 from .imaging import crop_to_uint8, load_image, pad_image
 from .rans import RansStreamDecoder, encode_with_indexes
@@ -61,12 +67,15 @@ class EncodeResult:
     indexes: np.ndarray  # int32 (1, M, h, w): scale-table index of each symbol
     symbols: np.ndarray  # int32 (1, M, h, w): round(y - mu)
     z_symbols: np.ndarray  # int32 (1, Z, zh, zw): round(z - medians)
+    scales: np.ndarray  # float32 (1, M, h, w): the slice graphs' scale outputs
+    side: bytes = b""  # the portable side stream
 
 
 @dataclass
 class DecodeResult:
     x: np.ndarray  # uint8 (H, W, 3)
     y_hat: np.ndarray  # float32 (1, M, h, w)
+    symbols: np.ndarray  # int32, flat: the y symbols in stream order
 
 
 class Codec:
@@ -78,6 +87,12 @@ class Codec:
         self.backend = backend if isinstance(backend, Backend) else get_backend(backend, threads)
         self.manifest = self.bundle.manifest
         self.fingerprint = setup_fingerprint(self.manifest.entropy_fingerprint, self.backend.numeric_class)
+        # Portable files: the entropy model's fingerprint (None: this bundle's
+        # entropy path is not fp32, or it predates portable files).
+        model_fingerprint = self.manifest.entropy_model_fingerprint
+        self.model_fingerprint = bytes.fromhex(model_fingerprint) if model_fingerprint else None
+        tables = self.bundle.entropy
+        self.thresholds = Thresholds.from_table(tables.gaussian_scale_table, float(tables.gaussian_scale_bound))
         self._sessions: dict[str, GraphSession] = {}
         # Seconds per stage of the last compress / decompress call.
         self.last_timings: dict[str, float] = {}
@@ -148,8 +163,25 @@ class Codec:
 
     # ---- encoder ----------------------------------------------------------------------
 
-    def encode(self, image) -> EncodeResult:
-        """Image (path, PIL image or array) -> `.dcae` bytes and the encoder's latents."""
+    @property
+    def portable(self) -> bool:
+        """Whether this codec writes and reads portable files."""
+        return self.model_fingerprint is not None and self.backend.sigma_error_bound is not None
+
+    def _check_margin(self, margin: float) -> None:
+        bound = self.backend.sigma_error_bound
+        if margin < 2 * bound:
+            raise FingerprintMismatchError(
+                f"margin {margin:g} is under twice the {self.backend.name} backend's scale error bound "
+                f"({bound:g}): its scales could cross an index boundary the encoder did not list")
+
+    def encode(self, image, margin: float | None = DEFAULT_MARGIN) -> EncodeResult:
+        """Image (path, PIL image or array) -> `.dcae` bytes and the encoder's latents.
+
+        The file is portable, with a side stream for decoders within `margin`
+        (natural log) of this encoder's scales, when the bundle's entropy path
+        is fp32 and the backend states its error bound; `margin=None` writes a
+        file for this setup only."""
         self.last_timings = {}
         self.backend.clear_timings()
         started = time.perf_counter()
@@ -177,10 +209,12 @@ class Codec:
         y_hat = np.empty(latent_shape, np.float32)
         symbols = np.empty(latent_shape, np.int32)
         indexes = np.empty(latent_shape, np.int32)
+        slice_scales = np.empty(latent_shape, np.float32)
         for i in range(n_slices):
             mu, scale, support = self._slice_params(i, scales, means, y_hat)
             with self._timed(f"slice_coding_{i}"):
                 block = slice(c * i, c * (i + 1))
+                slice_scales[:, block] = scale
                 indexes[:, block] = self._indexes(scale)
                 symbols[:, block] = quantize_symbols(y[:, block], mu)
                 y_hat_raw = dequantize(symbols[:, block], mu)
@@ -190,22 +224,49 @@ class Codec:
             # Slices are channel blocks, so C-order flattening of the whole
             # latent is slice order with each slice flattened C, H, W.
             y_stream = encode_with_indexes(symbols.reshape(-1), indexes.reshape(-1), *tables.gaussian)
-        header = DcaeHeader(height, width, self.fingerprint, self.manifest.reduced_precision_entropy)
-        data = pack(header, z_stream, y_stream)
+        side = b""
+        if margin is not None and self.portable:
+            header = DcaeHeader(height, width, self.model_fingerprint, margin=margin)
+            self._check_margin(header.margin)
+            with self._timed("side_stream"):
+                side = encode_side_stream(*mark(slice_scales, indexes, self.thresholds, header.margin),
+                                          slice_scales.size)
+        else:
+            header = DcaeHeader(height, width, self.fingerprint, self.manifest.reduced_precision_entropy)
+        data = pack(header, z_stream, y_stream, side)
         self.last_timings["total"] = time.perf_counter() - started
-        return EncodeResult(data, y_stream, z_stream, height, width, y_hat, indexes, symbols, z_symbols)
+        return EncodeResult(data, y_stream, z_stream, height, width, y_hat, indexes, symbols, z_symbols,
+                            slice_scales, side)
 
-    def compress(self, image) -> bytes:
-        """Image -> `.dcae` bytes."""
-        return self.encode(image).data
+    def compress(self, image, margin: float | None = DEFAULT_MARGIN) -> bytes:
+        """Image -> `.dcae` bytes (portable where the setup allows: see `encode`)."""
+        return self.encode(image, margin).data
 
     # ---- decoder ----------------------------------------------------------------------
 
-    def decode_streams(self, y: bytes, z: bytes, height: int, width: int) -> DecodeResult:
-        """Decode raw y and z streams of a `height` x `width` image.
+    def decode_slices(self, z_hat: np.ndarray, height: int, width: int, decode_slice) -> np.ndarray:
+        """The decoder's slice loop: y_hat (after LRP) from z_hat, where
+        `decode_slice(i, scale)` returns slice i's integer symbols given the
+        scales this codec computed for it (entropy decoding, or given symbols
+        when the scales themselves are measured)."""
+        c = self.bundle.slice_channels
+        latent_shape = self._latent_shape(height, width)
+        scales, means = self._hyper_synthesis(z_hat, latent_shape)
+        y_hat = np.empty(latent_shape, np.float32)
+        for i in range(self.bundle.num_slices):
+            mu, scale, support = self._slice_params(i, scales, means, y_hat)
+            with self._timed(f"slice_coding_{i}"):
+                y_hat_raw = dequantize(np.asarray(decode_slice(i, scale)).reshape(mu.shape), mu)
+            self._slice_refine(i, support, y_hat_raw, y_hat)
+        return y_hat
 
-        Raises `CorruptStreamError` (or its `DesyncError`) when the streams do
-        not decode in sync with this codec's entropy parameters.
+    def decode_streams(self, y: bytes, z: bytes, height: int, width: int, side: bytes = b"",
+                       margin: float = 0.0) -> DecodeResult:
+        """Decode raw y and z streams of a `height` x `width` image, with the
+        side stream and margin of a portable file.
+
+        Raises `CorruptStreamError` (or its `DesyncError`, `MarginError`) when
+        the streams do not decode in sync with this codec's entropy parameters.
         """
         self.last_timings = {}
         self.backend.clear_timings()
@@ -215,24 +276,26 @@ class Codec:
         except BadInputError as exc:
             raise CorruptStreamError(f"stream header has an impossible image size: {exc}") from None
         tables = self.bundle.entropy
-        c, n_slices = self.bundle.slice_channels, self.bundle.num_slices
-        latent_shape = self._latent_shape(height, width)
-
-        # z is tiny (1/64 of each side) and its stream is checked for sync
-        # before anything of the image's size is allocated or run.
+        slice_size = self.bundle.slice_channels * int(np.prod(self._latent_shape(height, width)[2:]))
+        # z and the side stream are small and checked before anything of the
+        # image's size is allocated or run.
         with self._timed("z_coding"):
             z_hat = decompress_z(z, z_shape_for(height, width), *tables.z)
-        scales, means = self._hyper_synthesis(z_hat, latent_shape)
+            marked = decode_side_stream(side, slice_size * self.bundle.num_slices)
 
-        y_hat = np.empty(latent_shape, np.float32)
         decoder = RansStreamDecoder(y)
-        for i in range(n_slices):
-            mu, scale, support = self._slice_params(i, scales, means, y_hat)
-            with self._timed(f"slice_coding_{i}"):
-                index = self._indexes(scale)
-                values = decoder.decode(index.reshape(-1), *tables.gaussian)
-                y_hat_raw = dequantize(values.reshape(mu.shape), mu)
-            self._slice_refine(i, support, y_hat_raw, y_hat)
+        symbols = []
+
+        def decode_slice(i: int, scale: np.ndarray) -> np.ndarray:
+            index = self._indexes(scale)
+            if margin:
+                lo, hi = np.searchsorted(marked.positions, [i * slice_size, (i + 1) * slice_size])
+                apply_side_stream(scale, index, marked.positions[lo:hi] - i * slice_size, marked.bits[lo:hi],
+                                  self.thresholds, margin, self.backend.sigma_error_bound)
+            symbols.append(decoder.decode(index.reshape(-1), *tables.gaussian))
+            return symbols[-1]
+
+        y_hat = self.decode_slices(z_hat, height, width, decode_slice)
         with self._timed("y_coding"):
             decoder.finish()
 
@@ -242,15 +305,21 @@ class Codec:
             np.clip(x_hat, 0.0, 1.0, out=x_hat)  # the reference clamps x_hat
             pixels = crop_to_uint8(x_hat, height, width)
         self.last_timings["total"] = time.perf_counter() - started
-        return DecodeResult(pixels, y_hat)
+        return DecodeResult(pixels, y_hat, np.concatenate(symbols))
 
     def decompress(self, data, force: bool = False) -> np.ndarray:
-        """`.dcae` (or upstream `.bin`) bytes or path -> uint8 (H, W, 3).
+        """`.dcae` (or upstream `.bin`) bytes or path -> uint8 (H, W, 3) (see `decode`)."""
+        return self.decode(data, force).x
 
-        A `.dcae` written by another setup is refused with
-        `FingerprintMismatchError` unless `force`; then the decoder tries and
-        usually reports a desync. An upstream `.bin` carries no fingerprint:
-        it decodes with a warning.
+    def decode(self, data, force: bool = False) -> DecodeResult:
+        """`.dcae` (or upstream `.bin`) bytes or path -> the image and the decoder's latents.
+
+        A portable `.dcae` decodes when it was written with this bundle's
+        entropy model and its margin covers this backend's error bound. A
+        file for one setup only (reduced-precision entropy path) is refused
+        with `FingerprintMismatchError` unless it is this codec's setup or
+        `force`; then the decoder tries and usually reports a desync. An
+        upstream `.bin` carries no fingerprint: it decodes with a warning.
         """
         self.last_timings = {}
         if isinstance(data, (str, os.PathLike)):
@@ -262,15 +331,38 @@ class Codec:
             warnings.warn("upstream .bin file: it carries no fingerprint, and a stream written by "
                           "another setup (PyTorch, another backend or precision) may not decode",
                           stacklevel=2)
-            return self.decode_streams(parsed.y, parsed.z, parsed.height, parsed.width).x
+            return self.decode_streams(parsed.y, parsed.z, parsed.height, parsed.width)
         # Not a .bin: unpack checks it is a .dcae and says what it is if not.
         parsed = unpack(data)
-        if parsed.header.fingerprint != self.fingerprint:
+        header = parsed.header
+        if header.portable:
+            self._check_portable(header, force)
+        elif header.fingerprint != self.fingerprint:
             if not force:
                 raise FingerprintMismatchError(
                     f"file was written by another bundle, backend or precision (fingerprint "
-                    f"{parsed.header.fingerprint.hex()}, this decoder's is {self.fingerprint.hex()}); "
+                    f"{header.fingerprint.hex()}, this decoder's is {self.fingerprint.hex()}); "
                     f"decode it with the setup that wrote it, or force the attempt (--force, force=True)")
             warnings.warn("decoding a file written by another setup (forced): it may fail "
                           "with a desync", stacklevel=2)
-        return self.decode_streams(parsed.y, parsed.z, parsed.header.height, parsed.header.width).x
+        return self.decode_streams(parsed.y, parsed.z, header.height, header.width, parsed.side,
+                                   header.margin)
+
+    def _check_portable(self, header: DcaeHeader, force: bool) -> None:
+        if self.model_fingerprint is None:
+            problem = "this bundle reads no portable file (its entropy path is not fp32)"
+        elif header.fingerprint != self.model_fingerprint:
+            problem = (f"file was written with another entropy model (fingerprint {header.fingerprint.hex()}, "
+                       f"this bundle's is {self.model_fingerprint.hex()})")
+        elif self.backend.sigma_error_bound is None:
+            problem = f"the {self.backend.name} backend states no scale error bound, so it reads no portable file"
+        elif header.margin < 2 * self.backend.sigma_error_bound:
+            problem = (f"the file's margin {header.margin:g} is under twice the {self.backend.name} backend's "
+                       f"scale error bound ({self.backend.sigma_error_bound:g})")
+        else:
+            return
+        if not force:
+            raise FingerprintMismatchError(problem + "; force the attempt with --force, force=True")
+        if self.model_fingerprint is None or self.backend.sigma_error_bound is None:
+            raise FingerprintMismatchError(problem)
+        warnings.warn(f"{problem}: decoding anyway (forced)", stacklevel=3)

@@ -1,19 +1,29 @@
 """The `.dcae` container, and the upstream DCAE `.bin` format.
 
-`.dcae` layout (little-endian, 56-byte header, then the payload):
+`.dcae` version 2 (little-endian, 64-byte header, then the payload):
 
     offset size  field
          0    4  magic b"DCAE"
-         4    1  format version (1)
-         5    1  flags (bit 0: entropy path in reduced precision; others 0)
+         4    1  format version (2)
+         5    1  flags: bit 0 entropy path in reduced precision; bit 1 portable
          6    2  reserved (0)
          8    4  original height        12  4  original width
         16    4  padded height          20  4  padded width
         24    2  z height               26  2  z width
-        28   16  entropy-path fingerprint (raw bytes)
+        28   16  fingerprint (raw bytes): of the entropy MODEL for a portable
+                 file, of the setup (model, precision, backend) otherwise
         44    4  z stream length        48  4  y stream length
-        52    4  CRC32 (zlib) of bytes 0..51 followed by the payload
-        56       payload: z stream, then y stream
+        52    4  side stream length (0 unless portable)
+        56    4  margin (float32, natural log; 0 < margin <= 0.01 when
+                 portable, 0 otherwise)
+        60    4  CRC32 (zlib) of bytes 0..59 followed by the payload
+        64       payload: z stream, y stream, side stream
+
+A portable file decodes on any setup whose scales stay within the margin of
+the encoder's (the side stream lists the elements near an index boundary:
+`runtime.portable`); reduced-precision entropy paths are never portable.
+Version 1 is the same without the side stream length and the margin (a
+56-byte header, CRC at 52): it decodes on the setup that wrote it.
 
 The padded size and z shape follow from the original size; they are stored
 so that a host without `geometry` can allocate, and checked on reading.
@@ -29,19 +39,27 @@ import zlib
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+import numpy as np
+
 from .errors import BadInputError, CorruptStreamError
 from .geometry import check_dimensions, padded_size, z_shape_for
+from .portable import MAX_MARGIN
 
 MAGIC = b"DCAE"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 FINGERPRINT_SIZE = 16
 FLAG_REDUCED_PRECISION_ENTROPY = 0x01
-KNOWN_FLAGS = FLAG_REDUCED_PRECISION_ENTROPY
+FLAG_PORTABLE = 0x02
+KNOWN_FLAGS = FLAG_REDUCED_PRECISION_ENTROPY | FLAG_PORTABLE
 
 # Everything up to the CRC, which covers these bytes and the payload.
-_HEADER_BEFORE_CRC = struct.Struct("<4sBBHIIIIHH16sII")
+_COMMON = "<4sBBHIIIIHH16sII"
+_HEADER_BEFORE_CRC = {1: struct.Struct(_COMMON), 2: struct.Struct(_COMMON + "If")}
 _CRC = struct.Struct("<I")
-HEADER_SIZE = _HEADER_BEFORE_CRC.size + _CRC.size  # 56
+HEADER_SIZES = {version: fields.size + _CRC.size for version, fields in _HEADER_BEFORE_CRC.items()}
+HEADER_SIZE = HEADER_SIZES[FORMAT_VERSION]  # 64
+_VERSION_OFFSET = 4
 
 _UINT32_MAX = 0xFFFFFFFF
 # Our rANS coder emits whole 32-bit words and flushes a 32-bit state at the
@@ -65,11 +83,25 @@ class DcaeHeader:
     # Bit 0 of the flags: the entropy-parameter path ran in reduced precision,
     # so the file decodes only with the same bundle and backend.
     reduced_precision_entropy: bool = False
+    # > 0: a portable file (flag bit 1) whose side stream lists the elements
+    # within this margin (natural log) of an index boundary.
+    margin: float = 0.0
+    version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         check_dimensions(self.height, self.width)
         if not isinstance(self.fingerprint, bytes) or len(self.fingerprint) != FINGERPRINT_SIZE:
             raise ValueError(f"fingerprint must be {FINGERPRINT_SIZE} bytes, got {self.fingerprint!r}")
+        if self.version not in READABLE_VERSIONS:
+            raise ValueError(f"no .dcae format version {self.version}")
+        if self.margin and (self.version < 2 or self.reduced_precision_entropy):
+            raise ValueError("only version-2 files with a float32 entropy path are portable")
+        # Stored as float32: keep the value a reader will see.
+        object.__setattr__(self, "margin", float(np.float32(self.margin)))
+
+    @property
+    def portable(self) -> bool:
+        return self.margin > 0
 
     @property
     def padded_size(self) -> tuple[int, int]:
@@ -84,6 +116,7 @@ class DcaeFile(NamedTuple):
     header: DcaeHeader
     z: bytes
     y: bytes
+    side: bytes = b""  # the portable side stream (`runtime.portable`)
 
 
 class BinFile(NamedTuple):
@@ -106,21 +139,26 @@ def _stream_length_problem(name: str, length: int) -> str | None:
     return None
 
 
-def pack(header: DcaeHeader, z: bytes, y: bytes) -> bytes:
-    """The bytes of a `.dcae` file holding `z` and `y`."""
+def pack(header: DcaeHeader, z: bytes, y: bytes, side: bytes = b"") -> bytes:
+    """The bytes of a `.dcae` file of `header.version` holding the streams."""
     for name, stream in (("z", z), ("y", y)):
         problem = _stream_length_problem(name, len(stream))
         if problem:
             # The coder produced it, not the user: a bug, not a bad input.
             raise ValueError(problem)
-    flags = FLAG_REDUCED_PRECISION_ENTROPY if header.reduced_precision_entropy else 0
-    before_crc = _HEADER_BEFORE_CRC.pack(
-        MAGIC, FORMAT_VERSION, flags, 0,
-        header.height, header.width, *header.padded_size, *header.z_shape,
-        header.fingerprint, len(z), len(y),
-    )
-    crc = zlib.crc32(y, zlib.crc32(z, zlib.crc32(before_crc)))
-    return b"".join((before_crc, _CRC.pack(crc), z, y))
+    if side and not header.portable:
+        raise ValueError("only a portable file carries a side stream")
+    if len(side) > _UINT32_MAX:
+        raise ValueError(f"side stream of {len(side)} bytes does not fit in 32 bits")
+    flags = ((FLAG_REDUCED_PRECISION_ENTROPY if header.reduced_precision_entropy else 0)
+             | (FLAG_PORTABLE if header.portable else 0))
+    fields = [MAGIC, header.version, flags, 0, header.height, header.width, *header.padded_size,
+              *header.z_shape, header.fingerprint, len(z), len(y)]
+    if header.version >= 2:
+        fields += [len(side), header.margin]
+    before_crc = _HEADER_BEFORE_CRC[header.version].pack(*fields)
+    crc = zlib.crc32(side, zlib.crc32(y, zlib.crc32(z, zlib.crc32(before_crc))))
+    return b"".join((before_crc, _CRC.pack(crc), z, y, side))
 
 
 def unpack(data: bytes) -> DcaeFile:
@@ -134,21 +172,34 @@ def unpack(data: bytes) -> DcaeFile:
     # A few bytes that could still become b"DCAE" count as truncated.
     if not head or not MAGIC.startswith(head):
         raise CorruptStreamError(_not_dcae_reason(view))
-    if len(view) < HEADER_SIZE:
+    if len(view) <= _VERSION_OFFSET:
+        raise CorruptStreamError(f"truncated .dcae file: {len(view)} bytes, no format version")
+    version = view[_VERSION_OFFSET]
+    if version not in READABLE_VERSIONS:
         raise CorruptStreamError(
-            f"truncated .dcae file: {len(view)} bytes, the header alone is {HEADER_SIZE}"
+            f".dcae format version {version} is not supported (this build reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
+        )
+    fields, header_size = _HEADER_BEFORE_CRC[version], HEADER_SIZES[version]
+    if len(view) < header_size:
+        raise CorruptStreamError(
+            f"truncated .dcae file: {len(view)} bytes, the header alone is {header_size}"
         )
 
-    (_, version, flags, reserved, height, width, padded_height, padded_width,
-     z_height, z_width, fingerprint, z_length, y_length) = _HEADER_BEFORE_CRC.unpack_from(view)
-    (stored_crc,) = _CRC.unpack_from(view, _HEADER_BEFORE_CRC.size)
+    (_, _, flags, reserved, height, width, padded_height, padded_width,
+     z_height, z_width, fingerprint, z_length, y_length, *version_2) = fields.unpack_from(view)
+    side_length, margin = version_2 if version >= 2 else (0, 0.0)
+    (stored_crc,) = _CRC.unpack_from(view, fields.size)
 
-    if version != FORMAT_VERSION:
-        raise CorruptStreamError(
-            f".dcae format version {version} is not supported (this build reads version {FORMAT_VERSION})"
-        )
-    if flags & ~KNOWN_FLAGS:
+    if flags & ~KNOWN_FLAGS or (version < 2 and flags & FLAG_PORTABLE):
         raise CorruptStreamError(f"unknown .dcae flag bits 0x{flags & ~KNOWN_FLAGS:02x}")
+    portable = bool(flags & FLAG_PORTABLE)
+    if portable and flags & FLAG_REDUCED_PRECISION_ENTROPY:
+        raise CorruptStreamError(".dcae flags say both portable and reduced-precision entropy")
+    if portable and not (0.0 < margin <= MAX_MARGIN):  # also refuses NaN
+        raise CorruptStreamError(f".dcae portable margin {margin} is outside (0, {MAX_MARGIN}]")
+    if not portable and (margin != 0.0 or side_length):
+        raise CorruptStreamError(".dcae file that is not portable has a margin or a side stream")
     if reserved:
         raise CorruptStreamError(f".dcae reserved field is 0x{reserved:04x}, must be 0")
     try:
@@ -167,8 +218,8 @@ def unpack(data: bytes) -> DcaeFile:
             f"{_hxw(expected_z)} for a {height}x{width} image"
         )
 
-    payload = view[HEADER_SIZE:]
-    promised = z_length + y_length
+    payload = view[header_size:]
+    promised = z_length + y_length + side_length
     if promised > len(payload):
         raise CorruptStreamError(
             f"truncated .dcae file: header promises {promised} payload bytes, found {len(payload)}"
@@ -179,14 +230,16 @@ def unpack(data: bytes) -> DcaeFile:
         problem = _stream_length_problem(name, length)
         if problem:
             raise CorruptStreamError(problem)
-    crc = zlib.crc32(payload, zlib.crc32(view[: _HEADER_BEFORE_CRC.size]))
+    crc = zlib.crc32(payload, zlib.crc32(view[: fields.size]))
     if crc != stored_crc:
         raise CorruptStreamError(
             f".dcae CRC mismatch (stored 0x{stored_crc:08x}, computed 0x{crc:08x}): the file is damaged"
         )
 
-    header = DcaeHeader(height, width, fingerprint, bool(flags & FLAG_REDUCED_PRECISION_ENTROPY))
-    return DcaeFile(header, bytes(payload[:z_length]), bytes(payload[z_length:]))
+    header = DcaeHeader(height, width, fingerprint, bool(flags & FLAG_REDUCED_PRECISION_ENTROPY),
+                        margin if portable else 0.0, version)
+    y_end = z_length + y_length
+    return DcaeFile(header, bytes(payload[:z_length]), bytes(payload[z_length:y_end]), bytes(payload[y_end:]))
 
 
 def _hxw(size: tuple[int, int]) -> str:

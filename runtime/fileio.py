@@ -1,8 +1,18 @@
-"""Writing output files so that a failure never leaves a half-written one."""
+"""Paths from the command line, and writing output files so that a failure
+never leaves a half-written one."""
 from __future__ import annotations
 
 import os
 import secrets
+
+
+def absolute_path(text: str) -> str:
+    """A path argument made absolute against the current directory, as an
+    argparse `type`: the commands hand paths to subprocesses that run in
+    another directory, and record them in reports and manifests, where a
+    relative path would point elsewhere. `~` is expanded (an option written
+    `--out=~/x` reaches us unexpanded); symbolic links are kept as given."""
+    return os.path.abspath(os.path.expanduser(text))
 
 
 def write_atomically(path: str | os.PathLike, data: bytes) -> None:

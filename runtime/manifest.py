@@ -135,6 +135,11 @@ class Manifest:
     format: str = BUNDLE_FORMAT
     format_version: int = BUNDLE_FORMAT_VERSION
     entropy_fingerprint: str = ""
+    # Hex of the 16 bytes that identify the entropy MODEL (weights of the
+    # entropy path and tables, `dcae.coding.entropy_model_fingerprint`): the
+    # fingerprint of portable `.dcae` files. Empty for bundles whose entropy
+    # graphs are not fp32, which write files for their own setup only.
+    entropy_model_fingerprint: str = ""
 
     @property
     def num_slices(self) -> int:

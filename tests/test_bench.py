@@ -9,6 +9,7 @@ values are not asserted; their presence and the report's invariants are.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -282,6 +283,87 @@ def test_a_silent_wrong_runtime_decode_fails_the_run_loudly(tiny_bundle, images_
     assert "FAILURE" in capsys.readouterr().err
     assert "**FAILURE: runtime setups decoded 1 file(s) WRONGLY WITHOUT AN ERROR.**" in (out / "report.md").read_text()
     assert json.loads((out / "report.json").read_text())["silent_wrong"]["runtime"] == 1
+
+
+def headline_speeds(report_md: str, setup: str) -> tuple[str, str]:
+    """The encode and decode ms cells of `setup`'s row in report.md's headline table."""
+    row = next(line for line in report_md.splitlines() if line.startswith(f"| {setup} |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    return cells[2], cells[3]
+
+
+def test_relative_paths_from_another_directory(tiny_bundle, tiny_checkpoint, images_dir, tmp_path, monkeypatch):
+    """Relative --bundle, --images, --checkpoint, --out and --files, from a
+    directory that is not the repository: the measuring processes run in the
+    repository, so a path left relative would point elsewhere there."""
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    monkeypatch.chdir(caller)
+    code = cli.main(["--bundle", os.path.relpath(tiny_bundle), "--images", os.path.relpath(images_dir),
+                     "--checkpoint", os.path.relpath(tiny_checkpoint), "--backends", "torch,onnxruntime",
+                     "--limit", "1", "--repeats", "1", "--threads", "1", "--speed-only", "--out", "benchout",
+                     "--files", "coded", "--quiet"])
+    report = json.loads((caller / "benchout" / "report.json").read_text())
+    text = (caller / "benchout" / "report.md").read_text()
+    assert code == 0 and report["measurement_failed"] == []
+    assert [s["name"] for s in report["setups"]] == ["torch", "onnxruntime:bundle"]
+    for s in report["setups"]:
+        assert s["speed"] is not None and s["speed_error"] is None, s["speed_error"]
+        encode, decode = headline_speeds(text, s["name"])
+        assert float(encode) == pytest.approx(s["speed"]["encode_ms"]["median"], abs=0.05)
+        assert float(decode) == pytest.approx(s["speed"]["decode_ms"]["median"], abs=0.05)
+    # --files relative to the caller's directory too, and recorded as the absolute path it named
+    assert (caller / "coded" / "measure").is_dir() and report["options"]["files"] == str(caller / "coded")
+    assert report["options"]["images_dir"] == str(images_dir)
+    assert "FAILURE" not in text
+
+
+def test_a_failed_measurement_fails_the_run_and_heads_the_report(tiny_bundle, images_dir, tmp_path, capsys,
+                                                                monkeypatch):
+    """A setup that runs here but whose measuring process fails: exit 4 and one
+    line per failure at the top of the report, not a traceback."""
+    import dataclasses
+
+    import benchmarks.measure as measure
+
+    real = measure.measure_in_subprocess
+    gone = tmp_path / "gone"
+
+    def with_the_bundle_gone(setup, *args, **kwargs):
+        # the child is real: it fails as it would if the bundle vanished mid-run
+        return real(dataclasses.replace(setup, bundle_path=str(gone)), *args, **kwargs)
+
+    monkeypatch.setattr(measure, "measure_in_subprocess", with_the_bundle_gone)
+    out = tmp_path / "out"
+    code = cli.main(["--bundle", str(tiny_bundle), "--images", str(images_dir), "--backends", "onnxruntime,tensorrt",
+                     "--limit", "1", "--repeats", "1", "--threads", "1", "--speed-only", "--out", str(out),
+                     "--quiet"])
+    assert code == cli.EXIT_MEASUREMENT_FAILED
+    err = capsys.readouterr().err
+    assert "dcae-bench: FAILURE: could not measure the speed of onnxruntime:bundle" in err
+    report = json.loads((out / "report.json").read_text())
+    [failure] = report["measurement_failed"]
+    assert failure["setup"] == "onnxruntime:bundle" and str(gone) in failure["reason"]
+    assert "\n" not in failure["reason"] and "Traceback" not in failure["reason"]
+    lines = (out / "report.md").read_text().splitlines()
+    heading = lines.index("> **FAILURE: the speed of 1 setup(s) could not be measured.**")
+    assert heading < lines.index("## Machine")
+    assert f"> - onnxruntime:bundle: {failure['reason']}" in lines[heading:lines.index("## Machine")]
+    assert headline_speeds("\n".join(lines), "onnxruntime:bundle") == ("failed", "failed")
+    # TensorRT is merely not available here: listed with its reason, not a failure
+    assert [s["setup"] for s in report["not_available"]] == ["tensorrt:bundle"]
+    assert not any("tensorrt" in line for line in lines[heading:lines.index("## Machine")])
+
+
+def test_versions_are_read_from_the_installed_packages():
+    from importlib import metadata
+
+    from benchmarks.machine import library_versions
+
+    versions = library_versions()
+    assert "?" not in versions.values()
+    # pytorch_msssim has no __version__: its distribution says which it is
+    assert versions["pytorch_msssim"] == metadata.version("pytorch-msssim")
 
 
 # ---- the parts -------------------------------------------------------------------------

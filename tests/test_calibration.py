@@ -3,6 +3,7 @@ an int8 bundle end to end (API and CLI), and int8 round trips."""
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -464,20 +465,22 @@ def test_int8_quality_is_close_to_fp32(int8_bundle, tiny_bundle, kodak_crop):
     assert abs(result["int8"][1] - result["fp32"][1]) < 0.5
 
 
-def test_cli_int8_with_entropy_precision_same(tiny_model, calib_dir, tmp_path, kodak_crop, capsys):
+def test_cli_int8_with_entropy_precision_same(tiny_model, calib_dir, tmp_path, kodak_crop, capsys, monkeypatch):
     """dcae-export --precision int8 --entropy-precision same --int8-target tensorrt: every graph int8,
     the manifest marks reduced-precision entropy, the report covers all graphs
     and lands in the bundle, the calibration cache is written, and streams
-    round-trip with the bundle."""
+    round-trip with the bundle. Every path is given relative to the working
+    directory."""
     from dcae.checkpoint import save_checkpoint
     from exporter.cli import main
 
     checkpoint = tmp_path / "tiny.pth.tar"
     save_checkpoint(checkpoint, tiny_model, preset="tiny")
     out = tmp_path / "b8"
-    argv = [str(checkpoint), "-o", str(out), "--precision", "int8", "--entropy-precision", "same",
-            "--calib", str(calib_dir), "--calib-count", str(CALIB_COUNT), "--calib-holdout", str(HOLDOUT),
-            "--calib-cache", str(tmp_path / "cache"), "--threads", "1", "--int8-target", "tensorrt"]
+    monkeypatch.chdir(tmp_path)
+    argv = ["tiny.pth.tar", "-o", "b8", "--precision", "int8", "--entropy-precision", "same",
+            "--calib", os.path.relpath(calib_dir), "--calib-count", str(CALIB_COUNT), "--calib-holdout", str(HOLDOUT),
+            "--calib-cache", "cache", "--threads", "1", "--int8-target", "tensorrt"]
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "error against fp32 on held-out crops" in err and "not fp32" in err
@@ -487,6 +490,7 @@ def test_cli_int8_with_entropy_precision_same(tiny_model, calib_dir, tmp_path, k
     assert manifest.int8_target == "tensorrt"
     report = json.loads((out / "int8_report.json").read_text())
     assert report["target"] == "tensorrt"
+    assert report["calib_dir"] == str(calib_dir)  # the folder itself, not how it was reached from here
     assert sorted(report["graphs"]) == sorted(manifest.graphs)
     for name, entry in report["graphs"].items():
         bound = MIN_SQNR_DB.get(name, MIN_SQNR_DB_ENTROPY)

@@ -6,6 +6,7 @@ subprocess to check what a user's terminal sees.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from PIL import Image
 
 from runtime import cli, default_bundle
 from runtime.container import unpack
+from runtime.portable import DEFAULT_MARGIN, decode_side_stream
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,6 +98,23 @@ def test_directories_and_globs(capsys, tmp_path, images, tiny_bundle):
     assert "c.png" in files_in(tmp_path / "globbed")
 
 
+def test_relative_paths_from_another_directory(capsys, tmp_path, monkeypatch, images, tiny_bundle):
+    """Inputs, -o and -b relative to a working directory that holds none of them."""
+    monkeypatch.chdir(tmp_path)
+    image, bundle = os.path.relpath(images / "a.png"), os.path.relpath(tiny_bundle)
+    code, out, err = run_cli(capsys, "compress", image, "-o", "coded/", "-b", bundle, "--threads", "1")
+    assert code == 0, err
+    assert files_in(tmp_path / "coded") == ["a.dcae"]
+    assert out.startswith(f"{image} -> {Path('coded', 'a.dcae')}:")  # named as the user named them
+
+    code, _, err = run_cli(capsys, "decompress", "coded", "-o", "decoded", "-b", bundle)
+    assert code == 0, err
+    assert np.asarray(Image.open(tmp_path / "decoded" / "a.png")).shape == (40, 60, 3)
+    code, out, err = run_cli(capsys, "inspect", Path("coded", "a.dcae"), "--json")
+    assert code == 0, err
+    assert (json.loads(out)["height"], json.loads(out)["width"]) == (40, 60)
+
+
 def test_inspect(capsys, coded):
     code, out, err = run_cli(capsys, "inspect", coded)
     assert code == 0, err
@@ -104,7 +123,10 @@ def test_inspect(capsys, coded):
     code, out, _ = run_cli(capsys, "inspect", coded, "--json")
     info = json.loads(out)
     parsed = unpack(coded.read_bytes())
-    assert info["format"] == "dcae" and info["version"] == 1 and info["flags"] == 0
+    assert info["format"] == "dcae" and info["version"] == 2 and info["flags"] == 2 and info["portable"]
+    assert info["margin"] == pytest.approx(DEFAULT_MARGIN) and info["side_bytes"] == len(parsed.side)
+    listed = decode_side_stream(parsed.side, 2**31 - 1).positions.size if parsed.side else 0
+    assert info["side_marked"] == listed
     assert (info["height"], info["width"], info["padded_height"], info["padded_width"]) == (40, 60, 256, 256)
     assert (info["z_height"], info["z_width"]) == (4, 4)
     assert info["fingerprint"] == parsed.header.fingerprint.hex()

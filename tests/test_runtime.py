@@ -21,6 +21,7 @@ from runtime.backends import BackendUnavailableError, OnnxRuntimeBackend, get_ba
 from runtime.bundle import Bundle
 from runtime.codec import Codec, setup_fingerprint
 from runtime.container import DcaeHeader, pack, unpack
+from runtime.portable import DEFAULT_MARGIN
 from runtime.errors import (
     BundleError,
     CorruptStreamError,
@@ -35,8 +36,9 @@ from tests.fuzzing import mutations
 
 REPO = Path(__file__).resolve().parent.parent
 # (offset, size) of the .dcae header fields, for the fuzzer's field overwrites.
+# The version-2 header's fields (runtime.container), for targeted mutations.
 DCAE_FIELDS = [(4, 1), (5, 1), (6, 2), (8, 4), (12, 4), (16, 4), (20, 4), (24, 2), (26, 2), (28, 16),
-               (44, 4), (48, 4), (52, 4)]
+               (44, 4), (48, 4), (52, 4), (56, 4), (60, 4)]
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +299,12 @@ def test_header_and_timings(codec, tiny_bundle, kodak_crop):
     data = codec.compress(kodak_crop("kodim02", 40, 70))
     parsed = unpack(data)
     manifest = Manifest.read(tiny_bundle)
-    assert parsed.header.fingerprint == setup_fingerprint(manifest.entropy_fingerprint, "onnxruntime-cpu")
+    # Portable by default: the entropy model's fingerprint and the default margin.
+    assert parsed.header.fingerprint.hex() == manifest.entropy_model_fingerprint
+    assert parsed.header.portable and parsed.header.margin == float(np.float32(DEFAULT_MARGIN))
+    own_setup = unpack(codec.compress(kodak_crop("kodim02", 40, 70), margin=None)).header
+    assert own_setup.fingerprint == setup_fingerprint(manifest.entropy_fingerprint, "onnxruntime-cpu")
+    assert not own_setup.portable and own_setup.version == 2
     assert (parsed.header.height, parsed.header.width) == (40, 70)
     assert not parsed.header.reduced_precision_entropy
     stages = set(codec.last_timings)
@@ -318,7 +325,11 @@ class _OtherCpuClass(OnnxRuntimeBackend):
 
 def test_fingerprint_mismatch_is_refused_unless_forced(codec, tiny_bundle, kodak_crop):
     other = Codec(tiny_bundle, backend=_OtherCpuClass(threads=1))
-    data = other.compress(kodak_crop("kodim03", 24, 24))
+    # A portable file decodes on the other backend class...
+    pixels = kodak_crop("kodim03", 24, 24)
+    assert np.array_equal(codec.decompress(other.compress(pixels)), other.decompress(other.compress(pixels)))
+    # ... a file for the writer's setup only is refused.
+    data = other.compress(pixels, margin=None)
     with pytest.raises(FingerprintMismatchError, match="another bundle, backend or precision") as info:
         codec.decompress(data)
     assert "\n" not in str(info.value)

@@ -53,3 +53,21 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         train(_args(tmp_path, 1, crop=100))
     with pytest.raises(SystemExit, match="no images"):
         main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--steps", "1"])
+
+
+def test_a_new_run_starts_from_init_weights_and_logs(tmp_path, capsys):
+    import json
+
+    first = train(_args(tmp_path / "a", 2))
+    second = train(_args(tmp_path / "b", 3, init=first, log_every=1, eval_images=TRAIN_IMAGES, eval_every=3,
+                         eval_limit=1))
+    assert "starting from" in capsys.readouterr().err
+    # Steps count on from the initial weights: one step was trained here.
+    assert _load(second)["step"] == 3
+    lines = [json.loads(line) for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "loss" in line] == [3]
+    evaluation = [line["eval"] for line in lines if "eval" in line]
+    assert len(evaluation) == 1 and evaluation[0]["images"] == 1
+    assert 0 < evaluation[0]["bpp"] < 24 and 5 < evaluation[0]["psnr"] < 60
+    with pytest.raises(ValueError, match="not a tiny model"):
+        train(_args(tmp_path / "c", 1, init=Path(__file__).parent.parent / "dcae" / "weights" / "fixture.pth.tar"))

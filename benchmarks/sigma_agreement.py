@@ -1,0 +1,230 @@
+"""How far each setup's scales are from a float64 evaluation, and what a portable margin costs.
+
+The decoder's scale (sigma) of every y element depends on z_hat and on the
+symbols of the earlier slices, which are integers that every decoder reads
+from the file. So for each image the reference encodes once, and every setup
+then recomputes all slices' scales from those same z_hat and symbols (its own
+means and LRP feeding its later slices, as a decoder does):
+
+- `torch-float64`: the reference in float64, the anchor;
+- `torch`: the reference in float32 on this CPU's default kernels;
+- `torch-avx2`: the same in a subprocess with `ATEN_CPU_CAPABILITY=avx2` and
+  `ONEDNN_MAX_CPU_ISA=AVX2` (another CPU family's float path);
+- `onnxruntime:NAME`: each bundle's slice graphs in the runtime.
+
+Printed and written (`--out`, markdown + JSON): per setup the largest and the
+99.99th percentile of |ln sigma - ln sigma_float64| over the elements whose
+scale is at or above the table's lowest critical value / e (the others have
+index 0 whatever their error), the same for every pair of setups, and, for a
+list of margins, the side stream's size and share of the file (the reference's
+portable files): the curve that sizes `runtime.portable.DEFAULT_MARGIN` and
+the backends' `sigma_error_bound`.
+
+  python -m benchmarks.sigma_agreement --images ../shared/data/kodak --bundle B [--bundle B2] \\
+      [--checkpoint C | --golden] [--limit N] [--out benchmarks/results]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dcae.checkpoint import load_checkpoint
+from dcae.coding import scale_thresholds
+from runtime import Codec
+from runtime.container import HEADER_SIZE
+from runtime.entropy import decompress_z
+from runtime.imaging import load_image, pad_image
+from runtime.portable import encode_side_stream, mark
+
+MARGINS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4)
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+@torch.no_grad()
+def torch_scales(model, z_hat: np.ndarray, symbols: np.ndarray, dtype=torch.float32) -> np.ndarray:
+    """All slices' scales from the reference, given z_hat and every slice's symbols."""
+    model = model.to(dtype)
+    c = model.config.slice_channels
+    recorded = []
+
+    def decode_slice(i, scale):
+        recorded.append(scale.double().numpy())
+        return torch.from_numpy(symbols[:, c * i : c * (i + 1)])
+
+    model.decode_slices(torch.from_numpy(z_hat).to(dtype), decode_slice)
+    model.float()
+    return np.concatenate(recorded, axis=1)
+
+
+def runtime_scales(codec: Codec, z_hat: np.ndarray, symbols: np.ndarray, height: int, width: int) -> np.ndarray:
+    c = codec.bundle.slice_channels
+    recorded = []
+
+    def decode_slice(i, scale):
+        recorded.append(scale.astype(np.float64))
+        return symbols[:, c * i : c * (i + 1)]
+
+    codec.decode_slices(z_hat, height, width, decode_slice)
+    return np.concatenate(recorded, axis=1)
+
+
+def _load_model(args):
+    if args.golden:
+        from benchmarks.entropy_agreement import golden_official_model
+
+        return golden_official_model().eval()
+    return load_checkpoint(args.checkpoint).eval()
+
+
+def worker(spec_path: str, out_path: str) -> None:
+    """Subprocess entry: the float32 reference's scales under this process's kernels."""
+    spec = json.loads(Path(spec_path).read_text())
+    args = argparse.Namespace(**spec["args"])
+    torch.set_num_threads(args.threads)
+    model = _load_model(args)
+    inputs = np.load(spec["inputs"])
+    n = len([k for k in inputs.files if k.startswith("z_hat_")])
+    np.savez(out_path, **{f"scales_{k}": torch_scales(model, inputs[f"z_hat_{k}"], inputs[f"symbols_{k}"])
+                          for k in range(n)})
+
+
+def _error_stats(a: np.ndarray, b: np.ndarray, relevant: np.ndarray) -> dict:
+    d = np.abs(np.log(a[relevant]) - np.log(b[relevant]))
+    return {"max": float(d.max()) if d.size else 0.0,
+            "p99.99": float(np.percentile(d, 99.99)) if d.size else 0.0, "elements": int(d.size)}
+
+
+def measure(args) -> dict:
+    torch.set_num_threads(args.threads)
+    model = _load_model(args)
+    thresholds = scale_thresholds(model)
+    images = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".png", ".jpg", ".ppm"))
+    images = images[: args.limit] if args.limit else images
+    codecs = {f"onnxruntime:{Path(b).name}": Codec(b, threads=args.threads) for b in args.bundle}
+    eb = model.entropy_bottleneck
+    z_tables = (eb.quantiles[:, 0, 1].detach().numpy(), eb._quantized_cdf.numpy(), eb._cdf_length.numpy(),
+                eb._offset.numpy())
+
+    scales = {name: [] for name in ["torch-float64", "torch", "torch-avx2", *codecs]}
+    costs = {m: {"side_bytes": 0, "marked": 0} for m in MARGINS}
+    file_bytes, elements = 0, 0
+    inputs = {}
+    for k, path in enumerate(images):
+        pixels = load_image(path)
+        height, width = pixels.shape[:2]
+        x, _ = pad_image(pixels)
+        with torch.no_grad():
+            out = model.compress(torch.from_numpy(x), return_latents=True)
+        symbols = out["symbols"].numpy().astype(np.int32)
+        z_hat = decompress_z(out["strings"][1][0], out["shape"], *z_tables)
+        inputs[f"z_hat_{k}"], inputs[f"symbols_{k}"] = z_hat, symbols
+        scales["torch-float64"].append(torch_scales(model, z_hat, symbols, torch.float64))
+        scales["torch"].append(torch_scales(model, z_hat, symbols))
+        for name, codec in codecs.items():
+            scales[name].append(runtime_scales(codec, z_hat, symbols, height, width))
+        # The cost of portability: the reference's own portable files.
+        encoder_scales, indexes = out["scales"].numpy(), out["indexes"].numpy()
+        file_bytes += HEADER_SIZE + len(out["strings"][0][0]) + len(out["strings"][1][0])
+        elements += encoder_scales.size
+        for m in MARGINS:
+            positions, bits = mark(encoder_scales, indexes, thresholds, np.float32(m))
+            costs[m]["side_bytes"] += len(encode_side_stream(positions, bits, encoder_scales.size))
+            costs[m]["marked"] += int(positions.size)
+        print(f"[{k + 1}/{len(images)}] {path.name}", file=sys.stderr)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(Path(tmp) / "inputs.npz", **inputs)
+        spec = {"args": vars(args), "inputs": str(Path(tmp) / "inputs.npz")}
+        (Path(tmp) / "spec.json").write_text(json.dumps(spec))
+        subprocess.run([sys.executable, "-m", "benchmarks.sigma_agreement", "--worker", str(Path(tmp) / "spec.json"),
+                        str(Path(tmp) / "avx2.npz")], env={**os.environ, **AVX2_ENV}, check=True,
+                       cwd=Path(__file__).resolve().parent.parent)
+        avx2 = np.load(Path(tmp) / "avx2.npz")
+        scales["torch-avx2"] = [avx2[f"scales_{k}"] for k in range(len(images))]
+
+    merged = {name: np.concatenate([s.reshape(-1) for s in v]) for name, v in scales.items()}
+    anchor = merged["torch-float64"]
+    relevant = anchor >= thresholds.critical[0] / np.e
+    vs_float64 = {name: _error_stats(v, anchor, relevant) for name, v in merged.items() if name != "torch-float64"}
+    pairs = {f"{a} / {b}": _error_stats(merged[a], merged[b], relevant)
+             for a, b in combinations([n for n in merged if n != "torch-float64"], 2)}
+    return {
+        "model": "official configuration, golden weights" if args.golden else str(args.checkpoint or "embedded"),
+        "images": [p.name for p in images], "cpu": _cpu_name(), "threads": args.threads,
+        "vs_float64": vs_float64, "pairs": pairs, "y_elements": elements, "file_bytes_without_side": file_bytes,
+        "margins": {f"{m:g}": {**costs[m], "share": costs[m]["side_bytes"] / (file_bytes + costs[m]["side_bytes"]),
+                               "marked_fraction": costs[m]["marked"] / elements} for m in MARGINS},
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                flags = Path("/proc/cpuinfo").read_text()
+                isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+                return f"{line.split(':', 1)[1].strip()} ({isa}, {os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def to_markdown(r: dict) -> str:
+    lines = [f"# Scale agreement across setups: {r['model']}", "",
+             f"{len(r['images'])} images ({', '.join(r['images'][:4])}{', ...' if len(r['images']) > 4 else ''}), "
+             f"{r['threads']} thread(s), CPU: {r['cpu']}.", "",
+             "|ln sigma - ln sigma_float64| (elements that can leave index 0):", "",
+             "| setup | max | 99.99th pct |", "|---|---|---|"]
+    lines += [f"| {n} | {s['max']:.2e} | {s['p99.99']:.2e} |" for n, s in r["vs_float64"].items()]
+    lines += ["", "Between setups, |ln sigma_a - ln sigma_b|:", "", "| pair | max | 99.99th pct |", "|---|---|---|"]
+    lines += [f"| {n} | {s['max']:.2e} | {s['p99.99']:.2e} |" for n, s in r["pairs"].items()]
+    lines += ["", "Cost of the side stream (the reference's portable files):", "",
+              "| margin | marked elements | share of y elements | side bytes | share of the file |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {m} | {c['marked']} | {c['marked_fraction']:.2e} | {c['side_bytes']} | {100 * c['share']:.3f} % |"
+              for m, c in r["margins"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        worker(*argv[1:3])
+        return 0
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sigma_agreement", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", required=True, help="folder of images (e.g. Kodak)")
+    p.add_argument("--bundle", action="append", default=[], help="fp32-entropy bundle of the same model (repeat)")
+    p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
+    p.add_argument("--golden", action="store_true", help="the official configuration with the golden weights")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="folder for sigma_agreement[_golden].md/.json")
+    args = p.parse_args(argv)
+    for option in ("images", "checkpoint", "out"):
+        if getattr(args, option):
+            setattr(args, option, str(Path(getattr(args, option)).resolve()))
+    args.bundle = [str(Path(b).resolve()) for b in args.bundle]
+    result = measure(args)
+    text = to_markdown(result)
+    print(text)
+    if args.out:
+        stem = "sigma_agreement_golden" if args.golden else "sigma_agreement"
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / f"{stem}.md").write_text(text)
+        (Path(args.out) / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

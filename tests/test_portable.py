@@ -1,0 +1,376 @@
+"""Portable bitstreams: the side stream, `.dcae` version 2, and files that decode on every setup."""
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.container import HEADER_SIZES, DcaeFile, DcaeHeader, pack, unpack
+from runtime.entropy import build_indexes
+from runtime.errors import CorruptStreamError, DcaeError, FingerprintMismatchError
+from runtime.portable import (MAX_MARGIN, MarginError, Thresholds, apply_side_stream, decode_side_stream,
+                              encode_side_stream, mark)
+from tests.fuzzing import mutations
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).parent / "data"
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+TABLE = np.exp(np.linspace(np.log(0.11), np.log(256), 64)).astype(np.float32)
+BOUND = float(np.float32(0.11))
+FINGERPRINT = bytes(range(16))
+
+
+# ---- the side stream's bytes --------------------------------------------------------------
+
+@pytest.mark.parametrize("total, count", [(1, 1), (7, 7), (1000, 3), (1000, 999), (245_760, 40), (3_000_000, 500)])
+def test_side_stream_round_trips_positions_and_bits(total, count):
+    rng = np.random.default_rng(total + count)
+    positions = np.sort(rng.choice(total, size=count, replace=False))
+    bits = rng.integers(0, 2, count).astype(np.uint8)
+    data = encode_side_stream(positions, bits, total)
+    decoded = decode_side_stream(data, total)
+    assert np.array_equal(decoded.positions, positions) and np.array_equal(decoded.bits, bits)
+    # Near the entropy of the gaps: for sparse positions a Rice code spends
+    # about log2(mean gap) + 3.5 bits per entry, never much more.
+    if count < total / 8:
+        assert len(data) * 8 <= 5 * 8 + count * (np.log2(total / count) + 3.5) + 8
+
+
+def test_empty_side_stream_is_no_bytes():
+    assert encode_side_stream(np.zeros(0, np.int64), np.zeros(0, np.uint8), 100) == b""
+    assert decode_side_stream(b"", 100).positions.size == 0
+
+
+def _stream(k: int, n: int, bits: str) -> bytes:
+    bits += "0" * (-len(bits) % 8)
+    return bytes([k]) + struct.pack("<I", n) + int(bits, 2).to_bytes(len(bits) // 8, "big") if bits else b""
+
+
+@pytest.mark.parametrize("data, total, fragment", [
+    (b"\x00\x01", 10, "shorter than"),
+    (_stream(31, 1, "0" + "0" * 31 + "1"), 10, "Rice parameter 31"),
+    (_stream(0, 0, "00"), 10, "lists 0 elements"),
+    (_stream(0, 11, "00" * 11), 10, "lists 11 elements"),
+    (_stream(0, 2, "1111111111110" + "0" + "00"), 10, "gap longer"),
+    (_stream(2, 1, "110" + "11" + "0"), 10, "past the latent"),  # gap 11 in a latent of 10
+    (bytes([0]) + struct.pack("<I", 3) + b"\xff", 10, "ends before"),
+    (bytes([1]) + struct.pack("<I", 1) + bytes([0b00010000]), 10, "padding bits"),
+    (bytes([1]) + struct.pack("<I", 1) + b"\x00\x00", 10, "after its entries"),
+    (bytes([0]) + struct.pack("<I", 0xFFFFFFFF) + b"\x00" * 8, 2**40, "cannot hold"),
+])
+def test_malformed_side_streams_are_refused_in_one_line(data, total, fragment):
+    with pytest.raises(CorruptStreamError) as info:
+        decode_side_stream(data, total)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_mutated_side_streams_parse_or_are_refused():
+    total = 50_000
+    rng = np.random.default_rng(0)
+    positions = np.sort(rng.choice(total, 300, replace=False))
+    data = encode_side_stream(positions, rng.integers(0, 2, 300).astype(np.uint8), total)
+    outcomes = {"parsed": 0, "refused": 0}
+    for mutant in mutations(data, 2000, seed=5):
+        try:
+            parsed = decode_side_stream(mutant, total)
+        except CorruptStreamError:
+            outcomes["refused"] += 1
+            continue
+        # What parses is always a valid list: increasing and inside the latent.
+        assert np.all(np.diff(parsed.positions) > 0) and (parsed.positions.size == 0 or parsed.positions[-1] < total)
+        outcomes["parsed"] += 1
+    assert outcomes["refused"] > 1000
+
+
+# ---- marking and applying ------------------------------------------------------------------
+
+def _scales_near_boundaries(rng, n: int, spread: float) -> np.ndarray:
+    """Scales of which many lie within `spread` (ln) of a table entry, and some below the bound."""
+    critical = TABLE[rng.integers(0, 63, n)].astype(np.float64)
+    scales = critical * np.exp(rng.uniform(-spread, spread, n))
+    scales[: n // 10] = rng.uniform(0.0, 0.11, n // 10)
+    return scales.astype(np.float32)
+
+
+def test_thresholds_are_where_the_index_changes():
+    thresholds = Thresholds.from_table(TABLE, BOUND)
+    grid = np.exp(np.linspace(np.log(0.01), np.log(300), 200_001)).astype(np.float32)
+    index = build_indexes(grid, TABLE, BOUND)
+    steps = grid[1:][np.diff(index) != 0]
+    # Every step of the index sits just above a critical value, and every critical value has one.
+    assert len(steps) == thresholds.critical.size
+    assert np.all(np.abs(np.log(steps / thresholds.critical)) < 1e-4)
+    assert np.array_equal(build_indexes(thresholds.critical, TABLE, BOUND), thresholds.below)
+    assert np.array_equal(build_indexes(thresholds.critical * (1 + 1e-6), TABLE, BOUND), thresholds.above)
+
+
+def test_marking_lists_exactly_the_elements_within_the_margin():
+    rng = np.random.default_rng(1)
+    thresholds = Thresholds.from_table(TABLE, BOUND)
+    scales = _scales_near_boundaries(rng, 20_000, 3e-4)
+    margin = 1e-4
+    positions, bits = mark(scales, build_indexes(scales, TABLE, BOUND), thresholds, margin)
+    distance = np.min(np.abs(np.log(scales.astype(np.float64)[:, None].clip(1e-30) / thresholds.critical[None])), 1)
+    expected = np.flatnonzero((distance <= margin) & (scales > 0))
+    assert np.array_equal(positions, expected) and 1000 < positions.size < 19_000
+    above = scales[positions].astype(np.float64) > thresholds.critical[thresholds.nearest(scales[positions])[0]]
+    assert np.array_equal(bits.astype(bool), above)
+
+
+@pytest.mark.parametrize("error", [1e-6, 4e-5])
+def test_a_decoder_within_the_margin_gets_every_index_and_without_the_list_would_not(error):
+    rng = np.random.default_rng(2)
+    thresholds = Thresholds.from_table(TABLE, BOUND)
+    margin, bound = 1e-4, 5e-5
+    encoder = _scales_near_boundaries(rng, 50_000, 3e-4)
+    encoder_indexes = build_indexes(encoder, TABLE, BOUND)
+    positions, bits = mark(encoder, encoder_indexes, thresholds, margin)
+    decoder = (encoder * np.exp(rng.uniform(-error, error, encoder.size))).astype(np.float32)
+    indexes = build_indexes(decoder, TABLE, BOUND)
+    assert np.any(indexes != encoder_indexes)  # without the side stream some indexes move
+    apply_side_stream(decoder, indexes, positions, bits, thresholds, margin, bound)
+    assert np.array_equal(indexes, encoder_indexes)
+
+
+def test_a_decoder_outside_the_margin_or_a_wrong_list_is_an_error():
+    rng = np.random.default_rng(3)
+    thresholds = Thresholds.from_table(TABLE, BOUND)
+    margin, bound = 1e-4, 5e-5
+    encoder = _scales_near_boundaries(rng, 20_000, 3e-4)
+    positions, bits = mark(encoder, build_indexes(encoder, TABLE, BOUND), thresholds, margin)
+    far = (encoder * np.exp(rng.uniform(-1e-3, 1e-3, encoder.size))).astype(np.float32)
+    with pytest.raises(MarginError):
+        apply_side_stream(far, build_indexes(far, TABLE, BOUND), positions, bits, thresholds, margin, bound)
+    # A listed element dropped from the list (one nearer its boundary than
+    # margin - bound: what a decoder within its bound can tell).
+    keep = np.ones(positions.size, bool)
+    keep[np.argmin(thresholds.nearest(encoder[positions])[1])] = False
+    with pytest.raises(MarginError):
+        apply_side_stream(encoder, build_indexes(encoder, TABLE, BOUND), positions[keep], bits[keep], thresholds,
+                          margin, bound)
+    unlisted = np.flatnonzero(thresholds.nearest(encoder)[1] > margin + bound)[:1]
+    with pytest.raises(MarginError):  # an element far from any boundary listed
+        apply_side_stream(encoder, build_indexes(encoder, TABLE, BOUND), np.sort(np.r_[positions, unlisted]),
+                          np.zeros(positions.size + 1, np.uint8), thresholds, margin, bound)
+
+
+# ---- .dcae version 2 ---------------------------------------------------------------------
+
+def test_version_2_layout_carries_the_side_stream_and_the_margin():
+    header = DcaeHeader(300, 517, FINGERPRINT, margin=1e-5)
+    z, y, side = b"z" * 12, b"y" * 40, b"\x03\x01\x00\x00\x00\x80"
+    data = pack(header, z, y, side)
+    assert HEADER_SIZES[2] == 64 and len(data) == 64 + 12 + 40 + 6
+    fields = struct.unpack_from("<4sBBHIIIIHH16sIIIfI", data)
+    assert fields[:4] == (b"DCAE", 2, 0b10, 0)
+    assert fields[4:10] == (300, 517, 384, 640, 6, 10) and fields[10] == FINGERPRINT
+    assert fields[11:14] == (12, 40, 6) and fields[14] == np.float32(1e-5)
+    assert fields[15] == zlib.crc32(data[:60] + z + y + side)
+    assert unpack(data) == DcaeFile(header, z, y, side)
+    assert unpack(data).header.portable and unpack(data).header.margin == float(np.float32(1e-5))
+
+
+def _patched(data: bytes, offset: int, code: str, value) -> bytes:
+    patched = bytearray(data)
+    struct.pack_into("<" + code, patched, offset, value)
+    crc = zlib.crc32(bytes(patched[:60]) + bytes(patched[64:]))
+    struct.pack_into("<I", patched, 60, crc)
+    return bytes(patched)
+
+
+@pytest.mark.parametrize("offset, code, value, fragment", [
+    (56, "f", float("nan"), "margin"), (56, "f", 0.0, "margin"), (56, "f", MAX_MARGIN * 2, "margin"),
+    (56, "f", -1e-5, "margin"), (5, "B", 0b11, "both portable and reduced"), (5, "B", 0, "not portable"),
+    (5, "B", 0b110, "flag bits"), (52, "I", 7, "truncated"), (52, "I", 5, "after its payload"),
+])
+def test_version_2_header_fields_are_checked(offset, code, value, fragment):
+    data = pack(DcaeHeader(64, 64, FINGERPRINT, margin=1e-5), b"z" * 8, b"y" * 8, b"\x00" * 6)
+    with pytest.raises(CorruptStreamError) as info:
+        unpack(_patched(data, offset, code, value))
+    assert fragment in str(info.value)
+
+
+def test_only_float32_entropy_files_of_version_2_can_be_portable():
+    with pytest.raises(ValueError):
+        DcaeHeader(64, 64, FINGERPRINT, reduced_precision_entropy=True, margin=1e-5)
+    with pytest.raises(ValueError):
+        DcaeHeader(64, 64, FINGERPRINT, margin=1e-5, version=1)
+    with pytest.raises(ValueError):
+        pack(DcaeHeader(64, 64, FINGERPRINT), b"z" * 8, b"y" * 8, b"side")
+
+
+# ---- every setup decodes every other's files ------------------------------------------------
+
+IMAGES = {"kodim01_256x384": ("kodim01", 256, 384, 100, 200), "kodim03_197x253": ("kodim03", 197, 253, 40, 300),
+          "kodim04_1x1": ("kodim04", 1, 1, 300, 300), "kodim02_37x53": ("kodim02", 37, 53, 10, 10)}
+
+
+@pytest.fixture(scope="module")
+def model():
+    from dcae import load_checkpoint
+
+    return load_checkpoint().eval()
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("portable_images")
+    for name, (source, h, w, top, left) in IMAGES.items():
+        pixels = np.asarray(Image.open(DATA / "kodak" / f"{source}.png").convert("RGB"))
+        Image.fromarray(pixels[top : top + h, left : left + w]).save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bundles(model, image_dir, tmp_path_factory):
+    """fp32 and int8 (onnxruntime form, entropy graphs fp32) bundles of the embedded model."""
+    from dcae.checkpoint import DEFAULT_CHECKPOINT
+    from exporter.calibrate import make_int8_quantizer
+    from exporter.export import export_bundle
+
+    root = tmp_path_factory.mktemp("portable_bundles")
+    quiet = {"progress": lambda *a, **k: None, "threads": 1, "preset": "small", "source_checkpoint": DEFAULT_CHECKPOINT}
+    export_bundle(model, root / "fp32", **quiet)
+    quantize = make_int8_quantizer(model, DATA / "train", count=4, holdout=1, crop_size=(256, 256))
+    export_bundle(model, root / "int8", precision="int8", quantize=quantize, **quiet)
+    return {"fp32": root / "fp32", "int8": root / "int8"}
+
+
+def _run_worker(args: list[str]) -> None:
+    env = {**os.environ, **AVX2_ENV, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-m", "tests.reference_worker", *map(str, args)], cwd=REPO, env=env,
+                   check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def avx2_encoded(image_dir, tmp_path_factory) -> Path:
+    """The AVX2 reference's files and latents (<stem>.dcae, <stem>.npz)."""
+    folder = tmp_path_factory.mktemp("avx2_encoded")
+    _run_worker(["encode", folder, *sorted(image_dir.glob("*.png"))])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def encoded(model, bundles, image_dir, avx2_encoded):
+    """{encoder: {image: (file bytes, the encoder's symbols)}} for every encoder setup."""
+    from dcae.coding import encode_image
+    from runtime import Codec
+
+    images = sorted(image_dir.glob("*.png"))
+    out = {"reference": {}}
+    for path in images:
+        data, latents = encode_image(model, path, format="dcae")
+        out["reference"][path.stem] = (data, latents["symbols"].numpy().reshape(-1))
+    for name, bundle in bundles.items():
+        codec = Codec(bundle, threads=1)
+        out[f"runtime-{name}"] = {}
+        for path in images:
+            result = codec.encode(path)
+            out[f"runtime-{name}"][path.stem] = (result.data, result.symbols.reshape(-1))
+    out["reference-avx2"] = {p.stem: ((avx2_encoded / f"{p.stem}.dcae").read_bytes(),
+                                      np.load(avx2_encoded / f"{p.stem}.npz")["symbols"]) for p in images}
+    return out
+
+
+def test_every_setup_decodes_every_setups_files_to_the_encoders_symbols(encoded, model, bundles, tmp_path):
+    """Encoders x decoders over {reference, reference with AVX2 kernels in a
+    subprocess, runtime fp32 bundle, runtime int8 bundle}: 0 refused, 0
+    desynchronised, 0 wrong symbols; the images agree within a level or two
+    (g_s differs between fp32 and int8, so they are compared per decoder
+    against that decoder's decode of its own file)."""
+    from dcae.coding import decode_dcae
+    from runtime import Codec
+
+    files = [(encoder, image, data, symbols) for encoder, per_image in encoded.items()
+             for image, (data, symbols) in per_image.items()]
+    paths = []
+    for k, (_, _, data, _) in enumerate(files):
+        paths.append(tmp_path / f"{k}.dcae")
+        paths[-1].write_bytes(data)
+    _run_worker(["decode", tmp_path / "avx2.npz", *paths])
+    avx2 = np.load(tmp_path / "avx2.npz")
+
+    decoders = {"reference": lambda data: decode_dcae(model, data)}
+    for name, bundle in bundles.items():
+        codec = Codec(bundle, threads=1)
+        decoders[f"runtime-{name}"] = lambda data, codec=codec: (lambda r: (r.x, r.symbols))(codec.decode(data))
+    failures = []
+    for k, (encoder, image, data, symbols) in enumerate(files):
+        for decoder, decode in decoders.items():
+            try:
+                pixels, decoded = decode(data)
+            except DcaeError as exc:
+                failures.append(f"{encoder} -> {decoder}, {image}: {type(exc).__name__}: {exc}")
+                continue
+            if not np.array_equal(decoded, symbols):
+                failures.append(f"{encoder} -> {decoder}, {image}: {int(np.sum(decoded != symbols))} wrong symbols")
+        if f"error_{k}" in avx2.files:
+            failures.append(f"{encoder} -> reference-avx2, {image}: {avx2[f'error_{k}']}")
+        elif not np.array_equal(avx2[f"symbols_{k}"], symbols):
+            failures.append(f"{encoder} -> reference-avx2, {image}: wrong symbols")
+    assert not failures, "\n".join(failures)
+    assert len(files) == 4 * len(IMAGES)
+    # The side streams were exercised: real files list elements.
+    assert sum(len(unpack(data).side) > 0 for *_, data, _ in files) >= 4
+
+
+def test_the_avx2_reference_computes_other_scales(avx2_encoded, model, image_dir):
+    """The second float path is real on a CPU with AVX-512: its scales differ
+    from the default kernels' (so the matrix above crosses CPU families)."""
+    if "avx512f" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU has no AVX-512: the AVX2 path is its default")
+    from dcae.coding import encode_image
+
+    path = image_dir / "kodim01_256x384.png"
+    _, latents = encode_image(model, path, format="dcae")
+    avx2_scales = np.load(avx2_encoded / "kodim01_256x384.npz")["scales"]
+    assert not np.array_equal(avx2_scales, latents["scales"].numpy())
+
+
+def test_the_cli_and_the_reference_read_each_others_files(encoded, model, bundles, tmp_path):
+    from dcae.coding import compress_image, decompress_image
+    from runtime.cli import main
+    from runtime.imaging import load_image
+
+    source = DATA / "kodak" / "kodim02.png"
+    pixels = load_image(source)[:128, :160]
+    image = tmp_path / "crop.png"
+    from PIL import Image
+
+    Image.fromarray(pixels).save(image)
+    assert main(["compress", str(image), "-b", str(bundles["fp32"]), "-o", str(tmp_path / "cli.dcae"),
+                 "--threads", "1"]) == 0
+    from_cli = decompress_image(model, (tmp_path / "cli.dcae").read_bytes())
+    (tmp_path / "ref.dcae").write_bytes(compress_image(model, image, format="dcae"))
+    assert main(["decompress", str(tmp_path / "ref.dcae"), "-b", str(bundles["int8"]), "-o",
+                 str(tmp_path / "ref.png"), "--threads", "1"]) == 0
+    from_reference = load_image(tmp_path / "ref.png")
+    reference_own = decompress_image(model, (tmp_path / "ref.dcae").read_bytes())
+    assert from_cli.shape == from_reference.shape == pixels.shape
+    # int8 g_s against fp32 g_s: close, not equal.
+    assert np.abs(from_reference.astype(int) - reference_own.astype(int)).mean() < 2.0
+
+
+def test_a_file_for_one_setup_or_another_model_is_refused(model, bundles, tiny_bundle, kodak_crop):
+    from dcae.coding import decompress_image
+    from runtime import Codec
+
+    pixels = kodak_crop("kodim01", 40, 40)
+    own_setup = Codec(bundles["fp32"], threads=1).compress(pixels, margin=None)
+    assert not unpack(own_setup).header.portable
+    with pytest.raises(FingerprintMismatchError, match="not portable"):
+        decompress_image(model, own_setup)
+    other_model = Codec(tiny_bundle, threads=1).compress(pixels)
+    assert unpack(other_model).header.portable
+    with pytest.raises(FingerprintMismatchError, match="another entropy model"):
+        Codec(bundles["fp32"], threads=1).decompress(other_model)
+    with pytest.raises(FingerprintMismatchError, match="another model"):
+        decompress_image(model, other_model)
