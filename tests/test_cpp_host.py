@@ -206,37 +206,45 @@ def test_side_stream_reader_follows_the_spec(probe, tmp_path):
         assert_refused(run(probe, "side-decode", tmp_path / "bad.bin", 1000, tmp_path / "bad.npy"), words)
 
 
-def test_side_stream_round_trip_marks_the_elements_near_index_boundaries(tiny_bundle, probe, tmp_path):
+def test_side_streams_are_byte_identical_to_python_and_parsed_alike(tiny_bundle, probe, tmp_path):
+    """Marking and the side stream's bytes as runtime.portable writes them, on
+    scales crowded around the index boundaries; the reader agrees with the
+    Python reader on damaged streams (same entries, or both refuse)."""
     from runtime.bundle import Bundle
+    from runtime.portable import Thresholds, decode_side_stream, encode_side_stream, mark
 
     tables = Bundle.open(tiny_bundle).entropy
     table, bound = tables.gaussian_scale_table, tables.gaussian_scale_bound
+    thresholds = Thresholds.from_table(table, float(bound))
     rng = np.random.default_rng(11)
-    margin = 0.005
-    # Half of the scales lie within the margin of a table entry, on either side.
-    near = table[rng.integers(0, table.size - 1, 4000)] * np.exp(rng.uniform(-margin, margin, 4000))
-    scales = np.concatenate([near, np.exp(rng.uniform(-3, 5, 4000))]).astype(np.float32)
-    rng.shuffle(scales)
-    np.savez(tmp_path / "in.npz", scales=scales, scale_table=table, scale_bound=bound)
-    done = run(probe, "side-mark", tmp_path / "in.npz", margin, tmp_path / "side.bin")
-    assert done.returncode == 0, done.stderr
-    done = run(probe, "side-decode", tmp_path / "side.bin", scales.size, tmp_path / "marks.npy")
-    assert done.returncode == 0, done.stderr
-    marks = np.load(tmp_path / "marks.npy")
+    for margin in (4e-5, 1e-3, 0.01):
+        near = table[rng.integers(0, table.size - 1, 4000)] * np.exp(rng.uniform(-2 * margin, 2 * margin, 4000))
+        scales = np.concatenate([near, np.exp(rng.uniform(-3, 5, 4000)), [0, -1, np.nan, np.inf]]).astype(np.float32)
+        rng.shuffle(scales)
+        np.savez(tmp_path / "in.npz", scales=scales, scale_table=table, scale_bound=bound)
+        margin32 = float(np.float32(margin))
+        done = run(probe, "side-mark", tmp_path / "in.npz", repr(margin32), tmp_path / "side.bin")
+        assert done.returncode == 0, done.stderr
+        positions, bits = mark(scales, build_indexes(scales, table, float(bound)), thresholds, margin32)
+        python_side = encode_side_stream(positions, bits, scales.size)
+        assert 1000 < positions.size < 3000
+        assert (tmp_path / "side.bin").read_bytes() == python_side
 
-    # Expected from the spec, in float64: marked iff within the margin of a
-    # critical value; the bit says on which side the index fell.
-    searched = table[:-1].astype(np.float64)
-    critical = np.unique(searched[searched >= bound])
-    distance = np.abs(np.log(scales.astype(np.float64)[:, None] / critical[None, :]))
-    nearest = distance.argmin(axis=1)
-    marked = np.flatnonzero(distance.min(axis=1) <= margin)
-    indexes = build_indexes(scales, table, float(bound))
-    below = np.searchsorted(searched, critical, side="left")
-    expected_bits = (indexes[marked] != below[nearest[marked]]).astype(int)
-    assert marks[:, 0].tolist() == marked.tolist()
-    assert marks[:, 1].tolist() == expected_bits.tolist()
-    assert 3000 < marked.size < 5000
+    outcomes = {"same": 0, "refused": 0}
+    for k, damaged in enumerate(mutations(python_side, 400, seed=9)):
+        (tmp_path / "damaged.bin").write_bytes(damaged)
+        done = run(probe, "side-decode", tmp_path / "damaged.bin", scales.size, tmp_path / "marks.npy")
+        try:
+            parsed = decode_side_stream(damaged, scales.size)
+        except DcaeError:
+            assert_refused(done, "side stream")
+            outcomes["refused"] += 1
+        else:
+            assert done.returncode == 0, (k, done.stderr)
+            marks = np.load(tmp_path / "marks.npy")
+            assert marks[:, 0].tolist() == parsed.positions.tolist() and marks[:, 1].tolist() == parsed.bits.tolist()
+            outcomes["same"] += 1
+    assert outcomes["refused"] > 200 and outcomes["same"] > 10, outcomes
 
 
 # ---- PNG --------------------------------------------------------------------------------------
@@ -492,26 +500,27 @@ def test_command_line_mistakes_exit_2_and_help_exits_0(host):
 
 
 @pytest.mark.slow
-def test_fuzzed_files_through_dcae_host_decompress(host, tiny_bundle, kodak_crop, tmp_path):
-    """2600 damaged files in one `dcae-host decompress` run (the corpus of
-    tests/test_runtime.py's fuzz test: header and payload damage, damaged
-    upstream .bin files, and z/y streams damaged under a sound header and
-    CRC, which reach the entropy decoder): each refused on one line or
-    decoded, no crash, no hang, nothing written for a refused file; the
-    container's verdicts agree with the Python reader's."""
+def test_fuzzed_files_through_dcae_host_decompress(host, tiny_bundle, openvino_codec, kodak_crop, tmp_path):
+    """2900 damaged files in one `dcae-host decompress` run: the corpus of
+    tests/test_runtime.py's fuzz test (damaged .dcae files, damaged upstream
+    .bin files, z and y streams damaged under a sound header and CRC, which
+    reach the entropy decoder) and damaged side streams under a sound CRC.
+    Each is refused on one line or decoded, with no crash, hang or file left
+    behind, and exactly as the Python runtime on the same backend decides:
+    the same files refused, the same images decoded."""
     from runtime.container import pack_bin
 
-    image = _write_png(tmp_path / "in.png", kodak_crop("kodim09", 32, 32, top=200, left=200))
-    good = tmp_path / "good.dcae"
-    assert run(host, "compress", "-b", tiny_bundle, image, "-o", good, "--non-portable").returncode == 0
-    data = good.read_bytes()
-    z_length, y_length = struct.unpack_from("<II", data, 44)
-    z, y = data[64:64 + z_length], data[64 + z_length:64 + z_length + y_length]
+    pixels = kodak_crop("kodim09", 64, 64, top=200, left=200)
+    data = openvino_codec.encode(pixels).data
+    parsed = unpack(data)
+    z, y, side = parsed.z, parsed.y, parsed.side
+    assert len(side) > 5  # the side stream is there to be damaged
 
-    def repack(z_stream: bytes, y_stream: bytes) -> bytes:
+    def repack(z_stream: bytes, y_stream: bytes, side_stream: bytes) -> bytes:
         head = bytearray(data[:60])
-        struct.pack_into("<II", head, 44, len(z_stream), len(y_stream))
-        return bytes(head) + struct.pack("<I", zlib.crc32(z_stream + y_stream, zlib.crc32(bytes(head)))) + z_stream + y_stream
+        struct.pack_into("<III", head, 44, len(z_stream), len(y_stream), len(side_stream))
+        payload = z_stream + y_stream + side_stream
+        return bytes(head) + struct.pack("<I", zlib.crc32(payload, zlib.crc32(bytes(head)))) + payload
 
     def word_aligned(stream: bytes) -> bytes:
         stream = stream[: len(stream) - len(stream) % 4]
@@ -521,16 +530,16 @@ def test_fuzzed_files_through_dcae_host_decompress(host, tiny_bundle, kodak_crop
     corpus.mkdir()
     files = {}
     sets = {"dcae": mutations(data, 1500, seed=1, fields=DCAE_V2_FIELDS),
-            "bin": mutations(pack_bin(32, 32, y, z), 500, seed=2),
-            "y": (repack(z, word_aligned(m)) for m in mutations(y, 400, seed=3)),
-            "z": (repack(word_aligned(m), y) for m in mutations(z, 200, seed=4))}
+            "bin": mutations(pack_bin(64, 64, y, z), 500, seed=2),
+            "y": (repack(z, word_aligned(m), side) for m in mutations(y, 400, seed=3)),
+            "z": (repack(word_aligned(m), y, side) for m in mutations(z, 200, seed=4)),
+            "side": (repack(z, y, m) for m in mutations(side, 300, seed=5))}
     for kind, mutants in sets.items():
         for i, mutant in enumerate(mutants):
-            suffix = ".bin" if kind == "bin" else ".dcae"
-            path = corpus / f"{kind}{i:04d}{suffix}"
+            path = corpus / f"{kind}{i:04d}{'.bin' if kind == 'bin' else '.dcae'}"
             path.write_bytes(mutant)
             files[path.stem] = mutant
-    assert len(files) == 2600
+    assert len(files) == 2900
 
     out = tmp_path / "out"
     done = run(host, "decompress", "-b", tiny_bundle, corpus, "-o", out, "--threads", 2, timeout=1200)
@@ -540,28 +549,136 @@ def test_fuzzed_files_through_dcae_host_decompress(host, tiny_bundle, kodak_crop
         if line.startswith("dcae-host: warning: "):
             continue  # a decoded .bin's warning
         assert line.startswith("dcae-host: error: "), line
-        name = Path(line[len("dcae-host: error: "):].split(": ", 1)[0]).stem
-        refused[name] = line
+        refused[Path(line[len("dcae-host: error: "):].split(": ", 1)[0]).stem] = line
     decoded = {p.stem for p in out.iterdir()}
+    assert sorted(p.suffix for p in out.iterdir()) == [".png"] * len(decoded)  # no temporary files left
     assert not (decoded & set(refused)) and decoded | set(refused) == set(files)
-    assert not [p for p in out.iterdir() if p.suffix != ".png"]  # no temporary files left
 
-    # No damaged .dcae decodes (the CRC covers everything), and the container
-    # refuses exactly what the Python reader refuses.
-    for name, mutant in files.items():
-        if not name.startswith("dcae"):
-            continue
-        try:
-            unpack(mutant)
-            python_refuses = False
-        except DcaeError:
-            python_refuses = True
-        if mutant != data:
-            assert name in refused, name
-        # (The Python reader of this branch reads version 1 only: every
-        # version-2 mutant it refuses by version, and the C++ host refuses
-        # it too unless the mutation undid itself.)
-        assert python_refuses or name not in refused
-    # Damaged streams under a sound CRC are caught by the entropy decoder.
-    assert sum(1 for n in decoded if n.startswith(("y", "z"))) <= 8
-    assert len(refused) >= 2400
+    disagreements = []
+    python_decoded = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the .bin warning
+        for name, mutant in files.items():
+            try:
+                python_pixels = openvino_codec.decompress(mutant)
+            except DcaeError:
+                if name not in refused:
+                    disagreements.append(f"{name}: Python refuses, dcae-host decodes")
+                continue
+            python_decoded += 1
+            if name in refused:
+                disagreements.append(f"{name}: Python decodes, dcae-host refuses: {refused[name]}")
+            elif not np.array_equal(_read_png(out / f"{name}.png"), python_pixels):
+                disagreements.append(f"{name}: other pixels")
+    assert not disagreements, "\n".join(disagreements[:20])
+    # No damaged .dcae decodes (the CRC covers everything; a mutation may undo
+    # itself), and damaged streams under a sound CRC are caught.
+    assert all(files[n] == data for n in decoded if n.startswith("dcae"))
+    assert sum(1 for n in decoded if n.startswith(("y", "z", "side"))) <= 12
+    print(f"fuzz: {len(files)} files, {len(refused)} refused, {len(decoded)} decoded "
+          f"({python_decoded} by the Python runtime)")
+
+
+# ---- interoperability with the Python runtime and the reference ---------------------------------
+
+INTEROP_CROPS = {"kodim03_197x253": ("kodim03", 197, 253, 40, 300), "kodim04_1x1": ("kodim04", 1, 1, 300, 300),
+                 "kodim19_300x140": ("kodim19", 300, 140, 200, 100)}
+
+
+@pytest.fixture(scope="module")
+def interop_images(kodak_crop, tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("interop_images")
+    return {name: _write_png(folder / f"{name}.png", kodak_crop(*crop)) for name, crop in INTEROP_CROPS.items()}
+
+
+def test_python_runtime_files_decode_in_the_host_to_the_same_symbols(host, tiny_bundle, interop_images, tmp_path):
+    """Portable files written by the Python runtime on onnxruntime decode in
+    dcae-host (OpenVINO) to the encoder's symbols exactly, and to an image
+    within one level of the Python decoder's."""
+    codec = Codec(tiny_bundle, backend="onnxruntime", threads=2)
+    coded = tmp_path / "coded"
+    coded.mkdir()
+    encoded = {}
+    for name, image in interop_images.items():
+        encoded[name] = codec.encode(image)
+        assert unpack(encoded[name].data).header.portable
+        (coded / f"{name}.dcae").write_bytes(encoded[name].data)
+    assert sum(len(e.side) > 0 for e in encoded.values()) >= 2  # the side streams are exercised
+    done = run(host, "decompress", "-b", tiny_bundle, coded, "-o", tmp_path / "decoded", "--save-latents",
+               tmp_path / "latents", "--threads", 2)
+    assert done.returncode == 0, done.stderr
+    for name, result in encoded.items():
+        host_symbols = np.load(tmp_path / "latents" / f"{name}.symbols.npy")
+        assert np.array_equal(host_symbols, result.symbols), name
+        python_pixels = codec.decompress(result.data)
+        host_pixels = _read_png(tmp_path / "decoded" / f"{name}.png")
+        assert np.abs(host_pixels.astype(int) - python_pixels).max() <= 1, name
+
+
+def test_host_files_decode_in_the_python_runtime_and_the_reference(host, tiny_bundle, tiny_model, interop_images,
+                                                                   tmp_path):
+    """dcae-host's portable files decode in the Python runtime (onnxruntime)
+    and in the PyTorch reference to the host encoder's symbols, and to
+    images within one level of the host's own decode."""
+    from dcae.coding import decode_dcae
+
+    done = run(host, "compress", "-b", tiny_bundle, *interop_images.values(), "-o", tmp_path / "coded",
+               "--save-latents", tmp_path / "latents", "--json", "--threads", 2)
+    assert done.returncode == 0, done.stderr
+    assert sum(json.loads(line)["marked"] > 0 for line in done.stdout.splitlines()) >= 2
+    done = run(host, "decompress", "-b", tiny_bundle, tmp_path / "coded", "-o", tmp_path / "decoded", "--threads", 2)
+    assert done.returncode == 0, done.stderr
+    codec = Codec(tiny_bundle, backend="onnxruntime", threads=2)
+    for name in interop_images:
+        data = (tmp_path / "coded" / f"{name}.dcae").read_bytes()
+        assert unpack(data).header.portable
+        symbols = np.load(tmp_path / "latents" / f"{name}.symbols.npy").reshape(-1)
+        host_pixels = _read_png(tmp_path / "decoded" / f"{name}.png")
+        python = codec.decode(data)
+        reference_pixels, reference_symbols = decode_dcae(tiny_model, data)
+        assert np.array_equal(python.symbols, symbols), name
+        assert np.array_equal(np.asarray(reference_symbols).reshape(-1), symbols), name
+        assert np.abs(python.x.astype(int) - host_pixels).max() <= 1, name
+        assert np.abs(np.asarray(reference_pixels).astype(int) - host_pixels).max() <= 1, name
+
+
+def test_files_for_one_setup_decode_only_there(host, tiny_bundle, openvino_codec, kodak_crop, tmp_path):
+    """A file that is not portable decodes only on its own setup: dcae-host
+    reads the Python openvino backend's (version 2, and version 1 as older
+    runtimes wrote), refuses onnxruntime's by fingerprint in one line, and
+    tries it when forced."""
+    from runtime.container import DcaeHeader, pack
+
+    pixels = kodak_crop("kodim07", 60, 90, top=100, left=100)
+    own = openvino_codec.encode(pixels, margin=None)
+    header = unpack(own.data).header
+    assert not header.portable
+    version_1 = pack(DcaeHeader(header.height, header.width, header.fingerprint, version=1), own.z, own.y)
+    onnxruntime_file = Codec(tiny_bundle, backend="onnxruntime", threads=2).compress(pixels, margin=None)
+    expected = openvino_codec.decode_streams(own.y, own.z, *pixels.shape[:2]).x
+    for name, data in (("v2", own.data), ("v1", version_1), ("onnxruntime", onnxruntime_file)):
+        (tmp_path / f"{name}.dcae").write_bytes(data)
+    for name in ("v2", "v1"):
+        done = run(host, "decompress", "-b", tiny_bundle, tmp_path / f"{name}.dcae", "-o", tmp_path / f"{name}.png")
+        assert done.returncode == 0, done.stderr
+        assert np.array_equal(_read_png(tmp_path / f"{name}.png"), expected)
+    assert_refused(run(host, "decompress", "-b", tiny_bundle, tmp_path / "onnxruntime.dcae", "-o", tmp_path / "o.png"),
+                   "another bundle, backend or precision")
+    assert not (tmp_path / "o.png").exists()
+    forced = run(host, "decompress", "-b", tiny_bundle, tmp_path / "onnxruntime.dcae", "-o", tmp_path / "o.png",
+                 "--force")
+    # Forced: a desync caught at the end of the stream, or a decode with a warning.
+    assert (forced.returncode == 1 and "sync" in forced.stderr) or "forced" in forced.stderr, forced.stderr
+
+
+def test_a_portable_file_of_another_model_is_refused(host, tiny_bundle, kodak_crop, tmp_path):
+    from runtime.bundle import Bundle
+
+    pixels = kodak_crop("kodim08", 40, 40)
+    data = bytearray(Codec(tiny_bundle, backend="onnxruntime", threads=1).compress(pixels))
+    data[28] ^= 0xFF  # another entropy model's fingerprint, CRC repaired
+    data[60:64] = struct.pack("<I", zlib.crc32(bytes(data[64:]), zlib.crc32(bytes(data[:60]))))
+    (tmp_path / "other.dcae").write_bytes(bytes(data))
+    assert Bundle.open(tiny_bundle).manifest.entropy_model_fingerprint
+    assert_refused(run(host, "decompress", "-b", tiny_bundle, tmp_path / "other.dcae", "-o", tmp_path / "x.png"),
+                   "another entropy model")

@@ -29,8 +29,9 @@
 
 namespace dcae {
 
-// TODO(portable): runtime.portable's default margin, mirrored once it lands.
-const double kDefaultPortableMargin = 0.005;
+// runtime.portable.DEFAULT_MARGIN: 4x the largest scale error measured
+// between two fp32 setups (benchmarks/results/sigma_agreement.md).
+const double kDefaultPortableMargin = 4e-5;
 
 namespace {
 
@@ -190,16 +191,31 @@ struct Codec::Impl {
     return {std::move(out.at("latent_scales")), std::move(out.at("latent_means"))};
   }
 
-  bool writes_portable() const { return options.portable && !bundle.reduced_precision_entropy; }
+  // Portable where the setup allows, as runtime.codec: the bundle's entropy
+  // path is fp32 (then the exporter recorded the entropy model's fingerprint).
+  bool writes_portable() {
+    if (!options.portable) return false;
+    if (bundle.entropy_model_fingerprint.empty()) {
+      if (!bundle.reduced_precision_entropy)
+        warnings.push_back("the bundle predates portable files (no entropy_model_fingerprint): the file decodes "
+                           "only on the " + backend->numeric_class() + " backend class; re-export the bundle");
+      return false;
+    }
+    return true;
+  }
 
-  void check_can_write_portable() const {
-    if (bundle.entropy_model_fingerprint.empty())
-      fail(ErrorKind::bundle, "bundle has no entropy_model_fingerprint (exported before portable files): re-export it, "
-                              "or write files that are not portable");
-    const double least = 2 * backend->scale_error_bound();
-    if (!(options.margin > 0) || options.margin > kMaxPortableMargin || options.margin < least)
-      fail(ErrorKind::bad_input, "portable margin " + std::to_string(options.margin) + " must be in [" +
-                                     std::to_string(least) + ", 0.01] for the " + backend->name() + " backend");
+  // The margin as the file stores it (float32), which is what the encoder
+  // marks with and every decoder reads.
+  float portable_margin() const {
+    const float margin = static_cast<float>(options.margin);
+    if (!(margin > 0.0f && margin <= kMaxPortableMargin))
+      fail(ErrorKind::bad_input, "portable margin must be in (0, 0.01], got " + std::to_string(options.margin));
+    const double bound = backend->scale_error_bound();
+    if (margin < 2 * bound)
+      fail(ErrorKind::fingerprint, "margin " + std::to_string(margin) + " is under twice the " + backend->name() +
+                                       " backend's scale error bound (" + std::to_string(bound) +
+                                       "): its scales could cross an index boundary the encoder did not list");
+    return margin;
   }
 
   EncodeResult encode(const Image& image) {
@@ -212,7 +228,7 @@ struct Codec::Impl {
       fail(ErrorKind::bad_input, "image of " + std::to_string(image.height) + "x" + std::to_string(image.width) +
                                      " has " + std::to_string(image.rgb.size()) + " bytes of pixels, not H*W*3");
     const bool portable = writes_portable();
-    if (portable) check_can_write_portable();
+    const float margin = portable ? portable_margin() : 0.0f;
     const Layout g = layout(image.height, image.width);
 
     std::vector<float> x = timed("pad", [&] { return pad(image, g); });
@@ -243,7 +259,7 @@ struct Codec::Impl {
       build_indexes(scale, block, bundle.scale_table, result.indexes.data() + offset);
       quantize(y.data.data() + offset, mu, block, result.symbols.data() + offset);
       dequantize(result.symbols.data() + offset, mu, block, y_hat_raw);
-      if (portable) mark_slice(scale, result.indexes.data() + offset, block, offset, options.margin, critical, &side);
+      if (portable) mark_slice(scale, result.indexes.data() + offset, block, offset, margin, critical, &side);
     });
     // Slices are channel blocks, so C order over the whole latent is slice
     // order with each slice flattened C, H, W.
@@ -259,7 +275,7 @@ struct Codec::Impl {
     header.reduced_precision_entropy = bundle.reduced_precision_entropy;
     header.portable = portable;
     header.fingerprint = portable ? from_hex16(bundle.entropy_model_fingerprint) : setup_fingerprint;
-    header.margin = portable ? static_cast<float>(options.margin) : 0.0f;
+    header.margin = margin;
     result.file = pack_dcae(header, z_stream, y_stream, side_stream);
     add_timing("total", seconds_since(started));
     return result;
@@ -374,33 +390,33 @@ struct Codec::Impl {
     return result;
   }
 
+  // runtime.codec: a portable file decodes when written with this bundle's
+  // entropy model and its margin covers this backend's error bound; another
+  // file only on the setup that wrote it. `force` tries anyway where it can.
   void check_fingerprint(const FileHeader& header, bool force) {
-    std::array<uint8_t, 16> expected = setup_fingerprint;
-    std::string whose = "this decoder's";
+    std::string problem;
+    bool forcible = true;
     if (header.portable) {
+      const double bound = backend->scale_error_bound();
       if (bundle.entropy_model_fingerprint.empty()) {
-        if (!force)
-          fail(ErrorKind::fingerprint, "file is portable but the bundle has no entropy_model_fingerprint to check it "
-                                       "against (exported before portable files): re-export the bundle");
-      } else {
-        expected = from_hex16(bundle.entropy_model_fingerprint);
+        problem = "this bundle reads no portable file (its entropy path is not fp32, or it predates portable "
+                  "files: re-export it)";
+        forcible = false;
+      } else if (header.fingerprint != from_hex16(bundle.entropy_model_fingerprint)) {
+        problem = "file was written with another entropy model (fingerprint " + to_hex(header.fingerprint.data(), 16) +
+                  ", this bundle's is " + bundle.entropy_model_fingerprint + ")";
+      } else if (header.margin < 2 * bound) {
+        problem = "the file's margin " + std::to_string(header.margin) + " is under twice the " + backend->name() +
+                  " backend's scale error bound (" + std::to_string(bound) + ")";
       }
-      whose = "this bundle's entropy model's";
-      const double least = 2 * backend->scale_error_bound();
-      if (header.margin < least)
-        fail(ErrorKind::fingerprint, "portable file's margin " + std::to_string(header.margin) + " is below " +
-                                         std::to_string(least) + ", twice the " + backend->name() +
-                                         " backend's scale error bound: it cannot decode it reliably");
+    } else if (header.fingerprint != setup_fingerprint) {
+      problem = "file was written by another bundle, backend or precision (fingerprint " +
+                to_hex(header.fingerprint.data(), 16) + ", this decoder's is " + to_hex(setup_fingerprint.data(), 16) +
+                "); decode it with the setup that wrote it";
     }
-    if (header.fingerprint == expected) return;
-    const std::string file_fingerprint = to_hex(header.fingerprint.data(), 16);
-    if (!force)
-      fail(ErrorKind::fingerprint, "file was written by another " +
-                                       std::string(header.portable ? "entropy model" : "bundle, backend or precision") +
-                                       " (fingerprint " + file_fingerprint + ", " + whose + " is " +
-                                       to_hex(expected.data(), 16) +
-                                       "); decode it with the setup that wrote it, or force the attempt (--force)");
-    warnings.push_back("decoding a file written by another setup (forced): it may fail with a desync");
+    if (problem.empty()) return;
+    if (!force || !forcible) fail(ErrorKind::fingerprint, problem + (forcible ? "; force the attempt with --force" : ""));
+    warnings.push_back(problem + ": decoding anyway (forced); it may fail with a desync");
   }
 };
 

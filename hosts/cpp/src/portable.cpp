@@ -16,6 +16,7 @@ CriticalValues::CriticalValues(const ScaleTable& table) {
     const double c = t;
     if (!values_.empty() && values_.back() == c) continue;
     values_.push_back(c);
+    logs_.push_back(std::log(c));
     int32_t below = 0, above = 0;
     for (size_t j = 0; j < searched; ++j) {
       below += table.scales[j] < t;
@@ -28,13 +29,16 @@ CriticalValues::CriticalValues(const ScaleTable& table) {
 
 CriticalValues::Nearest CriticalValues::nearest(double s) const {
   // ln is monotonic, so the nearest is one of the two values around s. The
-  // ratio test keeps the log off the common case, where s is far from both.
+  // distance is |ln s - ln c| as runtime.portable computes it (numpy's log and
+  // the C library's can differ in the last bit: a marking decision changes
+  // only for a scale within ~1e-16 of the margin). The ratio test keeps the
+  // log off the common case, where s is far from both.
   const size_t upper = static_cast<size_t>(std::lower_bound(values_.begin(), values_.end(), s) - values_.begin());
   Nearest best{0, std::numeric_limits<double>::infinity()};
   for (size_t which : {upper - 1, upper}) {  // upper - 1 wraps to SIZE_MAX when upper == 0
     if (which >= values_.size()) continue;
     const double ratio = s / values_[which];
-    const double distance = (ratio > 0.95 && ratio < 1.05) ? std::fabs(std::log(ratio)) : kFar;
+    const double distance = (ratio > 0.95 && ratio < 1.05) ? std::fabs(std::log(s) - logs_[which]) : kFar;
     if (distance < best.distance) best = {which, distance};
   }
   return best;
@@ -117,13 +121,12 @@ std::vector<uint8_t> encode_side_stream(const SideInfo& side) {
     previous = side.positions[i];
   }
   unsigned best_k = 0;
-  uint64_t best_bytes = std::numeric_limits<uint64_t>::max();
+  uint64_t best_bits = std::numeric_limits<uint64_t>::max();
   for (unsigned k = 0; k <= kMaxRiceParameter; ++k) {
     uint64_t bits = 0;
     for (uint64_t gap : gaps) bits += (gap >> k) + 1 + k + 1;  // unary, its stop bit, k low bits, side bit
-    const uint64_t bytes = (bits + 7) / 8;
-    if (bytes < best_bytes) {
-      best_bytes = bytes;
+    if (bits < best_bits) {
+      best_bits = bits;
       best_k = k;
     }
   }
@@ -151,9 +154,10 @@ SideInfo decode_side_stream(const uint8_t* data, size_t size, uint64_t latent_si
   if (n == 0) refuse("is not empty but lists no element");
   if (n > latent_size)
     refuse("lists " + std::to_string(n) + " elements, the latent has " + std::to_string(latent_size));
-  // Every entry takes at least two bits: a count beyond the stream is refused
-  // before anything of its size is allocated.
-  if (n > 8 * (size - kSideHeadBytes) / 2) refuse("ends before its " + std::to_string(n) + " entries");
+  // Every entry takes at least k + 2 bits: a count the bytes cannot hold is
+  // refused before anything of its size is allocated.
+  if (n * (k + 2) > 8 * uint64_t{size - kSideHeadBytes})
+    refuse("of " + std::to_string(size) + " bytes cannot hold " + std::to_string(n) + " entries");
   side.positions.reserve(n);
   side.bits.reserve(n);
   BitReader reader(data + kSideHeadBytes, size - kSideHeadBytes);

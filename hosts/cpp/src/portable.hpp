@@ -23,7 +23,7 @@ class CriticalValues {
 
   struct Nearest {
     size_t which;     // into values()
-    double distance;  // |ln(s / c)|, exact when below kFar, else some value >= kFar
+    double distance;  // |ln s - ln c|, exact when below kFar, else some value >= kFar
   };
   // The critical value nearest to s (> 0, finite) in |ln| distance.
   Nearest nearest(double s) const;
@@ -35,7 +35,7 @@ class CriticalValues {
   int32_t above(size_t which) const { return above_[which]; }
 
  private:
-  std::vector<double> values_;
+  std::vector<double> values_, logs_;
   std::vector<int32_t> below_, above_;
 };
 
@@ -50,7 +50,7 @@ void mark_slice(const float* scales, const int32_t* indexes, size_t count, uint6
                 const CriticalValues& critical, SideInfo* side);
 
 // The side stream's bytes (empty when nothing is marked). The Rice parameter
-// is the one giving the fewest bytes (the smallest such).
+// is the one giving the fewest bits (the smallest such, as runtime.portable).
 std::vector<uint8_t> encode_side_stream(const SideInfo& side);
 // Parses and checks a side stream for a latent of `latent_size` elements;
 // Error(corrupt_stream) with the reason for anything the spec refuses.
