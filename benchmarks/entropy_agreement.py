@@ -6,7 +6,7 @@ slices' y_hat), so that only the slice heads' arithmetic differs, not a moved
 rounding upstream. Printed per bundle: the largest |mu| and |sigma| differences
 and how many scale-table indexes and roundings round(y - mu) moved, in all
 and per slice. A moved index is what desynchronises a decoder fed another
-setup's stream (README: why the entropy path is special).
+setup's stream (README: Portable bitstreams).
 
 The default model is the official configuration with the golden deterministic
 weights (tests/data/golden): their scales spread over the whole table, where a

@@ -231,11 +231,13 @@ def _stream_bytes(data: bytes) -> tuple[int, int]:
 
 
 def silent_wrong_totals(cells: list[dict]) -> dict:
-    """WRONG counts by decoder kind: runtime (must be 0) and reference."""
-    runtime = sum(c["wrong_silent"] + (c["forced"]["wrong_silent"] if c["forced"] else 0)
+    """WRONG counts by decoder kind: `checked`, the decoders that check the
+    stream's end (every runtime setup, the reference on portable .dcae): must
+    be 0; `unchecked`, compressai's decoder (the reference on a GPU's .bin)."""
+    checked = sum(c["wrong_silent"] + (c["forced"]["wrong_silent"] if c["forced"] else 0)
                   for c in cells if c["decoder_detects_desync"])
-    reference = sum(c["wrong_silent"] for c in cells if not c["decoder_detects_desync"])
-    reference_forced = sum(c["forced"]["wrong_silent"] for c in cells
+    unchecked = sum(c["wrong_silent"] for c in cells if not c["decoder_detects_desync"])
+    unchecked_forced = sum(c["forced"]["wrong_silent"] for c in cells
                            if not c["decoder_detects_desync"] and c["forced"])
-    return {"runtime": runtime, "reference": reference, "reference_forced": reference_forced}
+    return {"checked": checked, "unchecked": unchecked, "unchecked_forced": unchecked_forced}
 

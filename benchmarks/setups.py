@@ -170,9 +170,7 @@ class TorchCoder:
         if sniff(data) == "dcae":
             # Portable files only (others are refused): the runtime's rANS
             # decoder and side-stream checks, so a desync is an error.
-            from dcae.coding import decode_dcae
-
-            pixels, symbols = decode_dcae(self.reference.model, data)
+            pixels, symbols = self.reference.decode_portable(data)
             return Decoded(pixels, symbols.reshape(self._latent_shape(data)))
         result = self.reference.decode_streams(*streams_of(data))
         return Decoded(result.x, result.symbols)

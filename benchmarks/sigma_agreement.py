@@ -15,8 +15,9 @@ means and LRP feeding its later slices, as a decoder does):
 
 Printed and written (`--out`, markdown + JSON): per setup the largest and the
 99.99th percentile of |ln sigma - ln sigma_float64| over the elements whose
-scale is at or above the table's lowest critical value / e (the others have
-index 0 whatever their error), the same for every pair of setups, and, for a
+float64 scale lies within `runtime.portable.MAX_MARGIN` (ln) of an index
+boundary (elsewhere no error a file's margin may cover moves an index), the
+same for every pair of setups, and, for a
 list of margins, the side stream's size and share of the file (the reference's
 portable files): the curve that sizes `runtime.portable.DEFAULT_MARGIN` and
 the backends' `sigma_error_bound`.
@@ -45,9 +46,9 @@ from runtime import Codec
 from runtime.container import HEADER_SIZE
 from runtime.entropy import decompress_z
 from runtime.imaging import load_image, pad_image
-from runtime.portable import encode_side_stream, mark
+from runtime.portable import DEFAULT_MARGIN, MAX_MARGIN, encode_side_stream, mark
 
-MARGINS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4)
+MARGINS = tuple(sorted({1e-6, 3e-6, 1e-5, DEFAULT_MARGIN, 3e-5, 1e-4}))
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
@@ -156,7 +157,7 @@ def measure(args) -> dict:
 
     merged = {name: np.concatenate([s.reshape(-1) for s in v]) for name, v in scales.items()}
     anchor = merged["torch-float64"]
-    relevant = anchor >= thresholds.critical[0] / np.e
+    relevant = thresholds.nearest(anchor)[1] <= MAX_MARGIN
     vs_float64 = {name: _error_stats(v, anchor, relevant) for name, v in merged.items() if name != "torch-float64"}
     pairs = {f"{a} / {b}": _error_stats(merged[a], merged[b], relevant)
              for a, b in combinations([n for n in merged if n != "torch-float64"], 2)}
@@ -185,7 +186,8 @@ def to_markdown(r: dict) -> str:
     lines = [f"# Scale agreement across setups: {r['model']}", "",
              f"{len(r['images'])} images ({', '.join(r['images'][:4])}{', ...' if len(r['images']) > 4 else ''}), "
              f"{r['threads']} thread(s), CPU: {r['cpu']}.", "",
-             "|ln sigma - ln sigma_float64| (elements that can leave index 0):", "",
+             f"|ln sigma - ln sigma_float64| over the elements within {MAX_MARGIN:g} (ln) of an index boundary "
+             f"({r['vs_float64']['torch']['elements']} elements):", "",
              "| setup | max | 99.99th pct |", "|---|---|---|"]
     lines += [f"| {n} | {s['max']:.2e} | {s['p99.99']:.2e} |" for n, s in r["vs_float64"].items()]
     lines += ["", "Between setups, |ln sigma_a - ln sigma_b|:", "", "| pair | max | 99.99th pct |", "|---|---|---|"]
@@ -193,7 +195,8 @@ def to_markdown(r: dict) -> str:
     lines += ["", "Cost of the side stream (the reference's portable files):", "",
               "| margin | marked elements | share of y elements | side bytes | share of the file |",
               "|---|---|---|---|---|"]
-    lines += [f"| {m} | {c['marked']} | {c['marked_fraction']:.2e} | {c['side_bytes']} | {100 * c['share']:.3f} % |"
+    lines += [f"| {m}{' (default)' if float(m) == DEFAULT_MARGIN else ''} | {c['marked']} | "
+              f"{c['marked_fraction']:.2e} | {c['side_bytes']} | {100 * c['share']:.3f} % |"
               for m, c in r["margins"].items()]
     return "\n".join(lines) + "\n"
 

@@ -22,7 +22,7 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 
 from dcae.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from dcae.coding import pack_portable
+from dcae.coding import decode_dcae, pack_portable
 from runtime.container import pack_bin
 from runtime.errors import BackendUnavailableError
 from runtime.geometry import z_shape_for
@@ -176,7 +176,16 @@ class TorchReference:
     def compress(self, image) -> bytes:
         return self.encode(image).data
 
-    # ---- decoder: DCAE.decompress with timers ------------------------------------------
+    # ---- decoders -----------------------------------------------------------------------
+
+    def decode_portable(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """A portable .dcae through `dcae.coding.decode_dcae`, timed by stage:
+        (pixels, symbols in stream order)."""
+        self.last_timings = {}
+        started = time.perf_counter()
+        result = decode_dcae(self.model, data, self._timed)
+        self.last_timings["total"] = time.perf_counter() - started
+        return result
 
     @torch.no_grad()
     def decode_streams(self, y: bytes, z: bytes, height: int, width: int) -> ReferenceDecoded:

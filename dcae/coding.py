@@ -12,6 +12,7 @@ decoded with the runtime's rANS decoder, which checks the stream ends in sync.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import numpy as np
@@ -23,7 +24,7 @@ from runtime.errors import BadInputError, FingerprintMismatchError
 from runtime.geometry import z_shape_for
 from runtime.imaging import crop_to_uint8, load_image, pad_image
 from runtime.portable import (DEFAULT_MARGIN, Thresholds, apply_side_stream, decode_side_stream,
-                              encode_side_stream, mark)
+                              encode_side_stream, margin_covers, mark)
 from runtime.rans import RansStreamDecoder
 
 from .model import DCAE
@@ -32,10 +33,11 @@ FORMATS = ("bin", "dcae")
 # Modules the decoder's entropy path never runs: left out of its fingerprint.
 _NOT_ENTROPY_PATH = ("g_a.", "g_s.", "h_a.")
 # |ln sigma_torch - ln sigma_float64| of the reference's fp32 slice scales on
-# the CPU: measured at most 4.2e-6 with AVX-512 kernels and 1.04e-5 with AVX2
-# ones (embedded model, 24 Kodak images: benchmarks/results/sigma_agreement.md,
-# `python -m benchmarks.sigma_agreement`); stated with a margin of 2x.
-TORCH_CPU_SIGMA_ERROR_BOUND = 2e-5
+# the CPU, near index boundaries: measured at most 2.2e-6 with AVX-512 kernels
+# and 4.8e-6 with AVX2 ones (embedded model, 24 Kodak images:
+# benchmarks/results/sigma_agreement.md, `python -m benchmarks.sigma_agreement`);
+# stated with a margin of 2x.
+TORCH_CPU_SIGMA_ERROR_BOUND = 1e-5
 
 
 def _device_of(model: DCAE) -> torch.device:
@@ -100,7 +102,7 @@ def pack_portable(model: DCAE, height: int, width: int, z_stream: bytes, y_strea
     """A portable `.dcae` of the reference's streams, with the side stream of
     the elements whose encoder `scales` lie within `margin` of an index boundary."""
     header = DcaeHeader(height, width, entropy_model_fingerprint(model), margin=margin)
-    if header.margin < 2 * sigma_error_bound(model):
+    if not margin_covers(header.margin, sigma_error_bound(model)):
         raise BadInputError(f"margin {margin:g} is under twice this encoder's scale error bound")
     positions, bits = mark(scales, indexes, scale_thresholds(model), header.margin)
     return pack(header, z_stream, y_stream, encode_side_stream(positions, bits, scales.size))
@@ -117,10 +119,12 @@ def decompress_image(model: DCAE, data: bytes) -> np.ndarray:
 
 
 @torch.no_grad()
-def decode_dcae(model: DCAE, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+def decode_dcae(model: DCAE, data: bytes, timer=None) -> tuple[np.ndarray, np.ndarray]:
     """A portable `.dcae` -> (uint8 (H, W, 3), the y symbols in stream order); raises the
     runtime's errors (`FingerprintMismatchError`, `CorruptStreamError`,
-    `MarginError`, `DesyncError`) rather than returning noise."""
+    `MarginError`, `DesyncError`) rather than returning noise. `timer(stage)`,
+    a context manager, times the stages (see `DCAE.decode_slices`)."""
+    timer = timer or (lambda stage: contextlib.nullcontext())
     parsed = unpack(data)
     header = parsed.header
     if not header.portable:
@@ -130,15 +134,17 @@ def decode_dcae(model: DCAE, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         raise FingerprintMismatchError("this .dcae file was written with another model (entropy-model "
                                        "fingerprint differs)")
     error_bound = sigma_error_bound(model)
-    if header.margin < 2 * error_bound:
+    if not margin_covers(header.margin, error_bound):
         raise FingerprintMismatchError(f"the file's margin {header.margin:g} is under twice this decoder's "
                                        f"scale error bound {error_bound:g}")
     eb, gc = model.entropy_bottleneck, model.gaussian_conditional
-    z_hat = decompress_z(parsed.z, header.z_shape, eb.quantiles[:, 0, 1].detach().cpu().numpy(),
-                         eb._quantized_cdf.cpu().numpy(), eb._cdf_length.cpu().numpy(), eb._offset.cpu().numpy())
     ph, pw = header.padded_size
     slice_size = model.config.slice_channels * (ph // 16) * (pw // 16)
-    side = decode_side_stream(parsed.side, slice_size * model.num_slices)
+    with timer("z_coding"):
+        z_hat = decompress_z(parsed.z, header.z_shape, eb.quantiles[:, 0, 1].detach().cpu().numpy(),
+                             eb._quantized_cdf.cpu().numpy(), eb._cdf_length.cpu().numpy(),
+                             eb._offset.cpu().numpy())
+        side = decode_side_stream(parsed.side, slice_size * model.num_slices)
     tables = (gc.quantized_cdf.cpu().numpy(), gc.cdf_length.cpu().numpy(), gc.offset.cpu().numpy())
     table, bound = gc.scale_table.cpu().numpy(), float(gc.lower_bound_scale.bound)
     thresholds = Thresholds.from_table(table, bound)
@@ -154,7 +160,11 @@ def decode_dcae(model: DCAE, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         symbols.append(decoder.decode(indexes.reshape(-1), *tables))
         return torch.from_numpy(symbols[-1])
 
-    y_hat = model.decode_slices(torch.from_numpy(z_hat).to(_device_of(model)), decode_slice)
-    decoder.finish()
-    x_hat = model.g_s(y_hat).clamp_(0, 1)
-    return crop_to_uint8(x_hat.float().cpu().numpy(), header.height, header.width), np.concatenate(symbols)
+    y_hat = model.decode_slices(torch.from_numpy(z_hat).to(_device_of(model)), decode_slice, timer)
+    with timer("y_coding"):
+        decoder.finish()
+    with timer("g_s"):
+        x_hat = model.g_s(y_hat).clamp_(0, 1)
+    with timer("crop"):
+        pixels = crop_to_uint8(x_hat.float().cpu().numpy(), header.height, header.width)
+    return pixels, np.concatenate(symbols)

@@ -7,6 +7,7 @@ runtime drives, so there is one definition of each step.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -227,19 +228,26 @@ class DCAE(CompressionModel):
         return out
 
     @torch.no_grad()
-    def decode_slices(self, z_hat: Tensor, decode_slice) -> Tensor:
+    def decode_slices(self, z_hat: Tensor, decode_slice, timer=None) -> Tensor:
         """The decoder's slice loop: y_hat (after LRP) from z_hat, where
         `decode_slice(i, scale)` returns slice i's integer symbols (a tensor
         shaped like `scale`) given the scales this model computed for it.
         Entropy decoding, the portable side stream and measurements of the
-        scales all plug in here, so the loop exists once."""
-        latent_scales, latent_means = self.hyper_synthesis(z_hat)
+        scales all plug in here, so the loop exists once. `timer(stage)`, a
+        context manager, times the stages (h_s, slice_params_i,
+        slice_coding_i, slice_lrp_i) for the benchmarks."""
+        timer = timer or (lambda stage: contextlib.nullcontext())
+        with timer("h_s"):
+            latent_scales, latent_means = self.hyper_synthesis(z_hat)
         y_hat_slices = []
         for i in range(self.num_slices):
-            mu, scale, support = self.slice_params(i, latent_scales, latent_means, y_hat_slices)
-            y_q = decode_slice(i, scale).to(dtype=mu.dtype, device=mu.device).reshape(mu.shape)
-            y_hat_raw = self.gaussian_conditional.dequantize(y_q, mu)
-            y_hat_slices.append(self.slice_refine(i, support, y_hat_raw))
+            with timer(f"slice_params_{i}"):
+                mu, scale, support = self.slice_params(i, latent_scales, latent_means, y_hat_slices)
+            with timer(f"slice_coding_{i}"):
+                y_q = decode_slice(i, scale).to(dtype=mu.dtype, device=mu.device).reshape(mu.shape)
+                y_hat_raw = self.gaussian_conditional.dequantize(y_q, mu)
+            with timer(f"slice_lrp_{i}"):
+                y_hat_slices.append(self.slice_refine(i, support, y_hat_raw))
         return torch.cat(y_hat_slices, dim=1)
 
     @torch.no_grad()

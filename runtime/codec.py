@@ -41,7 +41,8 @@ from .bundle import Bundle
 from .container import DcaeHeader, pack, sniff, unpack, unpack_bin
 from .entropy import build_indexes, compress_z, decompress_z, dequantize, quantize_symbols
 from .errors import BadInputError, CorruptStreamError, FingerprintMismatchError
-from .portable import DEFAULT_MARGIN, Thresholds, apply_side_stream, decode_side_stream, encode_side_stream, mark
+from .portable import (DEFAULT_MARGIN, Thresholds, apply_side_stream, decode_side_stream, encode_side_stream,
+                       margin_covers, mark)
 from .geometry import Y_DOWNSAMPLE, check_dimensions, padded_size, z_shape_for
 from .imaging import crop_to_uint8, load_image, pad_image
 from .rans import RansStreamDecoder, encode_with_indexes
@@ -170,7 +171,7 @@ class Codec:
 
     def _check_margin(self, margin: float) -> None:
         bound = self.backend.sigma_error_bound
-        if margin < 2 * bound:
+        if not margin_covers(margin, bound):
             raise FingerprintMismatchError(
                 f"margin {margin:g} is under twice the {self.backend.name} backend's scale error bound "
                 f"({bound:g}): its scales could cross an index boundary the encoder did not list")
@@ -356,7 +357,7 @@ class Codec:
                        f"this bundle's is {self.model_fingerprint.hex()})")
         elif self.backend.sigma_error_bound is None:
             problem = f"the {self.backend.name} backend states no scale error bound, so it reads no portable file"
-        elif header.margin < 2 * self.backend.sigma_error_bound:
+        elif not margin_covers(header.margin, self.backend.sigma_error_bound):
             problem = (f"the file's margin {header.margin:g} is under twice the {self.backend.name} backend's "
                        f"scale error bound ({self.backend.sigma_error_bound:g})")
         else:

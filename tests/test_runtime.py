@@ -21,7 +21,7 @@ from runtime.backends import BackendUnavailableError, OnnxRuntimeBackend, get_ba
 from runtime.bundle import Bundle
 from runtime.codec import Codec, setup_fingerprint
 from runtime.container import DcaeHeader, pack, unpack
-from runtime.portable import DEFAULT_MARGIN
+from runtime.portable import DEFAULT_MARGIN, MAX_MARGIN
 from runtime.errors import (
     BundleError,
     CorruptStreamError,
@@ -466,12 +466,13 @@ def _word_aligned(stream: bytes) -> bytes:
 
 @pytest.mark.slow
 def test_fuzzed_files_raise_only_codec_errors(codec, kodak_crop):
-    """2600 damaged files, each decoded within a time bound, raising nothing
+    """3000 damaged files, each decoded within a time bound, raising nothing
     but `DcaeError`s:
     - 1500 damaged .dcae files (the header checks and the CRC catch them),
     - 500 damaged upstream .bin files (no checksum: some reach the decoder),
     - 600 .dcae files whose z or y stream is damaged but whose header and CRC
-      are sound, so that every one of them reaches the entropy decoder.
+      are sound, so that every one of them reaches the entropy decoder,
+    - 400 portable files whose side stream is damaged (header and CRC sound).
     """
     from runtime.container import pack_bin
 
@@ -481,6 +482,10 @@ def test_fuzzed_files_raise_only_codec_errors(codec, kodak_crop):
     bin_data = pack_bin(32, 32, encoded.y, encoded.z)
     y_mutants = (pack(header, encoded.z, _word_aligned(y)) for y in mutations(encoded.y, 400, seed=3))
     z_mutants = (pack(header, _word_aligned(z), encoded.y) for z in mutations(encoded.z, 200, seed=4))
+    # The largest margin a file may carry lists many elements of this small crop.
+    wide = codec.encode(pixels, margin=MAX_MARGIN)
+    wide_header = unpack(wide.data).header
+    side_mutants = (pack(wide_header, wide.z, wide.y, side) for side in mutations(wide.side, 400, seed=6))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the .bin warning
         dcae_outcomes = _decode_mutants(
@@ -488,6 +493,7 @@ def test_fuzzed_files_raise_only_codec_errors(codec, kodak_crop):
         bin_outcomes = _decode_mutants(codec, bin_data, mutations(bin_data, 500, seed=2), 10)
         y_outcomes = _decode_mutants(codec, encoded.data, y_mutants, 10)
         z_outcomes = _decode_mutants(codec, encoded.data, z_mutants, 10)
+        side_outcomes = _decode_mutants(codec, wide.data, side_mutants, 10)
     assert sum(dcae_outcomes.values()) == 1500 and sum(bin_outcomes.values()) == 500
     # No damaged .dcae decodes: the CRC covers everything (mutations may undo themselves).
     assert "decoded" not in dcae_outcomes, dcae_outcomes
@@ -497,6 +503,10 @@ def test_fuzzed_files_raise_only_codec_errors(codec, kodak_crop):
     # still decodes in sync would be a (vanishingly rare) coincidence.
     assert y_outcomes.get("decoded", 0) <= 4, y_outcomes
     assert z_outcomes.get("decoded", 0) <= 4, z_outcomes
+    # A damaged side stream is refused as malformed, fails the margin checks
+    # or desynchronises the y stream; the side stream had entries to damage.
+    assert len(wide.side) > 20 and sum(side_outcomes.values()) == 400
+    assert side_outcomes.get("decoded", 0) <= 4, side_outcomes
 
 
 def test_official_configuration_round_trips_exactly_and_matches_the_reference(golden_bundle, golden_model,
