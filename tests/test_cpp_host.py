@@ -354,12 +354,14 @@ def _read_png(path: Path) -> np.ndarray:
 def test_round_trip_is_exact_and_computes_the_python_openvino_backends_bits(host, tiny_bundle, openvino_codec,
                                                                             kodak_crop, tmp_path):
     """dcae-host and the Python runtime on the openvino backend compile the
-    graphs the same way: same latents, same streams, same decoded image."""
+    graphs the same way: the same latents, byte-identical portable files
+    (side stream included), the same decoded image."""
     pixels = kodak_crop("kodim21", 80, 120, top=300, left=200)
     image = _write_png(tmp_path / "in.png", pixels)
     done = run(host, "compress", "-b", tiny_bundle, image, "-o", tmp_path / "x.dcae", "--threads", 2,
-               "--non-portable", "--save-latents", tmp_path / "enc")
+               "--save-latents", tmp_path / "enc", "--json")
     assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["marked"] > 0
     done = run(host, "decompress", "-b", tiny_bundle, tmp_path / "x.dcae", "-o", tmp_path / "x.png", "--threads", 2,
                "--save-latents", tmp_path / "dec")
     assert done.returncode == 0, done.stderr
@@ -370,14 +372,10 @@ def test_round_trip_is_exact_and_computes_the_python_openvino_backends_bits(host
         assert np.array_equal(np.load(tmp_path / "enc" / f"in.{name}.npy"), np.load(tmp_path / "dec" / f"x.{name}.npy"))
 
     encoded = openvino_codec.encode(pixels)
-    data = (tmp_path / "x.dcae").read_bytes()
-    header_size = 64
-    assert data[header_size:header_size + len(encoded.z)] == encoded.z
-    assert data[header_size + len(encoded.z):] == encoded.y
+    assert (tmp_path / "x.dcae").read_bytes() == encoded.data
     assert np.array_equal(np.load(tmp_path / "enc" / "in.indexes.npy"), encoded.indexes)
     assert np.array_equal(np.load(tmp_path / "enc" / "in.y_hat.npy"), encoded.y_hat)
-    decoded = openvino_codec.decode_streams(encoded.y, encoded.z, *pixels.shape[:2])
-    assert np.array_equal(_read_png(tmp_path / "x.png"), decoded.x)
+    assert np.array_equal(_read_png(tmp_path / "x.png"), openvino_codec.decompress(encoded.data))
 
 
 def test_bf16_encoder_files_decode_exactly_on_the_f32_decoder(host, tiny_bundle, kodak_crop, tmp_path):
@@ -391,7 +389,7 @@ def test_bf16_encoder_files_decode_exactly_on_the_f32_decoder(host, tiny_bundle,
         return
     image = _write_png(tmp_path / "in.png", kodak_crop("kodim05", 100, 70, top=40, left=90))
     done = run(host, "compress", "-b", tiny_bundle, image, "-o", tmp_path / "x.dcae", "--backend", "openvino-bf16",
-               "--non-portable", "--save-latents", tmp_path / "enc")
+               "--save-latents", tmp_path / "enc")
     assert done.returncode == 0, done.stderr
     done = run(host, "decompress", "-b", tiny_bundle, tmp_path / "x.dcae", "-o", tmp_path / "x.png",
                "--save-latents", tmp_path / "dec")
@@ -404,7 +402,7 @@ def test_json_report_and_several_files_into_a_directory(host, tiny_bundle, kodak
     images.mkdir()
     for name in ("kodim01", "kodim02"):
         _write_png(images / f"{name}.png", kodak_crop(name, 48, 40))
-    done = run(host, "compress", "-b", tiny_bundle, images, "-o", tmp_path / "coded", "--json", "--non-portable")
+    done = run(host, "compress", "-b", tiny_bundle, images, "-o", tmp_path / "coded", "--json")
     assert done.returncode == 0, done.stderr
     reports = [json.loads(line) for line in done.stdout.splitlines()]
     assert [Path(r["output"]).name for r in reports] == ["kodim01.dcae", "kodim02.dcae"]
@@ -425,7 +423,7 @@ def _leftovers(directory: Path) -> list[str]:
 def test_bad_files_and_images_are_one_line_errors_and_leave_no_output(host, tiny_bundle, kodak_crop, tmp_path):
     image = _write_png(tmp_path / "in.png", kodak_crop("kodim03", 40, 56))
     good = tmp_path / "good.dcae"
-    assert run(host, "compress", "-b", tiny_bundle, image, "-o", good, "--non-portable").returncode == 0
+    assert run(host, "compress", "-b", tiny_bundle, image, "-o", good).returncode == 0
     data = good.read_bytes()
     out = tmp_path / "out"
     out.mkdir()
@@ -682,3 +680,24 @@ def test_a_portable_file_of_another_model_is_refused(host, tiny_bundle, kodak_cr
     assert Bundle.open(tiny_bundle).manifest.entropy_model_fingerprint
     assert_refused(run(host, "decompress", "-b", tiny_bundle, tmp_path / "other.dcae", "-o", tmp_path / "x.png"),
                    "another entropy model")
+
+
+def test_dcae_bench_runs_the_host_as_a_setup(host, tiny_bundle, openvino_codec, kodak_crop):
+    """dcae-bench's cpp-openvino setup codes in-process through the host's C
+    interface (libdcae-host.so): the openvino backend's files and symbols,
+    stage timings, and the runtime's error classes for bad files."""
+    from benchmarks.cli import plan_setups
+    from benchmarks.setups import bundle_infos, open_setup
+    from runtime.errors import CorruptStreamError
+
+    (setup,) = plan_setups(bundle_infos([str(tiny_bundle)]), ["cpp-openvino"], None)
+    coder = open_setup(setup, 2)
+    pixels = kodak_crop("kodim10", 70, 50)
+    encoded = coder.encode(pixels)
+    assert encoded.data == openvino_codec.encode(pixels).data
+    assert {"g_a", "slice_params_0", "y_coding", "total"} <= set(coder.timings)
+    decoded = coder.decode(encoded.data)
+    assert np.array_equal(decoded.symbols, encoded.symbols)
+    assert np.array_equal(decoded.x, openvino_codec.decompress(encoded.data))
+    with pytest.raises(CorruptStreamError, match="truncated"):
+        coder.decode(encoded.data[:-3])
