@@ -290,7 +290,12 @@ class OpenVinoSession(GraphSession):
     def _run(self, feed: dict) -> dict:
         try:
             request = self._request(feed)
-            request.infer(feed)
+            # The inputs are bound where they are, as the C++ host does
+            # (InferRequest.infer(feed) copies each into a tensor of its own
+            # first); `feed` keeps them alive through the call.
+            for name, array in feed.items():
+                request.set_tensor(name, self._backend.shared_tensor(array))
+            request.infer()
         except RuntimeError as exc:
             raise GraphRunError(f"graph {self.name} failed in OpenVINO: {_one_line(exc)}") from None
         # The request reuses its output buffers on the next call: copy.
@@ -326,6 +331,7 @@ class OpenVinoBackend(Backend):
             raise BackendUnavailableError(
                 "OpenVINO backend unavailable: it needs the openvino package "
                 "(pip install dcae-deploy[openvino])") from None
+        self._openvino = openvino
         self._core = openvino.Core()
         if precision == "bf16" and "BF16" not in self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise BackendUnavailableError("OpenVINO bf16 unavailable: this CPU has no bf16 instructions")
@@ -334,6 +340,11 @@ class OpenVinoBackend(Backend):
         self.numeric_class = openvino_numeric_class(openvino.get_version())
         if precision == "bf16":
             self.name = "openvino-bf16"
+
+    def shared_tensor(self, array: np.ndarray):
+        """An OpenVINO tensor over `array`'s memory (C-contiguous, as
+        GraphSession.run makes every input)."""
+        return self._openvino.Tensor(array, shared_memory=True)
 
     def graph_precision(self, graph: GraphSpec) -> str:
         from .manifest import is_entropy_graph

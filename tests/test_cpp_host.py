@@ -656,6 +656,11 @@ def test_files_for_one_setup_decode_only_there(host, tiny_bundle, openvino_codec
     expected = openvino_codec.decode_streams(own.y, own.z, *pixels.shape[:2]).x
     for name, data in (("v2", own.data), ("v1", version_1), ("onnxruntime", onnxruntime_file)):
         (tmp_path / f"{name}.dcae").write_bytes(data)
+    # dcae-host writes the same file for its own setup.
+    done = run(host, "compress", "-b", tiny_bundle, _write_png(tmp_path / "in.png", pixels), "-o",
+               tmp_path / "host.dcae", "--not-portable")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "host.dcae").read_bytes() == own.data
     for name in ("v2", "v1"):
         done = run(host, "decompress", "-b", tiny_bundle, tmp_path / f"{name}.dcae", "-o", tmp_path / f"{name}.png")
         assert done.returncode == 0, done.stderr

@@ -54,7 +54,7 @@ palette and 16-bit PNGs become 8-bit RGB; alpha is dropped).
   --json               print one JSON object per file, with timings in ms
   --save-latents DIR   also write the latents as .npy files (for comparing hosts)
 compress:
-  --non-portable       write a file that decodes only on this backend class
+  --not-portable       write a file that decodes only on this backend class
                        (default: portable, decodes on any backend)
   --margin D           portable margin, natural log (default: the Python
                        runtime's)
@@ -109,7 +109,7 @@ Arguments parse(int argc, char** argv) {
     else if (a == "--backend" && codec_command) args.options.backend = value();
     else if (a == "--json") args.json = true;
     else if (a == "--save-latents" && codec_command) args.save_latents = value();
-    else if (a == "--non-portable" && args.command == "compress") args.options.portable = false;
+    else if (a == "--not-portable" && args.command == "compress") args.options.portable = false;
     else if (a == "--margin" && args.command == "compress") args.options.margin = margin_value(value());
     else if (a == "--force" && args.command == "decompress") args.force = true;
     else if (a.size() > 1 && a[0] == '-') throw UsageError{"unknown option " + a + " for " + args.command};
