@@ -315,6 +315,7 @@ int compress(const Arguments& args) {
     const dcae::Image image = dcae::read_png(source, warnings);
     const auto t1 = Clock::now();
     const dcae::EncodeResult result = codec.encode(image);
+    for (const std::string& w : codec.last_warnings()) warnings->push_back(w);
     const auto t2 = Clock::now();
     dcae::write_atomically(target, result.file.data(), result.file.size());
     coded.read_seconds = seconds_between(t0, t1);
