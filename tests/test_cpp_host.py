@@ -40,7 +40,8 @@ def _build_host() -> None:
     """Configure once, then an incremental build (a no-op when CI built it)."""
     if shutil.which("cmake") is None:
         pytest.fail("cmake is not installed: the C++ host cannot be built (see README, C++ host)")
-    env = dict(os.environ, VIRTUAL_ENV=str(Path(sys.executable).resolve().parent.parent))
+    # CMake looks for OpenVINO's wheel in the virtual environment running the tests.
+    env = dict(os.environ, VIRTUAL_ENV=sys.prefix)
     steps = [["cmake", "--build", str(BUILD), "-j2"]]
     if not (BUILD / "CMakeCache.txt").exists():
         steps.insert(0, ["cmake", "-S", str(REPO / "hosts" / "cpp"), "-B", str(BUILD)])

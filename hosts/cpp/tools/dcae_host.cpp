@@ -56,8 +56,8 @@ palette and 16-bit PNGs become 8-bit RGB; alpha is dropped).
 compress:
   --not-portable       write a file that decodes only on this backend class
                        (default: portable, decodes on any backend)
-  --margin D           portable margin, natural log (default: the Python
-                       runtime's)
+  --margin D           portable margin, natural log, at most 0.01 (default
+                       2.2e-5, the Python runtime's)
 decompress:
   --force              try a file written by another setup (refused by
                        default: it usually fails with a desync)
