@@ -22,6 +22,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_description() -> str:
+    """The CPU model, its widest vector extension and core count: results name it,
+    since float rounding and speed differ between CPU families."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{cpu_model()} ({isa}, {os.cpu_count()} cores)"
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.machine import cpu_description
 from dcae.checkpoint import load_checkpoint
 from dcae.coding import scale_thresholds
 from runtime import Codec
@@ -163,23 +163,11 @@ def measure(args) -> dict:
              for a, b in combinations([n for n in merged if n != "torch-float64"], 2)}
     return {
         "model": "official configuration, golden weights" if args.golden else str(args.checkpoint or "embedded"),
-        "images": [p.name for p in images], "cpu": _cpu_name(), "threads": args.threads,
+        "images": [p.name for p in images], "cpu": cpu_description(), "threads": args.threads,
         "vs_float64": vs_float64, "pairs": pairs, "y_elements": elements, "file_bytes_without_side": file_bytes,
         "margins": {f"{m:g}": {**costs[m], "share": costs[m]["side_bytes"] / (file_bytes + costs[m]["side_bytes"]),
                                "marked_fraction": costs[m]["marked"] / elements} for m in MARGINS},
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                flags = Path("/proc/cpuinfo").read_text()
-                isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-                return f"{line.split(':', 1)[1].strip()} ({isa}, {os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def to_markdown(r: dict) -> str:

@@ -113,6 +113,8 @@ def parse_args(argv=None):
                    help="crop side for the last part of training (0: keep --crop)")
     p.add_argument("--final-crop-at", type=float, default=0.8,
                    help="fraction of --steps after which --final-crop is used")
+    p.add_argument("--max-seconds", type=float, default=0,
+                   help="stop (with a checkpoint) after this many seconds of training (0: no limit)")
     p.add_argument("--log-every", type=int, default=50, help="steps between lines of OUT/train_log.jsonl")
     p.add_argument("--eval-images", default=None, help="folder of evaluation images (e.g. Kodak)")
     p.add_argument("--eval-every", type=int, default=500, help="steps between evaluations")
@@ -215,10 +217,13 @@ def train(args) -> Path:
                    "args": vars(args)},
         )
 
+    if eval_paths and not last.exists():
+        # Where the initial weights stand, in the same terms as the later evaluations.
+        log({"step": step, "eval": evaluate(model, eval_paths, args.device)})
     bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
-        while step < args.steps:
+        while step < args.steps and not (args.max_seconds and time.perf_counter() - t0 > args.max_seconds):
             lr = args.lr * (0.1 if step >= decay_step else 1.0)
             for group in optimizer.param_groups:
                 group["lr"] = lr

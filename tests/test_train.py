@@ -66,8 +66,9 @@ def test_a_new_run_starts_from_init_weights_and_logs(tmp_path, capsys):
     assert _load(second)["step"] == 3
     lines = [json.loads(line) for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if "loss" in line] == [3]
-    evaluation = [line["eval"] for line in lines if "eval" in line]
-    assert len(evaluation) == 1 and evaluation[0]["images"] == 1
-    assert 0 < evaluation[0]["bpp"] < 24 and 5 < evaluation[0]["psnr"] < 60
+    # Evaluated where the initial weights stand, then every --eval-every steps.
+    assert [line["step"] for line in lines if "eval" in line] == [2, 3]
+    for evaluation in (line["eval"] for line in lines if "eval" in line):
+        assert evaluation["images"] == 1 and 0 < evaluation["bpp"] < 24 and 5 < evaluation["psnr"] < 60
     with pytest.raises(ValueError, match="not a tiny model"):
         train(_args(tmp_path / "c", 1, init=Path(__file__).parent.parent / "dcae" / "weights" / "fixture.pth.tar"))
