@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where report.json, report.md and plots go")
     p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
                    help=f"comma-separated: 'torch' (the PyTorch reference on the CPU, the speed-up baseline), "
-                        f"'torch-cuda' (the reference on a CUDA GPU) and runtime backends "
+                        f"'torch-cuda' (the reference on a CUDA GPU), runtime backends and 'cpp-openvino' (the "
+                        f"C++ host, hosts/cpp, built first) "
                         f"(default: {','.join(DEFAULT_BACKENDS)}); those that cannot run here are reported "
                         f"as not available")
     p.add_argument("--checkpoint", default=None, type=absolute_path,
@@ -93,13 +94,14 @@ def plan_setups(bundles, backends: list[str], checkpoint: str | None):
     from runtime.backends import backend_names
     from runtime.manifest import Manifest
 
+    from .cpp_host import CPP_BACKENDS
     from .setups import TORCH, TORCH_DEVICES, Setup, describe_precision
 
-    known = set(backend_names()) | set(TORCH_DEVICES)
+    known = set(backend_names()) | set(TORCH_DEVICES) | set(CPP_BACKENDS)
     unknown = [b for b in backends if b not in known]
     if unknown:
         raise ValueError(f"unknown backend(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(TORCH_DEVICES)}, {', '.join(backend_names())}")
+                         f"{', '.join(TORCH_DEVICES)}, {', '.join(backend_names())}, {', '.join(CPP_BACKENDS)}")
     setups = []
     for backend in TORCH_DEVICES:  # the CPU reference first: it is the speed-up baseline
         if backend in backends:

@@ -181,6 +181,10 @@ class TorchCoder:
 
 
 def open_setup(setup: Setup, threads: int | None, reference=None):
+    from .cpp_host import CPP_BACKENDS, CppHostCoder
+
     if setup.kind == TORCH:
         return TorchCoder(setup, threads, reference)
+    if setup.backend in CPP_BACKENDS:
+        return CppHostCoder(setup, threads)
     return RuntimeCoder(setup, threads)

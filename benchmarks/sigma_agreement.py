@@ -10,7 +10,8 @@ means and LRP feeding its later slices, as a decoder does):
 - `torch`: the reference in float32 on this CPU's default kernels;
 - `torch-avx2`: the same in a subprocess with `ATEN_CPU_CAPABILITY=avx2` and
   `ONEDNN_MAX_CPU_ISA=AVX2` (another CPU family's float path);
-- `onnxruntime:NAME`: each bundle's slice graphs in the runtime.
+- `BACKEND:NAME`: each bundle's slice graphs in the runtime, on each
+  `--backend` (default onnxruntime).
 
 Printed and written (`--out`, markdown + JSON): per setup the largest and the
 99.99th percentile of |ln sigma - ln sigma_float64| over the elements whose
@@ -22,7 +23,7 @@ portable files): the curve that sizes `runtime.portable.DEFAULT_MARGIN` and
 the backends' `sigma_error_bound`.
 
   python -m benchmarks.sigma_agreement --images ../shared/data/kodak --bundle B [--bundle B2] \\
-      [--checkpoint C | --golden] [--limit N] [--out benchmarks/results]
+      [--backend onnxruntime --backend openvino] [--checkpoint C | --golden] [--limit N] [--out benchmarks/results]
 """
 from __future__ import annotations
 
@@ -111,7 +112,8 @@ def measure(args) -> dict:
     thresholds = scale_thresholds(model)
     images = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".png", ".jpg", ".ppm"))
     images = images[: args.limit] if args.limit else images
-    codecs = {f"onnxruntime:{Path(b).name}": Codec(b, threads=args.threads) for b in args.bundle}
+    codecs = {f"{backend}:{Path(b).name}": Codec(b, backend=backend, threads=args.threads)
+              for b in args.bundle for backend in args.backend or ["onnxruntime"]}
     eb = model.entropy_bottleneck
     z_tables = (eb.quantiles[:, 0, 1].detach().numpy(), eb._quantized_cdf.numpy(), eb._cdf_length.numpy(),
                 eb._offset.numpy())
@@ -196,6 +198,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", required=True, help="folder of images (e.g. Kodak)")
     p.add_argument("--bundle", action="append", default=[], help="fp32-entropy bundle of the same model (repeat)")
+    p.add_argument("--backend", action="append", default=[],
+                   help="runtime backend to run the bundles' slice graphs on (repeat; default: onnxruntime)")
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the embedded model)")
     p.add_argument("--golden", action="store_true", help="the official configuration with the golden weights")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")

@@ -46,6 +46,16 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def check_tensor_names(graph: GraphSpec, path: Path, actual_in: list, actual_out: list) -> None:
+    """A loaded graph's tensor names must be the manifest's: the codec feeds by name."""
+    wanted_in = [t.name for t in graph.inputs]
+    wanted_out = [t.name for t in graph.outputs]
+    if sorted(actual_in) != sorted(wanted_in) or sorted(actual_out) != sorted(wanted_out):
+        raise BundleError(
+            f"bundle graph {path.name} has inputs {actual_in} and outputs {actual_out}, "
+            f"the manifest says {wanted_in} and {wanted_out}")
+
+
 class GraphSession(ABC):
     """One loaded graph. `run` takes and returns {tensor name: array}."""
 
@@ -199,15 +209,8 @@ class OnnxRuntimeBackend(Backend):
         return OrtSession(graph, self.timings, session)
 
     def _check_session(self, session, graph: GraphSpec, path: Path) -> None:
-        """The graph's tensor names must be the manifest's: the codec feeds by name."""
-        actual_in = [t.name for t in session.get_inputs()]
-        actual_out = [t.name for t in session.get_outputs()]
-        wanted_in = [t.name for t in graph.inputs]
-        wanted_out = [t.name for t in graph.outputs]
-        if sorted(actual_in) != sorted(wanted_in) or sorted(actual_out) != sorted(wanted_out):
-            raise BundleError(
-                f"bundle graph {path.name} has inputs {actual_in} and outputs {actual_out}, "
-                f"the manifest says {wanted_in} and {wanted_out}")
+        check_tensor_names(graph, path, [t.name for t in session.get_inputs()],
+                           [t.name for t in session.get_outputs()])
 
 
 class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
@@ -234,6 +237,142 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
         super()._check_session(session, graph, path)
 
 
+# ---- OpenVINO -----------------------------------------------------------------------
+
+# OpenVINO compiles a graph for fixed input shapes, one compiled model per
+# padded image size. Static shapes are what the C++ host (hosts/cpp) compiles
+# too, and they matter for more than speed: the same graph compiled for
+# dynamic shapes computes other bits (measured on slice_params_2), so a host
+# that shares this backend's numeric class must compile exactly the same way.
+# Each compiled model holds its own copy of the weights, so only the most
+# recently used sizes are kept.
+OPENVINO_COMPILED_SIZES_KEPT = 2
+
+
+def openvino_numeric_class(version: str) -> str:
+    """The numeric class of OpenVINO's CPU plugin at `version` (its build
+    string, "2026.4.1-22982-..."): kernels change between releases, so the
+    release is part of the class. The entropy graphs always run in f32, so
+    the precision asked for g_a, h_a and g_s is not."""
+    return f"openvino-cpu:{version.split('-')[0]}"
+
+
+def openvino_compile_config(inference_precision: str, threads: int | None) -> dict:
+    """Properties every graph is compiled with (the C++ host sets the same).
+
+    OpenVINO's CPU plugin defaults to bf16 on CPUs that have it, so the
+    precision is always given. One stream and the latency hint: the codec
+    runs one graph at a time."""
+    config = {"INFERENCE_PRECISION_HINT": inference_precision, "NUM_STREAMS": 1,
+              "PERFORMANCE_HINT": "LATENCY"}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
+
+
+class OpenVinoSession(GraphSession):
+    def __init__(self, spec: GraphSpec, timings: list, backend: "OpenVinoBackend", model):
+        super().__init__(spec, timings)
+        self._backend = backend
+        self._model = model
+        self._requests: dict[tuple, object] = {}  # input shapes -> infer request, oldest first
+
+    def _request(self, feed: dict):
+        key = tuple((name, feed[name].shape) for name in self.input_names)
+        request = self._requests.pop(key, None)
+        if request is None:
+            if len(self._requests) >= OPENVINO_COMPILED_SIZES_KEPT:
+                del self._requests[next(iter(self._requests))]
+            request = self._backend.compile(self.spec, self._model, dict(key)).create_infer_request()
+        self._requests[key] = request  # now the most recently used
+        return request
+
+    def _run(self, feed: dict) -> dict:
+        try:
+            request = self._request(feed)
+            # The inputs are bound where they are, as the C++ host does
+            # (InferRequest.infer(feed) copies each into a tensor of its own
+            # first); `feed` keeps them alive through the call.
+            for name, array in feed.items():
+                request.set_tensor(name, self._backend.shared_tensor(array))
+            request.infer()
+        except RuntimeError as exc:
+            raise GraphRunError(f"graph {self.name} failed in OpenVINO: {_one_line(exc)}") from None
+        # The request reuses its output buffers on the next call: copy.
+        return {name: np.array(request.get_tensor(name).data) for name in self.output_names}
+
+
+class OpenVinoBackend(Backend):
+    """OpenVINO's CPU plugin, reading the bundle's ONNX graphs directly.
+
+    All graphs run in f32 unless `precision="bf16"`, which runs g_a, h_a and
+    g_s in bf16 (where the CPU has bf16 instructions) and keeps the entropy
+    graphs in f32: they decide scale indexes, which the decoder must
+    reproduce, so a bf16 encoder's files decode on an f32 decoder and back.
+    """
+
+    name = "openvino"
+    precisions = ("f32", "bf16")
+    # Measured at most 5.3e-6 near index boundaries (embedded model, 24 Kodak
+    # images, AVX-512, f32 entropy graphs: benchmarks/results/
+    # sigma_agreement.md); stated with a margin of 2x. The C++ host
+    # (hosts/cpp) states the same for the same arithmetic.
+    sigma_error_bound = 1.1e-5
+
+    def __init__(self, threads: int | None = None, precision: str = "f32"):
+        super().__init__()
+        if threads is not None and threads < 1:
+            raise BackendUnavailableError(f"thread count must be at least 1, got {threads}")
+        if precision not in self.precisions:
+            raise BackendUnavailableError(f"OpenVINO precision must be one of {self.precisions}, got {precision!r}")
+        try:
+            import openvino
+        except ImportError:
+            raise BackendUnavailableError(
+                "OpenVINO backend unavailable: it needs the openvino package "
+                "(pip install dcae-deploy[openvino])") from None
+        self._openvino = openvino
+        self._core = openvino.Core()
+        if precision == "bf16" and "BF16" not in self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise BackendUnavailableError("OpenVINO bf16 unavailable: this CPU has no bf16 instructions")
+        self.threads = threads
+        self.precision = precision
+        self.numeric_class = openvino_numeric_class(openvino.get_version())
+        if precision == "bf16":
+            self.name = "openvino-bf16"
+
+    def shared_tensor(self, array: np.ndarray):
+        """An OpenVINO tensor over `array`'s memory (C-contiguous, as
+        GraphSession.run makes every input)."""
+        return self._openvino.Tensor(array, shared_memory=True)
+
+    def graph_precision(self, graph: GraphSpec) -> str:
+        from .manifest import is_entropy_graph
+
+        return "f32" if is_entropy_graph(graph.name) else self.precision
+
+    def compile(self, graph: GraphSpec, model, shapes: dict):
+        """The graph compiled for the CPU at these input shapes."""
+        model = model.clone()
+        model.reshape({name: list(shape) for name, shape in shapes.items()})
+        return self._core.compile_model(
+            model, "CPU", openvino_compile_config(self.graph_precision(graph), self.threads))
+
+    def load(self, graph: GraphSpec, path: str | Path) -> GraphSession:
+        path = Path(path)
+        try:
+            model = self._core.read_model(str(path))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise BundleError(f"bundle graph {path.name} cannot be loaded by OpenVINO: {_one_line(exc)}") from None
+        check_tensor_names(graph, path, [port.get_any_name() for port in model.inputs],
+                           [port.get_any_name() for port in model.outputs])
+        return OpenVinoSession(graph, self.timings, self, model)
+
+
+def _openvino_bf16_backend(threads: int | None = None) -> Backend:
+    return OpenVinoBackend(threads=threads, precision="bf16")
+
+
 # ---- TensorRT (runtime/tensorrt_backend.py) ---------------------------------------
 
 def _tensorrt_backend(threads: int | None = None) -> Backend:
@@ -258,6 +397,8 @@ _REGISTRY: dict[str, Callable[..., Backend]] = {
     "onnxruntime-cuda": OnnxRuntimeCudaBackend,
     "onnxruntime-trt": _onnxruntime_trt_backend,
     "tensorrt": _tensorrt_backend,
+    "openvino": OpenVinoBackend,
+    "openvino-bf16": _openvino_bf16_backend,
 }
 
 

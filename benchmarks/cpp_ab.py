@@ -1,0 +1,63 @@
+"""The C++ host against the Python runtime on the same OpenVINO backend, A/B
+in one process: for each image the two encode and decode in turn, run after
+run, so that load drifting on a shared machine falls on both alike (dcae-bench
+measures setups one after another, minutes apart).
+
+  python -m benchmarks.cpp_ab --bundle B --images DIR [--limit 2] [--runs 8] [--threads 2]
+
+Prints per phase the median over all runs of each side and the median of the
+per-run ratios (C++ / Python). The C++ side runs through libdcae-host.so
+(benchmarks/cpp_host.py), as dcae-bench's cpp-openvino setup.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from runtime.codec import Codec
+from runtime.imaging import load_image
+
+from .cli import find_images
+from .cpp_host import CppHostCoder
+from .setups import Setup
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.cpp_ab", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--images", required=True)
+    p.add_argument("--limit", type=int, default=2)
+    p.add_argument("--runs", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    python = Codec(args.bundle, backend="openvino", threads=args.threads)
+    cpp = CppHostCoder(Setup("cpp-openvino", "runtime", "cpp-openvino", "fp32", bundle_path=args.bundle),
+                       args.threads)
+    times = {(side, phase): [] for side in ("python", "cpp") for phase in ("encode", "decode")}
+    for path in find_images(args.images, args.limit):
+        pixels = load_image(path)
+        data = python.compress(pixels)
+        assert cpp.encode(pixels).data == data  # the same arithmetic, so the same file
+        python.decompress(data), cpp.decompress(data)  # warm-up: compiles for this size
+        for _ in range(args.runs):
+            for side, encode, decode in (("python", python.compress, python.decompress),
+                                         ("cpp", lambda x: cpp.encode(x).data, cpp.decompress)):
+                start = time.perf_counter()
+                encode(pixels)
+                middle = time.perf_counter()
+                decode(data)
+                times[side, "encode"].append(middle - start)
+                times[side, "decode"].append(time.perf_counter() - middle)
+    for phase in ("encode", "decode"):
+        py, cc = np.array(times["python", phase]), np.array(times["cpp", phase])
+        print(f"{phase}: Python {1e3 * np.median(py):.1f} ms, C++ {1e3 * np.median(cc):.1f} ms, "
+              f"C++/Python per run: median {np.median(cc / py):.3f} [p25 {np.percentile(cc / py, 25):.3f}, "
+              f"p75 {np.percentile(cc / py, 75):.3f}] over {py.size} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

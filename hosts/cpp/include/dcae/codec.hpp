@@ -1,0 +1,119 @@
+// dcae::Codec: a DCAE bundle (ONNX graphs + entropy tables, written by
+// dcae-export) run in C++, reading and writing the same .dcae files as the
+// Python runtime (runtime/codec.py).
+//
+//   dcae::Codec codec("bundle/");                 // OpenVINO on the CPU, f32
+//   dcae::Image image = dcae::read_png("photo.png");
+//   std::vector<uint8_t> file = codec.compress(image);   // a portable .dcae
+//   dcae::Image decoded = codec.decompress(file);
+//   for (auto& [stage, seconds] : codec.last_timings()) ...
+//
+// Every failure a caller can cause (bad image, corrupt or foreign file, broken
+// bundle) is a dcae::Error with a one-line message.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace dcae {
+
+enum class ErrorKind {
+  bad_input,       // an image or argument that cannot be coded
+  corrupt_stream,  // a .dcae file that is malformed, truncated or damaged
+  desync,          // the entropy decoder did not end where the encoder started
+  fingerprint,     // a file written by another setup
+  bundle,          // a bundle that is missing files, altered or of another format
+  backend,         // the inference backend failed or is unavailable
+  io,              // reading or writing a file failed
+};
+
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorKind kind, const std::string& message);
+  ErrorKind kind() const noexcept { return kind_; }
+
+ private:
+  ErrorKind kind_;
+};
+
+// 8-bit RGB, rows top to bottom, samples interleaved R, G, B.
+struct Image {
+  uint32_t height = 0;
+  uint32_t width = 0;
+  std::vector<uint8_t> rgb;
+};
+
+// (stage, seconds) in the order the stages ran: graph names, "z_coding",
+// "slice_coding_i", "y_coding", "side_stream", "compile" (OpenVINO compiling
+// graphs for a new image size), "total".
+using Timings = std::vector<std::pair<std::string, double>>;
+
+// The natural-log margin the Python runtime's encoder writes into portable
+// files (runtime.portable); the C++ encoder's default is the same.
+extern const double kDefaultPortableMargin;
+
+struct Options {
+  std::string backend = "openvino";  // or "openvino-bf16": g_a, h_a, g_s in bf16
+  int threads = 0;                   // threads per graph; 0: one per core
+  bool portable = true;              // write portable version-2 files
+  double margin = kDefaultPortableMargin;
+};
+
+// Everything an encode computed, for tests and tools that compare hosts.
+struct EncodeResult {
+  std::vector<uint8_t> file;
+  uint32_t height = 0, width = 0;
+  std::array<int64_t, 4> latent_shape{};  // (1, M, h, w)
+  std::vector<int32_t> symbols;           // round(y - mu), C order
+  std::vector<int32_t> indexes;           // scale-table index of each symbol
+  std::vector<float> y_hat;               // what g_s decodes
+  std::vector<int32_t> z_symbols;
+  uint64_t marked = 0;                    // elements in the side stream
+};
+
+struct DecodeResult {
+  Image image;
+  std::array<int64_t, 4> latent_shape{};
+  std::vector<int32_t> symbols;  // read from the y stream
+  std::vector<float> y_hat;
+};
+
+class Codec {
+ public:
+  explicit Codec(const std::string& bundle_dir, const Options& options = {});
+  ~Codec();
+  Codec(Codec&&) noexcept;
+  Codec& operator=(Codec&&) noexcept;
+
+  std::vector<uint8_t> compress(const Image& image);
+  // A .dcae written by another setup is refused unless `force`; a portable
+  // one decodes on any backend whose error fits within its margin.
+  Image decompress(const std::vector<uint8_t>& file, bool force = false);
+
+  EncodeResult encode(const Image& image);
+  DecodeResult decode(const std::vector<uint8_t>& file, bool force = false);
+
+  const Timings& last_timings() const;
+  // What the non-portable fingerprint names: the backend's arithmetic.
+  std::string numeric_class() const;
+  // Warnings of the last call (e.g. an upstream .bin without a fingerprint).
+  const std::vector<std::string>& last_warnings() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// PNG in and out. read_png converts as the Python runtime's loader does:
+// grayscale and palette become RGB, alpha is dropped (with a warning, added
+// to `warnings` when given), 16-bit samples are reduced to 8 bits.
+Image read_png(const std::string& path, std::vector<std::string>* warnings = nullptr);
+// Written to a temporary name and renamed: never a half-written file.
+void write_png(const std::string& path, const Image& image);
+
+}  // namespace dcae

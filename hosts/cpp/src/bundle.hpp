@@ -1,0 +1,50 @@
+// Opening a bundle directory written by dcae-export (runtime/manifest.py,
+// runtime/bundle.py): the manifest, every file's sha256, each graph's tensor
+// names, and the entropy tables, all checked before a graph is loaded.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "entropy.hpp"
+#include "rans.hpp"
+
+namespace dcae {
+
+struct TensorSpec {
+  std::string name;
+  std::string dtype;  // "float32" or "float16"
+};
+
+struct GraphSpec {
+  std::string name, file, sha256, precision;
+  std::vector<TensorSpec> inputs, outputs;
+};
+
+// The graphs in pipeline order: g_a, h_a, h_s, slice_params_i, slice_lrp_i, g_s.
+std::vector<std::string> graph_order(int num_slices);
+// Graphs whose outputs decide scale indexes and roundings.
+bool is_entropy_graph(const std::string& name);
+
+struct Bundle {
+  std::string path;
+  int latent_channels = 0;  // M
+  int num_slices = 0;
+  int z_channels = 0;
+  std::map<std::string, GraphSpec> graphs;
+  std::string entropy_fingerprint;        // manifest field, hex
+  std::string entropy_model_fingerprint;  // manifest field, 32 hex chars; empty in older bundles
+  bool reduced_precision_entropy = false;
+  ScaleTable scale_table;
+  CdfTables gaussian;
+  ZTables z;
+
+  int slice_channels() const { return latent_channels / num_slices; }
+  std::string graph_path(const std::string& name) const;
+
+  // Error(bundle) with a one-line reason for anything missing or altered.
+  static Bundle open(const std::string& path);
+};
+
+}  // namespace dcae

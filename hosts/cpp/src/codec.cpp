@@ -1,0 +1,447 @@
+// The codec: the bundle's graphs on a backend, and everything between them,
+// in the order runtime/codec.py does it (which is dcae.model.DCAE's):
+//
+//   encoder: pad -> g_a -> h_a -> z symbols, z stream; z_hat by DECODING the
+//            z stream -> h_s -> per slice i: slice_params_i -> scale index,
+//            round(y_i - mu) -> + mu -> slice_lrp_i; all slices' symbols in
+//            ONE rANS stream, in slice order, each slice flattened C, H, W;
+//            portable files: the elements whose scale is within the margin
+//            of an index boundary go to the side stream.
+//   decoder: z stream -> z_hat -> h_s -> per slice: slice_params_i -> index
+//            (corrected from the side stream) -> rANS decode -> + mu ->
+//            slice_lrp_i; check the stream ended in sync -> g_s -> clamp to
+//            [0, 1] -> crop.
+#include "dcae/codec.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+
+#include "backend.hpp"
+#include "bundle.hpp"
+#include "container.hpp"
+#include "entropy.hpp"
+#include "errors.hpp"
+#include "geometry.hpp"
+#include "hashing.hpp"
+#include "portable.hpp"
+
+namespace dcae {
+
+// runtime.portable.DEFAULT_MARGIN: 4x the largest scale difference measured
+// between two fp32 setups near an index boundary
+// (benchmarks/results/sigma_agreement.md).
+const double kDefaultPortableMargin = 2.2e-5;
+
+namespace {
+
+// runtime.portable.margin_covers: whether a file's margin covers two setups
+// that each keep within `bound`; the margin travels as a float32, so a value
+// written as 2 x bound may read back a hair under it.
+bool margin_covers(double margin, double bound) { return margin >= 2 * bound * (1 - 1.0 / (1 << 20)); }
+
+}  // namespace
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+std::array<uint8_t, 16> first_16(const std::array<uint8_t, 32>& digest) {
+  std::array<uint8_t, 16> out{};
+  std::copy_n(digest.begin(), 16, out.begin());
+  return out;
+}
+
+std::array<uint8_t, 16> from_hex16(const std::string& hex) {
+  std::array<uint8_t, 16> out{};
+  auto digit = [](char c) { return c <= '9' ? c - '0' : c - 'a' + 10; };
+  for (size_t i = 0; i < 16; ++i) out[i] = static_cast<uint8_t>(digit(hex[2 * i]) * 16 + digit(hex[2 * i + 1]));
+  return out;
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string text = "(";
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + ")";
+}
+
+// The latent's geometry for an image size.
+struct Layout {
+  uint32_t height, width, padded_height, padded_width;
+  int64_t latent_channels, h, w, zh, zw, slice_channels, num_slices;
+  size_t plane() const { return static_cast<size_t>(h * w); }
+  size_t latent_size() const { return static_cast<size_t>(latent_channels) * plane(); }
+  size_t slice_size() const { return static_cast<size_t>(slice_channels) * plane(); }
+  std::vector<int64_t> latent_shape() const { return {1, latent_channels, h, w}; }
+  std::vector<int64_t> slice_shape() const { return {1, slice_channels, h, w}; }
+};
+
+}  // namespace
+
+struct Codec::Impl {
+  Bundle bundle;
+  std::unique_ptr<Backend> backend;
+  Options options;
+  std::array<uint8_t, 16> setup_fingerprint{};
+  CriticalValues critical;
+  std::map<std::string, std::unique_ptr<GraphSession>> sessions;
+  Timings timings;
+  std::vector<std::string> warnings;
+
+  Impl(Bundle opened, const Options& chosen)
+      : bundle(std::move(opened)), backend(make_backend(chosen.backend, chosen.threads)), options(chosen),
+        critical(bundle.scale_table) {
+    // runtime.codec.setup_fingerprint: the bundle's entropy path and the
+    // arithmetic that ran it.
+    setup_fingerprint = first_16(sha256_bytes(bundle.entropy_fingerprint + ":" + backend->numeric_class()));
+  }
+
+  Layout layout(uint32_t height, uint32_t width) const {
+    const uint32_t ph = padded_side(height), pw = padded_side(width);
+    return {height, width, ph, pw,
+            bundle.latent_channels, ph / kYDownsample, pw / kYDownsample, ph / kZDownsample, pw / kZDownsample,
+            bundle.slice_channels(), bundle.num_slices};
+  }
+
+  void add_timing(const std::string& stage, double seconds) {
+    for (auto& entry : timings)
+      if (entry.first == stage) {
+        entry.second += seconds;
+        return;
+      }
+    timings.emplace_back(stage, seconds);
+  }
+
+  template <typename Work>
+  auto timed(const std::string& stage, Work work) {
+    const Clock::time_point start = Clock::now();
+    struct Stop {
+      Impl* impl;
+      const std::string& stage;
+      Clock::time_point start;
+      ~Stop() { impl->add_timing(stage, seconds_since(start)); }
+    } stop{this, stage, start};
+    return work();
+  }
+
+  // Loaded on first use: a decode-only host never loads g_a and h_a.
+  GraphSession& session(const std::string& name) {
+    auto found = sessions.find(name);
+    if (found != sessions.end()) return *found->second;
+    std::unique_ptr<GraphSession> loaded = backend->load(bundle.graphs.at(name), bundle.graph_path(name));
+    return *sessions.emplace(name, std::move(loaded)).first->second;
+  }
+
+  std::map<std::string, Tensor> run(const std::string& name, const std::vector<TensorInput>& inputs) {
+    GraphSession& graph = session(name);
+    const double compile_seconds = graph.prepare(inputs);
+    if (compile_seconds > 0) add_timing("compile", compile_seconds);
+    return timed(name, [&] { return graph.run(inputs); });
+  }
+
+  // A graph returning another shape than the contract says is a broken bundle.
+  static const Tensor& expect(const std::map<std::string, Tensor>& outputs, const std::string& graph,
+                              const std::string& output, const std::vector<int64_t>& shape) {
+    auto found = outputs.find(output);
+    if (found == outputs.end()) fail(ErrorKind::backend, "graph " + graph + " returned no " + output);
+    if (found->second.shape != shape)
+      fail(ErrorKind::backend, "graph " + graph + " returned shape " + shape_text(found->second.shape) + " for " +
+                                   output + ", expected " + shape_text(shape));
+    return found->second;
+  }
+
+  // slice_params_i on the hyper-synthesis output and the slices decoded so far.
+  std::map<std::string, Tensor> slice_params(int i, const Layout& g, const Tensor& scales, const Tensor& means,
+                                             const std::vector<float>& y_hat) {
+    std::vector<TensorInput> inputs = {{"latent_scales", scales.data.data(), scales.shape},
+                                       {"latent_means", means.data.data(), means.shape}};
+    // Batch 1: the first c*i channels are one contiguous block.
+    if (i) inputs.push_back({"y_hat_prev", y_hat.data(), {1, g.slice_channels * i, g.h, g.w}});
+    const std::string name = "slice_params_" + std::to_string(i);
+    std::map<std::string, Tensor> out = run(name, inputs);
+    expect(out, name, "mu", g.slice_shape());
+    expect(out, name, "scale", g.slice_shape());
+    if (!out.count("support")) fail(ErrorKind::backend, "graph " + name + " returned no support");
+    return out;
+  }
+
+  void slice_refine(int i, const Layout& g, const Tensor& support, const std::vector<float>& y_hat_raw,
+                    std::vector<float>* y_hat) {
+    const std::string name = "slice_lrp_" + std::to_string(i);
+    const std::map<std::string, Tensor> out =
+        run(name, {{"support", support.data.data(), support.shape}, {"y_hat_raw", y_hat_raw.data(), g.slice_shape()}});
+    const Tensor& refined = expect(out, name, "y_hat", g.slice_shape());
+    std::copy(refined.data.begin(), refined.data.end(), y_hat->begin() + static_cast<std::ptrdiff_t>(i * g.slice_size()));
+  }
+
+  // The slice loop of both directions: per slice, slice_params_i, then
+  // `code(offset, mu, scale, y_hat_raw)` (the entropy coding, which fills the
+  // slice's y_hat_raw), then slice_lrp_i into y_hat.
+  template <typename Code>
+  void slice_loop(const Layout& g, const Tensor& scales, const Tensor& means, std::vector<float>* y_hat, Code code) {
+    const size_t block = g.slice_size();
+    y_hat->resize(g.latent_size());
+    std::vector<float> y_hat_raw(block);
+    for (int i = 0; i < g.num_slices; ++i) {
+      const std::map<std::string, Tensor> params = slice_params(i, g, scales, means, *y_hat);
+      timed("slice_coding_" + std::to_string(i), [&] {
+        code(i * block, params.at("mu").data.data(), params.at("scale").data.data(), y_hat_raw.data());
+      });
+      slice_refine(i, g, params.at("support"), y_hat_raw, y_hat);
+    }
+  }
+
+  std::pair<Tensor, Tensor> hyper_synthesis(const Layout& g, const std::vector<float>& z_hat) {
+    std::map<std::string, Tensor> out = run("h_s", {{"z_hat", z_hat.data(), {1, bundle.z_channels, g.zh, g.zw}}});
+    expect(out, "h_s", "latent_scales", g.latent_shape());
+    expect(out, "h_s", "latent_means", g.latent_shape());
+    return {std::move(out.at("latent_scales")), std::move(out.at("latent_means"))};
+  }
+
+  // Portable where the setup allows, as runtime.codec: the bundle's entropy
+  // path is fp32 (then the exporter recorded the entropy model's fingerprint).
+  bool writes_portable() {
+    if (!options.portable) return false;
+    if (bundle.entropy_model_fingerprint.empty()) {
+      if (!bundle.reduced_precision_entropy)
+        warnings.push_back("the bundle predates portable files (no entropy_model_fingerprint): the file decodes "
+                           "only on the " + backend->numeric_class() + " backend class; re-export the bundle");
+      return false;
+    }
+    return true;
+  }
+
+  // The margin as the file stores it (float32), which is what the encoder
+  // marks with and every decoder reads.
+  float portable_margin() const {
+    const float margin = static_cast<float>(options.margin);
+    if (!(margin > 0.0f && margin <= kMaxPortableMargin))
+      fail(ErrorKind::bad_input, "portable margin must be in (0, 0.01], got " + std::to_string(options.margin));
+    const double bound = backend->scale_error_bound();
+    if (!margin_covers(margin, bound))
+      fail(ErrorKind::fingerprint, "margin " + std::to_string(margin) + " is under twice the " + backend->name() +
+                                       " backend's scale error bound (" + std::to_string(bound) +
+                                       "): its scales could cross an index boundary the encoder did not list");
+    return margin;
+  }
+
+  EncodeResult encode(const Image& image) {
+    timings.clear();
+    warnings.clear();
+    const Clock::time_point started = Clock::now();
+    if (const std::string problem = dimension_problem(image.height, image.width); !problem.empty())
+      fail(ErrorKind::bad_input, problem);
+    if (image.rgb.size() != size_t{image.height} * image.width * 3)
+      fail(ErrorKind::bad_input, "image of " + std::to_string(image.height) + "x" + std::to_string(image.width) +
+                                     " has " + std::to_string(image.rgb.size()) + " bytes of pixels, not H*W*3");
+    const bool portable = writes_portable();
+    const float margin = portable ? portable_margin() : 0.0f;
+    const Layout g = layout(image.height, image.width);
+
+    std::vector<float> x = timed("pad", [&] { return pad(image, g); });
+    std::map<std::string, Tensor> ga = run("g_a", {{"x", x.data(), {1, 3, g.padded_height, g.padded_width}}});
+    const Tensor& y = expect(ga, "g_a", "y", g.latent_shape());
+    std::map<std::string, Tensor> ha = run("h_a", {{"y", y.data.data(), y.shape}});
+    const Tensor& z = expect(ha, "h_a", "z", {1, bundle.z_channels, g.zh, g.zw});
+
+    EncodeResult result;
+    result.height = image.height;
+    result.width = image.width;
+    result.latent_shape = {1, g.latent_channels, g.h, g.w};
+    std::vector<uint8_t> z_stream;
+    std::vector<float> z_hat;
+    timed("z_coding", [&] {
+      z_stream = compress_z(z.data.data(), static_cast<size_t>(g.zh * g.zw), bundle.z, &result.z_symbols);
+      // As the reference: z_hat comes from decoding the stream, which also
+      // proves the stream decodes.
+      z_hat = decompress_z(z_stream.data(), z_stream.size(), static_cast<size_t>(g.zh * g.zw), bundle.z);
+    });
+    const auto [scales, means] = hyper_synthesis(g, z_hat);
+
+    result.symbols.resize(g.latent_size());
+    result.indexes.resize(g.latent_size());
+    SideInfo side;
+    slice_loop(g, scales, means, &result.y_hat, [&](size_t offset, const float* mu, const float* scale, float* y_hat_raw) {
+      const size_t block = g.slice_size();
+      build_indexes(scale, block, bundle.scale_table, result.indexes.data() + offset);
+      quantize(y.data.data() + offset, mu, block, result.symbols.data() + offset);
+      dequantize(result.symbols.data() + offset, mu, block, y_hat_raw);
+      if (portable) mark_slice(scale, result.indexes.data() + offset, block, offset, margin, critical, &side);
+    });
+    // Slices are channel blocks, so C order over the whole latent is slice
+    // order with each slice flattened C, H, W.
+    const std::vector<uint8_t> y_stream = timed("y_coding", [&] {
+      return rans_encode(result.symbols.data(), result.indexes.data(), result.symbols.size(), bundle.gaussian);
+    });
+    const std::vector<uint8_t> side_stream = timed("side_stream", [&] { return encode_side_stream(side); });
+    result.marked = side.positions.size();
+
+    FileHeader header;
+    header.height = image.height;
+    header.width = image.width;
+    header.reduced_precision_entropy = bundle.reduced_precision_entropy;
+    header.portable = portable;
+    header.fingerprint = portable ? from_hex16(bundle.entropy_model_fingerprint) : setup_fingerprint;
+    header.margin = margin;
+    result.file = pack_dcae(header, z_stream, y_stream, side_stream);
+    add_timing("total", seconds_since(started));
+    return result;
+  }
+
+  // uint8 (H, W, 3) -> float32 (1, 3, Hp, Wp) in [0, 1], centred zero padding.
+  static std::vector<float> pad(const Image& image, const Layout& g) {
+    const Padding p = padding_for(image.height, image.width);
+    std::vector<float> x(size_t{3} * g.padded_height * g.padded_width, 0.0f);
+    for (uint32_t c = 0; c < 3; ++c)
+      for (uint32_t r = 0; r < image.height; ++r) {
+        float* row = x.data() + (size_t{c} * g.padded_height + p.top + r) * g.padded_width + p.left;
+        const uint8_t* source = image.rgb.data() + size_t{r} * image.width * 3 + c;
+        for (uint32_t col = 0; col < image.width; ++col) row[col] = static_cast<float>(source[3 * col]) / 255.0f;
+      }
+    return x;
+  }
+
+  // float (1, 3, Hp, Wp) -> uint8 (H, W, 3): clamp to [0, 1] as the reference
+  // does, then round(x * 255) with halves to even, as numpy.
+  static Image crop(const std::vector<float>& x_hat, const Layout& g) {
+    const Padding p = padding_for(g.height, g.width);
+    Image image;
+    image.height = g.height;
+    image.width = g.width;
+    image.rgb.resize(size_t{g.height} * g.width * 3);
+    for (uint32_t c = 0; c < 3; ++c)
+      for (uint32_t r = 0; r < g.height; ++r) {
+        const float* row = x_hat.data() + (size_t{c} * g.padded_height + p.top + r) * g.padded_width + p.left;
+        uint8_t* target = image.rgb.data() + size_t{r} * g.width * 3 + c;
+        for (uint32_t col = 0; col < g.width; ++col) {
+          const float clamped = std::isnan(row[col]) ? 0.0f : std::min(std::max(row[col], 0.0f), 1.0f);
+          target[3 * col] = static_cast<uint8_t>(std::nearbyint(clamped * 255.0f));
+        }
+      }
+    return image;
+  }
+
+  struct Streams {
+    ByteSpan y, z;
+    uint32_t height, width;
+    bool portable = false;
+    double margin = 0;
+    SideInfo side;
+  };
+
+  DecodeResult decode_streams(const Streams& streams) {
+    const Layout g = layout(streams.height, streams.width);
+    DecodeResult result;
+    result.latent_shape = {1, g.latent_channels, g.h, g.w};
+    // z is tiny (1/64 of each side) and is checked for sync before anything
+    // of the image's size is allocated or run.
+    const std::vector<float> z_hat = timed("z_coding", [&] {
+      return decompress_z(streams.z.data, streams.z.size, static_cast<size_t>(g.zh * g.zw), bundle.z);
+    });
+    const auto [scales, means] = hyper_synthesis(g, z_hat);
+
+    result.symbols.resize(g.latent_size());
+    std::vector<int32_t> indexes(g.slice_size());
+    RansDecoder decoder(streams.y.data, streams.y.size);
+    size_t side_cursor = 0;
+    slice_loop(g, scales, means, &result.y_hat, [&](size_t offset, const float* mu, const float* scale, float* y_hat_raw) {
+      const size_t block = g.slice_size();
+      build_indexes(scale, block, bundle.scale_table, indexes.data());
+      if (streams.portable)
+        apply_side_info(scale, indexes.data(), block, offset, streams.margin, backend->scale_error_bound(), critical,
+                        streams.side, &side_cursor);
+      decoder.decode(indexes.data(), block, bundle.gaussian, result.symbols.data() + offset);
+      dequantize(result.symbols.data() + offset, mu, block, y_hat_raw);
+    });
+    timed("y_coding", [&] { decoder.finish(); });
+
+    std::map<std::string, Tensor> gs = run("g_s", {{"y_hat", result.y_hat.data(), g.latent_shape()}});
+    const Tensor& x_hat = expect(gs, "g_s", "x_hat", {1, 3, g.padded_height, g.padded_width});
+    result.image = timed("crop", [&] { return crop(x_hat.data, g); });
+    return result;
+  }
+
+  DecodeResult decode(const std::vector<uint8_t>& file, bool force) {
+    timings.clear();
+    warnings.clear();
+    const Clock::time_point started = Clock::now();
+    Streams streams;
+    if (sniff(file.data(), file.size()) == FileKind::bin) {
+      const BinFile bin = unpack_bin(file.data(), file.size());
+      warnings.push_back("upstream .bin file: it carries no fingerprint, and a stream written by another setup "
+                         "(PyTorch, another backend or precision) may not decode");
+      streams.y = bin.y;
+      streams.z = bin.z;
+      streams.height = bin.height;
+      streams.width = bin.width;
+    } else {
+      // Not a .bin: unpack checks it is a .dcae and says what it is if not.
+      const DcaeFile parsed = unpack_dcae(file.data(), file.size());
+      const FileHeader& header = parsed.header;
+      check_fingerprint(header, force);
+      streams.y = parsed.y;
+      streams.z = parsed.z;
+      streams.height = header.height;
+      streams.width = header.width;
+      streams.portable = header.portable;
+      streams.margin = header.margin;
+      if (header.portable) {
+        const Layout g = layout(header.height, header.width);
+        streams.side = timed("side_stream", [&] { return decode_side_stream(parsed.side.data, parsed.side.size, g.latent_size()); });
+      }
+    }
+    if (const std::string problem = dimension_problem(streams.height, streams.width); !problem.empty())
+      fail(ErrorKind::corrupt_stream, "stream header has an impossible image size: " + problem);
+    DecodeResult result = decode_streams(streams);
+    add_timing("total", seconds_since(started));
+    return result;
+  }
+
+  // runtime.codec: a portable file decodes when written with this bundle's
+  // entropy model and its margin covers this backend's error bound; another
+  // file only on the setup that wrote it. `force` tries anyway where it can.
+  void check_fingerprint(const FileHeader& header, bool force) {
+    std::string problem;
+    bool forcible = true;
+    if (header.portable) {
+      const double bound = backend->scale_error_bound();
+      if (bundle.entropy_model_fingerprint.empty()) {
+        problem = "this bundle reads no portable file (its entropy path is not fp32, or it predates portable "
+                  "files: re-export it)";
+        forcible = false;
+      } else if (header.fingerprint != from_hex16(bundle.entropy_model_fingerprint)) {
+        problem = "file was written with another entropy model (fingerprint " + to_hex(header.fingerprint.data(), 16) +
+                  ", this bundle's is " + bundle.entropy_model_fingerprint + ")";
+      } else if (!margin_covers(header.margin, bound)) {
+        problem = "the file's margin " + std::to_string(header.margin) + " is under twice the " + backend->name() +
+                  " backend's scale error bound (" + std::to_string(bound) + ")";
+      }
+    } else if (header.fingerprint != setup_fingerprint) {
+      problem = "file was written by another bundle, backend or precision (fingerprint " +
+                to_hex(header.fingerprint.data(), 16) + ", this decoder's is " + to_hex(setup_fingerprint.data(), 16) +
+                "); decode it with the setup that wrote it";
+    }
+    if (problem.empty()) return;
+    if (!force || !forcible) fail(ErrorKind::fingerprint, problem + (forcible ? "; force the attempt with --force" : ""));
+    warnings.push_back(problem + ": decoding anyway (forced); it may fail with a desync");
+  }
+};
+
+Codec::Codec(const std::string& bundle_dir, const Options& options)
+    : impl_(std::make_unique<Impl>(Bundle::open(bundle_dir), options)) {}
+Codec::~Codec() = default;
+Codec::Codec(Codec&&) noexcept = default;
+Codec& Codec::operator=(Codec&&) noexcept = default;
+
+std::vector<uint8_t> Codec::compress(const Image& image) { return impl_->encode(image).file; }
+Image Codec::decompress(const std::vector<uint8_t>& file, bool force) { return impl_->decode(file, force).image; }
+EncodeResult Codec::encode(const Image& image) { return impl_->encode(image); }
+DecodeResult Codec::decode(const std::vector<uint8_t>& file, bool force) { return impl_->decode(file, force); }
+const Timings& Codec::last_timings() const { return impl_->timings; }
+std::string Codec::numeric_class() const { return impl_->backend->numeric_class(); }
+const std::vector<std::string>& Codec::last_warnings() const { return impl_->warnings; }
+
+}  // namespace dcae

@@ -1,0 +1,136 @@
+// dcae-probe: the C++ host's parts on their own, so that tests can feed them
+// the same inputs as the Python runtime's and compare the outputs byte for
+// byte. Arrays travel as .npy/.npz; errors are one line on stderr, exit 1.
+//
+//   dcae-probe rans-encode IN.npz OUT.bin           symbols, indexes, cdfs, cdf_lengths, offsets
+//   dcae-probe rans-decode IN.npz STREAM OUT.npy    indexes, cdfs, cdf_lengths, offsets
+//   dcae-probe indexes IN.npz OUT.npy               scales, scale_table, scale_bound
+//   dcae-probe side-mark IN.npz MARGIN OUT.bin      scales, scale_table, scale_bound: the side stream
+//   dcae-probe side-decode STREAM LATENT_SIZE OUT.npy   (n, 2) int32: position, bit
+//   dcae-probe png IN.png OUT.npy                   (H, W, 3) int32 pixels; warnings on stderr
+//   dcae-probe npz IN.npz                           each array's name, dtype kind and shape
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "dcae/codec.hpp"
+#include "entropy.hpp"
+#include "errors.hpp"
+#include "fileio.hpp"
+#include "npy.hpp"
+#include "portable.hpp"
+#include "rans.hpp"
+
+namespace {
+
+using Arrays = std::map<std::string, dcae::NpyArray>;
+
+const dcae::NpyArray& get(const Arrays& arrays, const std::string& name) {
+  auto found = arrays.find(name);
+  if (found == arrays.end()) dcae::fail(dcae::ErrorKind::bad_input, "input lacks array " + name);
+  return found->second;
+}
+
+std::vector<int32_t> ints(const Arrays& arrays, const std::string& name) { return dcae::to_int32(get(arrays, name), name); }
+std::vector<float> floats(const Arrays& arrays, const std::string& name) { return dcae::to_float32(get(arrays, name), name); }
+
+dcae::CdfTables tables(const Arrays& arrays) {
+  const dcae::NpyArray& cdfs = get(arrays, "cdfs");
+  if (cdfs.shape.size() != 2) dcae::fail(dcae::ErrorKind::bad_input, "cdfs must be 2-D");
+  return dcae::CdfTables(ints(arrays, "cdfs"), cdfs.shape[0], cdfs.shape[1], ints(arrays, "cdf_lengths"),
+                         ints(arrays, "offsets"));
+}
+
+dcae::ScaleTable scale_table(const Arrays& arrays) {
+  dcae::ScaleTable table;
+  table.scales = floats(arrays, "scale_table");
+  table.bound = floats(arrays, "scale_bound").at(0);
+  return table;
+}
+
+void write(const std::string& path, const std::vector<uint8_t>& bytes) {
+  dcae::write_atomically(path, bytes.data(), bytes.size());
+}
+
+uint64_t whole_number(const std::string& text) {
+  char* end = nullptr;
+  const unsigned long long value = std::strtoull(text.c_str(), &end, 10);
+  if (text.empty() || *end) dcae::fail(dcae::ErrorKind::bad_input, "expected a whole number, got " + text);
+  return value;
+}
+
+int run(const std::vector<std::string>& a) {
+  const std::string& command = a.at(0);
+  if (command == "rans-encode" && a.size() == 3) {
+    const Arrays in = dcae::read_npz(a[1], "input");
+    const std::vector<int32_t> symbols = ints(in, "symbols"), indexes = ints(in, "indexes");
+    if (symbols.size() != indexes.size()) dcae::fail(dcae::ErrorKind::bad_input, "symbols and indexes differ in length");
+    write(a[2], dcae::rans_encode(symbols.data(), indexes.data(), symbols.size(), tables(in)));
+  } else if (command == "rans-decode" && a.size() == 4) {
+    const Arrays in = dcae::read_npz(a[1], "input");
+    const std::vector<int32_t> indexes = ints(in, "indexes");
+    const std::vector<uint8_t> stream = dcae::read_file(a[2]);
+    std::vector<int32_t> symbols(indexes.size());
+    dcae::RansDecoder decoder(stream.data(), stream.size());
+    decoder.decode(indexes.data(), indexes.size(), tables(in), symbols.data());
+    decoder.finish();
+    write(a[3], dcae::npy_bytes({symbols.size()}, symbols.data()));
+  } else if (command == "indexes" && a.size() == 3) {
+    const Arrays in = dcae::read_npz(a[1], "input");
+    const std::vector<float> scales = floats(in, "scales");
+    std::vector<int32_t> indexes(scales.size());
+    dcae::build_indexes(scales.data(), scales.size(), scale_table(in), indexes.data());
+    write(a[2], dcae::npy_bytes({indexes.size()}, indexes.data()));
+  } else if (command == "side-mark" && a.size() == 4) {
+    const Arrays in = dcae::read_npz(a[1], "input");
+    const std::vector<float> scales = floats(in, "scales");
+    const dcae::ScaleTable table = scale_table(in);
+    std::vector<int32_t> indexes(scales.size());
+    dcae::build_indexes(scales.data(), scales.size(), table, indexes.data());
+    dcae::SideInfo side;
+    dcae::mark_slice(scales.data(), indexes.data(), scales.size(), 0, std::strtod(a[2].c_str(), nullptr),
+                     dcae::CriticalValues(table), &side);
+    write(a[3], dcae::encode_side_stream(side));
+  } else if (command == "side-decode" && a.size() == 4) {
+    const std::vector<uint8_t> stream = dcae::read_file(a[1]);
+    const dcae::SideInfo side = dcae::decode_side_stream(stream.data(), stream.size(), whole_number(a[2]));
+    std::vector<int32_t> pairs;
+    for (size_t i = 0; i < side.positions.size(); ++i) {
+      pairs.push_back(static_cast<int32_t>(side.positions[i]));
+      pairs.push_back(side.bits[i]);
+    }
+    write(a[3], dcae::npy_bytes({side.positions.size(), 2}, pairs.data()));
+  } else if (command == "png" && a.size() == 3) {
+    std::vector<std::string> warnings;
+    const dcae::Image image = dcae::read_png(a[1], &warnings);
+    for (const std::string& w : warnings) std::cerr << "dcae-probe: warning: " << w << "\n";
+    const std::vector<int32_t> pixels(image.rgb.begin(), image.rgb.end());
+    write(a[2], dcae::npy_bytes({image.height, image.width, 3}, pixels.data()));
+  } else if (command == "npz" && a.size() == 2) {
+    for (const auto& [name, array] : dcae::read_npz(a[1], "input")) {
+      std::cout << name << " " << array.kind << array.item_size;
+      for (size_t side : array.shape) std::cout << " " << side;
+      std::cout << "\n";
+    }
+  } else {
+    std::cerr << "dcae-probe: error: unknown command or wrong arguments (see the source's header)\n";
+    return 2;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::cerr << "dcae-probe: error: missing command\n";
+    return 2;
+  }
+  try {
+    return run(std::vector<std::string>(argv + 1, argv + argc));
+  } catch (const std::exception& e) {
+    std::cerr << "dcae-probe: error: " << dcae::one_line(e.what()) << "\n";
+    return 1;
+  }
+}

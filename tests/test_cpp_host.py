@@ -1,0 +1,709 @@
+"""The C++ host (hosts/cpp): its parts against the Python runtime's on the
+same inputs, its round trip, and its refusals of bad input.
+
+The binaries are built by `.ci/run` (and here, incrementally, if missing or
+stale): build/cpp/dcae-host and build/cpp/dcae-probe. DCAE_CPP_BUILD names
+another build directory: hosts/cpp/sanitize.sh runs these tests on an
+AddressSanitizer + UBSan build that way.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.codec import Codec
+from runtime.container import unpack
+from runtime.entropy import build_indexes
+from runtime.errors import DcaeError
+from runtime.imaging import load_image
+from runtime.rans import RansStreamDecoder, encode_with_indexes
+from tests.fuzzing import mutations
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD = REPO / os.environ.get("DCAE_CPP_BUILD", "build/cpp")
+# (offset, size) of the version-2 header fields, for the fuzzer's overwrites.
+DCAE_V2_FIELDS = [(4, 1), (5, 1), (6, 2), (8, 4), (12, 4), (16, 4), (20, 4), (24, 2), (26, 2), (28, 16),
+                  (44, 4), (48, 4), (52, 4), (56, 4), (60, 4)]
+
+
+def _build_host() -> None:
+    """Configure once, then an incremental build (a no-op when CI built it)."""
+    if shutil.which("cmake") is None:
+        pytest.fail("cmake is not installed: the C++ host cannot be built (see README, C++ host)")
+    # CMake looks for OpenVINO's wheel in the virtual environment running the tests.
+    env = dict(os.environ, VIRTUAL_ENV=sys.prefix)
+    steps = [["cmake", "--build", str(BUILD), "-j2"]]
+    if not (BUILD / "CMakeCache.txt").exists():
+        steps.insert(0, ["cmake", "-S", str(REPO / "hosts" / "cpp"), "-B", str(BUILD)])
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True, env=env)
+        if done.returncode:
+            pytest.fail(f"{' '.join(step)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def host() -> Path:
+    _build_host()
+    return BUILD / "dcae-host"
+
+
+@pytest.fixture(scope="session")
+def probe(host) -> Path:
+    return BUILD / "dcae-probe"
+
+
+def run(binary: Path, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def assert_refused(done: subprocess.CompletedProcess, *words: str, status: int = 1) -> str:
+    """One line on stderr naming the problem, a non-zero exit, no crash."""
+    assert done.returncode == status, (done.returncode, done.stderr)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(("dcae-host: error: ", "dcae-probe: error: ")), done.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def openvino_codec(tiny_bundle):
+    return Codec(tiny_bundle, backend="openvino", threads=2)
+
+
+# ---- rANS ---------------------------------------------------------------------------------
+
+def _escape_heavy_symbols(rng, offsets, lengths, indexes):
+    """Symbols mostly inside their tables, with escapes on both sides up to
+    the largest raw value compressai codes (2**28 - 1)."""
+    low = offsets[indexes]
+    high = low + lengths[indexes] - 2  # values at or above escape
+    symbols = rng.integers(low, high + 1)
+    escapes = rng.random(indexes.size) < 0.05
+    below = low - rng.integers(1, 1 << 20, indexes.size)
+    above = high + rng.integers(0, 1 << 20, indexes.size)
+    symbols = np.where(escapes, np.where(rng.random(indexes.size) < 0.5, below, above), symbols)
+    # The extremes: raw 2**28 - 1 on each side of one table.
+    symbols[:2] = [low[0] - (1 << 27), high[1] + (1 << 27) - 1]
+    return symbols.astype(np.int32)
+
+
+@pytest.mark.parametrize("which", ["gaussian", "z"])
+def test_rans_streams_are_byte_identical_to_python_escapes_included(tiny_bundle, probe, tmp_path, which):
+    from runtime.bundle import Bundle
+
+    tables = Bundle.open(tiny_bundle).entropy
+    cdfs, lengths, offsets = tables.gaussian if which == "gaussian" else tables.z[1:]
+    rng = np.random.default_rng(7)
+    indexes = rng.integers(0, lengths.size, 20000).astype(np.int32)
+    symbols = _escape_heavy_symbols(rng, offsets, lengths, indexes)
+    arrays = tmp_path / "in.npz"
+    np.savez(arrays, symbols=symbols, indexes=indexes, cdfs=cdfs, cdf_lengths=lengths, offsets=offsets)
+
+    done = run(probe, "rans-encode", arrays, tmp_path / "cpp.bin")
+    assert done.returncode == 0, done.stderr
+    python_stream = encode_with_indexes(symbols, indexes, cdfs, lengths, offsets)
+    assert (tmp_path / "cpp.bin").read_bytes() == python_stream
+
+    # The C++ decoder reads the stream back, escapes included ...
+    (tmp_path / "python.bin").write_bytes(python_stream)
+    done = run(probe, "rans-decode", arrays, tmp_path / "python.bin", tmp_path / "decoded.npy")
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(np.load(tmp_path / "decoded.npy"), symbols)
+    # ... and on damaged streams does what the Python decoder does: refuse,
+    # or (damage in an escape's raw bits) decode the same other symbols.
+    middle = len(python_stream) // 2
+    for damaged in (python_stream[:-4], python_stream + bytes(4), python_stream[:4] + b"\x01" + python_stream[5:],
+                    python_stream[:middle] + bytes([python_stream[middle] ^ 0x10]) + python_stream[middle + 1:]):
+        (tmp_path / "damaged.bin").write_bytes(damaged)
+        done = run(probe, "rans-decode", arrays, tmp_path / "damaged.bin", tmp_path / "damaged.npy")
+        try:
+            decoder = RansStreamDecoder(damaged)
+            python_symbols = decoder.decode(indexes, cdfs, lengths, offsets)
+            decoder.finish()
+        except DcaeError:
+            assert_refused(done, "rANS")
+        else:
+            assert done.returncode == 0 and np.array_equal(np.load(tmp_path / "damaged.npy"), python_symbols)
+
+
+def test_rans_refuses_values_too_far_to_code(tiny_bundle, probe, tmp_path):
+    """raw >= 2**28 hangs compressai's encoder; both coders refuse it."""
+    from runtime.bundle import Bundle
+
+    cdfs, lengths, offsets = Bundle.open(tiny_bundle).entropy.gaussian
+    symbols = np.array([0, int(offsets[3]) - (1 << 27) - 1], np.int32)
+    indexes = np.array([0, 3], np.int32)
+    np.savez(tmp_path / "in.npz", symbols=symbols, indexes=indexes, cdfs=cdfs, cdf_lengths=lengths, offsets=offsets)
+    with pytest.raises(DcaeError, match="too far"):
+        encode_with_indexes(symbols, indexes, cdfs, lengths, offsets)
+    assert_refused(run(probe, "rans-encode", tmp_path / "in.npz", tmp_path / "out.bin"), "too far")
+    assert not (tmp_path / "out.bin").exists()
+
+
+def test_scale_indexes_match_python_at_every_boundary(tiny_bundle, probe, tmp_path):
+    from runtime.bundle import Bundle
+
+    tables = Bundle.open(tiny_bundle).entropy
+    table, bound = tables.gaussian_scale_table, tables.gaussian_scale_bound
+    rng = np.random.default_rng(3)
+    # Each table entry, its float32 neighbours, the bound, and specials.
+    scales = np.concatenate([table, np.nextafter(table, np.float32(np.inf)), np.nextafter(table, np.float32(0)),
+                             [bound, np.nextafter(bound, np.float32(0)), 0, -1, np.inf, -np.inf, np.nan, 1e30],
+                             np.exp(rng.uniform(-4, 6, 5000))]).astype(np.float32)
+    np.savez(tmp_path / "in.npz", scales=scales, scale_table=table, scale_bound=bound)
+    done = run(probe, "indexes", tmp_path / "in.npz", tmp_path / "out.npy")
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(np.load(tmp_path / "out.npy"), build_indexes(scales, table, float(bound)))
+
+
+# ---- the side stream --------------------------------------------------------------------------
+
+def _side_stream(k: int, entries: list[tuple[int, int]], pad_bits: str = "") -> bytes:
+    """A side stream written from the spec, for the refusal tests."""
+    bits, previous = "", -1
+    for position, bit in entries:
+        gap = position - previous - 1
+        bits += "1" * (gap >> k) + "0" + (format(gap & ((1 << k) - 1), f"0{k}b") if k else "") + str(bit)
+        previous = position
+    bits += pad_bits
+    bits += "0" * (-len(bits) % 8)
+    body = bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8))
+    return bytes([k]) + struct.pack("<I", len(entries)) + body
+
+
+def test_side_stream_reader_follows_the_spec(probe, tmp_path):
+    entries = [(0, 1), (5, 0), (6, 1), (300, 0), (999, 1)]
+    for k in (0, 2, 5):
+        (tmp_path / "side.bin").write_bytes(_side_stream(k, entries))
+        done = run(probe, "side-decode", tmp_path / "side.bin", 1000, tmp_path / "out.npy")
+        assert done.returncode == 0, done.stderr
+        assert np.load(tmp_path / "out.npy").tolist() == [list(e) for e in entries]
+
+    good = _side_stream(2, entries)
+    refusals = {
+        "Rice parameter": bytes([31]) + good[1:],
+        "lists no element": bytes([2]) + struct.pack("<I", 0) + good[5:],
+        "lists 1001 elements": bytes([2]) + struct.pack("<I", 1001) + good[5:],
+        "past the latent": _side_stream(0, [(1000, 1)]),
+        "gap longer": bytes([0]) + struct.pack("<I", 1) + b"\xff" * 200,
+        "ends before": good[:-2],
+        "padding": _side_stream(2, entries, pad_bits="1"),
+        "bytes after": good + b"\0",
+        "shorter than its 5-byte head": good[:3],
+    }
+    for words, data in refusals.items():
+        (tmp_path / "bad.bin").write_bytes(data)
+        assert_refused(run(probe, "side-decode", tmp_path / "bad.bin", 1000, tmp_path / "bad.npy"), words)
+
+
+def test_side_streams_are_byte_identical_to_python_and_parsed_alike(tiny_bundle, probe, tmp_path):
+    """Marking and the side stream's bytes as runtime.portable writes them, on
+    scales crowded around the index boundaries; the reader agrees with the
+    Python reader on damaged streams (same entries, or both refuse)."""
+    from runtime.bundle import Bundle
+    from runtime.portable import Thresholds, decode_side_stream, encode_side_stream, mark
+
+    tables = Bundle.open(tiny_bundle).entropy
+    table, bound = tables.gaussian_scale_table, tables.gaussian_scale_bound
+    thresholds = Thresholds.from_table(table, float(bound))
+    rng = np.random.default_rng(11)
+    for margin in (4e-5, 1e-3, 0.01):
+        near = table[rng.integers(0, table.size - 1, 4000)] * np.exp(rng.uniform(-2 * margin, 2 * margin, 4000))
+        scales = np.concatenate([near, np.exp(rng.uniform(-3, 5, 4000)), [0, -1, np.nan, np.inf]]).astype(np.float32)
+        rng.shuffle(scales)
+        np.savez(tmp_path / "in.npz", scales=scales, scale_table=table, scale_bound=bound)
+        margin32 = float(np.float32(margin))
+        done = run(probe, "side-mark", tmp_path / "in.npz", repr(margin32), tmp_path / "side.bin")
+        assert done.returncode == 0, done.stderr
+        positions, bits = mark(scales, build_indexes(scales, table, float(bound)), thresholds, margin32)
+        python_side = encode_side_stream(positions, bits, scales.size)
+        assert 1000 < positions.size < 3000
+        assert (tmp_path / "side.bin").read_bytes() == python_side
+
+    outcomes = {"same": 0, "refused": 0}
+    for k, damaged in enumerate(mutations(python_side, 400, seed=9)):
+        (tmp_path / "damaged.bin").write_bytes(damaged)
+        done = run(probe, "side-decode", tmp_path / "damaged.bin", scales.size, tmp_path / "marks.npy")
+        try:
+            parsed = decode_side_stream(damaged, scales.size)
+        except DcaeError:
+            assert_refused(done, "side stream")
+            outcomes["refused"] += 1
+        else:
+            assert done.returncode == 0, (k, done.stderr)
+            marks = np.load(tmp_path / "marks.npy")
+            assert marks[:, 0].tolist() == parsed.positions.tolist() and marks[:, 1].tolist() == parsed.bits.tolist()
+            outcomes["same"] += 1
+    assert outcomes["refused"] > 200 and outcomes["same"] > 10, outcomes
+
+
+# ---- PNG --------------------------------------------------------------------------------------
+
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_bytes(samples: np.ndarray, color_type: int, bit_depth: int, palette: bytes | None = None,
+               transparency: bytes | None = None, interlaced: bool = False) -> bytes:
+    """A PNG written from the spec (any colour type and bit depth, optionally
+    Adam7-interlaced), so the loader sees forms Pillow does not write.
+    `samples`: (H, W, channels) integers."""
+    height, width, channels = samples.shape
+
+    def rows(image):
+        out = b""
+        for row in image:
+            if bit_depth == 16:
+                data = row.astype(">u2").tobytes()
+            elif bit_depth == 8:
+                data = row.astype(np.uint8).tobytes()
+            else:
+                bits = "".join(format(int(v), f"0{bit_depth}b") for v in row.reshape(-1))
+                bits += "0" * (-len(bits) % 8)
+                data = bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8))
+            out += b"\0" + data
+        return out
+
+    if interlaced:
+        raw = b"".join(rows(samples[y0::dy, x0::dx]) for x0, y0, dx, dy in _ADAM7
+                       if samples[y0::dy, x0::dx].size)
+    else:
+        raw = rows(samples)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0,
+                                                           int(interlaced)))
+    if palette is not None:
+        out += chunk(b"PLTE", palette)
+    if transparency is not None:
+        out += chunk(b"tRNS", transparency)
+    return out + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _png_cases():
+    rng = np.random.default_rng(5)
+    h, w = 13, 11
+    palette = rng.integers(0, 256, 3 * 16).astype(np.uint8).tobytes()
+    cases = {}
+    for depth in (1, 2, 4, 8, 16):
+        cases[f"gray{depth}"] = (rng.integers(0, 1 << depth, (h, w, 1)), 0, depth, None, None)
+    cases["gray8_trns"] = (rng.integers(0, 256, (h, w, 1)), 0, 8, None, b"\x00\x07")
+    for depth in (8, 16):
+        cases[f"gray_alpha{depth}"] = (rng.integers(0, 1 << depth, (h, w, 2)), 4, depth, None, None)
+        cases[f"rgb{depth}"] = (rng.integers(0, 1 << depth, (h, w, 3)), 2, depth, None, None)
+        cases[f"rgba{depth}"] = (rng.integers(0, 1 << depth, (h, w, 4)), 6, depth, None, None)
+    for depth in (1, 2, 4, 8):
+        cases[f"palette{depth}"] = (rng.integers(0, min(16, 1 << depth), (h, w, 1)), 3, depth, palette, None)
+    cases["palette_trns"] = (rng.integers(0, 16, (h, w, 1)), 3, 8, palette, b"\x00\x80\xff")
+    return cases
+
+
+@pytest.mark.parametrize("interlaced", [False, True])
+def test_png_loader_gives_the_python_loaders_pixels(probe, tmp_path, interlaced):
+    for name, (samples, color_type, depth, palette, trns) in _png_cases().items():
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(_png_bytes(samples, color_type, depth, palette, trns, interlaced))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            expected = load_image(path)
+        done = run(probe, "png", path, tmp_path / f"{name}.npy")
+        assert done.returncode == 0, (name, done.stderr)
+        assert np.array_equal(np.load(tmp_path / f"{name}.npy"), expected), name
+        python_warned = any("alpha" in str(w.message) for w in caught)
+        assert ("alpha channel" in done.stderr) == python_warned, (name, done.stderr)
+
+
+def test_npz_reader_reads_stored_and_deflated_archives(probe, tmp_path):
+    arrays = {"a": np.arange(12, dtype=np.int64).reshape(3, 4), "b": np.float32(2.5), "c": np.ones(3, np.uint8)}
+    for save in (np.savez, np.savez_compressed):
+        path = tmp_path / f"{save.__name__}.npz"
+        save(path, **arrays)
+        done = run(probe, "npz", path)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == ["a i8 3 4", "b f4", "c u1 3"]
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "savez.npz").read_bytes()[:-30])
+    assert_refused(run(probe, "npz", tmp_path / "cut.npz"))
+
+
+# ---- the codec --------------------------------------------------------------------------------
+
+def _write_png(path: Path, pixels: np.ndarray) -> Path:
+    from PIL import Image
+
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_round_trip_is_exact_and_computes_the_python_openvino_backends_bits(host, tiny_bundle, openvino_codec,
+                                                                            kodak_crop, tmp_path):
+    """dcae-host and the Python runtime on the openvino backend compile the
+    graphs the same way: the same latents, byte-identical portable files
+    (side stream included), the same decoded image."""
+    pixels = kodak_crop("kodim21", 80, 120, top=300, left=200)
+    image = _write_png(tmp_path / "in.png", pixels)
+    done = run(host, "compress", "-b", tiny_bundle, image, "-o", tmp_path / "x.dcae", "--threads", 2,
+               "--save-latents", tmp_path / "enc", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["marked"] > 0
+    done = run(host, "decompress", "-b", tiny_bundle, tmp_path / "x.dcae", "-o", tmp_path / "x.png", "--threads", 2,
+               "--save-latents", tmp_path / "dec")
+    assert done.returncode == 0, done.stderr
+
+    # The host's own round trip: the decoder read the encoder's symbols and
+    # computed its y_hat bit for bit.
+    for name in ("symbols", "y_hat"):
+        assert np.array_equal(np.load(tmp_path / "enc" / f"in.{name}.npy"), np.load(tmp_path / "dec" / f"x.{name}.npy"))
+
+    encoded = openvino_codec.encode(pixels)
+    assert (tmp_path / "x.dcae").read_bytes() == encoded.data
+    assert np.array_equal(np.load(tmp_path / "enc" / "in.indexes.npy"), encoded.indexes)
+    assert np.array_equal(np.load(tmp_path / "enc" / "in.y_hat.npy"), encoded.y_hat)
+    assert np.array_equal(_read_png(tmp_path / "x.png"), openvino_codec.decompress(encoded.data))
+
+
+def test_bf16_encoder_files_decode_exactly_on_the_f32_decoder(host, tiny_bundle, kodak_crop, tmp_path):
+    """openvino-bf16 runs g_a, h_a and g_s in bf16 and the entropy graphs in
+    f32: same numeric class, so f32 decodes its files symbol for symbol."""
+    import openvino
+
+    if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert_refused(run(host, "compress", "-b", tiny_bundle, _write_png(tmp_path / "in.png", kodak_crop("kodim05", 64, 64)),
+                           "-o", tmp_path / "x.dcae", "--backend", "openvino-bf16"), "bf16")
+        return
+    image = _write_png(tmp_path / "in.png", kodak_crop("kodim05", 100, 70, top=40, left=90))
+    done = run(host, "compress", "-b", tiny_bundle, image, "-o", tmp_path / "x.dcae", "--backend", "openvino-bf16",
+               "--save-latents", tmp_path / "enc")
+    assert done.returncode == 0, done.stderr
+    done = run(host, "decompress", "-b", tiny_bundle, tmp_path / "x.dcae", "-o", tmp_path / "x.png",
+               "--save-latents", tmp_path / "dec")
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(np.load(tmp_path / "enc" / "in.symbols.npy"), np.load(tmp_path / "dec" / "x.symbols.npy"))
+
+
+def test_json_report_and_several_files_into_a_directory(host, tiny_bundle, kodak_crop, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("kodim01", "kodim02"):
+        _write_png(images / f"{name}.png", kodak_crop(name, 48, 40))
+    done = run(host, "compress", "-b", tiny_bundle, images, "-o", tmp_path / "coded", "--json")
+    assert done.returncode == 0, done.stderr
+    reports = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [Path(r["output"]).name for r in reports] == ["kodim01.dcae", "kodim02.dcae"]
+    for report in reports:
+        assert report["bytes"] == (tmp_path / "coded" / Path(report["output"]).name).stat().st_size
+        assert {"g_a", "h_a", "h_s", "slice_params_0", "y_coding", "total"} <= set(report["timings_ms"])
+    done = run(host, "decompress", "-b", tiny_bundle, tmp_path / "coded", "-o", tmp_path / "decoded")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "decoded").iterdir()) == ["kodim01.png", "kodim02.png"]
+
+
+# ---- bad input ------------------------------------------------------------------------------
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_bad_files_and_images_are_one_line_errors_and_leave_no_output(host, tiny_bundle, kodak_crop, tmp_path):
+    image = _write_png(tmp_path / "in.png", kodak_crop("kodim03", 40, 56))
+    good = tmp_path / "good.dcae"
+    assert run(host, "compress", "-b", tiny_bundle, image, "-o", good).returncode == 0
+    data = good.read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    bad_files = {
+        "truncated": (data[:-5], "truncated"),
+        "header only": (data[:40], "truncated"),
+        "bit flip": (data[:100] + bytes([data[100] ^ 4]) + data[101:], "CRC"),
+        "empty": (b"", "empty"),
+        "png": (image.read_bytes(), "PNG image"),
+        "version 9": (data[:4] + b"\x09" + data[5:], "version 9"),
+        "text": (b"hello, this is not a codec file at all\n", "not a .dcae"),
+    }
+    for name, (content, words) in bad_files.items():
+        path = tmp_path / f"{name}.dcae"
+        path.write_bytes(content)
+        assert_refused(run(host, "decompress", "-b", tiny_bundle, path, "-o", out / "x.png"), words)
+    bad_images = {
+        "jpeg.png": (b"\xff\xd8\xff\xe0" + bytes(100), "JPEG"),
+        "text.png": (b"just text", "not a PNG"),
+        "cut.png": (image.read_bytes()[:60], "cannot decode PNG"),
+        "coded.png": (data, ".dcae file"),
+    }
+    for name, (content, words) in bad_images.items():
+        (tmp_path / name).write_bytes(content)
+        assert_refused(run(host, "compress", "-b", tiny_bundle, tmp_path / name, "-o", out / "x.dcae"), words)
+    assert_refused(run(host, "compress", "-b", tiny_bundle, tmp_path / "missing.png", "-o", out / "x.dcae"),
+                   "no such file")
+    assert _leftovers(out) == []
+
+
+def test_missing_or_damaged_bundles_are_one_line_errors(host, tiny_bundle, kodak_crop, tmp_path):
+    image = _write_png(tmp_path / "in.png", kodak_crop("kodim04", 32, 32))
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def damaged(name, change):
+        copy = tmp_path / name
+        shutil.copytree(tiny_bundle, copy)
+        change(copy)
+        return copy
+
+    def rewrite_manifest(bundle, edit):
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        edit(manifest)
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+    bundles = {
+        "missing": (tmp_path / "nowhere", "not a directory"),
+        "no manifest": (damaged("b1", lambda b: (b / "manifest.json").unlink()), "manifest.json is missing"),
+        "bad json": (damaged("b2", lambda b: (b / "manifest.json").write_text("{not json")), "not valid JSON"),
+        "altered graph": (damaged("b3", lambda b: (b / "h_s.onnx").write_bytes(b"junk")), "altered"),
+        "missing graph": (damaged("b4", lambda b: (b / "slice_lrp_0.onnx").unlink()), "missing"),
+        "altered tables": (damaged("b5", lambda b: (b / "entropy.npz").write_bytes(b"PK")), "altered"),
+        "foreign file name": (damaged("b6", lambda b: rewrite_manifest(
+            b, lambda m: m["graphs"][0].update(file="../g_a.onnx"))), "not a file in the bundle"),
+        "wrong fingerprint": (damaged("b7", lambda b: rewrite_manifest(
+            b, lambda m: m.update(entropy_fingerprint="0" * 64))), "fingerprint"),
+    }
+    for name, (bundle, words) in bundles.items():
+        assert_refused(run(host, "compress", "-b", bundle, image, "-o", out / "x.dcae"), words)
+    assert _leftovers(out) == []
+
+
+def test_command_line_mistakes_exit_2_and_help_exits_0(host):
+    done = run(host, "--help")
+    assert done.returncode == 0 and "dcae-host compress" in done.stdout
+    assert run(host, "compress", "--help").returncode == 0
+    for args, words in ((["compress", "x.png", "-o", "y"], "-b BUNDLE"), (["squash"], "unknown command"),
+                        (["decompress", "-b", "b", "x", "-o", "y", "--margin", "1"], "unknown option"),
+                        (["compress", "-b", "b", "x", "-o", "y", "--threads", "0"], "--threads")):
+        assert_refused(run(host, *args), words, status=2)
+
+
+@pytest.mark.slow
+def test_fuzzed_files_through_dcae_host_decompress(host, tiny_bundle, openvino_codec, kodak_crop, tmp_path):
+    """2900 damaged files in one `dcae-host decompress` run: the corpus of
+    tests/test_runtime.py's fuzz test (damaged .dcae files, damaged upstream
+    .bin files, z and y streams damaged under a sound header and CRC, which
+    reach the entropy decoder) and damaged side streams under a sound CRC.
+    Each is refused on one line or decoded, with no crash, hang or file left
+    behind, and exactly as the Python runtime on the same backend decides:
+    the same files refused, the same images decoded."""
+    from runtime.container import pack_bin
+
+    pixels = kodak_crop("kodim09", 64, 64, top=200, left=200)
+    data = openvino_codec.encode(pixels).data
+    parsed = unpack(data)
+    z, y, side = parsed.z, parsed.y, parsed.side
+    assert len(side) > 5  # the side stream is there to be damaged
+
+    def repack(z_stream: bytes, y_stream: bytes, side_stream: bytes) -> bytes:
+        head = bytearray(data[:60])
+        struct.pack_into("<III", head, 44, len(z_stream), len(y_stream), len(side_stream))
+        payload = z_stream + y_stream + side_stream
+        return bytes(head) + struct.pack("<I", zlib.crc32(payload, zlib.crc32(bytes(head)))) + payload
+
+    def word_aligned(stream: bytes) -> bytes:
+        stream = stream[: len(stream) - len(stream) % 4]
+        return stream if len(stream) >= 8 else stream + bytes(8 - len(stream))
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    files = {}
+    sets = {"dcae": mutations(data, 1500, seed=1, fields=DCAE_V2_FIELDS),
+            "bin": mutations(pack_bin(64, 64, y, z), 500, seed=2),
+            "y": (repack(z, word_aligned(m), side) for m in mutations(y, 400, seed=3)),
+            "z": (repack(word_aligned(m), y, side) for m in mutations(z, 200, seed=4)),
+            "side": (repack(z, y, m) for m in mutations(side, 300, seed=5))}
+    for kind, mutants in sets.items():
+        for i, mutant in enumerate(mutants):
+            path = corpus / f"{kind}{i:04d}{'.bin' if kind == 'bin' else '.dcae'}"
+            path.write_bytes(mutant)
+            files[path.stem] = mutant
+    assert len(files) == 2900
+
+    out = tmp_path / "out"
+    done = run(host, "decompress", "-b", tiny_bundle, corpus, "-o", out, "--threads", 2, timeout=1200)
+    assert done.returncode == 1, done.stderr[-2000:]  # some failed, none crashed
+    refused = {}
+    for line in done.stderr.splitlines():
+        if line.startswith("dcae-host: warning: "):
+            continue  # a decoded .bin's warning
+        assert line.startswith("dcae-host: error: "), line
+        refused[Path(line[len("dcae-host: error: "):].split(": ", 1)[0]).stem] = line
+    decoded = {p.stem for p in out.iterdir()}
+    assert sorted(p.suffix for p in out.iterdir()) == [".png"] * len(decoded)  # no temporary files left
+    assert not (decoded & set(refused)) and decoded | set(refused) == set(files)
+
+    disagreements = []
+    python_decoded = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the .bin warning
+        for name, mutant in files.items():
+            try:
+                python_pixels = openvino_codec.decompress(mutant)
+            except DcaeError:
+                if name not in refused:
+                    disagreements.append(f"{name}: Python refuses, dcae-host decodes")
+                continue
+            python_decoded += 1
+            if name in refused:
+                disagreements.append(f"{name}: Python decodes, dcae-host refuses: {refused[name]}")
+            elif not np.array_equal(_read_png(out / f"{name}.png"), python_pixels):
+                disagreements.append(f"{name}: other pixels")
+    assert not disagreements, "\n".join(disagreements[:20])
+    # No damaged .dcae decodes (the CRC covers everything; a mutation may undo
+    # itself), and damaged streams under a sound CRC are caught.
+    assert all(files[n] == data for n in decoded if n.startswith("dcae"))
+    assert sum(1 for n in decoded if n.startswith(("y", "z", "side"))) <= 12
+    print(f"fuzz: {len(files)} files, {len(refused)} refused, {len(decoded)} decoded "
+          f"({python_decoded} by the Python runtime)")
+
+
+# ---- interoperability with the Python runtime and the reference ---------------------------------
+
+INTEROP_CROPS = {"kodim03_197x253": ("kodim03", 197, 253, 40, 300), "kodim04_1x1": ("kodim04", 1, 1, 300, 300),
+                 "kodim19_300x140": ("kodim19", 300, 140, 200, 100)}
+
+
+@pytest.fixture(scope="module")
+def interop_images(kodak_crop, tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("interop_images")
+    return {name: _write_png(folder / f"{name}.png", kodak_crop(*crop)) for name, crop in INTEROP_CROPS.items()}
+
+
+def test_python_runtime_files_decode_in_the_host_to_the_same_symbols(host, tiny_bundle, interop_images, tmp_path):
+    """Portable files written by the Python runtime on onnxruntime decode in
+    dcae-host (OpenVINO) to the encoder's symbols exactly, and to an image
+    within one level of the Python decoder's."""
+    codec = Codec(tiny_bundle, backend="onnxruntime", threads=2)
+    coded = tmp_path / "coded"
+    coded.mkdir()
+    encoded = {}
+    for name, image in interop_images.items():
+        encoded[name] = codec.encode(image)
+        assert unpack(encoded[name].data).header.portable
+        (coded / f"{name}.dcae").write_bytes(encoded[name].data)
+    assert sum(len(e.side) > 0 for e in encoded.values()) >= 2  # the side streams are exercised
+    done = run(host, "decompress", "-b", tiny_bundle, coded, "-o", tmp_path / "decoded", "--save-latents",
+               tmp_path / "latents", "--threads", 2)
+    assert done.returncode == 0, done.stderr
+    for name, result in encoded.items():
+        host_symbols = np.load(tmp_path / "latents" / f"{name}.symbols.npy")
+        assert np.array_equal(host_symbols, result.symbols), name
+        python_pixels = codec.decompress(result.data)
+        host_pixels = _read_png(tmp_path / "decoded" / f"{name}.png")
+        assert np.abs(host_pixels.astype(int) - python_pixels).max() <= 1, name
+
+
+def test_host_files_decode_in_the_python_runtime_and_the_reference(host, tiny_bundle, tiny_model, interop_images,
+                                                                   tmp_path):
+    """dcae-host's portable files decode in the Python runtime (onnxruntime)
+    and in the PyTorch reference to the host encoder's symbols, and to
+    images within one level of the host's own decode."""
+    from dcae.coding import decode_dcae
+
+    done = run(host, "compress", "-b", tiny_bundle, *interop_images.values(), "-o", tmp_path / "coded",
+               "--save-latents", tmp_path / "latents", "--json", "--threads", 2)
+    assert done.returncode == 0, done.stderr
+    assert sum(json.loads(line)["marked"] > 0 for line in done.stdout.splitlines()) >= 2
+    done = run(host, "decompress", "-b", tiny_bundle, tmp_path / "coded", "-o", tmp_path / "decoded", "--threads", 2)
+    assert done.returncode == 0, done.stderr
+    codec = Codec(tiny_bundle, backend="onnxruntime", threads=2)
+    for name in interop_images:
+        data = (tmp_path / "coded" / f"{name}.dcae").read_bytes()
+        assert unpack(data).header.portable
+        symbols = np.load(tmp_path / "latents" / f"{name}.symbols.npy").reshape(-1)
+        host_pixels = _read_png(tmp_path / "decoded" / f"{name}.png")
+        python = codec.decode(data)
+        reference_pixels, reference_symbols = decode_dcae(tiny_model, data)
+        assert np.array_equal(python.symbols, symbols), name
+        assert np.array_equal(np.asarray(reference_symbols).reshape(-1), symbols), name
+        assert np.abs(python.x.astype(int) - host_pixels).max() <= 1, name
+        assert np.abs(np.asarray(reference_pixels).astype(int) - host_pixels).max() <= 1, name
+
+
+def test_files_for_one_setup_decode_only_there(host, tiny_bundle, openvino_codec, kodak_crop, tmp_path):
+    """A file that is not portable decodes only on its own setup: dcae-host
+    reads the Python openvino backend's (version 2, and version 1 as older
+    runtimes wrote), refuses onnxruntime's by fingerprint in one line, and
+    tries it when forced."""
+    from runtime.container import DcaeHeader, pack
+
+    pixels = kodak_crop("kodim07", 60, 90, top=100, left=100)
+    own = openvino_codec.encode(pixels, margin=None)
+    header = unpack(own.data).header
+    assert not header.portable
+    version_1 = pack(DcaeHeader(header.height, header.width, header.fingerprint, version=1), own.z, own.y)
+    onnxruntime_file = Codec(tiny_bundle, backend="onnxruntime", threads=2).compress(pixels, margin=None)
+    expected = openvino_codec.decode_streams(own.y, own.z, *pixels.shape[:2]).x
+    for name, data in (("v2", own.data), ("v1", version_1), ("onnxruntime", onnxruntime_file)):
+        (tmp_path / f"{name}.dcae").write_bytes(data)
+    # dcae-host writes the same file for its own setup.
+    done = run(host, "compress", "-b", tiny_bundle, _write_png(tmp_path / "in.png", pixels), "-o",
+               tmp_path / "host.dcae", "--not-portable")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "host.dcae").read_bytes() == own.data
+    for name in ("v2", "v1"):
+        done = run(host, "decompress", "-b", tiny_bundle, tmp_path / f"{name}.dcae", "-o", tmp_path / f"{name}.png")
+        assert done.returncode == 0, done.stderr
+        assert np.array_equal(_read_png(tmp_path / f"{name}.png"), expected)
+    assert_refused(run(host, "decompress", "-b", tiny_bundle, tmp_path / "onnxruntime.dcae", "-o", tmp_path / "o.png"),
+                   "another bundle, backend or precision")
+    assert not (tmp_path / "o.png").exists()
+    forced = run(host, "decompress", "-b", tiny_bundle, tmp_path / "onnxruntime.dcae", "-o", tmp_path / "o.png",
+                 "--force")
+    # Forced: a desync caught at the end of the stream, or a decode with a warning.
+    assert (forced.returncode == 1 and "sync" in forced.stderr) or "forced" in forced.stderr, forced.stderr
+
+
+def test_a_portable_file_of_another_model_is_refused(host, tiny_bundle, kodak_crop, tmp_path):
+    from runtime.bundle import Bundle
+
+    pixels = kodak_crop("kodim08", 40, 40)
+    data = bytearray(Codec(tiny_bundle, backend="onnxruntime", threads=1).compress(pixels))
+    data[28] ^= 0xFF  # another entropy model's fingerprint, CRC repaired
+    data[60:64] = struct.pack("<I", zlib.crc32(bytes(data[64:]), zlib.crc32(bytes(data[:60]))))
+    (tmp_path / "other.dcae").write_bytes(bytes(data))
+    assert Bundle.open(tiny_bundle).manifest.entropy_model_fingerprint
+    assert_refused(run(host, "decompress", "-b", tiny_bundle, tmp_path / "other.dcae", "-o", tmp_path / "x.png"),
+                   "another entropy model")
+
+
+def test_dcae_bench_runs_the_host_as_a_setup(host, tiny_bundle, openvino_codec, kodak_crop):
+    """dcae-bench's cpp-openvino setup codes in-process through the host's C
+    interface (libdcae-host.so): the openvino backend's files and symbols,
+    stage timings, and the runtime's error classes for bad files."""
+    from benchmarks.cli import plan_setups
+    from benchmarks.setups import bundle_infos, open_setup
+    from runtime.errors import CorruptStreamError
+
+    (setup,) = plan_setups(bundle_infos([str(tiny_bundle)]), ["cpp-openvino"], None)
+    coder = open_setup(setup, 2)
+    pixels = kodak_crop("kodim10", 70, 50)
+    encoded = coder.encode(pixels)
+    assert encoded.data == openvino_codec.encode(pixels).data
+    assert {"g_a", "slice_params_0", "y_coding", "total"} <= set(coder.timings)
+    decoded = coder.decode(encoded.data)
+    assert np.array_equal(decoded.symbols, encoded.symbols)
+    assert np.array_equal(decoded.x, openvino_codec.decompress(encoded.data))
+    with pytest.raises(CorruptStreamError, match="truncated"):
+        coder.decode(encoded.data[:-3])
