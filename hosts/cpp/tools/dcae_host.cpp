@@ -57,7 +57,7 @@ compress:
   --not-portable       write a file that decodes only on this backend class
                        (default: portable, decodes on any backend)
   --margin D           portable margin, natural log, at most 0.01 (default
-                       2.2e-5, the Python runtime's)
+                       2.4e-5, the Python runtime's)
 decompress:
   --force              try a file written by another setup (refused by
                        default: it usually fails with a desync)
