@@ -1,0 +1,172 @@
+"""The README and docs/ describe the software as it is: their commands run (the
+README's "Run the codec" block and the demo, as written, in a fresh folder), every
+option they show exists in the command's --help, their links point at files,
+and their tables are well formed."""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+BIN = Path(sys.executable).parent
+# Programs whose options the pages show, and their subcommands.
+SUBCOMMANDS = {
+    "dcae": {"compress", "decompress", "inspect", "demo", "batch"},
+    "dcae-export": {"build-engines"},
+    "dcae-bench": set(),
+    "dcae-host": {"compress", "decompress", "inspect"},
+}
+
+
+def fenced_blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def shell_commands(block: str) -> list[str]:
+    """One string per command: continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", block)
+    commands = []
+    for line in joined.splitlines():
+        line = re.sub(r"\s+#\s.*$", "", line).strip()
+        if line and not line.startswith("#"):
+            commands.append(line)
+    return commands
+
+
+def documented_invocations() -> list[tuple[str, str, list[str]]]:
+    """(page, program, words) of every command of a known program in the pages' sh blocks."""
+    found = []
+    for page in PAGES:
+        for block in fenced_blocks(page.read_text(), "sh"):
+            for command in shell_commands(block):
+                for part in re.split(r"\s*&&\s*", command):
+                    words = shlex.split(part)
+                    if not words:
+                        continue
+                    program = Path(words[0]).name
+                    if program in SUBCOMMANDS:
+                        found.append((page.name, program, words[1:]))
+                    elif words[0].endswith("python") and words[1:2] == ["-m"] and len(words) > 2:
+                        found.append((page.name, f"-m {words[2]}", words[3:]))
+    return found
+
+
+def host_binary() -> Path:
+    from tests.test_cpp_host import BUILD, _build_host
+
+    _build_host()
+    return BUILD / "dcae-host"
+
+
+@lru_cache(maxsize=None)
+def help_text(program: str, subcommand: str | None) -> str:
+    if program.startswith("-m "):
+        argv = [sys.executable, "-m", program[3:]]
+    elif program == "dcae-host":
+        argv = [str(host_binary())]
+    else:
+        argv = [str(BIN / program)]
+    done = subprocess.run(argv + ([subcommand] if subcommand else []) + ["--help"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, (argv, subcommand, done.stderr[-2000:])
+    return done.stdout
+
+
+def test_every_documented_option_exists():
+    invocations = documented_invocations()
+    programs = {program for _, program, _ in invocations}
+    assert {"dcae", "dcae-export", "dcae-bench", "dcae-host"} <= programs
+    for page, program, words in invocations:
+        subcommand = words[0] if words and words[0] in SUBCOMMANDS.get(program, ()) else None
+        text = help_text(program, subcommand)
+        for word in words:
+            option = word.split("=", 1)[0]
+            if re.fullmatch(r"--[a-z][a-z0-9-]*", option):
+                assert option in text, f"{page}: {program} {subcommand or ''} has no {option}"
+
+
+@pytest.mark.parametrize("program", ["dcae", "dcae-export", "dcae-bench"])
+def test_help_of_each_command(program):
+    text = help_text(program, None)
+    assert text.startswith("usage:") and len(text.splitlines()) > 5
+
+
+def test_links_point_at_files():
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if re.match(r"[a-z]+://", target):
+                continue
+            assert (page.parent / target).exists(), f"{page.name}: link to missing {target}"
+
+
+def test_tables_are_rectangular():
+    for page in PAGES:
+        text = page.read_text()
+        for block in fenced_blocks(text, r"[a-z]*"):
+            text = text.replace(block, "")
+        rows: list[str] = []
+        for line in text.splitlines() + [""]:
+            if line.startswith("|"):
+                rows.append(line)
+                continue
+            if rows:
+                cells = [len(re.findall(r"(?<!\\)\|", row)) for row in rows]
+                assert len(set(cells)) == 1, f"{page.name}: table at {rows[0][:60]!r} has rows of {cells} bars"
+                assert re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", rows[1]), f"{page.name}: no separator under {rows[0][:60]!r}"
+            rows = []
+
+
+def section(text: str, heading: str) -> str:
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else None]
+
+
+def test_readme_commands_run_as_written(tmp_path, kodak_crop):
+    """The "Run the codec" commands and Python snippets, and the demo, in a fresh
+    folder with the files they name; the default bundle is exported by the first
+    command, as on a fresh clone."""
+    from PIL import Image
+
+    readme = (REPO / "README.md").read_text()
+    run_section = section(readme, "Run the codec")
+    commands = shell_commands(fenced_blocks(run_section, "sh")[0])
+    assert [shlex.split(c)[:2] for c in commands] == [
+        ["dcae", "compress"], ["dcae", "compress"], ["dcae", "decompress"], ["dcae", "inspect"], ["dcae", "demo"]]
+    Image.fromarray(kodak_crop("kodim05", 96, 128)).save(tmp_path / "photo.png")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "more").mkdir()
+    Image.fromarray(kodak_crop("kodim07", 64, 80)).save(tmp_path / "photos" / "a.png")
+    Image.fromarray(kodak_crop("kodim09", 72, 40)).save(tmp_path / "more" / "b.jpg", quality=90)
+    env = dict(os.environ, DCAE_CACHE=str(tmp_path / "cache"), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    for command in commands:
+        done = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, (command, done.stderr[-2000:])
+    assert (tmp_path / "photo.dcae").read_bytes()[:4] == b"DCAE"
+    assert sorted(p.name for p in (tmp_path / "coded").iterdir()) == ["a.dcae", "b.dcae"]
+    assert sorted(p.name for p in (tmp_path / "decoded").iterdir()) == ["a.png", "b.png"]
+    demo = sorted(p.suffix for p in (tmp_path / "dcae-demo").iterdir())
+    assert ".dcae" in demo and ".png" in demo
+
+    # The Python snippets, with the bundle the commands exported as bundle/.
+    bundles = list((tmp_path / "cache" / "bundles").iterdir())
+    assert len(bundles) == 1
+    (tmp_path / "bundle").symlink_to(bundles[0])
+    snippets = fenced_blocks(run_section, "python")
+    assert len(snippets) == 2
+    check = ("\nimport numpy as np\nassert isinstance(data, bytes) and data[:4] == b'DCAE'\n"
+             "assert pixels.shape == (96, 128, 3) and pixels.dtype == np.uint8\n")
+    for snippet in snippets:
+        done = subprocess.run([sys.executable, "-c", snippet + check], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, (snippet, done.stderr[-2000:])
