@@ -9,8 +9,6 @@ file, reports each failure, and exits 1 at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import glob
 import hashlib
 import json
 import os
@@ -20,11 +18,10 @@ from pathlib import Path
 
 from .errors import BadInputError, DcaeError
 from .fileio import absolute_path
+from .filejobs import one_line as _one_line, os_error_message as _os_error_message
+from .inputs import CODED_SUFFIXES, IMAGE_SUFFIXES, UsageError as _UsageError
+from .inputs import expand_inputs as _expand_inputs, plan_outputs as _plan_outputs
 from .portable import DEFAULT_MARGIN, MAX_MARGIN, check_margin
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".gif"}
-CODED_SUFFIXES = {".dcae", ".bin"}
-_GLOB_CHARACTERS = set("*?[")
 
 DESCRIPTION = """\
 Learned image compression with DCAE, running an exported bundle (ONNX graphs
@@ -34,24 +31,12 @@ and entropy tables) on onnxruntime; no PyTorch needed.
   dcae compress photos/ 'more/*.jpg' -o coded/          one .dcae per image
   dcae decompress coded/ -o decoded/                    one .png per file
   dcae inspect photo.dcae --json
+  dcae batch compress photos/ -o coded/                 in parallel on Ray (docs/batch.md)
 
 Without -b, the default model's bundle is used; it is exported once, on first
 use, into $DCAE_CACHE (default ~/.cache/dcae-deploy), which needs the
 reference extra (pip install dcae-deploy[reference]).
 """
-
-
-class _UsageError(Exception):
-    """A command-line mistake found after parsing: exit status 2."""
-
-
-def _one_line(message) -> str:
-    return " ".join(str(message).split()) or "unknown error"
-
-
-def _os_error_message(exc: OSError) -> str:
-    reason = exc.strerror or type(exc).__name__
-    return f"{reason}: {exc.filename}" if exc.filename else reason
 
 
 def _margin(text: str) -> float:
@@ -71,58 +56,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-# ---- inputs and outputs --------------------------------------------------------------
-
-def _expand_inputs(arguments: list[str], suffixes: set[str], what: str) -> tuple[list[Path], bool]:
-    """Files named by the arguments (files, directories, globs), in order,
-    without duplicates; and whether the only argument named one file itself."""
-    files: list[Path] = []
-    for argument in arguments:
-        path = Path(argument)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
-            if not found:
-                raise BadInputError(f"no {what} files in directory {path}")
-            files += found
-        elif path.exists():
-            files.append(path)
-        elif _GLOB_CHARACTERS & set(argument):
-            found = sorted(Path(p) for p in glob.glob(argument) if Path(p).is_file())
-            if not found:
-                raise BadInputError(f"no files match {argument}")
-            files += found
-        else:
-            raise BadInputError(f"no such file or directory: {argument}")
-    unique = list(dict.fromkeys(files))
-    single_file = len(arguments) == 1 and len(unique) == 1 and unique[0] == Path(arguments[0])
-    return unique, single_file
-
-
-def _plan_outputs(inputs: list[Path], single_file: bool, output: str, suffix: str) -> list[Path]:
-    """One output path per input: `output` itself for one named file (unless
-    it is a directory), else `output/<stem><suffix>`."""
-    out = Path(output)
-    if single_file and not out.is_dir() and not output.endswith(("/", os.sep)):
-        return [out]
-    if out.exists() and not out.is_dir():
-        raise _UsageError(f"-o {output} must be a directory when coding several files")
-    targets = [out / f"{p.stem}{suffix}" for p in inputs]
-    seen: dict[Path, Path] = {}
-    for source, target in zip(inputs, targets):
-        if target in seen:
-            raise _UsageError(f"inputs {seen[target]} and {source} would both write {target}")
-        seen[target] = source
-    return targets
-
-
-@contextlib.contextmanager
-def _writing(target: Path):
-    """Name the output in a write error (not the temporary file it goes through)."""
-    try:
-        yield
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot write {target}: {exc.strerror or exc}") from None
-
+# ---- inputs and outputs: runtime.inputs -----------------------------------------------------
 
 def _open_codec(args):
     from .codec import Codec
@@ -170,16 +104,14 @@ def _for_each(pairs, work) -> int:
 # ---- commands --------------------------------------------------------------------------
 
 def _compress(args) -> int:
-    from .fileio import write_atomically
+    from .filejobs import compress_file
 
     inputs, single = _expand_inputs(args.inputs, IMAGE_SUFFIXES, "image")
     targets = _plan_outputs(inputs, single, args.output, ".dcae")
     codec = _open_codec(args)
 
     def work(source: Path, target: Path) -> str:
-        result = codec.encode(source, None if args.not_portable else args.margin)
-        with _writing(target):
-            write_atomically(target, result.data)
+        result = compress_file(codec, source, target, None if args.not_portable else args.margin)
         bpp = 8 * len(result.data) / (result.height * result.width)
         return f"{source} -> {target}: {len(result.data)} bytes, {bpp:.4f} bpp"
 
@@ -187,19 +119,42 @@ def _compress(args) -> int:
 
 
 def _decompress(args) -> int:
-    from .imaging import save_image
+    from .filejobs import decompress_file
 
     inputs, single = _expand_inputs(args.inputs, CODED_SUFFIXES, ".dcae or .bin")
     targets = _plan_outputs(inputs, single, args.output, ".png")
     codec = _open_codec(args)
 
     def work(source: Path, target: Path) -> str:
-        pixels = codec.decompress(source.read_bytes(), force=args.force)
-        with _writing(target):
-            save_image(pixels, target)
+        pixels = decompress_file(codec, source, target, force=args.force)
         return f"{source} -> {target}: {pixels.shape[0]}x{pixels.shape[1]}"
 
     return _for_each(list(zip(inputs, targets)), work)
+
+
+def _batch(args) -> int:
+    """`dcae batch compress|decompress`: the inputs mapped over Ray actors."""
+    from .batch import import_ray, print_progress_factory, run_batch
+    from .default_bundle import ensure_default_bundle
+
+    import_ray()  # without Ray, say how to install it before anything else
+    if not args.inputs and not args.files_from:
+        raise _UsageError("no inputs: name files, directories or globs, or --files-from LIST")
+    if args.address is not None and args.cpus is not None:
+        raise _UsageError("--cpus sizes the local Ray instance; with --address the cluster's CPUs are used")
+    bundle = args.bundle
+    if bundle is None:
+        bundle = str(ensure_default_bundle(announce=lambda m: print(f"dcae: {m}", file=sys.stderr)))
+    summary = run_batch(
+        args.batch_command, args.inputs, args.output, files_from=args.files_from or (), bundle=bundle,
+        backend=args.backend, threads=args.threads, workers=args.workers,
+        margin=None if getattr(args, "not_portable", False) else getattr(args, "margin", DEFAULT_MARGIN),
+        force=getattr(args, "force", False), redo=args.redo, results=args.results, address=args.address,
+        num_cpus=args.cpus, worker_memory=args.worker_memory and int(args.worker_memory * 2**30),
+        progress=print_progress_factory(sys.stderr))
+    for line in summary.lines():
+        print(f"dcae: {line}")
+    return summary.exit_status
 
 
 def _demo(args) -> int:
@@ -367,7 +322,110 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", metavar="FILE", help="a .dcae or upstream .bin file")
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     inspect.set_defaults(run=_inspect)
+
+    batch = commands.add_parser(
+        "batch", help="code a whole data set in parallel on Ray (resumable; needs the [ray] extra)",
+        description=BATCH_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    batch_commands = batch.add_subparsers(dest="batch_command", required=True, metavar="COMMAND")
+    batch_compress = batch_commands.add_parser(
+        "compress", help="images -> .dcae files, on Ray actors",
+        description="Compress images to .dcae files on a pool of Ray actors: the same files, bytes and names "
+                    "as `dcae compress`. " + BATCH_CONTRACT)
+    _add_batch_options(batch_compress, "image files, directories (every image directly inside) or quoted globs")
+    batch_compress.add_argument("--margin", type=_margin, default=DEFAULT_MARGIN, metavar="DELTA",
+                                help=f"as for dcae compress (default: {DEFAULT_MARGIN:g})")
+    batch_compress.add_argument("--not-portable", action="store_true",
+                                help="as for dcae compress: files for this bundle and backend only")
+    batch_decompress = batch_commands.add_parser(
+        "decompress", help=".dcae / .bin files -> PNG images, on Ray actors",
+        description="Decompress .dcae (or upstream .bin) files to PNG images on a pool of Ray actors: the same "
+                    "files, bytes and names as `dcae decompress`. " + BATCH_CONTRACT)
+    _add_batch_options(batch_decompress,
+                       ".dcae/.bin files, directories (every .dcae/.bin directly inside) or quoted globs")
+    batch_decompress.add_argument("--force", action="store_true",
+                                  help="as for dcae decompress: try files written by another setup")
     return parser
+
+
+BATCH_DESCRIPTION = """\
+Code a whole data set in parallel on Ray (pip install 'dcae-deploy[ray]').
+Each Ray actor opens the bundle once and reads and writes files by path; a
+rerun skips every input whose output is already there and valid.
+
+  dcae batch compress photos/ 'more/*.jpg' -o coded/ --workers 4
+  dcae batch compress --files-from list.txt -o coded/ --address auto
+  dcae batch decompress coded/ -o decoded/
+
+Without --address a local Ray instance starts on this machine and stops at
+the end. Every input gets a line in DST/results.jsonl (see docs/batch.md).
+"""
+
+BATCH_CONTRACT = (
+    "Outputs are written atomically (temporary file, then rename). A rerun skips every input whose output "
+    "exists and is valid (a .dcae: header and CRC sound, written by this bundle and backend with these "
+    "options, of the input's size; a PNG: complete, every chunk's CRC sound, RGB of the coded size) and codes "
+    "the rest. Each input gets one JSON line in the results file (input, output, status ok|skipped|failed|"
+    "not-run, bytes, bpp, seconds, error, warnings, worker, index); a failing input is reported there and on "
+    "stderr and never stops the job. Exit status 0 when every input is ok or skipped, else 1.")
+
+
+def _workers(text: str):
+    """N, or MIN:MAX (Ray Data scales the actor pool between them)."""
+    low, colon, high = text.partition(":")
+    try:
+        values = (int(low), int(high)) if colon else (int(low),)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN:MAX, got {text!r}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    if colon and values[0] > values[1]:
+        raise argparse.ArgumentTypeError(f"MIN must not exceed MAX, got {text!r}")
+    return values if colon else values[0]
+
+
+def _gigabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GiB, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _add_batch_options(parser: argparse.ArgumentParser, inputs_help: str) -> None:
+    from .backends import backend_names
+
+    parser.add_argument("inputs", nargs="*", metavar="SRC", help=inputs_help)
+    parser.add_argument("-o", "--output", required=True, metavar="DST",
+                        help="output directory (created); one file per input, named after the input's stem as "
+                             "the single-process command names it")
+    parser.add_argument("--files-from", action="append", metavar="LIST",
+                        help="a text file of input paths, one a line (# comments and blank lines skipped; "
+                             "relative paths are relative to the list's directory); repeatable")
+    parser.add_argument("-b", "--bundle", metavar="BUNDLE", type=absolute_path,
+                        help="bundle directory written by dcae-export (default: the default model's bundle, "
+                             "exported on first use); every Ray node must see it at this path")
+    parser.add_argument("--backend", default="onnxruntime", choices=backend_names(),
+                        help="what runs the graphs in each actor (default: onnxruntime on the CPU)")
+    parser.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+                        help="threads per graph in each actor, and CPUs Ray reserves for it (default: 1)")
+    parser.add_argument("--workers", type=_workers, metavar="N|MIN:MAX",
+                        help="number of Ray actors, each holding one loaded bundle; MIN:MAX lets Ray Data "
+                             "scale the pool with the backlog (default: 1 up to the cluster's CPUs / --threads)")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="join a running Ray cluster (e.g. auto, or HOST:6379) instead of starting a local "
+                             "Ray instance; inputs, outputs and bundle must be at the same paths on every node")
+    parser.add_argument("--cpus", type=_positive_int, metavar="N",
+                        help="CPUs of the local Ray instance (default: all of this machine's)")
+    parser.add_argument("--worker-memory", type=_gigabytes, metavar="GIB",
+                        help="memory Ray reserves per actor, so it never packs more actors on a node than fit "
+                             "(the official model at 768x512 peaks near 2.4 GiB)")
+    parser.add_argument("--results", metavar="FILE", type=absolute_path,
+                        help="the results file, JSON Lines, one line per input (default: DST/results.jsonl)")
+    parser.add_argument("--redo", action="store_true",
+                        help="code every input again, even those whose output is valid")
+    parser.set_defaults(run=_batch)
 
 
 def main(argv=None) -> int:

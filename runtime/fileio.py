@@ -2,6 +2,7 @@
 never leaves a half-written one."""
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 
@@ -43,3 +44,12 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+@contextlib.contextmanager
+def writing_to(target: str | os.PathLike):
+    """Name the output in a write error (not the temporary file it goes through)."""
+    try:
+        yield
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {target}: {exc.strerror or exc}") from None
