@@ -5,9 +5,10 @@ cross-backend decodability matrix.
                [--backends torch,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt] [--limit N]
                [--repeats R] [--rounds N] [--threads T] [--checkpoint C] [--speed-only | --no-matrix]
 
-Setups: the PyTorch reference ("torch" on the CPU, "torch-cuda" on a GPU,
-from the bundles' source checkpoint) and each bundle on each runtime backend
-("onnxruntime:fp32"). Writes to --out:
+Setups: the PyTorch reference ("torch" on the CPU, "torch-avx2" on the CPU
+with the AVX2 kernels of another CPU family, "torch-cuda" on a GPU, from the
+bundles' source checkpoint) and each bundle on each runtime backend
+("onnxruntime:fp32", "openvino:fp32", "cpp-openvino:fp32"). Writes to --out:
 report.json, report.md, latency_by_stage.png, rate_distortion.png; the coded
 files and decoded images go to --files (default OUT/files). Relative paths
 are taken from the current directory.
@@ -15,8 +16,10 @@ are taken from the current directory.
 Exit status: 0 (also when a setup cannot run here, e.g. no GPU: the report
 lists it with the reason); 2 for a usage error (no images, a checkpoint that
 is not the bundles' model); 3 when a runtime setup decoded a file WRONGLY
-WITHOUT AN ERROR; 4 when the speed of a setup that runs here could not be
-measured. For 3 and 4 the report is written first and says so at the top.
+WITHOUT AN ERROR; 5 when a portable file failed to decode on another setup
+that writes portable files (refused: the portability promise broken, safely);
+4 when the speed of a setup that runs here could not be measured. For 3, 4
+and 5 the report is written first and says so at the top.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff")
-EXIT_USAGE, EXIT_SILENT_WRONG, EXIT_MEASUREMENT_FAILED = 2, 3, 4
+EXIT_USAGE, EXIT_SILENT_WRONG, EXIT_MEASUREMENT_FAILED, EXIT_PORTABLE_FAILED = 2, 3, 4, 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where report.json, report.md and plots go")
     p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
                    help=f"comma-separated: 'torch' (the PyTorch reference on the CPU, the speed-up baseline), "
+                        f"'torch-avx2' (the reference with the AVX2 kernels of a CPU without AVX-512, in a "
+                        f"process of its own), "
                         f"'torch-cuda' (the reference on a CUDA GPU), runtime backends and 'cpp-openvino' (the "
                         f"C++ host, hosts/cpp, built first) "
                         f"(default: {','.join(DEFAULT_BACKENDS)}); those that cannot run here are reported "
@@ -192,7 +197,7 @@ def run(args, say) -> int:
     from .machine import load_average, machine_facts
     from .matrix import coding_pass, silent_wrong_totals
     from .rd import rd_mean
-    from .report import write_report_files
+    from .report import portable_totals, write_report_files
     from .setups import bundle_infos
     from .torch_reference import ReferenceMismatchError
 
@@ -242,7 +247,7 @@ def run(args, say) -> int:
     machine["load_average_end"] = load_average()
     matrix = None
     if passed and not args.no_matrix:
-        matrix = {"setups": [s.name for s in available], "cells": passed["cells"]}
+        matrix = {"setups": [s.name for s in available], "cells": passed["cells"], "portable": passed["portable"]}
     report = {
         "format": "dcae-bench-report", "version": 1,
         "command": "dcae-bench " + " ".join(args.argv), "created": started,
@@ -271,11 +276,18 @@ def run(args, say) -> int:
     if totals.get("unchecked"):
         say(f"note: the PyTorch reference decoded {totals['unchecked']} upstream .bin file(s) wrongly without an "
             f"error (compressai has no desync check); see the matrix")
+    portable = portable_totals(matrix) if matrix else None
+    status = 0
+    if portable and portable["failed"]:
+        print(f"dcae-bench: FAILURE: portable files failed to decode in {portable['failed']} of "
+              f"{portable['decodes']} decodes between setups that write them; see {out / 'report.md'}",
+              file=sys.stderr)
+        status = EXIT_PORTABLE_FAILED
     if speed_errors:
         print(f"dcae-bench: FAILURE: could not measure the speed of {', '.join(speed_errors)}; "
               f"see {out / 'report.md'}", file=sys.stderr)
-        return EXIT_MEASUREMENT_FAILED
-    return 0
+        status = status or EXIT_MEASUREMENT_FAILED
+    return status
 
 
 def main(argv=None) -> int:

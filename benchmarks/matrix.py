@@ -154,7 +154,7 @@ def coding_pass(setups: list, coders: dict, images: list[Path], files_dir: Path,
     """Encode every image with every setup, decode (own and, with `matrix`, all pairs).
 
     `setups`: the available `Setup`s; `coders`: name -> coder (`open_setup`). Returns {"rd": {setup: [rows]}, "cells": [...],
-    "symbol_differences": [...]}.
+    "symbol_differences": [...], "portable": [the setups whose every file was a portable .dcae]}.
     """
     names = [s.name for s in setups]
     kinds = {s.name: s.kind for s in setups}
@@ -165,11 +165,14 @@ def coding_pass(setups: list, coders: dict, images: list[Path], files_dir: Path,
              for e in names for d in names if matrix or e == d}
     rd: dict[str, list] = {n: [] for n in names}
     differences = SymbolDifferences()
+    portable = dict.fromkeys(names, True)
     for k, path in enumerate(images, 1):
         t0 = time.perf_counter()
         pixels = load_image(path)
         image = path.name
         encoded = {n: coders[n].encode(pixels) for n in names}
+        for n in names:
+            portable[n] = portable[n] and _is_portable(encoded[n].data)
         own = {}
         for n in names:
             folder = files_dir / safe_name(n)
@@ -201,7 +204,14 @@ def coding_pass(setups: list, coders: dict, images: list[Path], files_dir: Path,
         progress(f"[{k}/{len(images)}] {image}: coded by {len(names)} setups, "
                  f"{len(cells)} decodes checked ({time.perf_counter() - t0:.1f} s)")
     return {"rd": rd, "cells": [c.to_dict() for c in cells.values()],
-            "symbol_differences": differences.to_list()}
+            "symbol_differences": differences.to_list(), "portable": [n for n in names if portable[n]]}
+
+
+def _is_portable(data: bytes) -> bool:
+    from runtime.container import sniff, unpack
+
+    return sniff(data) == "dcae" and unpack(data).header.portable
+
 
 
 def _own_decode(coder, encoded, outcomes: Outcomes, image: str):

@@ -188,6 +188,7 @@ def summarise(raw: dict) -> dict:
         "decode_memory": raw.get("decode_memory"),
         "threads": raw["threads"],
         "torch_imported": raw["torch_imported"],
+        "numeric_class": raw.get("numeric_class"),  # as the measuring process computed (torch-avx2: its kernels)
         "per_image_ms": {im["image"]: {"encode": 1e3 * float(np.median(im["encode_s"])),
                                        "decode": 1e3 * float(np.median(im["decode_s"]))} for im in images},
     }
@@ -246,7 +247,10 @@ def _run_child(spec: dict, stem: Path, name: str, timeout: float | None) -> dict
     spec_path, result_path = stem.with_name(stem.name + ".spec.json"), stem.with_name(stem.name + ".result.json")
     spec_path.write_text(json.dumps(spec))
     result_path.unlink(missing_ok=True)
+    from .setups import SETUP_ENV
+
     env = dict(os.environ)
+    env.update(SETUP_ENV.get(spec["setup"]["backend"], {}))  # torch-avx2: its kernels from the start
     threads = spec.get("threads")
     if threads:
         # the same thread count for every library the child may use

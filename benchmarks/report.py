@@ -152,6 +152,18 @@ def plot_rate_distortion(report: dict, path: Path) -> bool:
     return True
 
 
+def portable_totals(matrix: dict) -> dict | None:
+    """Decodes of portable files between two setups that write them (each
+    must decode every other's): how many, and how many did not give the
+    encoder's symbols. None for a report without the list of portable setups."""
+    if "portable" not in matrix:
+        return None
+    portable = set(matrix["portable"])
+    cells = [c for c in matrix["cells"] if c["encoder"] != c["decoder"] and {c["encoder"], c["decoder"]} <= portable]
+    return {"setups": len(portable), "decodes": sum(c["images"] for c in cells),
+            "failed": sum(c["images"] - c["identical"] - c["decoded"] for c in cells)}
+
+
 # ---- markdown -----------------------------------------------------------------------
 
 def _headline(report: dict) -> list[str]:
@@ -310,9 +322,21 @@ def markdown(report: dict) -> str:
         lines += [f"> **FAILURE: setups decoded {totals['checked']} file(s) WRONGLY WITHOUT AN ERROR.** "
                   "This must never happen; see the decodability matrix.", ""]
     elif report.get("matrix"):
+        portable = portable_totals(report["matrix"])
         lines += ["No setup decoded any file wrongly without an error (every file was either decoded to the "
-                  "encoder's exact symbols or refused). Portable files (every setup whose entropy graphs are "
-                  "fp32, the PyTorch reference on the CPU) decode on every such setup.", ""]
+                  "encoder's exact symbols or refused)."]
+        if portable is None or portable["setups"] < 2:
+            lines.append("")
+        elif portable["failed"]:
+            lines += ["", f"> **Portable files failed to decode in {portable['failed']} of {portable['decodes']} "
+                          f"decodes between the {portable['setups']} setups that write them** (every setup whose "
+                          f"entropy graphs are fp32, the PyTorch reference on the CPU): each was refused, "
+                          f"see the decodability matrix. Portability promises that none is.", ""]
+        else:
+            lines[-1] += (f" Portable files (every setup whose entropy graphs are fp32, the PyTorch reference on the "
+                          f"CPU; {portable['setups']} setups here) decode on every such setup: "
+                          f"{portable['decodes']} of {portable['decodes']} cross-setup decodes.")
+            lines.append("")
     unchecked = [c for c in (report.get("matrix") or {}).get("cells", []) if not c["decoder_detects_desync"]]
     if unchecked:
         lines += [f"The PyTorch reference on a GPU writes upstream .bin files and reads them with compressai's "

@@ -8,31 +8,43 @@
 #    onnxruntime with the entropy graphs fp32 and int8, and for TensorRT).
 #    int8 needs CALIB_DIR (calibration images); if an int8 export fails, the
 #    report says "<name>: not available (<reason>)" and everything else goes on.
-# 2. dcae-bench on every image of KODAK_DIR: the PyTorch reference vs each
-#    runtime backend x bundle (backends that cannot run here are listed with
-#    the reason), latency by stage, memory, rate-distortion with JPEG at the
-#    same rate, the decodability matrix -> $OUT/fixture/
+# 2. dcae-bench on every image of KODAK_DIR: the PyTorch reference (with this
+#    CPU's kernels and with the AVX2 ones, torch-avx2) vs each runtime backend
+#    x bundle, the Python runtime on onnxruntime and OpenVINO and the C++ host
+#    (cpp-openvino, built first when cmake is there; backends that cannot run
+#    here are listed with the reason), latency by stage, memory,
+#    rate-distortion with JPEG at the same rate, the decodability matrix
+#    -> $OUT/fixture/
 # 3. The official-size configuration (dcae.DCAE()) at random init (seed 0,
 #    update(force=True)), exported at fp32, fp16 and (with CALIB_DIR) int8 for
 #    onnxruntime with the entropy graphs fp32 and int8, timed on the first 2
 #    images only: speed only, since a random model's rate-distortion means
 #    nothing -> $OUT/official_random_init/
-#    and an index of both, $OUT/dcae-bench.md (other files in $OUT are left alone)
+# 4. (PARTS=golden, not in the default) The official configuration with the
+#    golden deterministic weights (benchmarks.random_checkpoint --golden),
+#    exported fp32: dcae-bench on the first 2 images with the reference, torch-avx2,
+#    onnxruntime, OpenVINO and the C++ host, for its decodability matrix
+#    -> $OUT/golden/; and benchmarks.sigma_agreement --golden on the same 2
+#    images (scale errors, side-stream cost) -> $OUT/sigma_agreement_golden.md
+#    (about an hour on 2 busy cores)
+#    and an index of the parts, $OUT/dcae-bench.md (other files in $OUT are left alone)
 #
 # Environment:
 #   THREADS=2      threads for every setup        REPEATS=3   timed runs per image (per round)
 #   ROUNDS=1       dcae-bench --rounds: measure every setup ROUNDS times, the setups in
 #                  turn, each time in a fresh process, and pool the runs
 #   OUT=benchmarks/results                        WORK=<temp dir>, removed unless KEEP_WORK=1
-#   BACKENDS=torch,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt   (fixture part)
-#   PARTS=fixture,official   which parts to run (default both)
+#   BACKENDS=torch,torch-avx2,torch-cuda,onnxruntime,onnxruntime-cuda,openvino,cpp-openvino,tensorrt
+#                  (fixture part)
+#   PARTS=fixture,official   which parts to run (default: these two; golden on request)
 #   OFFICIAL_CALIB_COUNT=8     calibration crops for the official int8 bundles
 #   QUICK=1        a test of this script: tiny random-init models instead of the
 #                  fixture and official ones, 2 images, 1 repeat, OUT defaults to
 #                  /tmp/dcae-bench-quick (the checked-in results are not touched)
 #
 # Exit status: 0, or the first failing dcae-bench's (3: a runtime setup decoded a
-# file wrongly without an error; 4: a setup's speed could not be measured; the
+# file wrongly without an error; 4: a setup's speed could not be measured; 5: a
+# portable file was refused by another setup that writes portable files; the
 # report is written and says so).
 set -euo pipefail
 
@@ -53,7 +65,7 @@ if [ "$QUICK" = 1 ]; then
 else
     OUT="${OUT:-$REPO/benchmarks/results}"; REPEATS="${REPEATS:-3}"; LIMIT=()
 fi
-BACKENDS="${BACKENDS:-torch,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt}"
+BACKENDS="${BACKENDS:-torch,torch-avx2,torch-cuda,onnxruntime,onnxruntime-cuda,openvino,cpp-openvino,tensorrt}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 WORK="${WORK:-$(mktemp -d -t dcae-bench-work.XXXXXX)}"
@@ -84,6 +96,31 @@ export_bundle() {  # export_bundle OUT_DIR [dcae-export options...]
 
 PARTS="${PARTS:-fixture,official}"
 status=0
+NOTES=()
+
+# The C++ host for cpp-openvino: configured once, then an incremental build (a
+# no-op when it is current). Without cmake or when the build fails, dcae-bench
+# lists cpp-openvino as not available, with the reason.
+build_cpp_host() {
+    command -v cmake > /dev/null || { say "cmake not found: cpp-openvino will be listed as not available"; return 0; }
+    local build="$REPO/build/cpp" openvino_cmake configure=(cmake -S hosts/cpp -B "$REPO/build/cpp")
+    # OpenVINO's CMake package from the wheel of the Python this script runs
+    openvino_cmake="$("$PYTHON" -c 'import openvino, os
+print(os.path.join(os.path.dirname(openvino.__file__), "cmake"))' 2> /dev/null || true)"
+    [ -z "$openvino_cmake" ] || configure+=(-DOpenVINO_DIR="$openvino_cmake")
+    say "building the C++ host in $build"
+    if { [ -f "$build/CMakeCache.txt" ] || "${configure[@]}" > "$WORK/cpp_build.log" 2>&1; } &&
+            cmake --build "$build" -j"$THREADS" >> "$WORK/cpp_build.log" 2>&1; then
+        return 0
+    fi
+    reason="$(grep -v '^\s*$' "$WORK/cpp_build.log" | tail -n 1 | cut -c1-300)"
+    say "C++ host build failed: $reason"
+    NOTES+=(--note "cpp-openvino: the C++ host did not build here: ${reason:-no message}")
+}
+if { [[ ",$PARTS," == *",fixture,"* ]] && [[ ",$BACKENDS," == *",cpp-openvino,"* ]]; } ||
+        [[ ",$PARTS," == *",golden,"* ]]; then
+    build_cpp_host
+fi
 if [[ ",$PARTS," == *",fixture,"* ]]; then
 # ---- 1. fixture bundles ---------------------------------------------------------------
 FIXTURE_BUNDLES=()
@@ -91,7 +128,6 @@ for precision in fp32 fp16; do
     export_bundle "$WORK/fixture/$precision" ${FIXTURE_CKPT[@]+"${FIXTURE_CKPT[@]}"} --precision "$precision"
     FIXTURE_BUNDLES+=(--bundle "$WORK/fixture/$precision")
 done
-NOTES=()
 # int8 bundles: for onnxruntime (the default form) with the entropy graphs fp32
 # and int8, and for TensorRT (which onnxruntime runs as float kernels)
 INT8_VARIANTS=("int8 --entropy-precision fp32" "int8_entropy_int8 --entropy-precision same"
@@ -149,6 +185,31 @@ say "dcae-bench: official-size configuration (random init), speed only, 2 images
     --out "$OUT/official_random_init" --files "$WORK/files/official" || { rc=$?; [ $status -ne 0 ] || status=$rc; }
 fi
 
+# ---- 4. official configuration, golden weights: the decodability matrix --------------
+if [[ ",$PARTS," == *",golden,"* ]]; then
+if [ "$QUICK" = 1 ]; then
+    "$PYTHON" -m benchmarks.random_checkpoint --preset tiny --seed 0 -o "$WORK/golden.pth.tar"
+    SIGMA_MODEL=(--checkpoint "$WORK/golden.pth.tar")
+else
+    "$PYTHON" -m benchmarks.random_checkpoint --golden -o "$WORK/golden.pth.tar"
+    SIGMA_MODEL=(--golden)
+fi
+export_bundle "$WORK/golden/fp32" "$WORK/golden.pth.tar" --precision fp32
+GOLDEN_NOTE="official configuration (dcae, 119 M parameters) with the golden deterministic weights (seed 0,"
+GOLDEN_NOTE="$GOLDEN_NOTE tests/data/golden): not trained, so rate-distortion means nothing; this run is for"
+GOLDEN_NOTE="$GOLDEN_NOTE its decodability matrix"
+[ "$QUICK" != 1 ] || GOLDEN_NOTE="QUICK=1: a tiny random-init model in place of the golden official one"
+say "dcae-bench: official configuration, golden weights, decodability matrix, 2 images"
+"$PYTHON" -m benchmarks.cli --bundle "$WORK/golden/fp32" --checkpoint "$WORK/golden.pth.tar" --images "$KODAK" \
+    --limit 2 --backends torch,torch-avx2,onnxruntime,openvino,cpp-openvino --threads "$THREADS" --repeats 1 \
+    --note "$GOLDEN_NOTE" ${NOTES[@]+"${NOTES[@]}"} --out "$OUT/golden" --files "$WORK/files/golden" ||
+    { rc=$?; [ $status -ne 0 ] || status=$rc; }
+say "sigma_agreement: official configuration, golden weights, 2 images"
+"$PYTHON" -m benchmarks.sigma_agreement "${SIGMA_MODEL[@]}" --limit 2 --images "$KODAK" \
+    --bundle "$WORK/golden/fp32" --backend onnxruntime --backend openvino --threads 1 --out "$OUT" ||
+    { rc=$?; [ $status -ne 0 ] || status=$rc; }
+fi
+
 if [ "$QUICK" = 1 ]; then
     models="QUICK=1: tiny random-init models in place of the fixture and official ones, 2 images"
 else
@@ -164,6 +225,9 @@ Regenerated by \`benchmarks/run_results.sh\` on $(date -u +%Y-%m-%d) from \`$(ba
   memory, rate-distortion with JPEG at the same rate, decodability matrix.
 - [official_random_init/report.md](official_random_init/report.md): the official-size configuration,
   speed only.
+$([ -f "$OUT/golden/report.md" ] && printf '%s\n' \
+"- [golden/report.md](golden/report.md): the official configuration with the golden weights on 2 images:" \
+"  the decodability matrix of the reference (two CPU kernel families), onnxruntime, OpenVINO and the C++ host.")
 
 Rerun: \`benchmarks/run_results.sh KODAK_DIR [CALIB_DIR]\` (see the script's header).
 EOF

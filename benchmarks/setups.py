@@ -1,7 +1,9 @@
 """What dcae-bench compares: setups, and one encode / decode interface over them.
 
 A setup is either the PyTorch reference ("torch", from the bundles' source
-checkpoint) or one bundle on one runtime backend ("onnxruntime:fp32"). Every
+checkpoint; "torch-avx2", the same with the AVX2 kernels another CPU family
+runs; "torch-cuda", on a GPU) or one bundle on one runtime backend
+("onnxruntime:fp32"). Every
 setup asked for is listed in the report; one that cannot run here carries the
 reason instead of results, so a missing TensorRT is visible, not dropped.
 
@@ -14,6 +16,7 @@ setup's measuring process stays torch-free (its memory is the runtime's).
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,8 +27,14 @@ from runtime.codec import Codec
 from runtime.container import sniff, unpack, unpack_bin
 
 TORCH = "torch"
+# The reference on the CPU with PyTorch's and oneDNN's AVX2 kernels: how a CPU
+# without AVX-512 computes it (another rounding of every float sum).
+TORCH_AVX2 = "torch-avx2"
 TORCH_CUDA = "torch-cuda"  # the reference on the GPU: upstream's own way of running DCAE
-TORCH_DEVICES = {TORCH: "cpu", TORCH_CUDA: "cuda"}
+TORCH_DEVICES = {TORCH: "cpu", TORCH_AVX2: "cpu", TORCH_CUDA: "cuda"}
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# Environment a setup's process needs (read by torch once, at its first kernel).
+SETUP_ENV = {TORCH_AVX2: AVX2_ENV}
 DEFAULT_BACKENDS = ("torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "tensorrt")
 
 
@@ -42,8 +51,8 @@ class BundleInfo:
 
 @dataclass
 class Setup:
-    name: str  # "torch", "torch-cuda" or "<backend>:<bundle label>"
-    kind: str  # "torch" (the PyTorch reference, backend torch or torch-cuda) | "runtime"
+    name: str  # "torch", "torch-avx2", "torch-cuda" or "<backend>:<bundle label>"
+    kind: str  # "torch" (the PyTorch reference, backend torch, torch-avx2 or torch-cuda) | "runtime"
     backend: str
     precision: str  # as a reader wants it: "fp32", "fp16 (entropy fp32)", ...
     bundle: str | None = None  # bundle label
@@ -150,8 +159,12 @@ class TorchCoder:
     def __init__(self, setup: Setup, threads: int | None, reference=None):
         from .torch_reference import TorchReference
 
+        if setup.backend in SETUP_ENV:
+            _check_kernels(setup.backend)
         self.reference = reference or TorchReference(setup.checkpoint, threads, TORCH_DEVICES[setup.backend])
         self.numeric_class = self.reference.numeric_class
+        if setup.backend == TORCH_AVX2:
+            self.numeric_class += "-avx2"
         self.num_slices = self.reference.model.num_slices
 
     @property
@@ -180,10 +193,34 @@ class TorchCoder:
         return (1, self.reference.model.config.M, height // 16, width // 16)
 
 
+def environment_in_effect(env: dict[str, str]) -> bool:
+    return all(os.environ.get(k) == v for k, v in env.items())
+
+
+def _check_kernels(backend: str) -> None:
+    """torch-avx2 in this process: only if torch did pick the AVX2 kernels."""
+    import torch
+
+    from runtime.errors import BackendUnavailableError
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    if not environment_in_effect(SETUP_ENV[backend]) or capability != "AVX2":
+        raise BackendUnavailableError(
+            f"{backend} unavailable: PyTorch runs its {capability} kernels in this process (the AVX2 ones need "
+            f"{' '.join(f'{k}={v}' for k, v in SETUP_ENV[backend].items())} at process start, and a CPU with AVX2)")
+
+
 def open_setup(setup: Setup, threads: int | None, reference=None):
+    """A coder for `setup`; a torch setup that needs another environment than
+    this process's (torch-avx2) runs in a worker process started with it."""
     from .cpp_host import CPP_BACKENDS, CppHostCoder
 
     if setup.kind == TORCH:
+        env = SETUP_ENV.get(setup.backend)
+        if env and reference is None and not environment_in_effect(env):
+            from .torch_subprocess import RemoteTorchCoder
+
+            return RemoteTorchCoder(setup, threads, env)
         return TorchCoder(setup, threads, reference)
     if setup.backend in CPP_BACKENDS:
         return CppHostCoder(setup, threads)

@@ -48,7 +48,7 @@ from runtime.entropy import decompress_z
 from runtime.imaging import load_image, pad_image
 from runtime.portable import DEFAULT_MARGIN, MAX_MARGIN, encode_side_stream, mark
 
-MARGINS = tuple(sorted({1e-6, 3e-6, 1e-5, DEFAULT_MARGIN, 3e-5, 1e-4}))
+MARGINS = tuple(sorted({1e-6, 3e-6, 1e-5, DEFAULT_MARGIN, 3e-5, 1e-4, 3e-4, 1e-3}))
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
@@ -98,6 +98,22 @@ def worker(spec_path: str, out_path: str) -> None:
     n = len([k for k in inputs.files if k.startswith("z_hat_")])
     np.savez(out_path, **{f"scales_{k}": torch_scales(model, inputs[f"z_hat_{k}"], inputs[f"symbols_{k}"])
                           for k in range(n)})
+
+
+# Bands of the float64 scale for the error by scale: float error in a scale
+# head's output is about absolute, so its ln is largest at the smallest scales.
+SCALE_BANDS = (0.11, 0.2, 0.5, 1.0, 2.0, 5.0, float("inf"))
+
+
+def _by_scale(a: np.ndarray, anchor: np.ndarray, relevant: np.ndarray) -> list[dict]:
+    """Per band of the float64 scale: the largest |ln a - ln anchor| and |a - anchor| near a boundary."""
+    out = []
+    for lo, hi in zip(SCALE_BANDS[:-1], SCALE_BANDS[1:]):
+        m = relevant & (anchor >= lo) & (anchor < hi)
+        out.append({"from": lo, "to": hi, "elements": int(m.sum()),
+                    "max_ln": float(np.abs(np.log(a[m]) - np.log(anchor[m])).max()) if m.any() else 0.0,
+                    "max_abs": float(np.abs(a[m] - anchor[m]).max()) if m.any() else 0.0})
+    return out
 
 
 def _error_stats(a: np.ndarray, b: np.ndarray, relevant: np.ndarray) -> dict:
@@ -159,25 +175,38 @@ def measure(args) -> dict:
     anchor = merged["torch-float64"]
     relevant = thresholds.nearest(anchor)[1] <= MAX_MARGIN
     vs_float64 = {name: _error_stats(v, anchor, relevant) for name, v in merged.items() if name != "torch-float64"}
+    by_scale = {name: _by_scale(v, anchor, relevant) for name, v in merged.items() if name != "torch-float64"}
     pairs = {f"{a} / {b}": _error_stats(merged[a], merged[b], relevant)
              for a, b in combinations([n for n in merged if n != "torch-float64"], 2)}
     return {
         "model": "official configuration, golden weights" if args.golden else str(args.checkpoint or "embedded"),
         "images": [p.name for p in images], "cpu": cpu_description(), "threads": args.threads,
-        "vs_float64": vs_float64, "pairs": pairs, "y_elements": elements, "file_bytes_without_side": file_bytes,
+        "vs_float64": vs_float64, "by_scale": by_scale, "pairs": pairs, "y_elements": elements,
+        "file_bytes_without_side": file_bytes,
         "margins": {f"{m:g}": {**costs[m], "share": costs[m]["side_bytes"] / (file_bytes + costs[m]["side_bytes"]),
                                "marked_fraction": costs[m]["marked"] / elements} for m in MARGINS},
     }
 
 
 def to_markdown(r: dict) -> str:
-    lines = [f"# Scale agreement across setups: {r['model']}", "",
-             f"{len(r['images'])} images ({', '.join(r['images'][:4])}{', ...' if len(r['images']) > 4 else ''}), "
+    lines = [f"# Scale agreement across setups: {r['model']}", ""]
+    if r.get("command"):
+        lines += [f"Command: `{r['command']}`", ""]
+    lines += [f"{len(r['images'])} images ({', '.join(r['images'][:4])}{', ...' if len(r['images']) > 4 else ''}), "
              f"{r['threads']} thread(s), CPU: {r['cpu']}.", "",
              f"|ln sigma - ln sigma_float64| over the elements within {MAX_MARGIN:g} (ln) of an index boundary "
              f"({r['vs_float64']['torch']['elements']} elements):", "",
              "| setup | max | 99.99th pct |", "|---|---|---|"]
     lines += [f"| {n} | {s['max']:.2e} | {s['p99.99']:.2e} |" for n, s in r["vs_float64"].items()]
+    if r.get("by_scale"):
+        bands = next(iter(r["by_scale"].values()))
+        lines += ["", "By the float64 scale: the largest |ln sigma - ln sigma_float64| (and |sigma - sigma_float64|) "
+                      "near a boundary; an error about constant in sigma is largest in ln at the smallest scales:", "",
+                  "| setup | " + " | ".join(f"{b['from']:g}-{b['to']:g}" for b in bands) + " |",
+                  "|---|" + "---|" * len(bands),
+                  "| elements | " + " | ".join(str(b["elements"]) for b in bands) + " |"]
+        lines += [f"| {n} | " + " | ".join(f"{b['max_ln']:.1e} ({b['max_abs']:.1e})" for b in bands) + " |"
+                  for n, bands in r["by_scale"].items()]
     lines += ["", "Between setups, |ln sigma_a - ln sigma_b|:", "", "| pair | max | 99.99th pct |", "|---|---|---|"]
     lines += [f"| {n} | {s['max']:.2e} | {s['p99.99']:.2e} |" for n, s in r["pairs"].items()]
     lines += ["", "Cost of the side stream (the reference's portable files):", "",
@@ -210,7 +239,7 @@ def main(argv=None) -> int:
         if getattr(args, option):
             setattr(args, option, str(Path(getattr(args, option)).resolve()))
     args.bundle = [str(Path(b).resolve()) for b in args.bundle]
-    result = measure(args)
+    result = {"command": "python -m benchmarks.sigma_agreement " + " ".join(argv), **measure(args)}
     text = to_markdown(result)
     print(text)
     if args.out:

@@ -281,6 +281,34 @@ def test_a_silent_wrong_runtime_decode_fails_the_run_loudly(tiny_bundle, images_
     assert json.loads((out / "report.json").read_text())["silent_wrong"]["checked"] == 1
 
 
+def test_a_refused_portable_file_fails_the_run(tiny_bundle, images_dir, tmp_path, capsys, monkeypatch):
+    """Two setups that write portable files must decode each other's: a
+    refusal between them is exit 5 and a line at the top of the report."""
+    import benchmarks.matrix as matrix
+
+    real = matrix.coding_pass
+
+    def with_a_refusal(*args, **kwargs):
+        result = real(*args, **kwargs)
+        cell = next(c for c in result["cells"] if c["encoder"] != c["decoder"])
+        cell[cell["identical"] and "identical" or "decoded"] -= 1
+        cell["refused"], cell["refused_total"] = {"MarginError": 1}, 1
+        return result
+
+    monkeypatch.setattr(matrix, "coding_pass", with_a_refusal)
+    out = tmp_path / "out"
+    code = cli.main(["--bundle", str(tiny_bundle), "--bundle", str(tiny_bundle), "--images", str(images_dir),
+                     "--backends", "onnxruntime", "--limit", "1", "--repeats", "1", "--threads", "1", "--no-jpeg",
+                     "--out", str(out), "--quiet"])
+    assert code == cli.EXIT_PORTABLE_FAILED
+    assert "portable files failed to decode in 1 of 2 decodes" in capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["matrix"]["portable"] == ["onnxruntime:bundle", "onnxruntime:bundle-2"]
+    text = (out / "report.md").read_text()
+    assert "**Portable files failed to decode in 1 of 2 decodes between the 2 setups that write them**" in text
+    assert text.index("Portable files failed") < text.index("## Machine")
+
+
 def headline_speeds(report_md: str, setup: str) -> tuple[str, str]:
     """The encode and decode ms cells of `setup`'s row in report.md's headline table."""
     row = next(line for line in report_md.splitlines() if line.startswith(f"| {setup} |"))
@@ -463,3 +491,94 @@ def test_entropy_agreement_counts_what_moved_against_the_reference(tiny_model, t
     assert sum(row["moved_indexes"]) <= 1e-3 * row["symbols"]
     slices[2]["indexes"] = slices[2]["indexes"] + 1
     assert compare_bundle(codec, slices)["moved_indexes"][2] == slices[2]["indexes"].size
+
+
+# ---- torch-avx2: the reference with another CPU family's kernels ---------------------
+
+def _has_avx512() -> bool:
+    return "avx512f" in Path("/proc/cpuinfo").read_text()
+
+
+def test_torch_avx2_is_a_setup_of_the_matrix_and_of_the_timing(tiny_bundle, tiny_checkpoint, images_dir,
+                                                              tmp_path):
+    """torch-avx2 encodes and decodes in a worker process (the coding pass)
+    and is timed in a process of its own, both started with the AVX2
+    environment; its files and the others' decode both ways to the encoder's
+    symbols."""
+    out = tmp_path / "out"
+    code = cli.main(["--bundle", str(tiny_bundle), "--images", str(images_dir), "--backends",
+                     "torch,torch-avx2,onnxruntime", "--checkpoint", str(tiny_checkpoint), "--limit", "1",
+                     "--repeats", "1", "--threads", "1", "--no-jpeg", "--out", str(out), "--quiet"])
+    report = json.loads((out / "report.json").read_text())
+    assert code == 0 and report["measurement_failed"] == []
+    avx2 = setup_named(report, "torch-avx2")
+    assert avx2["available"] and avx2["kind"] == "torch" and avx2["numeric_class"] == "torch-cpu-avx2"
+    assert avx2["speed"]["numeric_class"] == "torch-cpu-avx2" and avx2["speed"]["encode_ms"]["median"] > 0
+    assert avx2["rd"]["images"][0]["file"].endswith(".dcae")
+    names = report["matrix"]["setups"]
+    assert names == ["torch", "torch-avx2", "onnxruntime:bundle"]
+    for c in report["matrix"]["cells"]:
+        assert c["images"] == 1 and c["identical"] + c["decoded"] == 1 and c["refused_total"] == 0, c
+        assert c["decoder_detects_desync"] and c["wrong_silent"] == 0
+    assert report["silent_wrong"] == {"checked": 0, "unchecked": 0, "unchecked_forced": 0}
+    assert report["matrix"]["portable"] == names
+    assert "3 setups here) decode on every such setup: 6 of 6 cross-setup decodes" in \
+        " ".join((out / "report.md").read_text().split())
+
+
+def test_torch_avx2_worker_codes_like_the_reference_and_raises_its_errors(tiny_checkpoint, tiny_bundle,
+                                                                         kodak_crop):
+    from benchmarks.setups import TorchCoder, open_setup
+    from benchmarks.torch_subprocess import RemoteTorchCoder
+    from runtime.errors import CorruptStreamError
+    from runtime.manifest import Manifest
+
+    setup = Setup("torch-avx2", "torch", "torch-avx2", "fp32", checkpoint=str(tiny_checkpoint))
+    remote = open_setup(setup, threads=1)
+    assert isinstance(remote, RemoteTorchCoder) and remote.numeric_class == "torch-cpu-avx2"
+    assert remote.num_slices == 5 and remote.reference.checkpoint == tiny_checkpoint
+    assert "records no source checkpoint" in remote.reference.check_matches(Manifest.read(tiny_bundle))
+    local = TorchCoder(Setup("torch", "torch", "torch", "fp32", checkpoint=str(tiny_checkpoint)), threads=1)
+    pixels = kodak_crop("kodim07", 90, 120, 30, 40)
+    theirs, ours = remote.encode(pixels), local.encode(pixels)
+    assert {"g_a", "y_coding", "side_stream"} <= set(remote.timings)
+    assert np.array_equal(local.decode(theirs.data).symbols, theirs.symbols)
+    assert np.array_equal(remote.decode(ours.data).symbols, ours.symbols)
+    # An error in the worker is raised here with its class: what the matrix counts.
+    with pytest.raises(CorruptStreamError):
+        remote.decode(theirs.data[:40])
+    process = remote._proc
+    remote.close()
+    assert process.returncode == 0
+
+
+@pytest.mark.skipif(not _has_avx512(), reason="this CPU has no AVX-512: its default kernels are the AVX2 ones")
+def test_torch_avx2_refuses_a_process_whose_torch_runs_other_kernels(tiny_checkpoint, monkeypatch):
+    """The environment set after torch chose its kernels changes nothing: the
+    setup says so instead of computing with AVX-512 under the AVX2 name."""
+    from benchmarks.setups import AVX2_ENV, open_setup
+    from runtime.errors import BackendUnavailableError
+
+    for key, value in AVX2_ENV.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(BackendUnavailableError, match="AVX512 kernels"):
+        open_setup(Setup("torch-avx2", "torch", "torch-avx2", "fp32", checkpoint=str(tiny_checkpoint)), threads=1)
+
+
+def test_sigma_agreement_reports_the_error_by_scale():
+    """An error constant in sigma is largest in ln at the smallest scales: the
+    report shows it per band of the float64 scale (what sizes a margin)."""
+    from benchmarks.sigma_agreement import _by_scale, to_markdown
+
+    anchor = np.array([0.15, 0.3, 3.0, 40.0])
+    bands = _by_scale(anchor + 1e-5, anchor, np.ones(4, bool))
+    assert [b["elements"] for b in bands] == [1, 1, 0, 0, 1, 1]
+    assert bands[0]["max_ln"] == pytest.approx(np.log1p(1e-5 / 0.15))
+    assert all(b["max_abs"] == pytest.approx(1e-5) for b in bands if b["elements"])
+    stats = {"max": 1e-5, "p99.99": 1e-5, "elements": 4}
+    result = {"command": "python -m benchmarks.sigma_agreement --limit 1", "model": "m", "images": ["a.png"],
+              "cpu": "c", "threads": 1, "vs_float64": {"torch": stats}, "by_scale": {"torch": bands},
+              "pairs": {}, "margins": {}}
+    text = to_markdown(result)
+    assert "Command: `python -m benchmarks.sigma_agreement --limit 1`" in text
+    assert "| elements | 1 | 1 | 0 | 0 | 1 | 1 |" in text and "| torch | 6.7e-05 (1.0e-05) |" in text
