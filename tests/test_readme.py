@@ -123,7 +123,8 @@ def test_tables_are_rectangular():
             if rows:
                 cells = [len(re.findall(r"(?<!\\)\|", row)) for row in rows]
                 assert len(set(cells)) == 1, f"{page.name}: table at {rows[0][:60]!r} has rows of {cells} bars"
-                assert re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", rows[1]), f"{page.name}: no separator under {rows[0][:60]!r}"
+                assert len(rows) > 1 and re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", rows[1]), \
+                    f"{page.name}: no separator under {rows[0][:60]!r}"
             rows = []
 
 
