@@ -2,12 +2,16 @@
 cross-backend decodability matrix.
 
     dcae-bench --bundle B [--bundle B2 ...] --images DIR --out DIR
-               [--backends torch,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt] [--limit N]
+               [--backends torch,torch-compile,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt] [--limit N]
                [--repeats R] [--rounds N] [--threads T] [--checkpoint C] [--speed-only | --no-matrix]
 
-Setups: the PyTorch reference ("torch" on the CPU, "torch-cuda" on a GPU,
-from the bundles' source checkpoint) and each bundle on each runtime backend
-("onnxruntime:fp32"). Writes to --out:
+Setups: the PyTorch reference ("torch" on the CPU, "torch-compile" the same
+with torch.compile on its networks, "torch-cuda" on a GPU, from the bundles'
+source checkpoint) and each bundle on each runtime backend
+("onnxruntime:fp32"). The report's roofline table gives each stage's FLOPs
+(from the bundles' export_report.json), its achieved GFLOP/s and the fraction
+of this machine's fp32 / int8 GEMM peak, measured by the bench at its thread
+count (benchmarks/roofline.py). Writes to --out:
 report.json, report.md, latency_by_stage.png, rate_distortion.png; the coded
 files and decoded images go to --files (default OUT/files). Relative paths
 are taken from the current directory.
@@ -49,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where report.json, report.md and plots go")
     p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
                    help=f"comma-separated: 'torch' (the PyTorch reference on the CPU, the speed-up baseline), "
+                        f"'torch-compile' (the reference with torch.compile on its networks: needs a C++ "
+                        f"compiler; its load time includes the compile, minutes for the official model), "
                         f"'torch-cuda' (the reference on a CUDA GPU), runtime backends and 'cpp-openvino' (the "
                         f"C++ host, hosts/cpp, built first) "
                         f"(default: {','.join(DEFAULT_BACKENDS)}); those that cannot run here are reported "
@@ -135,6 +141,11 @@ def open_available(setups, bundles, threads, say) -> dict:
         setup.numeric_class = coder.numeric_class
         if setup.kind == TORCH:
             setup.checkpoint = str(coder.reference.checkpoint)
+            if coder.reference.compiled:
+                setup.notes.append(
+                    f"torch.compile (inductor, default mode, static shapes) on {', '.join(coder.reference.compiled)}: "
+                    f"every network of the pipeline; its load time is the model's load plus the first image's "
+                    f"encode and decode, which compile them, from an empty inductor cache")
             for b in bundles:  # raises ReferenceMismatchError: a usage error
                 note = coder.reference.check_matches(Manifest.read(b.path))
                 if note:
@@ -143,16 +154,28 @@ def open_available(setups, bundles, threads, say) -> dict:
     return coders
 
 
-def measure_speed(setups, images, repeats, threads, work: Path, say, rounds: int = 1) -> tuple[dict, dict]:
+def measure_speed(setups, images, repeats, threads, work: Path, say, rounds: int = 1,
+                  peaks: list | None = None) -> tuple[dict, dict]:
     """({setup name: speed summary}, {setup name: why its measurement failed}).
 
     With `rounds` > 1 every setup is measured once per round, the setups in
-    turn (see `benchmarks.measure.merge_rounds`)."""
+    turn (see `benchmarks.measure.merge_rounds`). With a `peaks` list, the
+    machine's GEMM peaks are measured at the start of each round
+    (`benchmarks.roofline.measure_peaks`) and appended to it."""
     from .measure import measure_in_subprocess, merge_rounds, summarise
 
     raws: dict[str, list[dict]] = {}
     errors: dict[str, str] = {}
     for round_index in range(rounds):
+        if peaks is not None:
+            from .roofline import measure_peaks
+
+            try:
+                peaks.append(measure_peaks(threads))
+                say(f"GEMM peaks: fp32 {peaks[-1]['fp32_gflops']:.0f} GFLOP/s, int8 "
+                    f"{peaks[-1]['int8_gops']:.0f} GOP/s (onnxruntime, best of the runs)")
+            except Exception as exc:  # noqa: BLE001 - the roofline then shows no fractions; the run goes on
+                say(f"GEMM peak measurement failed: {' '.join(str(exc).split())}")
         for setup in setups:
             if not setup.available or setup.name in errors:
                 continue
@@ -174,16 +197,16 @@ def measure_speed(setups, images, repeats, threads, work: Path, say, rounds: int
 
 
 def _speedups(setup_dicts: list[dict]) -> None:
-    from .setups import TORCH
+    from .setups import TORCH, TORCH_COMPILE
 
-    # the baseline is the reference on the CPU, not torch-cuda
-    torch_speed = next((s.get("speed") for s in setup_dicts if s["name"] == TORCH), None)
-    for s in setup_dicts:
-        if torch_speed and s.get("speed"):
-            s["speedup_vs_torch"] = {
-                d: torch_speed[f"{d}_ms"]["median"] / s["speed"][f"{d}_ms"]["median"] for d in ("encode", "decode")}
-        else:
-            s["speedup_vs_torch"] = None
+    # the baselines are the reference on the CPU, eager and compiled, not torch-cuda
+    for key, baseline in (("speedup_vs_torch", TORCH), ("speedup_vs_torch_compile", TORCH_COMPILE)):
+        base = next((s.get("speed") for s in setup_dicts if s["name"] == baseline), None)
+        for s in setup_dicts:
+            if base and s.get("speed"):
+                s[key] = {d: base[f"{d}_ms"]["median"] / s["speed"][f"{d}_ms"]["median"] for d in ("encode", "decode")}
+            else:
+                s[key] = None
 
 
 def run(args, say) -> int:
@@ -193,6 +216,7 @@ def run(args, say) -> int:
     from .matrix import coding_pass, silent_wrong_totals
     from .rd import rd_mean
     from .report import write_report_files
+    from .roofline import best_peaks, roofline
     from .setups import bundle_infos
     from .torch_reference import ReferenceMismatchError
 
@@ -214,8 +238,9 @@ def run(args, say) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     files_dir = Path(args.files) if args.files else out / "files"
+    peaks: list[dict] = []
     speeds, speed_errors = measure_speed(setups, images, args.repeats, args.threads, files_dir / "measure", say,
-                                         rounds=args.rounds)
+                                         rounds=args.rounds, peaks=peaks)
 
     available = [s for s in setups if s.available]
     passed = None
@@ -259,6 +284,7 @@ def run(args, say) -> int:
         "matrix": matrix,
         "silent_wrong": silent_wrong_totals(passed["cells"]) if matrix else None,
         "symbol_differences": passed["symbol_differences"] if passed else None,
+        "roofline": roofline(setup_dicts, bundles, images, best_peaks(peaks)),
     }
     write_report_files(report, out)  # adds report["plots"]
     (out / "report.json").write_text(json.dumps(report, indent=1))

@@ -14,6 +14,12 @@ first one wrote (`measure_decode_memory`): the peak memory of a decoder host,
 which the first process's peak (load + encode + decode) does not show.
 
 Per image: one warm-up encode + decode, then `repeats` timed runs of each.
+The first image's warm-up is kept as `first_call_seconds`. A setup that
+compiles at its first call (torch-compile: `torch.compile` compiles each piece
+when it first runs) has it counted in its load time, and runs with an empty
+inductor cache of its own (TORCHINDUCTOR_CACHE_DIR, shared with its
+decode-memory process), so that load time is a cold compile, whatever ran
+on the machine before.
 `dcae-bench --rounds N` measures every setup N times, round-robin, each time
 in a fresh process, and pools the runs (`merge_rounds`): on a shared machine
 whose load drifts, that spreads the drift over every setup instead of
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -116,8 +123,12 @@ def measure(spec: dict) -> dict:
     encoded_dir = Path(spec["encoded_dir"]) if spec.get("encoded_dir") else None
     if encoded_dir is not None:
         encoded_dir.mkdir(parents=True, exist_ok=True)
+    first_call_seconds = None
     for name, pixels in images:
+        t0 = time.perf_counter()
         coder.decompress(coder.encode(pixels).data)  # warm-up: first-run allocations, JIT, caches
+        if first_call_seconds is None:
+            first_call_seconds = time.perf_counter() - t0
         enc_times, dec_times, enc_stages, dec_stages = [], [], [], []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -135,11 +146,15 @@ def measure(spec: dict) -> dict:
             path.write_bytes(data)
             encoded_files.append(str(path))
 
+    compiles = bool(getattr(coder, "compiles_on_first_call", False))
     return {
         "setup": setup.name,
         "numeric_class": coder.numeric_class,
         "threads": threads,
-        "load_seconds": load_seconds,
+        # for a setup that compiles at its first call: opening it + that call
+        "load_seconds": load_seconds + (first_call_seconds if compiles else 0.0),
+        "load_includes_first_call": compiles,
+        "first_call_seconds": first_call_seconds,
         "images": per_image,
         "memory": _memory_record(reset, rss_before),
         "encoded_files": encoded_files,
@@ -176,6 +191,8 @@ def summarise(raw: dict) -> dict:
 
     return {
         "load_seconds": raw["load_seconds"],
+        "load_includes_first_call": raw.get("load_includes_first_call", False),
+        "first_call_seconds": raw.get("first_call_seconds"),
         "encode_ms": spread(encode),
         "decode_ms": spread(decode),
         # mean over images of each image's median
@@ -212,6 +229,7 @@ def merge_rounds(raws: list[dict]) -> dict:
         images.append(merged)
     return {**first, "images": images, "rounds": len(raws),
             "load_seconds": float(np.median([raw["load_seconds"] for raw in raws])),
+            "first_call_seconds": float(np.median([raw.get("first_call_seconds") or 0.0 for raw in raws])),
             "memory": _highest_peak([raw["memory"] for raw in raws]),
             "decode_memory": _highest_peak([raw["decode_memory"] for raw in raws if raw.get("decode_memory")]),
             "torch_imported": any(raw["torch_imported"] for raw in raws)}
@@ -230,23 +248,34 @@ def measure_in_subprocess(setup, images: list[str], repeats: int, threads: int |
 
     The children run in the repository, so every path in `setup`, `images`
     and `work` must be absolute."""
+    from .setups import TORCH_COMPILE
+
     work.mkdir(parents=True, exist_ok=True)
     stem = setup.name.replace(":", "_").replace("/", "_")
     spec = {"setup": setup.to_dict(), "threads": threads}
-    result = _run_child({**spec, "images": [str(p) for p in images], "repeats": repeats,
-                         "encoded_dir": str(work / f"{stem}.coded")}, work / stem, setup.name, timeout)
-    if result.get("encoded_files"):
-        result["decode_memory"] = _run_child({**spec, "mode": "decode_memory",
-                                              "decode_files": result["encoded_files"]},
-                                             work / f"{stem}.decode_memory", setup.name, timeout)
+    env = {}
+    if setup.backend == TORCH_COMPILE:  # a cold compile each time (see the module's docstring)
+        cache = work / f"{stem}.inductor_cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+    try:
+        result = _run_child({**spec, "images": [str(p) for p in images], "repeats": repeats,
+                             "encoded_dir": str(work / f"{stem}.coded")}, work / stem, setup.name, timeout, env)
+        if result.get("encoded_files"):
+            result["decode_memory"] = _run_child({**spec, "mode": "decode_memory",
+                                                  "decode_files": result["encoded_files"]},
+                                                 work / f"{stem}.decode_memory", setup.name, timeout, env)
+    finally:
+        if "TORCHINDUCTOR_CACHE_DIR" in env:
+            shutil.rmtree(env["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
     return result
 
 
-def _run_child(spec: dict, stem: Path, name: str, timeout: float | None) -> dict:
+def _run_child(spec: dict, stem: Path, name: str, timeout: float | None, extra_env: dict | None = None) -> dict:
     spec_path, result_path = stem.with_name(stem.name + ".spec.json"), stem.with_name(stem.name + ".result.json")
     spec_path.write_text(json.dumps(spec))
     result_path.unlink(missing_ok=True)
-    env = dict(os.environ)
+    env = {**os.environ, **(extra_env or {})}
     threads = spec.get("threads")
     if threads:
         # the same thread count for every library the child may use

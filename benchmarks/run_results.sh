@@ -24,7 +24,8 @@
 #   ROUNDS=1       dcae-bench --rounds: measure every setup ROUNDS times, the setups in
 #                  turn, each time in a fresh process, and pool the runs
 #   OUT=benchmarks/results                        WORK=<temp dir>, removed unless KEEP_WORK=1
-#   BACKENDS=torch,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt   (fixture part)
+#   BACKENDS=torch,torch-compile,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt   (fixture part)
+#   OFFICIAL_BACKENDS=torch,torch-compile,onnxruntime                   (official part)
 #   PARTS=fixture,official   which parts to run (default both)
 #   OFFICIAL_CALIB_COUNT=8     calibration crops for the official int8 bundles
 #   QUICK=1        a test of this script: tiny random-init models instead of the
@@ -53,7 +54,8 @@ if [ "$QUICK" = 1 ]; then
 else
     OUT="${OUT:-$REPO/benchmarks/results}"; REPEATS="${REPEATS:-3}"; LIMIT=()
 fi
-BACKENDS="${BACKENDS:-torch,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt}"
+BACKENDS="${BACKENDS:-torch,torch-compile,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt}"
+OFFICIAL_BACKENDS="${OFFICIAL_BACKENDS:-torch,torch-compile,onnxruntime}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 WORK="${WORK:-$(mktemp -d -t dcae-bench-work.XXXXXX)}"
@@ -145,7 +147,7 @@ fi
 say "dcae-bench: official-size configuration (random init), speed only, 2 images"
 "$PYTHON" -m benchmarks.cli "${OFFICIAL_BUNDLES[@]}" \
     --checkpoint "$WORK/official.pth.tar" --images "$KODAK" --limit 2 --speed-only \
-    --backends torch,onnxruntime --threads "$THREADS" --repeats "$REPEATS" --rounds "$ROUNDS" --note "$OFFICIAL_NOTE" \
+    --backends "$OFFICIAL_BACKENDS" --threads "$THREADS" --repeats "$REPEATS" --rounds "$ROUNDS" --note "$OFFICIAL_NOTE" \
     --out "$OUT/official_random_init" --files "$WORK/files/official" || { rc=$?; [ $status -ne 0 ] || status=$rc; }
 fi
 

@@ -1,7 +1,8 @@
 """What dcae-bench compares: setups, and one encode / decode interface over them.
 
 A setup is either the PyTorch reference ("torch", from the bundles' source
-checkpoint) or one bundle on one runtime backend ("onnxruntime:fp32"). Every
+checkpoint; "torch-compile", the same with `torch.compile` on its networks;
+"torch-cuda" on a GPU) or one bundle on one runtime backend ("onnxruntime:fp32"). Every
 setup asked for is listed in the report; one that cannot run here carries the
 reason instead of results, so a missing TensorRT is visible, not dropped.
 
@@ -24,8 +25,9 @@ from runtime.codec import Codec
 from runtime.container import sniff, unpack, unpack_bin
 
 TORCH = "torch"
+TORCH_COMPILE = "torch-compile"  # the reference with torch.compile (inductor) on the CPU: a PyTorch user's best
 TORCH_CUDA = "torch-cuda"  # the reference on the GPU: upstream's own way of running DCAE
-TORCH_DEVICES = {TORCH: "cpu", TORCH_CUDA: "cuda"}
+TORCH_DEVICES = {TORCH: "cpu", TORCH_COMPILE: "cpu", TORCH_CUDA: "cuda"}
 DEFAULT_BACKENDS = ("torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "tensorrt")
 
 
@@ -42,8 +44,8 @@ class BundleInfo:
 
 @dataclass
 class Setup:
-    name: str  # "torch", "torch-cuda" or "<backend>:<bundle label>"
-    kind: str  # "torch" (the PyTorch reference, backend torch or torch-cuda) | "runtime"
+    name: str  # "torch", "torch-compile", "torch-cuda" or "<backend>:<bundle label>"
+    kind: str  # "torch" (the PyTorch reference, backend torch, torch-compile or torch-cuda) | "runtime"
     backend: str
     precision: str  # as a reader wants it: "fp32", "fp16 (entropy fp32)", ...
     bundle: str | None = None  # bundle label
@@ -150,8 +152,12 @@ class TorchCoder:
     def __init__(self, setup: Setup, threads: int | None, reference=None):
         from .torch_reference import TorchReference
 
-        self.reference = reference or TorchReference(setup.checkpoint, threads, TORCH_DEVICES[setup.backend])
+        self.reference = reference or TorchReference(setup.checkpoint, threads, TORCH_DEVICES[setup.backend],
+                                                     compile=setup.backend == TORCH_COMPILE)
         self.numeric_class = self.reference.numeric_class
+        # torch.compile compiles at the first call of each piece: the measurement
+        # counts the first image's warm-up as load time (benchmarks.measure)
+        self.compiles_on_first_call = bool(self.reference.compiled)
         self.num_slices = self.reference.model.num_slices
 
     @property
