@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 import warnings
@@ -71,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "then falls on every setup alike (default: 1)")
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="threads for every setup (default: each library's own default)")
+    p.add_argument("--inductor-cache", default=None, metavar="DIR", type=absolute_path,
+                   help="torch-compile's inductor cache (TORCHINDUCTOR_CACHE_DIR), kept: a cache that earlier "
+                        "runs filled makes its load time a warm start. Default: an empty one for this run, "
+                        "removed at the end, so the first round's load time is a cold compile and later "
+                        "rounds' warm starts")
     p.add_argument("--files", default=None, metavar="DIR", type=absolute_path,
                    help="where coded files and decoded images go (default: OUT/files)")
     mode = p.add_mutually_exclusive_group()
@@ -155,7 +161,7 @@ def open_available(setups, bundles, threads, say) -> dict:
 
 
 def measure_speed(setups, images, repeats, threads, work: Path, say, rounds: int = 1,
-                  peaks: list | None = None) -> tuple[dict, dict]:
+                  peaks: list | None = None, inductor_cache: Path | None = None) -> tuple[dict, dict]:
     """({setup name: speed summary}, {setup name: why its measurement failed}).
 
     With `rounds` > 1 every setup is measured once per round, the setups in
@@ -181,7 +187,7 @@ def measure_speed(setups, images, repeats, threads, work: Path, say, rounds: int
                 continue
             t0 = time.perf_counter()
             try:
-                raw = measure_in_subprocess(setup, images, repeats, threads, work)
+                raw = measure_in_subprocess(setup, images, repeats, threads, work, inductor_cache=inductor_cache)
             except Exception as exc:  # noqa: BLE001 - reported, and the other setups go on
                 errors[setup.name] = " ".join(str(exc).split())
                 raws.pop(setup.name, None)
@@ -239,8 +245,15 @@ def run(args, say) -> int:
     out.mkdir(parents=True, exist_ok=True)
     files_dir = Path(args.files) if args.files else out / "files"
     peaks: list[dict] = []
-    speeds, speed_errors = measure_speed(setups, images, args.repeats, args.threads, files_dir / "measure", say,
-                                         rounds=args.rounds, peaks=peaks)
+    inductor_cache = Path(args.inductor_cache) if args.inductor_cache else files_dir / "measure" / "inductor_cache"
+    if not args.inductor_cache:
+        shutil.rmtree(inductor_cache, ignore_errors=True)
+    try:
+        speeds, speed_errors = measure_speed(setups, images, args.repeats, args.threads, files_dir / "measure", say,
+                                             rounds=args.rounds, peaks=peaks, inductor_cache=inductor_cache)
+    finally:
+        if not args.inductor_cache:
+            shutil.rmtree(inductor_cache, ignore_errors=True)
 
     available = [s for s in setups if s.available]
     passed = None
@@ -274,7 +287,8 @@ def run(args, say) -> int:
         "machine": machine,
         "options": {"images_dir": str(args.images), "images": [p.name for p in images], "repeats": args.repeats,
                     "rounds": args.rounds, "threads": args.threads, "limit": args.limit, "backends": backends,
-                    "checkpoint": args.checkpoint, "speed_only": args.speed_only, "files": str(files_dir)},
+                    "checkpoint": args.checkpoint, "speed_only": args.speed_only, "files": str(files_dir),
+                    "inductor_cache": args.inductor_cache},
         "bundles": [b.__dict__ for b in bundles],
         "setups": setup_dicts,
         "not_available": [{"setup": s.name, "reason": s.reason} for s in setups if not s.available],

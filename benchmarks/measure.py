@@ -16,10 +16,12 @@ which the first process's peak (load + encode + decode) does not show.
 Per image: one warm-up encode + decode, then `repeats` timed runs of each.
 The first image's warm-up is kept as `first_call_seconds`. A setup that
 compiles at its first call (torch-compile: `torch.compile` compiles each piece
-when it first runs) has it counted in its load time, and runs with an empty
-inductor cache of its own (TORCHINDUCTOR_CACHE_DIR, shared with its
-decode-memory process), so that load time is a cold compile, whatever ran
-on the machine before.
+when it first runs) has it counted in its load time. Its processes share the
+inductor cache `inductor_cache` (TORCHINDUCTOR_CACHE_DIR; dcae-bench gives
+each run an empty one unless told otherwise), so the first measuring process
+compiles from scratch (a cold compile: C++ kernels, precompiled headers) and
+later ones (its decode-memory process, later rounds) start warm, as a
+user's second run of a script does; `load_seconds_by_round` keeps both.
 `dcae-bench --rounds N` measures every setup N times, round-robin, each time
 in a fresh process, and pools the runs (`merge_rounds`): on a shared machine
 whose load drifts, that spreads the drift over every setup instead of
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -172,9 +173,14 @@ def measure_decode_memory(spec: dict) -> dict:
     _import_reference_first(setup)
     reset = _reset_peak_rss()
     rss_before = _status_kb("VmRSS") or 0
+    t0 = time.perf_counter()
     coder = open_setup(setup, spec.get("threads"))
-    shapes = [list(coder.decompress(data).shape) for data in files]
-    return {**_memory_record(reset, rss_before), "files": len(files), "decoded_shapes": shapes}
+    shapes = [list(coder.decompress(files[0]).shape)] if files else []
+    # a decoder host's start: open + first decode (torch-compile: from the cache the first process filled)
+    first_decode_seconds = time.perf_counter() - t0
+    shapes += [list(coder.decompress(data).shape) for data in files[1:]]
+    return {**_memory_record(reset, rss_before), "files": len(files), "decoded_shapes": shapes,
+            "load_and_first_decode_seconds": first_decode_seconds}
 
 
 def summarise(raw: dict) -> dict:
@@ -192,6 +198,9 @@ def summarise(raw: dict) -> dict:
     return {
         "load_seconds": raw["load_seconds"],
         "load_includes_first_call": raw.get("load_includes_first_call", False),
+        "load_seconds_by_round": raw.get("load_seconds_by_round", [raw["load_seconds"]]),
+        "inductor_cache_was_empty_by_round": raw.get("inductor_cache_was_empty_by_round",
+                                                     [raw.get("inductor_cache_was_empty")]),
         "first_call_seconds": raw.get("first_call_seconds"),
         "encode_ms": spread(encode),
         "decode_ms": spread(decode),
@@ -230,6 +239,8 @@ def merge_rounds(raws: list[dict]) -> dict:
     return {**first, "images": images, "rounds": len(raws),
             "load_seconds": float(np.median([raw["load_seconds"] for raw in raws])),
             "first_call_seconds": float(np.median([raw.get("first_call_seconds") or 0.0 for raw in raws])),
+            "load_seconds_by_round": [raw["load_seconds"] for raw in raws],
+            "inductor_cache_was_empty_by_round": [raw.get("inductor_cache_was_empty") for raw in raws],
             "memory": _highest_peak([raw["memory"] for raw in raws]),
             "decode_memory": _highest_peak([raw["decode_memory"] for raw in raws if raw.get("decode_memory")]),
             "torch_imported": any(raw["torch_imported"] for raw in raws)}
@@ -240,7 +251,7 @@ def _highest_peak(records: list[dict]) -> dict | None:
 
 
 def measure_in_subprocess(setup, images: list[str], repeats: int, threads: int | None, work: Path,
-                          timeout: float | None = None) -> dict:
+                          timeout: float | None = None, inductor_cache: Path | None = None) -> dict:
     """Run `measure` for one setup in a new Python process, then
     `measure_decode_memory` on the files it wrote in another (its result under
     "decode_memory"); raise RuntimeError with the child's error in one line
@@ -253,21 +264,19 @@ def measure_in_subprocess(setup, images: list[str], repeats: int, threads: int |
     work.mkdir(parents=True, exist_ok=True)
     stem = setup.name.replace(":", "_").replace("/", "_")
     spec = {"setup": setup.to_dict(), "threads": threads}
-    env = {}
-    if setup.backend == TORCH_COMPILE:  # a cold compile each time (see the module's docstring)
-        cache = work / f"{stem}.inductor_cache"
-        shutil.rmtree(cache, ignore_errors=True)
+    env, cold = {}, None
+    if setup.backend == TORCH_COMPILE:  # see the module's docstring
+        cache = Path(inductor_cache or work / "inductor_cache")
+        cold = not (cache.is_dir() and any(cache.iterdir()))
         env["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
-    try:
-        result = _run_child({**spec, "images": [str(p) for p in images], "repeats": repeats,
-                             "encoded_dir": str(work / f"{stem}.coded")}, work / stem, setup.name, timeout, env)
-        if result.get("encoded_files"):
-            result["decode_memory"] = _run_child({**spec, "mode": "decode_memory",
-                                                  "decode_files": result["encoded_files"]},
-                                                 work / f"{stem}.decode_memory", setup.name, timeout, env)
-    finally:
-        if "TORCHINDUCTOR_CACHE_DIR" in env:
-            shutil.rmtree(env["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
+    result = _run_child({**spec, "images": [str(p) for p in images], "repeats": repeats,
+                         "encoded_dir": str(work / f"{stem}.coded")}, work / stem, setup.name, timeout, env)
+    if cold is not None:
+        result["inductor_cache_was_empty"] = cold
+    if result.get("encoded_files"):
+        result["decode_memory"] = _run_child({**spec, "mode": "decode_memory",
+                                              "decode_files": result["encoded_files"]},
+                                             work / f"{stem}.decode_memory", setup.name, timeout, env)
     return result
 
 

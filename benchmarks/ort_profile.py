@@ -85,8 +85,8 @@ def profile_graph(bundle: str, graph: str, size: tuple[int, int], threads: int |
         "run_ms": float(np.median(run_ms)), "kernels_ms": kernels_ms,
         "by_type": sorted(({"op": op, "ms": v["us"] / 1e3 / runs, "nodes": len(v["nodes"])}
                            for op, v in by_type.items()), key=lambda r: -r["ms"]),
-        "top_nodes": sorted(({"node": n, "op": v["op"], "ms": v["us"] / 1e3 / runs} for n, v in by_node.items()),
-                            key=lambda r: -r["ms"])[:15],
+        "nodes": sorted(({"node": n, "op": v["op"], "ms": v["us"] / 1e3 / runs} for n, v in by_node.items()),
+                        key=lambda r: -r["ms"]),
         "gemm_ms": sum(v["us"] for op, v in by_type.items() if op in GEMM_OPS) / 1e3 / runs,
     }
 
@@ -102,7 +102,7 @@ def to_markdown(results: list[dict], cpu: str) -> str:
                   "| op type | ms per run | share | nodes |", "|---|---|---|---|"]
         lines += [f"| {t['op']} | {t['ms']:.1f} | {100 * t['ms'] / total:.1f} % | {t['nodes']} |" for t in r["by_type"]]
         lines += ["", "| slowest nodes | op | ms |", "|---|---|---|"]
-        lines += [f"| {n['node']} | {n['op']} | {n['ms']:.1f} |" for n in r["top_nodes"]]
+        lines += [f"| {n['node']} | {n['op']} | {n['ms']:.1f} |" for n in r["nodes"][:15]]
         lines.append("")
     return "\n".join(lines)
 

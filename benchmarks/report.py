@@ -199,6 +199,30 @@ def _speed_details(report: dict) -> list[str]:
     return lines
 
 
+def _compile_notes(report: dict) -> list[str]:
+    """What a compiling setup's load time holds: cold compile or warm start, per round."""
+    lines = []
+    for s in report["setups"]:
+        speed = s.get("speed") or {}
+        if not speed.get("load_includes_first_call"):
+            continue
+        rounds = []
+        for k, (load, cold) in enumerate(zip(speed.get("load_seconds_by_round", []),
+                                             speed.get("inductor_cache_was_empty_by_round", [])), 1):
+            state = "empty cache: cold compile" if cold else "warm cache" if cold is False else "cache state unknown"
+            rounds.append(f"round {k} {load:.1f} s ({state})")
+        decode = (speed.get("decode_memory") or {}).get("load_and_first_decode_seconds")
+        given = (report.get("options") or {}).get("inductor_cache")
+        lines += [f"load s of {s['name']}: the model's load plus the first image's encode and decode, which compile "
+                  f"the networks (torch.compile compiles at the first call); the table shows the median over rounds"
+                  + (f": {', '.join(rounds)}" if rounds else "")
+                  + (f". Its decode-only process (warm cache) loads and decodes its first file in {decode:.1f} s"
+                     if decode is not None else "")
+                  + (f". Inductor cache given: {given}" if given else
+                     ". The run started from an empty inductor cache") + ".", ""]
+    return lines
+
+
 def _stage_table(report: dict, direction: str) -> list[str]:
     """Stages x setups in ms; with FLOPs recorded, a GFLOP column and, per
     setup and counted stage, the achieved GFLOP/s and its % of the peak that
@@ -216,7 +240,7 @@ def _stage_table(report: dict, direction: str) -> list[str]:
         cells = []
         for s in measured:
             value = s["speed"]["stages_ms"][direction].get(stage)
-            row = (roof.get("setups") or {}).get(s["name"], {}).get(stage)
+            row = ((roof.get("setups") or {}).get(s["name"], {}).get(direction) or {}).get(stage)
             cells.append(_fmt(value, ".2f") + (f" ({_roof_cell(row)})" if row and value else ""))
         flops = f" {_fmt(gflop.get(stage), '.2f', '')} |" if gflop else ""
         lines.append(f"| {stage} |{flops} " + " | ".join(cells) + " |")
@@ -228,7 +252,8 @@ def _stage_table(report: dict, direction: str) -> list[str]:
 
 def _roof_cell(row: dict) -> str:
     peak = f", {100 * row['fraction_of_peak']:.0f} % {row['peak']}" if row.get("fraction_of_peak") else ""
-    return f"{row['gflops']:.0f} GFLOP/s{peak}"
+    rate = format(row["gflops"], ".0f" if row["gflops"] >= 10 else ".2g")
+    return f"{rate} GFLOP/s{peak}"
 
 
 def _roofline(report: dict) -> list[str]:
@@ -252,13 +277,18 @@ def _roofline(report: dict) -> list[str]:
               "Achieved = the stage's FLOPs / its time (ms in the stage tables); % of the int8 peak for a graph "
               "stored in int8, of the fp32 peak otherwise. Graphs that run Winograd convolutions (the fp32 "
               "bundles' entropy graphs) or kernels faster than MLAS's SGEMM can pass 100 %.", ""]
+    from .roofline import main_row
+
     measured = [s for s in report["setups"] if s["name"] in roof["setups"]]
     stages = stage_order(roof["gflop"])
-    lines += ["| graph | GFLOP | " + " | ".join(s["name"] for s in measured) + " |",
+    lines += ["Per graph where it mainly runs (g_s in the decoder, the others in the encoder):", "",
+              "| graph | GFLOP | " + " | ".join(s["name"] for s in measured) + " |",
               "|---|---|" + "---|" * len(measured)]
     for stage in stages:
-        cells = [_roof_cell(roof["setups"][s["name"]][stage]) if stage in roof["setups"][s["name"]] else "–"
-                 for s in measured]
+        cells = []
+        for s in measured:
+            row = main_row(roof["setups"][s["name"]], stage)
+            cells.append(f"{row['ms']:.1f} ms, {_roof_cell(row)}" if row else "–")
         lines.append(f"| {stage} | {roof['gflop'][stage]:.2f} | " + " | ".join(cells) + " |")
     return lines
 
@@ -398,10 +428,7 @@ def markdown(report: dict) -> str:
     if report["setups"] and any(s.get("speed") for s in report["setups"]):
         lines += ["", report["memory_method"] + ". Decode-only process: a second fresh process that loads the setup "
                   "and decodes each image's file once, nothing else (what a decoder host holds).", ""]
-    compile_notes = [s["name"] for s in report["setups"] if (s.get("speed") or {}).get("load_includes_first_call")]
-    if compile_notes:
-        lines += [f"load s of {', '.join(compile_notes)}: the model's load plus the first image's encode and decode, "
-                  "which compile the networks (torch.compile compiles at the first call), from an empty cache.", ""]
+    lines += _compile_notes(report)
     lines += ["### Latency by stage, encode (ms, mean over images of the median run; in brackets the achieved "
               "GFLOP/s and % of the machine's peak, see Roofline)", ""] + \
         _stage_table(report, "encode") + ["", "### Latency by stage, decode", ""] + _stage_table(report, "decode")

@@ -138,8 +138,9 @@ def graph_precisions(setup) -> dict:
 
 
 def roofline(setups: list[dict], bundles: list, images, peaks: dict | None) -> dict | None:
-    """The report's "roofline": FLOPs per stage at these images' sizes, and per setup and stage the achieved
-    GFLOP/s and its fraction of the peak that applies. None when no bundle records FLOPs."""
+    """The report's "roofline": FLOPs per stage at these images' sizes, and per setup, direction (encode /
+    decode) and stage the achieved GFLOP/s and its fraction of the peak that applies. None when no bundle
+    records FLOPs."""
     by_label = {}
     for b in bundles:
         flops = bundle_flops(b.path)
@@ -157,20 +158,28 @@ def roofline(setups: list[dict], bundles: list, images, peaks: dict | None) -> d
             continue
         gflop = stage_gflop(by_label[s["bundle"]], sizes) if s.get("bundle") in by_label else out["gflop"]
         precisions = graph_precisions(s)
-        stages = {**speed["stages_ms"]["encode"], **speed["stages_ms"]["decode"]}
         rows = {}
-        for name, g in gflop.items():
-            ms = stages.get(name)
-            if not ms:
-                continue
-            precision = precisions.get(name, "fp32")
-            peak_kind = "int8" if precision == "int8" else "fp32"
-            achieved = g / (ms / 1e3)
-            peak = (peaks or {}).get("int8_gops" if peak_kind == "int8" else "fp32_gflops")
-            rows[name] = {"gflop": g, "ms": ms, "gflops": achieved, "precision": precision, "peak": peak_kind,
-                          "fraction_of_peak": achieved / peak if peak else None}
+        for direction in ("encode", "decode"):  # h_s and the slices run in both, timed apart
+            stages = speed["stages_ms"][direction]
+            for name, g in gflop.items():
+                ms = stages.get(name)
+                if not ms:
+                    continue
+                precision = precisions.get(name, "fp32")
+                peak_kind = "int8" if precision == "int8" else "fp32"
+                achieved = g / (ms / 1e3)
+                peak = (peaks or {}).get("int8_gops" if peak_kind == "int8" else "fp32_gflops")
+                rows.setdefault(direction, {})[name] = {
+                    "gflop": g, "ms": ms, "gflops": achieved, "precision": precision, "peak": peak_kind,
+                    "fraction_of_peak": achieved / peak if peak else None}
         out["setups"][s["name"]] = rows
     return out
+
+
+def main_row(rows: dict, graph: str) -> dict | None:
+    """A graph's row where it mainly runs: g_s in the decoder, every other graph in the encoder."""
+    first, second = ("decode", "encode") if graph == "g_s" else ("encode", "decode")
+    return (rows.get(first) or {}).get(graph) or (rows.get(second) or {}).get(graph)
 
 
 def main(argv=None) -> int:

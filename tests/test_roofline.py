@@ -77,7 +77,7 @@ def test_roofline_rows_and_report_tables(tiny_bundle, kodak_crop, tmp_path):
     image = tmp_path / "a.png"
     Image.fromarray(kodak_crop("kodim05", 200, 300)).save(image)  # pads to 256 x 384
     bundles = bundle_infos([str(tiny_bundle)])
-    stages = {"encode": {"g_a": 10.0, "h_a": 1.0}, "decode": {"g_s": 20.0}}
+    stages = {"encode": {"g_a": 10.0, "h_a": 1.0, "h_s": 2.0}, "decode": {"g_s": 20.0, "h_s": 4.0}}
     speed = {"stages_ms": stages, "encode_ms_mean_of_medians": 12.0, "decode_ms_mean_of_medians": 21.0}
     setups = [{"name": "torch", "bundle": None, "bundle_path": None, "speed": speed},
               {"name": "onnxruntime:bundle", "bundle": "bundle", "bundle_path": str(tiny_bundle), "speed": speed}]
@@ -87,14 +87,19 @@ def test_roofline_rows_and_report_tables(tiny_bundle, kodak_crop, tmp_path):
     flops = json.loads((tiny_bundle / "export_report.json").read_text())["flops"]["graphs"]
     assert roof["padded_sizes"] == [[256, 384]]
     assert roof["gflop"]["g_a"] == pytest.approx(flops_at(flops["g_a"], 256, 384) / 1e9)
-    row = roof["setups"]["onnxruntime:bundle"]["g_a"]
+    row = roof["setups"]["onnxruntime:bundle"]["encode"]["g_a"]
     assert row["gflops"] == pytest.approx(roof["gflop"]["g_a"] / 0.010)
     assert row["peak"] == "fp32" and row["fraction_of_peak"] == pytest.approx(row["gflops"] / 100.0)
-    assert set(roof["setups"]["torch"]) == {"g_a", "h_a", "g_s"}  # only the stages that were timed
+    # only the stages that were timed, in the direction they were timed in
+    assert set(roof["setups"]["torch"]["encode"]) == {"g_a", "h_a", "h_s"}
+    assert set(roof["setups"]["torch"]["decode"]) == {"g_s", "h_s"}
+    h_s = {d: roof["setups"]["torch"][d]["h_s"]["gflops"] for d in ("encode", "decode")}
+    assert h_s["encode"] == pytest.approx(2 * h_s["decode"])  # each direction's own time
 
     report = {"setups": [{**s, "available": True} for s in setups], "roofline": roof}
     table = "\n".join(_stage_table(report, "encode"))
     assert "| stage | GFLOP |" in table and "GFLOP/s" in table and "% fp32" in table
     text = "\n".join(_roofline(report))
     assert "fp32 100 GFLOP/s" in text and "| g_a |" in text
+    assert f"| g_s | {roof['gflop']['g_s']:.2f} | 20.0 ms, " in text  # g_s where it runs: the decoder
     assert "Not available" in "\n".join(_roofline({"setups": [], "roofline": None}))
