@@ -187,7 +187,8 @@ def measure_speed(setups, images, repeats, threads, work: Path, say, rounds: int
                 continue
             t0 = time.perf_counter()
             try:
-                raw = measure_in_subprocess(setup, images, repeats, threads, work, inductor_cache=inductor_cache)
+                extra = {"inductor_cache": inductor_cache} if inductor_cache else {}
+                raw = measure_in_subprocess(setup, images, repeats, threads, work, **extra)
             except Exception as exc:  # noqa: BLE001 - reported, and the other setups go on
                 errors[setup.name] = " ".join(str(exc).split())
                 raws.pop(setup.name, None)
