@@ -2,13 +2,17 @@
 cross-backend decodability matrix.
 
     dcae-bench --bundle B [--bundle B2 ...] --images DIR --out DIR
-               [--backends torch,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt] [--limit N]
+               [--backends torch,torch-compile,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt] [--limit N]
                [--repeats R] [--rounds N] [--threads T] [--checkpoint C] [--speed-only | --no-matrix]
 
 Setups: the PyTorch reference ("torch" on the CPU, "torch-avx2" on the CPU
-with the AVX2 kernels of another CPU family, "torch-cuda" on a GPU, from the
-bundles' source checkpoint) and each bundle on each runtime backend
-("onnxruntime:fp32", "openvino:fp32", "cpp-openvino:fp32"). Writes to --out:
+with the AVX2 kernels of another CPU family, "torch-compile" with torch.compile
+on its networks, "torch-cuda" on a GPU, from the bundles' source checkpoint)
+and each bundle on each runtime backend ("onnxruntime:fp32", "openvino:fp32",
+"cpp-openvino:fp32"). The report's roofline table gives each stage's FLOPs
+(from the bundles' export_report.json), its achieved GFLOP/s and the fraction
+of this machine's fp32 / int8 GEMM peak, measured by the bench at its thread
+count (benchmarks/roofline.py). Writes to --out:
 report.json, report.md, latency_by_stage.png, rate_distortion.png; the coded
 files and decoded images go to --files (default OUT/files). Relative paths
 are taken from the current directory.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 import warnings
@@ -54,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated: 'torch' (the PyTorch reference on the CPU, the speed-up baseline), "
                         f"'torch-avx2' (the reference with the AVX2 kernels of a CPU without AVX-512, in a "
                         f"process of its own), "
+                        f"'torch-compile' (the reference with torch.compile on its networks: needs a C++ "
+                        f"compiler; its load time includes the compile, minutes for the official model), "
                         f"'torch-cuda' (the reference on a CUDA GPU), runtime backends and 'cpp-openvino' (the "
                         f"C++ host, hosts/cpp, built first) "
                         f"(default: {','.join(DEFAULT_BACKENDS)}); those that cannot run here are reported "
@@ -70,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "then falls on every setup alike (default: 1)")
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="threads for every setup (default: each library's own default)")
+    p.add_argument("--inductor-cache", default=None, metavar="DIR", type=absolute_path,
+                   help="torch-compile's inductor cache (TORCHINDUCTOR_CACHE_DIR), kept: a cache that earlier "
+                        "runs filled makes its load time a warm start. Default: an empty one for this run, "
+                        "removed at the end, so the first round's load time is a cold compile and later "
+                        "rounds' warm starts")
     p.add_argument("--files", default=None, metavar="DIR", type=absolute_path,
                    help="where coded files and decoded images go (default: OUT/files)")
     mode = p.add_mutually_exclusive_group()
@@ -140,6 +152,11 @@ def open_available(setups, bundles, threads, say) -> dict:
         setup.numeric_class = coder.numeric_class
         if setup.kind == TORCH:
             setup.checkpoint = str(coder.reference.checkpoint)
+            if coder.reference.compiled:
+                setup.notes.append(
+                    f"torch.compile (inductor, default mode, static shapes) on {', '.join(coder.reference.compiled)}: "
+                    f"every network of the pipeline; its load time is the model's load plus the first image's "
+                    f"encode and decode, which compile them, from an empty inductor cache")
             for b in bundles:  # raises ReferenceMismatchError: a usage error
                 note = coder.reference.check_matches(Manifest.read(b.path))
                 if note:
@@ -148,22 +165,35 @@ def open_available(setups, bundles, threads, say) -> dict:
     return coders
 
 
-def measure_speed(setups, images, repeats, threads, work: Path, say, rounds: int = 1) -> tuple[dict, dict]:
+def measure_speed(setups, images, repeats, threads, work: Path, say, rounds: int = 1,
+                  peaks: list | None = None, inductor_cache: Path | None = None) -> tuple[dict, dict]:
     """({setup name: speed summary}, {setup name: why its measurement failed}).
 
     With `rounds` > 1 every setup is measured once per round, the setups in
-    turn (see `benchmarks.measure.merge_rounds`)."""
+    turn (see `benchmarks.measure.merge_rounds`). With a `peaks` list, the
+    machine's GEMM peaks are measured at the start of each round
+    (`benchmarks.roofline.measure_peaks`) and appended to it."""
     from .measure import measure_in_subprocess, merge_rounds, summarise
 
     raws: dict[str, list[dict]] = {}
     errors: dict[str, str] = {}
     for round_index in range(rounds):
+        if peaks is not None:
+            from .roofline import measure_peaks
+
+            try:
+                peaks.append(measure_peaks(threads))
+                say(f"GEMM peaks: fp32 {peaks[-1]['fp32_gflops']:.0f} GFLOP/s, int8 "
+                    f"{peaks[-1]['int8_gops']:.0f} GOP/s (onnxruntime, best of the runs)")
+            except Exception as exc:  # noqa: BLE001 - the roofline then shows no fractions; the run goes on
+                say(f"GEMM peak measurement failed: {' '.join(str(exc).split())}")
         for setup in setups:
             if not setup.available or setup.name in errors:
                 continue
             t0 = time.perf_counter()
             try:
-                raw = measure_in_subprocess(setup, images, repeats, threads, work)
+                extra = {"inductor_cache": inductor_cache} if inductor_cache else {}
+                raw = measure_in_subprocess(setup, images, repeats, threads, work, **extra)
             except Exception as exc:  # noqa: BLE001 - reported, and the other setups go on
                 errors[setup.name] = " ".join(str(exc).split())
                 raws.pop(setup.name, None)
@@ -179,16 +209,16 @@ def measure_speed(setups, images, repeats, threads, work: Path, say, rounds: int
 
 
 def _speedups(setup_dicts: list[dict]) -> None:
-    from .setups import TORCH
+    from .setups import TORCH, TORCH_COMPILE
 
-    # the baseline is the reference on the CPU, not torch-cuda
-    torch_speed = next((s.get("speed") for s in setup_dicts if s["name"] == TORCH), None)
-    for s in setup_dicts:
-        if torch_speed and s.get("speed"):
-            s["speedup_vs_torch"] = {
-                d: torch_speed[f"{d}_ms"]["median"] / s["speed"][f"{d}_ms"]["median"] for d in ("encode", "decode")}
-        else:
-            s["speedup_vs_torch"] = None
+    # the baselines are the reference on the CPU, eager and compiled, not torch-cuda
+    for key, baseline in (("speedup_vs_torch", TORCH), ("speedup_vs_torch_compile", TORCH_COMPILE)):
+        base = next((s.get("speed") for s in setup_dicts if s["name"] == baseline), None)
+        for s in setup_dicts:
+            if base and s.get("speed"):
+                s[key] = {d: base[f"{d}_ms"]["median"] / s["speed"][f"{d}_ms"]["median"] for d in ("encode", "decode")}
+            else:
+                s[key] = None
 
 
 def run(args, say) -> int:
@@ -198,6 +228,7 @@ def run(args, say) -> int:
     from .matrix import coding_pass, silent_wrong_totals
     from .rd import rd_mean
     from .report import portable_totals, write_report_files
+    from .roofline import best_peaks, roofline
     from .setups import bundle_infos
     from .torch_reference import ReferenceMismatchError
 
@@ -219,8 +250,16 @@ def run(args, say) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     files_dir = Path(args.files) if args.files else out / "files"
-    speeds, speed_errors = measure_speed(setups, images, args.repeats, args.threads, files_dir / "measure", say,
-                                         rounds=args.rounds)
+    peaks: list[dict] = []
+    inductor_cache = Path(args.inductor_cache) if args.inductor_cache else files_dir / "measure" / "inductor_cache"
+    if not args.inductor_cache:
+        shutil.rmtree(inductor_cache, ignore_errors=True)
+    try:
+        speeds, speed_errors = measure_speed(setups, images, args.repeats, args.threads, files_dir / "measure", say,
+                                             rounds=args.rounds, peaks=peaks, inductor_cache=inductor_cache)
+    finally:
+        if not args.inductor_cache:
+            shutil.rmtree(inductor_cache, ignore_errors=True)
 
     available = [s for s in setups if s.available]
     passed = None
@@ -254,7 +293,8 @@ def run(args, say) -> int:
         "machine": machine,
         "options": {"images_dir": str(args.images), "images": [p.name for p in images], "repeats": args.repeats,
                     "rounds": args.rounds, "threads": args.threads, "limit": args.limit, "backends": backends,
-                    "checkpoint": args.checkpoint, "speed_only": args.speed_only, "files": str(files_dir)},
+                    "checkpoint": args.checkpoint, "speed_only": args.speed_only, "files": str(files_dir),
+                    "inductor_cache": args.inductor_cache},
         "bundles": [b.__dict__ for b in bundles],
         "setups": setup_dicts,
         "not_available": [{"setup": s.name, "reason": s.reason} for s in setups if not s.available],
@@ -264,6 +304,7 @@ def run(args, say) -> int:
         "matrix": matrix,
         "silent_wrong": silent_wrong_totals(passed["cells"]) if matrix else None,
         "symbol_differences": passed["symbol_differences"] if passed else None,
+        "roofline": roofline(setup_dicts, bundles, images, best_peaks(peaks)),
     }
     write_report_files(report, out)  # adds report["plots"]
     (out / "report.json").write_text(json.dumps(report, indent=1))

@@ -166,9 +166,15 @@ def portable_totals(matrix: dict) -> dict | None:
 
 # ---- markdown -----------------------------------------------------------------------
 
+def _speedup_cell(up) -> str:
+    return f"{up['encode']:.2f}× / {up['decode']:.2f}×" if up else "–"
+
+
 def _headline(report: dict) -> list[str]:
-    lines = ["| setup | precision | encode ms | decode ms | speed-up vs torch (enc / dec) | bpp | PSNR (dB) | MS-SSIM |",
-             "|---|---|---|---|---|---|---|---|"]
+    compiled = any(s.get("speedup_vs_torch_compile") for s in report["setups"])
+    extra = " speed-up vs torch-compile (enc / dec) |" if compiled else ""
+    lines = ["| setup | precision | encode ms | decode ms | speed-up vs torch (enc / dec) |" + extra +
+             " bpp | PSNR (dB) | MS-SSIM |", "|---|---|---|---|---|" + ("---|" if compiled else "") + "---|---|---|"]
     for s in report["setups"]:
         if not s["available"]:
             continue
@@ -176,8 +182,9 @@ def _headline(report: dict) -> list[str]:
         missing = "failed" if s.get("speed_error") else "–"
         enc = _fmt(speed["encode_ms"]["median"], ".1f") if speed else missing
         dec = _fmt(speed["decode_ms"]["median"], ".1f") if speed else missing
-        up = s.get("speedup_vs_torch")
-        speedup = f"{up['encode']:.2f}× / {up['decode']:.2f}×" if up else "–"
+        speedup = _speedup_cell(s.get("speedup_vs_torch"))
+        if compiled:
+            speedup += f" | {_speedup_cell(s.get('speedup_vs_torch_compile'))}"
         lines.append(f"| {s['name']} | {s['precision']} | {enc} | {dec} | {speedup} | {_fmt(rd.get('bpp'), '.4f')} | "
                      f"{_fmt(rd.get('psnr-rgb'))} | {_fmt(rd.get('ms-ssim-rgb'), '.4f')} |")
     return lines
@@ -204,18 +211,97 @@ def _speed_details(report: dict) -> list[str]:
     return lines
 
 
+def _compile_notes(report: dict) -> list[str]:
+    """What a compiling setup's load time holds: cold compile or warm start, per round."""
+    lines = []
+    for s in report["setups"]:
+        speed = s.get("speed") or {}
+        if not speed.get("load_includes_first_call"):
+            continue
+        rounds = []
+        for k, (load, cold) in enumerate(zip(speed.get("load_seconds_by_round", []),
+                                             speed.get("inductor_cache_was_empty_by_round", [])), 1):
+            state = "empty cache: cold compile" if cold else "warm cache" if cold is False else "cache state unknown"
+            rounds.append(f"round {k} {load:.1f} s ({state})")
+        decode = (speed.get("decode_memory") or {}).get("load_and_first_decode_seconds")
+        given = (report.get("options") or {}).get("inductor_cache")
+        lines += [f"load s of {s['name']}: the model's load plus the first image's encode and decode, which compile "
+                  f"the networks (torch.compile compiles at the first call); the table shows the median over rounds"
+                  + (f": {', '.join(rounds)}" if rounds else "")
+                  + (f". Its decode-only process (warm cache) loads and decodes its first file in {decode:.1f} s"
+                     if decode is not None else "")
+                  + (f". Inductor cache given: {given}" if given else
+                     ". The run started from an empty inductor cache") + ".", ""]
+    return lines
+
+
 def _stage_table(report: dict, direction: str) -> list[str]:
+    """Stages x setups in ms; with FLOPs recorded, a GFLOP column and, per
+    setup and counted stage, the achieved GFLOP/s and its % of the peak that
+    applies (fp32 or int8: see the roofline section)."""
     measured = [s for s in report["setups"] if s.get("speed")]
     if not measured:
         return []
+    roof = report.get("roofline") or {}
+    gflop = roof.get("gflop") or {}
     stages = stage_order(set(k for s in measured for k in s["speed"]["stages_ms"][direction]))
-    lines = ["| stage | " + " | ".join(s["name"] for s in measured) + " |",
-             "|---|" + "---|" * len(measured)]
+    flop_col = " GFLOP |" if gflop else ""
+    lines = ["| stage |" + flop_col + " " + " | ".join(s["name"] for s in measured) + " |",
+             "|---|" + ("---|" if gflop else "") + "---|" * len(measured)]
     for stage in stages:
-        values = [s["speed"]["stages_ms"][direction].get(stage) for s in measured]
-        lines.append(f"| {stage} | " + " | ".join(_fmt(v, ".2f") for v in values) + " |")
-    lines.append(f"| **end to end** | " + " | ".join(
+        cells = []
+        for s in measured:
+            value = s["speed"]["stages_ms"][direction].get(stage)
+            row = ((roof.get("setups") or {}).get(s["name"], {}).get(direction) or {}).get(stage)
+            cells.append(_fmt(value, ".2f") + (f" ({_roof_cell(row)})" if row and value else ""))
+        flops = f" {_fmt(gflop.get(stage), '.2f', '')} |" if gflop else ""
+        lines.append(f"| {stage} |{flops} " + " | ".join(cells) + " |")
+    total = f" {sum(gflop.get(k, 0.0) for k in stages):.1f} |" if gflop else ""
+    lines.append(f"| **end to end** |{total} " + " | ".join(
         f"**{s['speed'][f'{direction}_ms_mean_of_medians']:.2f}**" for s in measured) + " |")
+    return lines
+
+
+def _roof_cell(row: dict) -> str:
+    peak = f", {100 * row['fraction_of_peak']:.0f} % {row['peak']}" if row.get("fraction_of_peak") else ""
+    rate = format(row["gflops"], ".0f" if row["gflops"] >= 10 else ".2g")
+    return f"{rate} GFLOP/s{peak}"
+
+
+def _roofline(report: dict) -> list[str]:
+    roof = report.get("roofline")
+    if not roof:
+        return ["Not available: no bundle records FLOPs (export_report.json from before they were counted: "
+                "re-export)."]
+    peaks = roof.get("peaks")
+    lines = []
+    if peaks:
+        rounds = peaks.get("rounds") or []
+        lines += [f"Machine peaks, measured by this run: **fp32 {peaks['fp32_gflops']:.0f} GFLOP/s**, "
+                  f"**int8 {peaks['int8_gops']:.0f} GOP/s** ({peaks['method']}; the highest of "
+                  f"{len(rounds) or 1} measurement(s), one per round: fp32 "
+                  f"{', '.join(format(r['fp32_gflops'], '.0f') for r in rounds)}, int8 "
+                  f"{', '.join(format(r['int8_gops'], '.0f') for r in rounds)}).", ""]
+    else:
+        lines += ["Machine peaks: not measured (see the run's log).", ""]
+    lines += [f"FLOPs: {roof['flops_method']} (bundle {roof['flops_from_bundle']}; padded sizes "
+              f"{', '.join(f'{h}x{w}' for h, w in sorted(set(map(tuple, roof['padded_sizes']))))}). "
+              "Achieved = the stage's FLOPs / its time (ms in the stage tables); % of the int8 peak for a graph "
+              "stored in int8, of the fp32 peak otherwise. Graphs that run Winograd convolutions (the fp32 "
+              "bundles' entropy graphs) or kernels faster than MLAS's SGEMM can pass 100 %.", ""]
+    from .roofline import main_row
+
+    measured = [s for s in report["setups"] if s["name"] in roof["setups"]]
+    stages = stage_order(roof["gflop"])
+    lines += ["Per graph where it mainly runs (g_s in the decoder, the others in the encoder):", "",
+              "| graph | GFLOP | " + " | ".join(s["name"] for s in measured) + " |",
+              "|---|---|" + "---|" * len(measured)]
+    for stage in stages:
+        cells = []
+        for s in measured:
+            row = main_row(roof["setups"][s["name"]], stage)
+            cells.append(f"{row['ms']:.1f} ms, {_roof_cell(row)}" if row else "–")
+        lines.append(f"| {stage} | {roof['gflop'][stage]:.2f} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -366,8 +452,11 @@ def markdown(report: dict) -> str:
     if report["setups"] and any(s.get("speed") for s in report["setups"]):
         lines += ["", report["memory_method"] + ". Decode-only process: a second fresh process that loads the setup "
                   "and decodes each image's file once, nothing else (what a decoder host holds).", ""]
-    lines += ["### Latency by stage, encode (ms, mean over images of the median run)", ""] + \
+    lines += _compile_notes(report)
+    lines += ["### Latency by stage, encode (ms, mean over images of the median run; in brackets the achieved "
+              "GFLOP/s and % of the machine's peak, see Roofline)", ""] + \
         _stage_table(report, "encode") + ["", "### Latency by stage, decode", ""] + _stage_table(report, "decode")
+    lines += ["", "### Roofline", ""] + _roofline(report)
     if report["plots"].get("latency"):
         lines += ["", f"![latency by stage]({report['plots']['latency']})"]
     lines += ["", "## Rate-distortion", ""] + _rd_per_image(report)

@@ -34,8 +34,9 @@
 #   ROUNDS=1       dcae-bench --rounds: measure every setup ROUNDS times, the setups in
 #                  turn, each time in a fresh process, and pool the runs
 #   OUT=benchmarks/results                        WORK=<temp dir>, removed unless KEEP_WORK=1
-#   BACKENDS=torch,torch-avx2,torch-cuda,onnxruntime,onnxruntime-cuda,openvino,cpp-openvino,tensorrt
+#   BACKENDS=torch,torch-avx2,torch-compile,torch-cuda,onnxruntime,onnxruntime-cuda,openvino,cpp-openvino,tensorrt
 #                  (fixture part)
+#   OFFICIAL_BACKENDS=torch,torch-compile,onnxruntime                   (official part)
 #   PARTS=fixture,official   which parts to run (default: these two; golden on request)
 #   OFFICIAL_CALIB_COUNT=8     calibration crops for the official int8 bundles
 #   QUICK=1        a test of this script: tiny random-init models instead of the
@@ -65,7 +66,8 @@ if [ "$QUICK" = 1 ]; then
 else
     OUT="${OUT:-$REPO/benchmarks/results}"; REPEATS="${REPEATS:-3}"; LIMIT=()
 fi
-BACKENDS="${BACKENDS:-torch,torch-avx2,torch-cuda,onnxruntime,onnxruntime-cuda,openvino,cpp-openvino,tensorrt}"
+BACKENDS="${BACKENDS:-torch,torch-avx2,torch-compile,torch-cuda,onnxruntime,onnxruntime-cuda,openvino,cpp-openvino,tensorrt}"
+OFFICIAL_BACKENDS="${OFFICIAL_BACKENDS:-torch,torch-compile,onnxruntime}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 WORK="${WORK:-$(mktemp -d -t dcae-bench-work.XXXXXX)}"
@@ -181,7 +183,7 @@ fi
 say "dcae-bench: official-size configuration (random init), speed only, 2 images"
 "$PYTHON" -m benchmarks.cli "${OFFICIAL_BUNDLES[@]}" \
     --checkpoint "$WORK/official.pth.tar" --images "$KODAK" --limit 2 --speed-only \
-    --backends torch,onnxruntime --threads "$THREADS" --repeats "$REPEATS" --rounds "$ROUNDS" --note "$OFFICIAL_NOTE" \
+    --backends "$OFFICIAL_BACKENDS" --threads "$THREADS" --repeats "$REPEATS" --rounds "$ROUNDS" --note "$OFFICIAL_NOTE" \
     --out "$OUT/official_random_init" --files "$WORK/files/official" || { rc=$?; [ $status -ne 0 ] || status=$rc; }
 fi
 

@@ -2,7 +2,8 @@
 
 A setup is either the PyTorch reference ("torch", from the bundles' source
 checkpoint; "torch-avx2", the same with the AVX2 kernels another CPU family
-runs; "torch-cuda", on a GPU) or one bundle on one runtime backend
+runs; "torch-compile", the same with `torch.compile` on its networks;
+"torch-cuda", on a GPU) or one bundle on one runtime backend
 ("onnxruntime:fp32"). Every
 setup asked for is listed in the report; one that cannot run here carries the
 reason instead of results, so a missing TensorRT is visible, not dropped.
@@ -30,8 +31,9 @@ TORCH = "torch"
 # The reference on the CPU with PyTorch's and oneDNN's AVX2 kernels: how a CPU
 # without AVX-512 computes it (another rounding of every float sum).
 TORCH_AVX2 = "torch-avx2"
+TORCH_COMPILE = "torch-compile"  # the reference with torch.compile (inductor) on the CPU: a PyTorch user's best
 TORCH_CUDA = "torch-cuda"  # the reference on the GPU: upstream's own way of running DCAE
-TORCH_DEVICES = {TORCH: "cpu", TORCH_AVX2: "cpu", TORCH_CUDA: "cuda"}
+TORCH_DEVICES = {TORCH: "cpu", TORCH_AVX2: "cpu", TORCH_COMPILE: "cpu", TORCH_CUDA: "cuda"}
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 # Environment a setup's process needs (read by torch once, at its first kernel).
 SETUP_ENV = {TORCH_AVX2: AVX2_ENV}
@@ -51,8 +53,8 @@ class BundleInfo:
 
 @dataclass
 class Setup:
-    name: str  # "torch", "torch-avx2", "torch-cuda" or "<backend>:<bundle label>"
-    kind: str  # "torch" (the PyTorch reference, backend torch, torch-avx2 or torch-cuda) | "runtime"
+    name: str  # "torch", "torch-avx2", "torch-compile", "torch-cuda" or "<backend>:<bundle label>"
+    kind: str  # "torch" (the PyTorch reference: backend torch, torch-avx2, torch-compile or torch-cuda) | "runtime"
     backend: str
     precision: str  # as a reader wants it: "fp32", "fp16 (entropy fp32)", ...
     bundle: str | None = None  # bundle label
@@ -161,10 +163,14 @@ class TorchCoder:
 
         if setup.backend in SETUP_ENV:
             _check_kernels(setup.backend)
-        self.reference = reference or TorchReference(setup.checkpoint, threads, TORCH_DEVICES[setup.backend])
+        self.reference = reference or TorchReference(setup.checkpoint, threads, TORCH_DEVICES[setup.backend],
+                                                     compile=setup.backend == TORCH_COMPILE)
         self.numeric_class = self.reference.numeric_class
         if setup.backend == TORCH_AVX2:
             self.numeric_class += "-avx2"
+        # torch.compile compiles at the first call of each piece: the measurement
+        # counts the first image's warm-up as load time (benchmarks.measure)
+        self.compiles_on_first_call = bool(self.reference.compiled)
         self.num_slices = self.reference.model.num_slices
 
     @property

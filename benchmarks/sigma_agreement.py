@@ -10,6 +10,10 @@ means and LRP feeding its later slices, as a decoder does):
 - `torch`: the reference in float32 on this CPU's default kernels;
 - `torch-avx2`: the same in a subprocess with `ATEN_CPU_CAPABILITY=avx2` and
   `ONEDNN_MAX_CPU_ISA=AVX2` (another CPU family's float path);
+- `torch-compile` (with `--compile`): the reference with `torch.compile` on
+  its networks, as dcae-bench's torch-compile setup runs it
+  (`benchmarks.torch_reference.compile_model`): inductor's fused kernels must
+  keep within the reference's stated bound for its portable files to decode;
 - `BACKEND:NAME`: each bundle's slice graphs in the runtime, on each
   `--backend` (default onnxruntime).
 
@@ -23,7 +27,8 @@ portable files): the curve that sizes `runtime.portable.DEFAULT_MARGIN` and
 the backends' `sigma_error_bound`.
 
   python -m benchmarks.sigma_agreement --images ../shared/data/kodak --bundle B [--bundle B2] \\
-      [--backend onnxruntime --backend openvino] [--checkpoint C | --golden] [--limit N] [--out benchmarks/results]
+      [--backend onnxruntime --backend openvino] [--checkpoint C | --golden] [--limit N] [--compile]
+      [--out benchmarks/results]
 """
 from __future__ import annotations
 
@@ -134,7 +139,14 @@ def measure(args) -> dict:
     z_tables = (eb.quantiles[:, 0, 1].detach().numpy(), eb._quantized_cdf.numpy(), eb._cdf_length.numpy(),
                 eb._offset.numpy())
 
-    scales = {name: [] for name in ["torch-float64", "torch", "torch-avx2", *codecs]}
+    compiled = None
+    if args.compile:
+        from benchmarks.torch_reference import compile_model
+
+        compiled = _load_model(args)
+        compile_model(compiled)
+    scales = {name: [] for name in ["torch-float64", "torch", "torch-avx2", *codecs]
+              + (["torch-compile"] if compiled is not None else [])}
     costs = {m: {"side_bytes": 0, "marked": 0} for m in MARGINS}
     file_bytes, elements = 0, 0
     inputs = {}
@@ -149,6 +161,8 @@ def measure(args) -> dict:
         inputs[f"z_hat_{k}"], inputs[f"symbols_{k}"] = z_hat, symbols
         scales["torch-float64"].append(torch_scales(model, z_hat, symbols, torch.float64))
         scales["torch"].append(torch_scales(model, z_hat, symbols))
+        if compiled is not None:
+            scales["torch-compile"].append(torch_scales(compiled, z_hat, symbols))
         for name, codec in codecs.items():
             scales[name].append(runtime_scales(codec, z_hat, symbols, height, width))
         # The cost of portability: the reference's own portable files.
@@ -233,6 +247,9 @@ def main(argv=None) -> int:
     p.add_argument("--golden", action="store_true", help="the official configuration with the golden weights")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--compile", action="store_true",
+                   help="also the reference with torch.compile on its networks (needs a C++ compiler)")
+    p.add_argument("--stem", default=None, help="file name stem under --out (default: sigma_agreement[_golden])")
     p.add_argument("--out", default=None, help="folder for sigma_agreement[_golden].md/.json")
     args = p.parse_args(argv)
     for option in ("images", "checkpoint", "out"):
@@ -243,7 +260,7 @@ def main(argv=None) -> int:
     text = to_markdown(result)
     print(text)
     if args.out:
-        stem = "sigma_agreement_golden" if args.golden else "sigma_agreement"
+        stem = args.stem or ("sigma_agreement_golden" if args.golden else "sigma_agreement")
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / f"{stem}.md").write_text(text)
         (Path(args.out) / f"{stem}.json").write_text(json.dumps(result, indent=1))

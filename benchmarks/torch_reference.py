@@ -9,6 +9,11 @@ checks it against `dcae.compress_image` / `dcae.decompress_image`). The only
 additions are timers around each step, under the stage names of
 `runtime.codec.Codec.last_timings`, and the decoded symbols, which let the
 decodability matrix tell a correct decode from a silently wrong one exactly.
+
+`compile=True` is what a user who keeps PyTorch would do instead of the
+runtime: `torch.compile` (inductor, default mode) on every network the
+pipeline runs (`compile_model`). Compilation happens at the first call of
+each piece, per input shape.
 """
 from __future__ import annotations
 
@@ -35,6 +40,50 @@ from runtime.timing import timed
 # word per symbol, plus escapes. Zero words appended after the stream are
 # never read by a decoder in sync, and keep a desynced one inside our buffer.
 _OVERRUN_WORDS_PER_SYMBOL = 2
+
+
+# What the torch-compile setup compiles (`compile_model`): every network the
+# coding pipeline runs. The slice pieces are the model's own `slice_params` /
+# `slice_refine` (context model with the dictionary attention and the mean /
+# scale heads; LRP), compiled whole per slice, so inductor fuses the
+# concatenations and elementwise work around the convolutions.
+COMPILED_PARTS = ("g_a", "h_a", "hyper_synthesis", "slice_params", "slice_refine", "g_s")
+# Distinct graphs per image shape: g_a, h_a, g_s (nn.Sequential.forward),
+# hyper_synthesis, and one per slice for slice_params and slice_refine; dynamo's
+# default of 8 cached graphs per function would silently send the rest to eager
+# once a second image shape comes.
+RECOMPILE_LIMIT = 64
+
+
+def compile_model(model, parts=COMPILED_PARTS) -> list[str]:
+    """Apply `torch.compile` (inductor, default mode, static shapes: one graph
+    per image size, as a fixed-size deployment would) in place: nn.Module
+    parts with `Module.compile`, so `state_dict` keys (and the entropy-model
+    fingerprint of portable files) stay as they are; methods as instance
+    attributes that shadow them, so `DCAE.compress` / `decode_slices` call
+    the compiled ones. Returns the parts compiled."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    for part in parts:
+        target = getattr(model, part)
+        if isinstance(target, torch.nn.Module):
+            target.compile(dynamic=False)
+        else:
+            setattr(model, part, torch.compile(target, dynamic=False))
+    return list(parts)
+
+
+def check_compiler() -> None:
+    """torch.compile on the CPU builds C++ kernels: refuse early without a compiler."""
+    import shutil
+
+    from torch._inductor import config
+
+    candidates = [c for c in (config.cpp.cxx if isinstance(config.cpp.cxx, tuple) else (config.cpp.cxx,)) if c]
+    if not any(shutil.which(c) for c in candidates + ["g++", "c++", "clang++"]):
+        raise BackendUnavailableError("torch-compile unavailable: torch.compile (inductor) needs a C++ compiler "
+                                      "on PATH (g++ or clang++)")
 
 
 class ReferenceMismatchError(ValueError):
@@ -66,17 +115,21 @@ class TorchReference:
     `device="cuda"` runs the model on the GPU, as upstream's scripts do; the
     entropy coding stays compressai's CPU coder either way."""
 
-    def __init__(self, checkpoint: str | Path | None = None, threads: int | None = None, device: str = "cpu"):
+    def __init__(self, checkpoint: str | Path | None = None, threads: int | None = None, device: str = "cpu",
+                 compile: bool = False):
         if threads:
             torch.set_num_threads(threads)
         if device not in ("cpu", "cuda"):
             raise ValueError(f"unknown PyTorch device {device!r}")
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailableError("torch-cuda unavailable: PyTorch sees no CUDA GPU on this machine")
+        if compile:
+            check_compiler()
         self.device = torch.device(device)
-        self.numeric_class = f"torch-{device}"
+        self.numeric_class = f"torch-compile-{device}" if compile else f"torch-{device}"
         self.checkpoint = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
         self.model = load_checkpoint(self.checkpoint).to(self.device)
+        self.compiled = compile_model(self.model) if compile else []
         self.preset = getattr(self.model, "preset", None)
         self.last_timings: dict[str, float] = {}
 

@@ -69,6 +69,8 @@ def _rebuild(module: str, name: str, message: str) -> Exception:
 class _RemoteReference:
     """What dcae-bench asks of a torch setup's `reference`."""
 
+    compiled: tuple = ()  # the worker runs the eager reference (torch-compile is a setup of its own)
+
     def __init__(self, coder: RemoteTorchCoder, checkpoint: str):
         self._coder = coder
         self.checkpoint = Path(checkpoint)

@@ -34,6 +34,7 @@ from runtime.manifest import (
     sha256_file,
 )
 
+from .flops import graph_flops
 from .fp16 import convert_to_fp16
 from .graphs import GraphDefinition, graph_definitions
 from .reference_io import reference_graph_io
@@ -263,7 +264,9 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
         manifest.write(staging)
         (staging / "export_report.json").write_text(json.dumps(
             {"peak_rss_mb": peak_rss_mb(), "check_sizes": CHECK_SIZES, "winograd": winograd,
-             "graphs": [r.__dict__ for r in reports]}, indent=1))
+             "graphs": [r.__dict__ for r in reports],
+             # per graph, for dcae-bench's roofline (exporter.flops)
+             "flops": graph_flops(definitions, cases_by_size)}, indent=1))
         if "int8" in policy.values() and hasattr(quantize, "report_json"):
             # the int8 graphs' error against fp32 on held-out crops (calibration.quantize)
             (staging / INT8_REPORT_NAME).write_text(quantize.report_json())
