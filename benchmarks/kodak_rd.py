@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.machine import cpu_description
 from dcae import load_checkpoint
 from dcae.coding import decompress_image
 from dcae.metrics import bpp, ms_ssim, psnr
@@ -140,8 +140,7 @@ def main(argv=None):
     model = load_checkpoint(args.checkpoint)
     result = evaluate(model, paths, progress=lambda s: print(s, file=sys.stderr))
     result["model"] = f"{getattr(model, 'preset', '?')} ({args.checkpoint or 'embedded default'})"
-    result["machine"] = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, " \
-                        f"{torch.get_num_threads()} threads"
+    result["machine"] = f"{cpu_description()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.kodak_rd " + " ".join(argv if argv is not None else sys.argv[1:])
