@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from itertools import combinations
@@ -45,44 +43,16 @@ import numpy as np
 import torch
 
 from benchmarks.machine import cpu_description
-from dcae.checkpoint import load_checkpoint
+from dcae.checkpoint import load_checkpoint, save_checkpoint
 from dcae.coding import scale_thresholds
+from exporter.portable_margin import (ANCHOR, avx2_scales, near_boundaries, reference_encoding, runtime_scales,
+                                      torch_scales)
 from runtime import Codec
 from runtime.container import HEADER_SIZE
-from runtime.entropy import decompress_z
-from runtime.imaging import load_image, pad_image
+from runtime.imaging import load_image
 from runtime.portable import DEFAULT_MARGIN, MAX_MARGIN, encode_side_stream, mark
 
 MARGINS = tuple(sorted({1e-6, 3e-6, 1e-5, DEFAULT_MARGIN, 3e-5, 1e-4, 3e-4, 1e-3}))
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-
-
-@torch.no_grad()
-def torch_scales(model, z_hat: np.ndarray, symbols: np.ndarray, dtype=torch.float32) -> np.ndarray:
-    """All slices' scales from the reference, given z_hat and every slice's symbols."""
-    model = model.to(dtype)
-    c = model.config.slice_channels
-    recorded = []
-
-    def decode_slice(i, scale):
-        recorded.append(scale.double().numpy())
-        return torch.from_numpy(symbols[:, c * i : c * (i + 1)])
-
-    model.decode_slices(torch.from_numpy(z_hat).to(dtype), decode_slice)
-    model.float()
-    return np.concatenate(recorded, axis=1)
-
-
-def runtime_scales(codec: Codec, z_hat: np.ndarray, symbols: np.ndarray, height: int, width: int) -> np.ndarray:
-    c = codec.bundle.slice_channels
-    recorded = []
-
-    def decode_slice(i, scale):
-        recorded.append(scale.astype(np.float64))
-        return symbols[:, c * i : c * (i + 1)]
-
-    codec.decode_slices(z_hat, height, width, decode_slice)
-    return np.concatenate(recorded, axis=1)
 
 
 def _load_model(args):
@@ -91,18 +61,6 @@ def _load_model(args):
 
         return golden_official_model().eval()
     return load_checkpoint(args.checkpoint).eval()
-
-
-def worker(spec_path: str, out_path: str) -> None:
-    """Subprocess entry: the float32 reference's scales under this process's kernels."""
-    spec = json.loads(Path(spec_path).read_text())
-    args = argparse.Namespace(**spec["args"])
-    torch.set_num_threads(args.threads)
-    model = _load_model(args)
-    inputs = np.load(spec["inputs"])
-    n = len([k for k in inputs.files if k.startswith("z_hat_")])
-    np.savez(out_path, **{f"scales_{k}": torch_scales(model, inputs[f"z_hat_{k}"], inputs[f"symbols_{k}"])
-                          for k in range(n)})
 
 
 # Bands of the float64 scale for the error by scale: float error in a scale
@@ -135,31 +93,23 @@ def measure(args) -> dict:
     images = images[: args.limit] if args.limit else images
     codecs = {f"{backend}:{Path(b).name}": Codec(b, backend=backend, threads=args.threads)
               for b in args.bundle for backend in args.backend or ["onnxruntime"]}
-    eb = model.entropy_bottleneck
-    z_tables = (eb.quantiles[:, 0, 1].detach().numpy(), eb._quantized_cdf.numpy(), eb._cdf_length.numpy(),
-                eb._offset.numpy())
-
     compiled = None
     if args.compile:
         from benchmarks.torch_reference import compile_model
 
         compiled = _load_model(args)
         compile_model(compiled)
-    scales = {name: [] for name in ["torch-float64", "torch", "torch-avx2", *codecs]
+    scales = {name: [] for name in [ANCHOR, "torch", "torch-avx2", *codecs]
               + (["torch-compile"] if compiled is not None else [])}
     costs = {m: {"side_bytes": 0, "marked": 0} for m in MARGINS}
     file_bytes, elements = 0, 0
-    inputs = {}
+    inputs = []
     for k, path in enumerate(images):
         pixels = load_image(path)
         height, width = pixels.shape[:2]
-        x, _ = pad_image(pixels)
-        with torch.no_grad():
-            out = model.compress(torch.from_numpy(x), return_latents=True)
-        symbols = out["symbols"].numpy().astype(np.int32)
-        z_hat = decompress_z(out["strings"][1][0], out["shape"], *z_tables)
-        inputs[f"z_hat_{k}"], inputs[f"symbols_{k}"] = z_hat, symbols
-        scales["torch-float64"].append(torch_scales(model, z_hat, symbols, torch.float64))
+        z_hat, symbols, out = reference_encoding(model, pixels)
+        inputs.append((z_hat, symbols))
+        scales[ANCHOR].append(torch_scales(model, z_hat, symbols, torch.float64))
         scales["torch"].append(torch_scales(model, z_hat, symbols))
         if compiled is not None:
             scales["torch-compile"].append(torch_scales(compiled, z_hat, symbols))
@@ -176,22 +126,18 @@ def measure(args) -> dict:
         print(f"[{k + 1}/{len(images)}] {path.name}", file=sys.stderr)
 
     with tempfile.TemporaryDirectory() as tmp:
-        np.savez(Path(tmp) / "inputs.npz", **inputs)
-        spec = {"args": vars(args), "inputs": str(Path(tmp) / "inputs.npz")}
-        (Path(tmp) / "spec.json").write_text(json.dumps(spec))
-        subprocess.run([sys.executable, "-m", "benchmarks.sigma_agreement", "--worker", str(Path(tmp) / "spec.json"),
-                        str(Path(tmp) / "avx2.npz")], env={**os.environ, **AVX2_ENV}, check=True,
-                       cwd=Path(__file__).resolve().parent.parent)
-        avx2 = np.load(Path(tmp) / "avx2.npz")
-        scales["torch-avx2"] = [avx2[f"scales_{k}"] for k in range(len(images))]
+        checkpoint = args.checkpoint
+        if checkpoint is None:  # the golden weights, or the embedded model, as a file for the worker
+            checkpoint = Path(tmp) / "model.pth.tar"
+            save_checkpoint(checkpoint, model, getattr(model, "preset", None))
+        scales["torch-avx2"] = avx2_scales(checkpoint, inputs, args.threads)
 
     merged = {name: np.concatenate([s.reshape(-1) for s in v]) for name, v in scales.items()}
-    anchor = merged["torch-float64"]
-    relevant = thresholds.nearest(anchor)[1] <= MAX_MARGIN
-    vs_float64 = {name: _error_stats(v, anchor, relevant) for name, v in merged.items() if name != "torch-float64"}
-    by_scale = {name: _by_scale(v, anchor, relevant) for name, v in merged.items() if name != "torch-float64"}
-    pairs = {f"{a} / {b}": _error_stats(merged[a], merged[b], relevant)
-             for a, b in combinations([n for n in merged if n != "torch-float64"], 2)}
+    anchor = merged.pop(ANCHOR)
+    relevant = near_boundaries(model, anchor)
+    vs_float64 = {name: _error_stats(v, anchor, relevant) for name, v in merged.items()}
+    by_scale = {name: _by_scale(v, anchor, relevant) for name, v in merged.items()}
+    pairs = {f"{a} / {b}": _error_stats(merged[a], merged[b], relevant) for a, b in combinations(merged, 2)}
     return {
         "model": "official configuration, golden weights" if args.golden else str(args.checkpoint or "embedded"),
         "images": [p.name for p in images], "cpu": cpu_description(), "threads": args.threads,
@@ -234,9 +180,6 @@ def to_markdown(r: dict) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--worker"]:
-        worker(*argv[1:3])
-        return 0
     p = argparse.ArgumentParser(prog="python -m benchmarks.sigma_agreement", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", required=True, help="folder of images (e.g. Kodak)")

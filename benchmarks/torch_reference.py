@@ -33,6 +33,7 @@ from runtime.errors import BackendUnavailableError
 from runtime.geometry import z_shape_for
 from runtime.imaging import crop_to_uint8, load_image, pad_image
 from runtime.manifest import sha256_file
+from runtime.portable import DEFAULT_MARGIN
 from runtime.timing import timed
 
 # compressai's RansDecoder reads its stream without bounds checks. A decoder
@@ -131,6 +132,9 @@ class TorchReference:
         self.model = load_checkpoint(self.checkpoint).to(self.device)
         self.compiled = compile_model(self.model) if compile else []
         self.preset = getattr(self.model, "preset", None)
+        # The margin of its portable files: the embedded model's until a
+        # bundle of this model (`check_matches`) gives the one measured for it.
+        self.margin = DEFAULT_MARGIN
         self.last_timings: dict[str, float] = {}
 
     @property
@@ -142,7 +146,8 @@ class TorchReference:
 
     def check_matches(self, manifest) -> str | None:
         """Refuse a bundle exported from another model; return a note when the
-        bundle does not record its source checkpoint (weights unverifiable)."""
+        bundle does not record its source checkpoint (weights unverifiable).
+        A matching bundle's measured margin becomes this encoder's."""
         if manifest.model.get("config") != self.config:
             differing = sorted(k for k in self.config if manifest.model["config"].get(k) != self.config[k])
             raise ReferenceMismatchError(
@@ -150,15 +155,16 @@ class TorchReference:
                 f"bundle (preset {manifest.model.get('preset')}; fields {', '.join(differing)} differ): "
                 f"pass the bundle's checkpoint with --checkpoint, or leave torch out of --backends")
         recorded = manifest.source_checkpoint_sha256
-        if recorded is None:
-            return (f"bundle (preset {manifest.model.get('preset')}) records no source checkpoint: "
-                    f"the PyTorch reference ({self.checkpoint.name}) has its configuration, but its weights "
-                    f"cannot be verified")
-        if recorded != self.sha256():
+        if recorded is not None and recorded != self.sha256():
             raise ReferenceMismatchError(
                 f"checkpoint {self.checkpoint} is not the one the bundle was exported from "
                 f"(sha256 {self.sha256()[:16]}, the bundle records {recorded[:16]}): pass that file with "
                 f"--checkpoint, or leave torch out of --backends")
+        self.margin = manifest.portable_margin
+        if recorded is None:
+            return (f"bundle (preset {manifest.model.get('preset')}) records no source checkpoint: "
+                    f"the PyTorch reference ({self.checkpoint.name}) has its configuration, but its weights "
+                    f"cannot be verified")
         return None
 
     @contextlib.contextmanager
@@ -218,7 +224,7 @@ class TorchReference:
         if self.device.type == "cpu":
             with timed("side_stream"):
                 data = pack_portable(model, height, width, z_strings[0], y_string,
-                                     torch.cat(scale_maps, 1).float().cpu().numpy(), index_map)
+                                     torch.cat(scale_maps, 1).float().cpu().numpy(), index_map, self.margin)
         else:  # no measured scale error bound on a GPU: upstream's format, for this setup only
             data = pack_bin(height, width, y_string, z_strings[0])
         self.last_timings["total"] = time.perf_counter() - started

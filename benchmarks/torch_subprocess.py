@@ -76,7 +76,8 @@ class _RemoteReference:
         self.checkpoint = Path(checkpoint)
 
     def check_matches(self, manifest) -> str | None:
-        light = SimpleNamespace(model=manifest.model, source_checkpoint_sha256=manifest.source_checkpoint_sha256)
+        light = SimpleNamespace(model=manifest.model, source_checkpoint_sha256=manifest.source_checkpoint_sha256,
+                                portable_margin=manifest.portable_margin)
         return self._coder._call("check_matches", light)
 
 

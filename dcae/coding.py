@@ -77,7 +77,10 @@ def scale_thresholds(model: DCAE) -> Thresholds:
 
 def compress_image(model: DCAE, image, format: str = "bin", margin: float = DEFAULT_MARGIN) -> bytes:
     """Image -> upstream `.bin` bytes, or a portable `.dcae` with `format="dcae"`
-    whose side stream covers decoders within `margin` (natural log) of these scales."""
+    whose side stream covers decoders within `margin` (natural log) of these
+    scales. The default is the embedded model's; another model's is measured
+    when it is exported (its bundle's `Manifest.portable_margin`, from
+    `exporter.portable_margin`)."""
     return encode_image(model, image, format, margin)[0]
 
 
@@ -156,7 +159,7 @@ def decode_dcae(model: DCAE, data: bytes, timer=None) -> tuple[np.ndarray, np.nd
         indexes = build_indexes(scales, table, bound)
         lo, hi = np.searchsorted(side.positions, [i * slice_size, (i + 1) * slice_size])
         apply_side_stream(scales, indexes, side.positions[lo:hi] - i * slice_size, side.bits[lo:hi],
-                          thresholds, header.margin, error_bound)
+                          thresholds, header.margin)
         symbols.append(decoder.decode(indexes.reshape(-1), *tables))
         return torch.from_numpy(symbols[-1])
 

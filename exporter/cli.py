@@ -32,6 +32,8 @@ def _cache_dir_argument(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from runtime.portable import DEFAULT_MARGIN, MARGIN_HEADROOM
+
     # Paths are made absolute where they are parsed, so that what the bundle's
     # int8 report records (the calibration folder) names the same place from
     # anywhere.
@@ -79,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "dequantised as float kernels: slower than fp32)")
     p.add_argument("--tensorrt", action="store_true",
                    help="also build TensorRT engines (needs TensorRT and a CUDA GPU)")
+    p.add_argument("--margin-images", metavar="DIR", default=None,
+                   help="images to measure the portable margin on (default: the export's check image): how "
+                        "far the model's scales differ between the reference (default and AVX2 kernels), "
+                        f"onnxruntime and OpenVINO; the bundle's portable files get {MARGIN_HEADROOM:g}x that, "
+                        f"at least {DEFAULT_MARGIN:g} (exporter.portable_margin)")
+    p.add_argument("--no-margin-measure", action="store_true",
+                   help=f"skip that measurement: portable files then get the embedded model's margin, "
+                        f"{DEFAULT_MARGIN:g}, which other models' setups may not keep within (their files are then refused, "
+                        "never decoded wrongly)")
     p.add_argument("--quiet", action="store_true", help="print only errors")
     return p
 
@@ -124,10 +135,12 @@ def _export(args, say) -> int:
         say(f"model: preset {model.preset}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
         if args.precision == "int8":
             quantize = _int8_quantizer(model, args, say)
+        margin_images = _margin_images(args.margin_images) if args.margin_images else None
         manifest, reports = export_bundle(
             model, args.output, precision=args.precision, entropy_precision=args.entropy_precision,
             opset=args.opset, source_checkpoint=source, preset=model.preset, threads=args.threads,
-            progress=say, quantize=quantize, winograd=args.winograd)
+            progress=say, quantize=quantize, winograd=args.winograd,
+            measure_margin=not args.no_margin_measure, margin_images=margin_images)
     except (CheckpointError, ExportError, DcaeError, OSError, ValueError) as exc:
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     say(summary_table(reports))
@@ -163,6 +176,20 @@ def _int8_quantizer(model, args, say):
                                crop_size=check_crop_size(args.calib_crop), cache_dir=cache_dir,
                                progress=None if args.quiet else say, threads=args.threads or 1,
                                target=args.int8_target)
+
+
+def _margin_images(folder: str) -> list:
+    from runtime.errors import BadInputError
+    from runtime.imaging import load_image
+    from runtime.inputs import IMAGE_SUFFIXES
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise BadInputError(f"--margin-images: {folder} is not a directory")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise BadInputError(f"--margin-images: no images in {folder}")
+    return [load_image(p) for p in files]
 
 
 def quiet_library_warnings() -> None:

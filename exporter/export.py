@@ -189,7 +189,8 @@ def _tensor_specs(defn: GraphDefinition, names: list[str]) -> list[TensorSpec]:
 def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", entropy_precision: str = "fp32",
                   opset: int = DEFAULT_OPSET, source_checkpoint: str | Path | None = None,
                   preset: str | None = None, check_image=None, threads: int | None = None,
-                  progress=print, quantize=None, winograd: bool = True) -> tuple[Manifest, list[GraphReport]]:
+                  progress=print, quantize=None, winograd: bool = True, measure_margin: bool = True,
+                  margin_images: list[np.ndarray] | None = None) -> tuple[Manifest, list[GraphReport]]:
     """Write a bundle to `out_dir` (created; must not exist or be empty).
 
     `quantize(name, fp32_path, out_path)` is called for graphs whose policy is
@@ -197,7 +198,10 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
     `report_json()`, that is stored in the bundle as int8_report.json. The bundle is built in a
     temporary sibling directory and renamed into place, so a failed export
     leaves nothing behind. `winograd=False` keeps the fp32 entropy graphs'
-    wide convs plain (exporter.winograd)."""
+    wide convs plain (exporter.winograd). With `measure_margin` (and fp32
+    entropy graphs), how far the model's scales differ between the setups that
+    run here is measured on `margin_images` (default: the check image) and
+    recorded with the default portable margin it gives (exporter.portable_margin)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"output directory {out_dir} exists and is not empty")
@@ -262,6 +266,19 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
             manifest.entropy_model_fingerprint = entropy_model_fingerprint(model).hex()
         manifest.validate()
         manifest.write(staging)
+        if measure_margin and not manifest.reduced_precision_entropy:
+            from .portable_margin import measure
+
+            images = margin_images if margin_images is not None else _check_images(check_image)[-1:]
+            manifest.portable = measure(model, staging, images, threads or 1, checkpoint=source_checkpoint,
+                                        progress=progress)
+            found = manifest.portable["measurement"]
+            progress(f"portable margin: setups differ by up to {found['largest_difference']:.2e} (ln, "
+                     f"{found['largest_pair']}): " + (f"files get margin {manifest.portable['margin']:g}"
+                                                      if "margin" in manifest.portable else
+                                                      "no margin covers that; files are refused elsewhere"))
+            manifest.validate()
+            manifest.write(staging)
         (staging / "export_report.json").write_text(json.dumps(
             {"peak_rss_mb": peak_rss_mb(), "check_sizes": CHECK_SIZES, "winograd": winograd,
              "graphs": [r.__dict__ for r in reports],

@@ -18,9 +18,10 @@ graph's precision.
 `numeric_class` names the arithmetic a backend does. It goes into the
 fingerprint of files written for one setup only (reduced-precision entropy
 graphs, `--not-portable`). `sigma_error_bound` states how far the backend's
-fp32 scales stay from a float64 evaluation: with it, the backend writes and
-reads portable files (`runtime.portable`), which any other such setup decodes,
-also across CPU families; without it (never measured) it reads none.
+fp32 scales stay from a float64 evaluation on the embedded model, a floor for
+any model (each model's margin is measured at export: `runtime.portable`): with
+it, the backend writes and reads portable files, which any other such setup
+decodes, also across CPU families; without it (never measured) it reads none.
 """
 from __future__ import annotations
 
@@ -92,8 +93,9 @@ class Backend(ABC):
     name: str = ""
     numeric_class: str = ""
     # The largest |ln sigma - ln sigma_float64| this backend's fp32 entropy
-    # graphs give (a measured bound): it reads portable files whose margin is
-    # at least twice this. None: not measured, so no portable files.
+    # graphs give on the embedded model (a measured floor; other models stray
+    # farther): it reads portable files whose margin is at least twice this.
+    # None: not measured, so no portable files.
     sigma_error_bound: float | None = None
 
     def __init__(self) -> None:

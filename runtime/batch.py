@@ -33,7 +33,7 @@ from pathlib import Path
 from .errors import BadInputError, DcaeError
 from .filejobs import FAILED, NOT_RUN, OK, SKIPPED, FileJob, code_one, expected_header_fields, one_line
 from .inputs import CODED_SUFFIXES, IMAGE_SUFFIXES, expand_inputs, plan_outputs, read_path_list
-from .portable import DEFAULT_MARGIN, margin_covers
+from .portable import MODEL_MARGIN, margin_covers
 
 RAY_INSTALL_HINT = "pip install 'dcae-deploy[ray]' (in a source checkout: pip install -e '.[ray]')"
 RESULTS_NAME = "results.jsonl"
@@ -167,10 +167,11 @@ def _check_setup(job: FileJob):
     unavailable backend or a margin the backend cannot honour is one error
     before any actor starts, not one per input."""
     codec = job.open_codec()
-    if job.mode == "compress" and job.margin is not None and codec.portable:
+    margin = codec.resolve_margin(job.margin)
+    if job.mode == "compress" and margin is not None and codec.portable:
         bound = codec.backend.sigma_error_bound
-        if not margin_covers(job.margin, bound):
-            raise BadInputError(f"margin {job.margin:g} is under twice the {codec.backend.name} backend's "
+        if not margin_covers(margin, bound):
+            raise BadInputError(f"margin {margin:g} is under twice the {codec.backend.name} backend's "
                                 f"scale error bound ({bound:g})")
     return codec
 
@@ -204,7 +205,7 @@ def _parse_workers(workers, cluster_cpus: float, threads: int) -> tuple[int, int
 
 def run_batch(mode: str, sources: list[str], output_dir: str, *, files_from: list[str] = (),
               bundle: str, backend: str = "onnxruntime", threads: int = 1, workers=None,
-              margin: float | None = DEFAULT_MARGIN, force: bool = False, redo: bool = False,
+              margin: float | str | None = MODEL_MARGIN, force: bool = False, redo: bool = False,
               results: str | None = None, address: str | None = None, num_cpus: int | None = None,
               worker_memory: float | None = None, progress=None) -> BatchSummary:
     """Code every input to `output_dir` on Ray actors; the summary.

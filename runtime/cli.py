@@ -21,7 +21,7 @@ from .fileio import absolute_path
 from .filejobs import one_line as _one_line, os_error_message as _os_error_message
 from .inputs import CODED_SUFFIXES, IMAGE_SUFFIXES, UsageError as _UsageError
 from .inputs import expand_inputs as _expand_inputs, plan_outputs as _plan_outputs
-from .portable import DEFAULT_MARGIN, MAX_MARGIN, check_margin
+from .portable import DEFAULT_MARGIN, MAX_MARGIN, MODEL_MARGIN, check_margin
 
 DESCRIPTION = """\
 Learned image compression with DCAE, running an exported bundle (ONNX graphs
@@ -39,7 +39,9 @@ reference extra (pip install dcae-deploy[reference]).
 """
 
 
-def _margin(text: str) -> float:
+def _margin(text: str) -> float | str:
+    if text == MODEL_MARGIN:  # argparse passes a string default through the type too
+        return MODEL_MARGIN
     try:
         return check_margin(float(text))
     except (ValueError, BadInputError) as exc:
@@ -148,7 +150,7 @@ def _batch(args) -> int:
     summary = run_batch(
         args.batch_command, args.inputs, args.output, files_from=args.files_from or (), bundle=bundle,
         backend=args.backend, threads=args.threads, workers=args.workers,
-        margin=None if getattr(args, "not_portable", False) else getattr(args, "margin", DEFAULT_MARGIN),
+        margin=None if getattr(args, "not_portable", False) else getattr(args, "margin", MODEL_MARGIN),
         force=getattr(args, "force", False), redo=args.redo, results=args.results, address=args.address,
         num_cpus=args.cpus, worker_memory=args.worker_memory and int(args.worker_memory * 2**30),
         progress=print_progress_factory(sys.stderr))
@@ -283,10 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("inputs", nargs="+", metavar="IN",
                           help="image files, directories (every image directly inside) or quoted globs")
     _add_codec_options(compress)
-    compress.add_argument("--margin", type=_margin, default=DEFAULT_MARGIN, metavar="DELTA",
-                          help=f"portable files decode on every setup whose scales are within DELTA (natural "
-                               f"log) of this encoder's; larger costs more bytes (default: {DEFAULT_MARGIN:g}, "
-                               f"at most {MAX_MARGIN:g})")
+    compress.add_argument("--margin", type=_margin, default=MODEL_MARGIN, metavar="DELTA",
+                          help=f"portable files decode on every setup whose scales differ from this encoder's "
+                               f"by less than DELTA (natural log); larger costs more bytes (default: the margin "
+                               f"measured for the model when its bundle was exported, {DEFAULT_MARGIN:g} for "
+                               f"the embedded model and bundles that record none; at most {MAX_MARGIN:g})")
     compress.add_argument("--not-portable", action="store_true",
                           help="write a file that only this bundle and backend decode (no side stream)")
     compress.set_defaults(run=_compress)
@@ -332,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compress images to .dcae files on a pool of Ray actors: the same files, bytes and names "
                     "as `dcae compress`. " + BATCH_CONTRACT)
     _add_batch_options(batch_compress, "image files, directories (every image directly inside) or quoted globs")
-    batch_compress.add_argument("--margin", type=_margin, default=DEFAULT_MARGIN, metavar="DELTA",
-                                help=f"as for dcae compress (default: {DEFAULT_MARGIN:g})")
+    batch_compress.add_argument("--margin", type=_margin, default=MODEL_MARGIN, metavar="DELTA",
+                                help="as for dcae compress (default: the margin measured for the model)")
     batch_compress.add_argument("--not-portable", action="store_true",
                                 help="as for dcae compress: files for this bundle and backend only")
     batch_decompress = batch_commands.add_parser(

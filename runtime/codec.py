@@ -41,7 +41,7 @@ from .bundle import Bundle
 from .container import DcaeHeader, pack, sniff, unpack, unpack_bin
 from .entropy import build_indexes, compress_z, decompress_z, dequantize, quantize_symbols
 from .errors import BadInputError, CorruptStreamError, FingerprintMismatchError
-from .portable import (DEFAULT_MARGIN, Thresholds, apply_side_stream, decode_side_stream, encode_side_stream,
+from .portable import (MODEL_MARGIN, Thresholds, apply_side_stream, decode_side_stream, encode_side_stream,
                        margin_covers, mark)
 from .geometry import Y_DOWNSAMPLE, check_dimensions, padded_size, z_shape_for
 from .imaging import crop_to_uint8, load_image, pad_image
@@ -176,13 +176,19 @@ class Codec:
                 f"margin {margin:g} is under twice the {self.backend.name} backend's scale error bound "
                 f"({bound:g}): its scales could cross an index boundary the encoder did not list")
 
-    def encode(self, image, margin: float | None = DEFAULT_MARGIN) -> EncodeResult:
+    def resolve_margin(self, margin: float | str | None) -> float | None:
+        """`MODEL_MARGIN` -> the margin measured for this bundle's model."""
+        return self.manifest.portable_margin if margin == MODEL_MARGIN else margin
+
+    def encode(self, image, margin: float | str | None = MODEL_MARGIN) -> EncodeResult:
         """Image (path, PIL image or array) -> `.dcae` bytes and the encoder's latents.
 
         The file is portable, with a side stream for decoders within `margin`
         (natural log) of this encoder's scales, when the bundle's entropy path
-        is fp32 and the backend states its error bound; `margin=None` writes a
-        file for this setup only."""
+        is fp32 and the backend states its error bound (`MODEL_MARGIN`: the
+        margin measured for the model at export); `margin=None` writes a file
+        for this setup only."""
+        margin = self.resolve_margin(margin)
         self.last_timings = {}
         self.backend.clear_timings()
         started = time.perf_counter()
@@ -239,7 +245,7 @@ class Codec:
         return EncodeResult(data, y_stream, z_stream, height, width, y_hat, indexes, symbols, z_symbols,
                             slice_scales, side)
 
-    def compress(self, image, margin: float | None = DEFAULT_MARGIN) -> bytes:
+    def compress(self, image, margin: float | str | None = MODEL_MARGIN) -> bytes:
         """Image -> `.dcae` bytes (portable where the setup allows: see `encode`)."""
         return self.encode(image, margin).data
 
@@ -292,7 +298,7 @@ class Codec:
             if margin:
                 lo, hi = np.searchsorted(marked.positions, [i * slice_size, (i + 1) * slice_size])
                 apply_side_stream(scale, index, marked.positions[lo:hi] - i * slice_size, marked.bits[lo:hi],
-                                  self.thresholds, margin, self.backend.sigma_error_bound)
+                                  self.thresholds, margin)
             symbols.append(decoder.decode(index.reshape(-1), *tables.gaussian))
             return symbols[-1]
 

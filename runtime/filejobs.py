@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import DcaeError
 from .fileio import write_atomically, writing_to
-from .portable import DEFAULT_MARGIN
+from .portable import MODEL_MARGIN
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -32,7 +32,7 @@ def os_error_message(exc: OSError) -> str:
     return f"{reason}: {exc.filename}" if exc.filename else reason
 
 
-def compress_file(codec, source: Path, target: Path, margin: float | None = DEFAULT_MARGIN):
+def compress_file(codec, source: Path, target: Path, margin: float | str | None = MODEL_MARGIN):
     """Image file -> `.dcae` file (written atomically); the `EncodeResult`."""
     result = codec.encode(source, margin)
     with writing_to(target):
@@ -56,11 +56,12 @@ class InvalidOutput(Exception):
     """An existing output that must be written again; the message says why."""
 
 
-def expected_header_fields(codec, margin: float | None) -> dict:
+def expected_header_fields(codec, margin: float | str | None) -> dict:
     """The header fields (besides the image size) of the files `codec` writes
     with `margin`, exactly as `Codec.encode` chooses them."""
     from .container import FORMAT_VERSION, DcaeHeader
 
+    margin = codec.resolve_margin(margin)
     if margin is not None and codec.portable:
         header = DcaeHeader(1, 1, codec.model_fingerprint, margin=margin)
     else:
@@ -147,7 +148,7 @@ class FileJob:
     bundle: str  # an absolute path
     backend: str = "onnxruntime"
     threads: int | None = 1
-    margin: float | None = DEFAULT_MARGIN  # compress: None writes files that are not portable
+    margin: float | str | None = MODEL_MARGIN  # compress: None writes files that are not portable
     force: bool = False  # decompress: try files of another setup
     redo: bool = False  # code every input again, even where a valid output exists
 

@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import BundleError
+from .portable import DEFAULT_MARGIN, MAX_MARGIN
 
 BUNDLE_FORMAT = "dcae-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -140,6 +141,16 @@ class Manifest:
     # fingerprint of portable `.dcae` files. Empty for bundles whose entropy
     # graphs are not fp32, which write files for their own setup only.
     entropy_model_fingerprint: str = ""
+    # How far this model's scales differ between the setups that ran at
+    # export, and the margin portable files get by default from it:
+    # {"margin": float, "measurement": {...}} (`exporter.portable_margin`).
+    # Empty: not measured; encoders then use `runtime.portable.DEFAULT_MARGIN`.
+    portable: dict = field(default_factory=dict)
+
+    @property
+    def portable_margin(self) -> float:
+        """The margin portable files of this bundle's model get by default."""
+        return float(self.portable.get("margin", DEFAULT_MARGIN))
 
     @property
     def num_slices(self) -> int:
@@ -194,6 +205,12 @@ class Manifest:
                 raise BundleError(f"graph {g.name} has unknown precision {g.precision!r}")
         if self.entropy_fingerprint != self.compute_entropy_fingerprint():
             raise BundleError("manifest entropy fingerprint does not match its graphs and tables")
+        if not isinstance(self.portable, dict):
+            raise BundleError("manifest portable record is not an object")
+        if "margin" in self.portable:
+            margin = self.portable["margin"]
+            if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin <= MAX_MARGIN:
+                raise BundleError(f"manifest portable margin must be a number in (0, {MAX_MARGIN}], got {margin!r}")
 
     def write(self, bundle_dir: str | Path) -> None:
         from .fileio import write_atomically

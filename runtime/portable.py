@@ -23,12 +23,20 @@ Side stream bytes (empty when nothing is marked):
                 then the side bit; most significant bit of a byte first;
                 zero padding to the byte; nothing after it.
 
-Each backend declares `sigma_error_bound`: how far (|ln|) its fp32 scales
-stay from a float64 evaluation of the same graphs (measured, see the
-backends). Two setups then differ by at most the sum of their bounds, so a
-file's margin must be at least twice a decoder's bound, and the decoder
-checks, for every element, that its own scales agree with the side stream
-(`apply_side_stream`): a damaged side stream or a backend outside its bound is
+A file with margin delta is for setups whose |ln s - ln s_float64| stays
+under delta / 2: any two of them differ by less than delta. How far a setup's
+scales stray depends on the backend AND on the model (an error about constant
+in s, large in ln at small scales, with some weights), so the margin a bundle's
+encoders write by default is measured per model when it is exported
+(`exporter.portable_margin`, recorded in the manifest) as four times the
+largest difference between the setups that run there; `DEFAULT_MARGIN` is the
+one measured for the embedded model, and the default for bundles that record
+none. Each backend also declares `sigma_error_bound`, the error its fp32
+arithmetic gives on the embedded model: a floor (no model does better), so a
+decoder refuses files whose margin is under twice it, and states no bound
+(reads no portable file) where it was never measured. The decoder checks, for
+every element, that its own scales agree with the side stream within delta / 2
+(`apply_side_stream`): a damaged side stream or a setup outside the margin is
 an error, not noise. The rANS end-of-stream check stays as the backstop.
 """
 from __future__ import annotations
@@ -45,19 +53,25 @@ from .errors import BadInputError, CorruptStreamError, DesyncError
 # below the table's spacing (ln(256 / 0.11) / 63 = 0.123), so the nearest
 # critical value of a marked element is never in doubt.
 MAX_MARGIN = 0.01
-# Default margin: over 4x the largest |ln s' - ln s| measured between two fp32
+# Default margin, for the embedded model and for bundles that record no
+# measured one: over 4x the largest |ln s' - ln s| measured between two fp32
 # setups near an index boundary (5.81e-6, onnxruntime against OpenVINO; 5.37e-6
 # between the reference's AVX-512 and AVX2 kernels; embedded model, 24 Kodak
 # images: benchmarks/results/sigma_agreement.md, from
 # `python -m benchmarks.sigma_agreement`). It lists about 3.6e-4 of the y
-# elements, ~0.6 % of the file. The official configuration with the golden
-# weights differs by up to 3.1e-4 between setups, which this margin and the
-# backends' bounds do not cover (its files are refused elsewhere):
-# docs/portable.md.
+# elements, ~0.6 % of the file. Other models measure their own at export: the
+# official configuration with the golden weights differs by up to 3.1e-4
+# between setups (docs/portable.md).
 DEFAULT_MARGIN = 2.4e-5
+# Stands for "the margin measured for the model" (a bundle's manifest,
+# `DEFAULT_MARGIN` where it records none) wherever a margin is passed.
+MODEL_MARGIN = "model"
 MAX_RICE_PARAMETER = 30
 _COUNT = struct.Struct("<I")
 SIDE_HEADER_SIZE = 1 + _COUNT.size
+# A measured margin is this many times the largest difference measured
+# between two setups.
+MARGIN_HEADROOM = 4.0
 
 # Decoder kernel status codes.
 _OK = 0
@@ -84,6 +98,18 @@ def check_margin(margin: float) -> float:
     if not (0.0 < margin <= MAX_MARGIN):  # also refuses NaN
         raise BadInputError(f"portable margin must be in (0, {MAX_MARGIN}], got {margin}")
     return margin
+
+
+def margin_for(largest_difference: float) -> float:
+    """The margin for a model whose setups' scales differ by at most
+    `largest_difference` (|ln|, measured): `MARGIN_HEADROOM` times that, never
+    under `DEFAULT_MARGIN`, rounded up to two significant digits."""
+    wanted = max(DEFAULT_MARGIN, MARGIN_HEADROOM * float(largest_difference))
+    if not np.isfinite(wanted) or wanted > MAX_MARGIN:
+        raise BadInputError(f"this model's setups differ by up to {largest_difference:.3g} (ln) in their "
+                            f"scales: no portable margin up to {MAX_MARGIN} covers that {MARGIN_HEADROOM:g} times")
+    digits = 10.0 ** (np.floor(np.log10(wanted)) - 1)
+    return min(MAX_MARGIN, float(f"{np.ceil(wanted / digits * (1 - 1e-9)) * digits:.2g}"))
 
 
 @dataclass(frozen=True)
@@ -140,7 +166,7 @@ def mark(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresholds, margin
 
 
 def apply_side_stream(scales: np.ndarray, indexes: np.ndarray, positions: np.ndarray, bits: np.ndarray,
-                      thresholds: Thresholds, margin: float, error_bound: float) -> None:
+                      thresholds: Thresholds, margin: float) -> None:
     """Give the listed elements the encoder's index, in place, and check every
     element against the margin (`positions` are offsets in the flattened
     `scales`)."""
@@ -148,15 +174,19 @@ def apply_side_stream(scales: np.ndarray, indexes: np.ndarray, positions: np.nda
     nearest, distance = thresholds.nearest(scales)
     marked = np.zeros(distance.shape, bool)
     marked[positions] = True
-    # A listed element was within `margin` of its critical value for the
-    # encoder, so it is within margin + bound for this decoder; an unlisted one
-    # was farther than `margin`, so it is farther than margin - bound here.
-    if np.any(distance[marked] > margin + error_bound):
+    # The file is for setups within margin / 2 of float64: a listed element was
+    # within `margin` of its critical value for the encoder, so it is within
+    # 1.5 margin for this decoder; an unlisted one was farther than `margin`,
+    # so it is farther than margin / 2 here.
+    tolerance = margin / 2
+    if np.any(distance[marked] > margin + tolerance):
         raise MarginError("decoder's scales differ from the encoder's by more than the file's margin "
-                          f"({margin:g}) at a listed element: wrong model, damaged file or backend out of bounds")
-    if np.any(distance[~marked] < margin - error_bound):
+                          f"({margin:g}) at a listed element: wrong model, damaged file or a setup outside "
+                          "the margin")
+    if np.any(distance[~marked] < margin - tolerance):
         raise MarginError("decoder's scales lie closer to an index boundary than the encoder allowed for "
-                          f"(margin {margin:g}) at an unlisted element: damaged side stream or backend out of bounds")
+                          f"(margin {margin:g}) at an unlisted element: damaged side stream or a setup "
+                          "outside the margin")
     k = nearest[positions]
     flat[positions] = np.where(bits.astype(bool), thresholds.above[k], thresholds.below[k])
 

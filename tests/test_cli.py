@@ -18,7 +18,8 @@ from PIL import Image
 
 from runtime import cli, default_bundle
 from runtime.container import unpack
-from runtime.portable import DEFAULT_MARGIN, decode_side_stream
+from runtime.manifest import Manifest
+from runtime.portable import decode_side_stream
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -115,7 +116,7 @@ def test_relative_paths_from_another_directory(capsys, tmp_path, monkeypatch, im
     assert (json.loads(out)["height"], json.loads(out)["width"]) == (40, 60)
 
 
-def test_inspect(capsys, coded):
+def test_inspect(capsys, coded, tiny_bundle):
     code, out, err = run_cli(capsys, "inspect", coded)
     assert code == 0, err
     assert "40x60" in out and "fingerprint" in out and "sha256" in out
@@ -124,7 +125,8 @@ def test_inspect(capsys, coded):
     info = json.loads(out)
     parsed = unpack(coded.read_bytes())
     assert info["format"] == "dcae" and info["version"] == 2 and info["flags"] == 2 and info["portable"]
-    assert info["margin"] == pytest.approx(DEFAULT_MARGIN) and info["side_bytes"] == len(parsed.side)
+    assert info["margin"] == pytest.approx(Manifest.read(tiny_bundle).portable_margin)
+    assert info["side_bytes"] == len(parsed.side)
     listed = decode_side_stream(parsed.side, 2**31 - 1).positions.size if parsed.side else 0
     assert info["side_marked"] == listed
     assert (info["height"], info["width"], info["padded_height"], info["padded_width"]) == (40, 60, 256, 256)

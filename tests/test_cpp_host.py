@@ -26,6 +26,7 @@ from runtime.container import unpack
 from runtime.entropy import build_indexes
 from runtime.errors import DcaeError
 from runtime.imaging import load_image
+from runtime.portable import margin_for
 from runtime.rans import RansStreamDecoder, encode_with_indexes
 from tests.fuzzing import mutations
 
@@ -379,6 +380,38 @@ def test_round_trip_is_exact_and_computes_the_python_openvino_backends_bits(host
     assert np.array_equal(_read_png(tmp_path / "x.png"), openvino_codec.decompress(encoded.data))
 
 
+def test_both_hosts_write_the_margin_measured_for_the_model(host, tiny_bundle, kodak_crop, tmp_path):
+    """The export measured how far the model's scales differ between setups and
+    recorded 4x that (at least the default) as the bundle's margin; both hosts'
+    encoders write the bundle's margin by default, to the same bytes."""
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    measured = manifest["portable"]["measurement"]
+    assert {"torch", "torch-avx2", "onnxruntime", "openvino"} <= set(measured["setups"])
+    assert 0 < measured["largest_difference"] == max(measured["pairs"].values())
+    assert manifest["portable"]["margin"] == margin_for(measured["largest_difference"])
+
+    wide = tmp_path / "wide"
+    shutil.copytree(tiny_bundle, wide)
+    manifest["portable"]["margin"] = 3e-4
+    (wide / "manifest.json").write_text(json.dumps(manifest))
+    pixels = kodak_crop("kodim21", 80, 120, top=300, left=200)
+    image = _write_png(tmp_path / "in.png", pixels)
+    sides = {}
+    for name, bundle in (("measured", tiny_bundle), ("wide", wide)):
+        done = run(host, "compress", "-b", bundle, image, "-o", tmp_path / f"{name}.dcae", "--threads", 2, "--json")
+        assert done.returncode == 0, done.stderr
+        data = (tmp_path / f"{name}.dcae").read_bytes()
+        assert data == Codec(bundle, backend="openvino", threads=2).encode(pixels).data
+        header = unpack(data).header
+        assert header.margin == np.float32(3e-4 if name == "wide" else manifest_margin(tiny_bundle))
+        sides[name] = json.loads(done.stdout)["marked"]
+    assert sides["wide"] > sides["measured"]
+
+
+def manifest_margin(bundle: Path) -> float:
+    return json.loads((bundle / "manifest.json").read_text())["portable"]["margin"]
+
+
 def test_bf16_encoder_files_decode_exactly_on_the_f32_decoder(host, tiny_bundle, kodak_crop, tmp_path):
     """openvino-bf16 runs g_a, h_a and g_s in bf16 and the entropy graphs in
     f32: same numeric class, so f32 decodes its files symbol for symbol."""
@@ -482,6 +515,8 @@ def test_missing_or_damaged_bundles_are_one_line_errors(host, tiny_bundle, kodak
             b, lambda m: m["graphs"][0].update(file="../g_a.onnx"))), "not a file in the bundle"),
         "wrong fingerprint": (damaged("b7", lambda b: rewrite_manifest(
             b, lambda m: m.update(entropy_fingerprint="0" * 64))), "fingerprint"),
+        "absurd margin": (damaged("b8", lambda b: rewrite_manifest(
+            b, lambda m: m.update(portable={"margin": 0.5}))), "portable margin"),
     }
     for name, (bundle, words) in bundles.items():
         assert_refused(run(host, "compress", "-b", bundle, image, "-o", out / "x.dcae"), words)

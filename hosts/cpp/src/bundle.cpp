@@ -6,6 +6,8 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "container.hpp"
+#include "dcae/codec.hpp"
 #include "errors.hpp"
 #include "fileio.hpp"
 #include "hashing.hpp"
@@ -121,6 +123,14 @@ void read_manifest(const std::string& path, Bundle* bundle, std::string* entropy
     bundle->entropy_fingerprint = d.at("entropy_fingerprint").get<std::string>();
     if (d.contains("entropy_model_fingerprint") && !d.at("entropy_model_fingerprint").is_null())
       bundle->entropy_model_fingerprint = d.at("entropy_model_fingerprint").get<std::string>();
+    bundle->portable_margin = kDefaultPortableMargin;
+    if (d.contains("portable") && d.at("portable").contains("margin")) {
+      const json& margin = d.at("portable").at("margin");
+      // As a file stores it (float32), which is what the container checks.
+      if (!margin.is_number() || !(margin.get<float>() > 0.0f && margin.get<float>() <= kMaxPortableMargin))
+        refuse("manifest portable margin must be a number in (0, 0.01], got " + margin.dump());
+      bundle->portable_margin = margin.get<double>();
+    }
   } catch (const json::exception& e) {
     refuse(std::string(kManifestName) + " is missing or has malformed fields (" + e.what() + ")");
   }

@@ -36,6 +36,9 @@ struct Bundle {
   std::string entropy_fingerprint;        // manifest field, hex
   std::string entropy_model_fingerprint;  // manifest field, 32 hex chars; empty in older bundles
   bool reduced_precision_entropy = false;
+  // The margin portable files of this model get by default: manifest
+  // "portable"."margin", measured at export (exporter.portable_margin).
+  double portable_margin = 0.0;
   ScaleTable scale_table;
   CdfTables gaussian;
   ZTables z;

@@ -217,7 +217,7 @@ struct Codec::Impl {
   // The margin as the file stores it (float32), which is what the encoder
   // marks with and every decoder reads.
   float portable_margin() const {
-    const float margin = static_cast<float>(options.margin);
+    const float margin = static_cast<float>(options.margin == 0.0 ? bundle.portable_margin : options.margin);
     if (!(margin > 0.0f && margin <= kMaxPortableMargin))
       fail(ErrorKind::bad_input, "portable margin must be in (0, 0.01], got " + std::to_string(options.margin));
     const double bound = backend->scale_error_bound();
@@ -351,8 +351,7 @@ struct Codec::Impl {
       const size_t block = g.slice_size();
       build_indexes(scale, block, bundle.scale_table, indexes.data());
       if (streams.portable)
-        apply_side_info(scale, indexes.data(), block, offset, streams.margin, backend->scale_error_bound(), critical,
-                        streams.side, &side_cursor);
+        apply_side_info(scale, indexes.data(), block, offset, streams.margin, critical, streams.side, &side_cursor);
       decoder.decode(indexes.data(), block, bundle.gaussian, result.symbols.data() + offset);
       dequantize(result.symbols.data() + offset, mu, block, y_hat_raw);
     });

@@ -186,8 +186,10 @@ SideInfo decode_side_stream(const uint8_t* data, size_t size, uint64_t latent_si
 }
 
 void apply_side_info(const float* scales, int32_t* indexes, size_t count, uint64_t base, double margin,
-                     double decoder_error_bound, const CriticalValues& critical, const SideInfo& side,
-                     size_t* cursor) {
+                     const CriticalValues& critical, const SideInfo& side, size_t* cursor) {
+  // The file is for setups within margin / 2 of float64 (runtime.portable):
+  // two of them differ by less than the margin.
+  const double tolerance = margin / 2;
   size_t& at = *cursor;
   for (size_t i = 0; i < count; ++i) {
     const float s = scales[i];
@@ -197,18 +199,18 @@ void apply_side_info(const float* scales, int32_t* indexes, size_t count, uint64
         fail(ErrorKind::desync, "decoder's scale at marked position " + std::to_string(base + i) +
                                     " is not a positive number: scale outside the file's margin");
       const CriticalValues::Nearest near = critical.nearest(s);
-      if (near.distance > margin + decoder_error_bound)
+      if (near.distance > margin + tolerance)
         fail(ErrorKind::desync, "scale at position " + std::to_string(base + i) +
                                     " differs from the encoder's by more than the file's margin");
       indexes[i] = side.bits[at] ? critical.above(near.which) : critical.below(near.which);
       ++at;
     } else if (s > 0.0f && std::isfinite(s)) {
       // The encoder marked everything within the margin: an unmarked scale
-      // this close means a damaged side stream or a decoder beyond its bound.
-      if (critical.nearest(s).distance < margin - decoder_error_bound)
+      // this close means a damaged side stream or a setup outside the margin.
+      if (critical.nearest(s).distance < margin - tolerance)
         fail(ErrorKind::desync, "scale at unmarked position " + std::to_string(base + i) +
                                     " lies within the file's margin of an index boundary (damaged side stream, "
-                                    "or a decoder error beyond its bound)");
+                                    "or a setup outside the margin)");
     }
   }
 }

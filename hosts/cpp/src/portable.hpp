@@ -58,11 +58,10 @@ SideInfo decode_side_stream(const uint8_t* data, size_t size, uint64_t latent_si
 
 // Decoder: correct one slice's indexes (computed from the decoder's own
 // scales) at the marked positions, and check the unmarked ones lie outside
-// the margin less the decoder's error bound. `cursor` walks side.positions
-// across slices. Error(desync) where the decoder's scales are not within the
-// file's margin of the encoder's.
+// half the margin (the file is for setups within margin / 2 of float64).
+// `cursor` walks side.positions across slices. Error(desync) where the
+// decoder's scales are not within the file's margin of the encoder's.
 void apply_side_info(const float* scales, int32_t* indexes, size_t count, uint64_t base, double margin,
-                     double decoder_error_bound, const CriticalValues& critical, const SideInfo& side,
-                     size_t* cursor);
+                     const CriticalValues& critical, const SideInfo& side, size_t* cursor);
 
 }  // namespace dcae

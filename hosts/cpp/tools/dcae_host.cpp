@@ -56,8 +56,9 @@ palette and 16-bit PNGs become 8-bit RGB; alpha is dropped).
 compress:
   --not-portable       write a file that decodes only on this backend class
                        (default: portable, decodes on any backend)
-  --margin D           portable margin, natural log, at most 0.01 (default
-                       2.4e-5, the Python runtime's)
+  --margin D           portable margin, natural log, at most 0.01 (default:
+                       the margin measured for the model when the bundle was
+                       exported, 2.4e-5 where it records none)
 decompress:
   --force              try a file written by another setup (refused by
                        default: it usually fails with a desync)
@@ -87,6 +88,8 @@ double margin_value(const std::string& text) {
   char* end = nullptr;
   const double value = std::strtod(text.c_str(), &end);
   if (text.empty() || *end) throw UsageError{"--margin expects a number, got '" + text + "'"};
+  // (0 in Options stands for the bundle's measured margin.)
+  if (!(value > 0.0)) throw UsageError{"portable margin must be in (0, 0.01], got " + text};
   return value;
 }
 

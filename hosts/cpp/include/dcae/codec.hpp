@@ -53,15 +53,17 @@ struct Image {
 // graphs for a new image size), "total".
 using Timings = std::vector<std::pair<std::string, double>>;
 
-// The natural-log margin the Python runtime's encoder writes into portable
-// files (runtime.portable); the C++ encoder's default is the same.
+// The natural-log margin portable files get for the embedded model and from
+// bundles that record no measured one (runtime.portable.DEFAULT_MARGIN).
 extern const double kDefaultPortableMargin;
 
 struct Options {
   std::string backend = "openvino";  // or "openvino-bf16": g_a, h_a, g_s in bf16
   int threads = 0;                   // threads per graph; 0: one per core
   bool portable = true;              // write portable version-2 files
-  double margin = kDefaultPortableMargin;
+  // 0: the margin measured for the model when its bundle was exported
+  // (manifest "portable"), kDefaultPortableMargin where it records none.
+  double margin = 0.0;
 };
 
 // Everything an encode computed, for tests and tools that compare hosts.
