@@ -33,10 +33,10 @@ FORMATS = ("bin", "dcae")
 # Modules the decoder's entropy path never runs: left out of its fingerprint.
 _NOT_ENTROPY_PATH = ("g_a.", "g_s.", "h_a.")
 # |ln sigma_torch - ln sigma_float64| of the reference's fp32 slice scales on
-# the CPU, near index boundaries: measured at most 2.2e-6 with AVX-512 kernels
-# and 4.8e-6 with AVX2 ones (embedded model, 24 Kodak images:
-# benchmarks/results/sigma_agreement.md, `python -m benchmarks.sigma_agreement`);
-# stated with a margin of 2x.
+# the CPU, near index boundaries: measured at most 3.8e-6 with AVX-512 kernels
+# and 7.9e-6 with AVX2 ones (embedded model, 24 Kodak images:
+# benchmarks/results/sigma_agreement.md, `python -m benchmarks.sigma_agreement`;
+# 2.2e-6 and 4.8e-6 with its earlier weights, stated with a margin of 2x).
 TORCH_CPU_SIGMA_ERROR_BOUND = 1e-5
 
 
