@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from itertools import combinations
 from pathlib import Path
 
@@ -43,10 +42,9 @@ import numpy as np
 import torch
 
 from benchmarks.machine import cpu_description
-from dcae.checkpoint import load_checkpoint, save_checkpoint
+from dcae.checkpoint import load_checkpoint
 from dcae.coding import scale_thresholds
-from exporter.portable_margin import (ANCHOR, avx2_scales, near_boundaries, reference_encoding, runtime_scales,
-                                      torch_scales)
+from exporter.portable_margin import ANCHOR, collect_scales, near_boundaries
 from runtime import Codec
 from runtime.container import HEADER_SIZE
 from runtime.imaging import load_image
@@ -99,23 +97,12 @@ def measure(args) -> dict:
 
         compiled = _load_model(args)
         compile_model(compiled)
-    scales = {name: [] for name in [ANCHOR, "torch", "torch-avx2", *codecs]
-              + (["torch-compile"] if compiled is not None else [])}
     costs = {m: {"side_bytes": 0, "marked": 0} for m in MARGINS}
     file_bytes, elements = 0, 0
-    inputs = []
-    for k, path in enumerate(images):
-        pixels = load_image(path)
-        height, width = pixels.shape[:2]
-        z_hat, symbols, out = reference_encoding(model, pixels)
-        inputs.append((z_hat, symbols))
-        scales[ANCHOR].append(torch_scales(model, z_hat, symbols, torch.float64))
-        scales["torch"].append(torch_scales(model, z_hat, symbols))
-        if compiled is not None:
-            scales["torch-compile"].append(torch_scales(compiled, z_hat, symbols))
-        for name, codec in codecs.items():
-            scales[name].append(runtime_scales(codec, z_hat, symbols, height, width))
-        # The cost of portability: the reference's own portable files.
+
+    def cost_of_portability(k, pixels, out):
+        """The reference's own portable files at each margin."""
+        nonlocal file_bytes, elements
         encoder_scales, indexes = out["scales"].numpy(), out["indexes"].numpy()
         file_bytes += HEADER_SIZE + len(out["strings"][0][0]) + len(out["strings"][1][0])
         elements += encoder_scales.size
@@ -123,16 +110,10 @@ def measure(args) -> dict:
             positions, bits = mark(encoder_scales, indexes, thresholds, np.float32(m))
             costs[m]["side_bytes"] += len(encode_side_stream(positions, bits, encoder_scales.size))
             costs[m]["marked"] += int(positions.size)
-        print(f"[{k + 1}/{len(images)}] {path.name}", file=sys.stderr)
+        print(f"[{k}/{len(images)}] {images[k - 1].name}", file=sys.stderr)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = args.checkpoint
-        if checkpoint is None:  # the golden weights, or the embedded model, as a file for the worker
-            checkpoint = Path(tmp) / "model.pth.tar"
-            save_checkpoint(checkpoint, model, getattr(model, "preset", None))
-        scales["torch-avx2"] = avx2_scales(checkpoint, inputs, args.threads)
-
-    merged = {name: np.concatenate([s.reshape(-1) for s in v]) for name, v in scales.items()}
+    merged = collect_scales(model, codecs, [load_image(p) for p in images], args.threads, args.checkpoint,
+                            {"torch-compile": compiled} if compiled is not None else None, cost_of_portability)
     anchor = merged.pop(ANCHOR)
     relevant = near_boundaries(model, anchor)
     vs_float64 = {name: _error_stats(v, anchor, relevant) for name, v in merged.items()}

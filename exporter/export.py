@@ -267,6 +267,8 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
         manifest.validate()
         manifest.write(staging)
         if measure_margin and not manifest.reduced_precision_entropy:
+            # The measurement runs the staged bundle, so the manifest is
+            # written first and again with what it found.
             from .portable_margin import measure
 
             images = margin_images if margin_images is not None else _check_images(check_image)[-1:]

@@ -127,6 +127,40 @@ def largest_ln_difference(a: np.ndarray, b: np.ndarray, relevant: np.ndarray) ->
     return float(d.max()) if d.size else 0.0
 
 
+def collect_scales(model, codecs: dict, images, threads: int = 1, checkpoint: str | Path | None = None,
+                   extra_models: dict | None = None, on_image=None) -> dict[str, np.ndarray]:
+    """Every setup's scales, flattened over `images` (uint8 H x W x 3 arrays):
+    `ANCHOR` (float64), torch, torch-avx2, each of `codecs` (name -> runtime
+    `Codec`) and of `extra_models` (name -> a float32 `DCAE`, e.g. compiled).
+    `checkpoint` is the model's file for the AVX2 worker (written to a
+    temporary file when None). `on_image(k, pixels, compress_output)` is
+    called after each image."""
+    extra_models = extra_models or {}
+    model = model.eval()
+    scales = {name: [] for name in [ANCHOR, "torch", "torch-avx2", *codecs, *extra_models]}
+    inputs = []
+    for k, pixels in enumerate(images, 1):
+        height, width = pixels.shape[:2]
+        z_hat, symbols, out = reference_encoding(model, pixels)
+        inputs.append((z_hat, symbols))
+        scales[ANCHOR].append(torch_scales(model, z_hat, symbols, torch.float64))
+        scales["torch"].append(torch_scales(model, z_hat, symbols))
+        for name, other in extra_models.items():
+            scales[name].append(torch_scales(other, z_hat, symbols))
+        for name, codec in codecs.items():
+            scales[name].append(runtime_scales(codec, z_hat, symbols, height, width))
+        if on_image is not None:
+            on_image(k, pixels, out)
+    with tempfile.TemporaryDirectory() as tmp:
+        if checkpoint is None:
+            from dcae.checkpoint import save_checkpoint
+
+            checkpoint = Path(tmp) / "model.pth.tar"
+            save_checkpoint(checkpoint, model, getattr(model, "preset", None))
+        scales["torch-avx2"] = avx2_scales(checkpoint, inputs, threads)
+    return {name: np.concatenate([s.reshape(-1) for s in v]) for name, v in scales.items()}
+
+
 def measure(model, bundle_dir: str | Path, images: list[np.ndarray], threads: int = 1,
             backends: tuple[str, ...] = ("onnxruntime", "openvino"), checkpoint: str | Path | None = None,
             progress=None) -> dict:
@@ -139,32 +173,16 @@ def measure(model, bundle_dir: str | Path, images: list[np.ndarray], threads: in
     from runtime.errors import BackendUnavailableError, BadInputError
 
     progress = progress or (lambda message: None)
-    model = model.eval()
     codecs, unavailable = {}, []
     for backend in backends:
         try:
             codecs[backend] = Codec(bundle_dir, backend=backend, threads=threads)
         except BackendUnavailableError:
             unavailable.append(backend)
-    scales = {name: [] for name in [ANCHOR, "torch", "torch-avx2", *codecs]}
-    inputs = []
-    for k, pixels in enumerate(images, 1):
-        height, width = pixels.shape[:2]
-        z_hat, symbols, _ = reference_encoding(model, pixels)
-        inputs.append((z_hat, symbols))
-        scales[ANCHOR].append(torch_scales(model, z_hat, symbols, torch.float64))
-        scales["torch"].append(torch_scales(model, z_hat, symbols))
-        for name, codec in codecs.items():
-            scales[name].append(runtime_scales(codec, z_hat, symbols, height, width))
-        progress(f"portable margin: image {k}/{len(images)} ({height}x{width}) measured")
-    with tempfile.TemporaryDirectory() as tmp:
-        if checkpoint is None:
-            from dcae.checkpoint import save_checkpoint
-
-            checkpoint = Path(tmp) / "model.pth.tar"
-            save_checkpoint(checkpoint, model, getattr(model, "preset", None))
-        scales["torch-avx2"] = avx2_scales(checkpoint, inputs, threads)
-    merged = {name: np.concatenate([s.reshape(-1) for s in v]) for name, v in scales.items()}
+    merged = collect_scales(
+        model, codecs, images, threads, checkpoint,
+        on_image=lambda k, pixels, out: progress(f"portable margin: image {k}/{len(images)} "
+                                                 f"({pixels.shape[0]}x{pixels.shape[1]}) measured"))
     anchor = merged.pop(ANCHOR)
     relevant = near_boundaries(model, anchor)
     pairs = {f"{a} / {b}": largest_ln_difference(merged[a], merged[b], relevant)
