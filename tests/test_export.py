@@ -239,7 +239,8 @@ def test_winograd_transforms_are_exact_and_the_conv_stays_accurate():
     """exporter.winograd: the Toom-Cook matrices satisfy the 1-D identity
     exactly; the rewritten conv (float32 constants) equals the float64 conv
     within the error measured for F(4x4, 3x3) at these points (~4e-6; 0, +-1,
-    +-2 gives 1.2e-5); only wide 3x3 'same' convs qualify."""
+    +-2 gives 1.2e-5), torch's own conv's order of error; only wide 3x3
+    'same' convs qualify."""
     from torch import nn
 
     from exporter import winograd
@@ -260,7 +261,9 @@ def test_winograd_transforms_are_exact_and_the_conv_stays_accurate():
             plain = conv(x)
         scale = float(exact.abs().max())
         assert float((rewritten.double() - exact).abs().max()) / scale < 1e-5
-        assert float((plain.double() - exact).abs().max()) / scale < 1e-6
+        # torch's own fp32 conv, for scale: 1e-6 with its AVX-512 kernels
+        # (Intel Xeon), 3.1e-6 with its AVX2 kernels (AMD EPYC) at these sizes
+        assert float((plain.double() - exact).abs().max()) / scale < 4e-6
         assert "forward" not in vars(conv) and not dict(conv.named_buffers())
     assert winograd.applies(nn.Conv2d(960, 224, 3, padding=1))
     assert not winograd.applies(nn.Conv2d(256, 256, 3, padding=1))  # narrow: slower (docstring)
