@@ -17,6 +17,7 @@ from runtime.errors import CorruptStreamError, DcaeError, FingerprintMismatchErr
 from runtime.portable import (MAX_MARGIN, MarginError, Thresholds, apply_side_stream, decode_side_stream,
                               encode_side_stream, mark)
 from tests.fuzzing import mutations
+from tests.portable_files import CROPS, SETS, crop, symbols_digest
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
@@ -207,8 +208,6 @@ def test_only_float32_entropy_files_of_version_2_can_be_portable():
 
 # ---- every setup decodes every other's files ------------------------------------------------
 
-IMAGES = {"kodim01_256x384": ("kodim01", 256, 384, 100, 200), "kodim03_197x253": ("kodim03", 197, 253, 40, 300),
-          "kodim04_1x1": ("kodim04", 1, 1, 300, 300), "kodim02_37x53": ("kodim02", 37, 53, 10, 10)}
 
 
 @pytest.fixture(scope="module")
@@ -223,9 +222,8 @@ def image_dir(tmp_path_factory):
     from PIL import Image
 
     folder = tmp_path_factory.mktemp("portable_images")
-    for name, (source, h, w, top, left) in IMAGES.items():
-        pixels = np.asarray(Image.open(DATA / "kodak" / f"{source}.png").convert("RGB"))
-        Image.fromarray(pixels[top : top + h, left : left + w]).save(folder / f"{name}.png")
+    for name in CROPS:
+        Image.fromarray(crop(name)).save(folder / f"{name}.png")
     return folder
 
 
@@ -317,7 +315,7 @@ def test_every_setup_decodes_every_setups_files_to_the_encoders_symbols(encoded,
         elif not np.array_equal(avx2[f"symbols_{k}"], symbols):
             failures.append(f"{encoder} -> reference-avx2, {image}: wrong symbols")
     assert not failures, "\n".join(failures)
-    assert len(files) == 4 * len(IMAGES)
+    assert len(files) == 4 * len(CROPS)
     # The side streams were exercised: real files list elements.
     assert sum(len(unpack(data).side) > 0 for *_, data, _ in files) >= 4
 
@@ -374,3 +372,54 @@ def test_a_file_for_one_setup_or_another_model_is_refused(model, bundles, tiny_b
         Codec(bundles["fp32"], threads=1).decompress(other_model)
     with pytest.raises(FingerprintMismatchError, match="another model"):
         decompress_image(model, other_model)
+
+
+def test_files_written_on_other_machines_decode_here_to_their_encoders_symbols(bundles, model, tmp_path):
+    """Every checked-in set of portable files (tests/data/portable/<cpu>/,
+    written by `python -m tests.portable_files write` on a machine of that
+    kind: the reference, the runtime on onnxruntime and on OpenVINO) decodes
+    on this machine, with the reference (default and AVX2 kernels) and the
+    runtime (fp32 bundle on onnxruntime and OpenVINO, int8 bundle), to the
+    symbols its encoder coded."""
+    import json
+
+    from dcae.coding import decode_dcae
+    from runtime import Codec
+    from runtime.manifest import Manifest
+
+    sets = sorted(p.parent for p in SETS.glob("*/index.json"))
+    assert sets, "no checked-in portable files"
+    fingerprint = Manifest.read(bundles["fp32"]).entropy_model_fingerprint
+    decoders = {"reference": lambda data: decode_dcae(model, data)[1]}
+    for backend in ("onnxruntime", "openvino"):
+        codec = Codec(bundles["fp32"], backend=backend, threads=1)
+        decoders[f"runtime-fp32-{backend}"] = lambda data, codec=codec: codec.decode(data).symbols
+    int8 = Codec(bundles["int8"], threads=1)
+    decoders["runtime-int8"] = lambda data: int8.decode(data).symbols
+    failures, files = [], []
+    for folder in sets:
+        index = json.loads((folder / "index.json").read_text())
+        assert index["entropy_model_fingerprint"] == fingerprint, (
+            f"{folder.name}: written with another embedded model; rewrite every set "
+            f"(python -m tests.portable_files write, on a machine of each kind)")
+        for relative, entry in index["files"].items():
+            data = (folder / relative).read_bytes()
+            files.append((f"{folder.name}/{relative}", entry["symbols_sha256"]))
+            (tmp_path / f"{len(files)}.dcae").write_bytes(data)
+            for decoder, decode in decoders.items():
+                try:
+                    digest = symbols_digest(decode(data))
+                except DcaeError as exc:
+                    failures.append(f"{files[-1][0]} -> {decoder}: {type(exc).__name__}: {exc}")
+                    continue
+                if digest != entry["symbols_sha256"]:
+                    failures.append(f"{files[-1][0]} -> {decoder}: other symbols than its encoder's")
+    _run_worker(["decode", tmp_path / "avx2.npz", *(tmp_path / f"{k + 1}.dcae" for k in range(len(files)))])
+    avx2 = np.load(tmp_path / "avx2.npz")
+    for k, (name, expected) in enumerate(files):
+        if f"error_{k}" in avx2.files:
+            failures.append(f"{name} -> reference-avx2: {avx2[f'error_{k}']}")
+        elif symbols_digest(avx2[f"symbols_{k}"]) != expected:
+            failures.append(f"{name} -> reference-avx2: other symbols than its encoder's")
+    assert not failures, "\n".join(failures)
+    assert len(files) >= len(CROPS) * 3

@@ -1,0 +1,115 @@
+"""Portable `.dcae` files written on one machine, kept to be decoded on others.
+
+A file's decodability across CPU families is a claim about two machines; CI
+runs on one. So each machine kind writes a set of files once, with the
+embedded model, and checks them in under `tests/data/portable/<cpu>/`
+(`index.json` names the CPU, the entropy model, and each file's writer and the
+SHA-256 of the symbols its encoder coded). `tests/test_portable.py` decodes
+every set on the machine it runs on, with every decoder there, and compares
+the symbols. Sets from other CPU families are what make that a cross-machine
+test: add one from each kind of machine a session runs on.
+
+    python -m tests.portable_files write [--name NAME]   # this machine's set
+
+Writers: the reference (PyTorch, this CPU's default kernels), the runtime on
+onnxruntime and on OpenVINO (the C++ host computes as the latter). When the
+embedded model changes, every set must be rewritten (their files belong to
+the old entropy model): the test says so.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).parent / "data"
+SETS = DATA / "portable"
+# name: (Kodak image, height, width, top, left): crops down to 1x1
+CROPS = {"kodim01_256x384": ("kodim01", 256, 384, 100, 200), "kodim03_197x253": ("kodim03", 197, 253, 40, 300),
+         "kodim04_1x1": ("kodim04", 1, 1, 300, 300), "kodim02_37x53": ("kodim02", 37, 53, 10, 10)}
+RUNTIME_WRITERS = ("onnxruntime", "openvino")
+
+
+def crop(name: str) -> np.ndarray:
+    from PIL import Image
+
+    source, h, w, top, left = CROPS[name]
+    pixels = np.asarray(Image.open(DATA / "kodak" / f"{source}.png").convert("RGB"))
+    return np.ascontiguousarray(pixels[top : top + h, left : left + w])
+
+
+def symbols_digest(symbols: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(symbols, "<i4").reshape(-1).tobytes()).hexdigest()
+
+
+def cpu_description() -> str:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    flags = set(re.search(r"^flags\s*:\s*(.+)$", info, re.M).group(1).split()) if "flags" in info else set()
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{model.group(1).strip() if model else platform.processor() or platform.machine()} ({', '.join(isa)})"
+
+
+def default_name() -> str:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    vendor = "amd" if "AuthenticAMD" in info else "intel" if "GenuineIntel" in info else platform.machine()
+    return f"{vendor}-{'avx512' if 'avx512f' in info else 'avx2' if 'avx2' in info else platform.machine()}"
+
+
+def write(out: Path) -> dict:
+    """This machine's set: every writer's file of every crop, and the index."""
+    from dcae import load_checkpoint
+    from dcae.coding import encode_image
+    from exporter.export import export_bundle
+    from runtime import Codec
+    from runtime.manifest import Manifest
+
+    model = load_checkpoint().eval()
+    files = {}
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dcae-portable-") as tmp:
+        bundle = Path(tmp) / "bundle"
+        export_bundle(model, bundle, progress=lambda *a, **k: None, preset="small", threads=1)
+        manifest = Manifest.read(bundle)
+        for name in CROPS:
+            image = crop(name)
+            data, latents = encode_image(model, image, format="dcae", margin=manifest.portable_margin)
+            files[f"reference/{name}.dcae"] = (data, latents["symbols"].numpy())
+        for backend in RUNTIME_WRITERS:
+            codec = Codec(bundle, backend=backend, threads=1)
+            for name in CROPS:
+                result = codec.encode(crop(name))
+                files[f"{backend}/{name}.dcae"] = (result.data, result.symbols)
+    index = {"cpu": cpu_description(), "entropy_model_fingerprint": manifest.entropy_model_fingerprint,
+             "margin": manifest.portable_margin, "files": {}}
+    for relative, (data, symbols) in files.items():
+        (out / relative).parent.mkdir(parents=True, exist_ok=True)
+        (out / relative).write_bytes(data)
+        index["files"][relative] = {"writer": relative.split("/")[0], "symbols_sha256": symbols_digest(symbols),
+                                    "symbols": int(np.asarray(symbols).size)}
+    (out / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.portable_files", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["write"])
+    parser.add_argument("--name", default=None, help="the set's folder under tests/data/portable "
+                                                     "(default: vendor and widest vector ISA, e.g. amd-avx2)")
+    args = parser.parse_args(argv)
+    out = SETS / (args.name or default_name())
+    index = write(out)
+    print(f"{len(index['files'])} files from {index['cpu']} in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
