@@ -1,7 +1,7 @@
 """Rate and distortion of an int8 bundle against the fp32 bundle of the same model.
 
     python -m benchmarks.int8_quality --calib ../shared/data/train --images ../shared/kodak \\
-        [--checkpoint C] [--count 4] [--calib-count 32] [--method minmax] [--work DIR]
+        [--checkpoint C] [--count 4] [--calib-count 32] [--method percentile] [--work DIR]
 
 Exports both bundles (fp32, and int8 for g_a, h_a, g_s with the entropy graphs
 fp32), codes each image with the runtime (`runtime.codec.Codec`, onnxruntime
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from calibration import CALIBRATION_METHODS, DEFAULT_METHOD
 from runtime.metrics import psnr
 
 
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", required=True, help="evaluation image folder (Kodak)")
     p.add_argument("--count", type=int, default=4, help="evaluation images, the first N sorted (default 4)")
     p.add_argument("--calib-count", type=int, default=32)
-    p.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=CALIBRATION_METHODS)
     p.add_argument("--work", default="int8_quality_work", help="bundles and calibration cache go here")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the rows here")

@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from calibration import DEFAULT_METHOD
 from calibration.cache import RecordCache, cache_key
 from calibration.images import DEFAULT_CROP, Crop, files_fingerprint, list_images, sample_crops, split_files
 from calibration.quantize import Int8Quantizer
@@ -91,7 +92,7 @@ def recorded_inputs(model: DCAE, calib_dir: str | Path, count: int = 32, holdout
     return calibration, heldout, info
 
 
-def make_int8_quantizer(model: DCAE, calib_dir: str | Path, count: int = 32, method: str = "minmax",
+def make_int8_quantizer(model: DCAE, calib_dir: str | Path, count: int = 32, method: str = DEFAULT_METHOD,
                         holdout: int = 4, seed: int = 0, crop_size: tuple[int, int] = DEFAULT_CROP,
                         cache_dir: str | Path | None = None, progress=None, threads: int | None = 1,
                         target: str = "onnxruntime") -> Int8Quantizer:

@@ -32,6 +32,7 @@ def _cache_dir_argument(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from calibration import CALIBRATION_METHODS, DEFAULT_METHOD
     from runtime.portable import DEFAULT_MARGIN, MARGIN_HEADROOM
 
     # Paths are made absolute where they are parsed, so that what the bundle's
@@ -59,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", metavar="DIR", type=absolute_path,
                    help="calibration images for --precision int8 (PNG/JPEG/TIFF)")
     p.add_argument("--calib-count", type=int, default=32, help="number of calibration crops (default: 32)")
-    p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax",
-                   help="activation range estimation for int8 (default: minmax)")
+    p.add_argument("--calib-method", choices=CALIBRATION_METHODS, default=DEFAULT_METHOD,
+                   help=f"activation range estimation for int8 (default: {DEFAULT_METHOD})")
     p.add_argument("--calib-holdout", type=int, default=4, metavar="N",
                    help="held-out crops (from images calibration does not use) on which the int8 graphs' "
                         "error against fp32 is measured and stored in int8_report.json (default: 4)")

@@ -58,7 +58,7 @@ compress:
                        (default: portable, decodes on any backend)
   --margin D           portable margin, natural log, at most 0.01 (default:
                        the margin measured for the model when the bundle was
-                       exported, 2.4e-5 where it records none)
+                       exported, 4.1e-5 where it records none)
 decompress:
   --force              try a file written by another setup (refused by
                        default: it usually fails with a desync)
