@@ -30,6 +30,7 @@
 #    and an index of the parts, $OUT/dcae-bench.md (other files in $OUT are left alone)
 #
 # Environment:
+#   PYTHON=<repo>/.venv/bin/python when it exists, else python
 #   THREADS=2      threads for every setup        REPEATS=3   timed runs per image (per round)
 #   ROUNDS=1       dcae-bench --rounds: measure every setup ROUNDS times, the setups in
 #                  turn, each time in a fresh process, and pool the runs
@@ -60,7 +61,14 @@ CALIB="${2:-${CALIB:-}}"
 QUICK="${QUICK:-0}"
 THREADS="${THREADS:-2}"
 ROUNDS="${ROUNDS:-1}"
-PYTHON="${PYTHON:-python}"
+# The project's virtual environment (README's set-up) when there is one.
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$REPO/.venv/bin/python" ]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python; fi
+fi
+if ! "$PYTHON" -c 'import runtime, exporter, benchmarks' 2> /dev/null; then
+    echo "run_results: $PYTHON cannot import the project (install it as the README says, or set PYTHON)" >&2
+    exit 2
+fi
 if [ "$QUICK" = 1 ]; then
     OUT="${OUT:-/tmp/dcae-bench-quick}"; REPEATS="${REPEATS:-1}"; LIMIT=(--limit 2)
 else
