@@ -4,7 +4,7 @@
 
 Writes training_log.md (the Kodak evaluations, the training crops' loss, bpp
 and PSNR averaged over spans of steps, seconds per step) and copies the log
-beside it as training_log.jsonl, appending to what an earlier session left
+beside it as training_log.jsonl, appending to what an earlier run left
 there: steps already in the checked-in log are kept, newer ones added.
 
 With --jpeg-images (the evaluation images), each evaluation gets JPEG's PSNR

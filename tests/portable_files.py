@@ -7,7 +7,7 @@ embedded model, and checks them in under `tests/data/portable/<cpu>/`
 SHA-256 of the symbols its encoder coded). `tests/test_portable.py` decodes
 every set on the machine it runs on, with every decoder there, and compares
 the symbols. Sets from other CPU families are what make that a cross-machine
-test: add one from each kind of machine a session runs on.
+test: add one from each kind of machine the project runs on.
 
     python -m tests.portable_files write [--name NAME]   # this machine's set
 
