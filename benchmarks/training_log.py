@@ -5,7 +5,7 @@
 Writes training_log.md (the Kodak evaluations, the training crops' loss, bpp
 and PSNR averaged over spans of steps, seconds per step) and copies the log
 beside it as training_log.jsonl, appending to what an earlier run left
-there: steps already in the checked-in log are kept, newer ones added.
+there: the steps of both, the newer run's line where both have one.
 
 With --jpeg-images (the evaluation images), each evaluation gets JPEG's PSNR
 at its estimated bpp: Pillow JPEG 4:2:0 at qualities 5-95 over those images,
