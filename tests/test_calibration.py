@@ -352,8 +352,15 @@ def test_float_node_selection_on_an_exported_graph(tiny_bundle):
     g_s = onnx.load(str(tiny_bundle / "g_s.onnx"))
     output_producer = next(n for n in g_s.graph.node if g_s.graph.output[0].name in n.output)
     assert output_producer.op_type == "DepthToSpace"
-    last = float_nodes(g_s, policy_for("g_s"))["last_layer"]
-    assert last == [n.name for n in g_s.graph.node if n.output[0] == output_producer.input[0]]
+    kept = float_nodes(g_s, policy_for("g_s"))
+    assert kept["last_layer"] == [n.name for n in g_s.graph.node if n.output[0] == output_producer.input[0]]
+    # and its first layer, the transposed conv on y_hat (exported as a conv), stays float too
+    first = next(n for n in g_s.graph.node if g_s.graph.input[0].name in n.input)
+    assert first.name.startswith("/g_s/g_s.0/") and kept["first_layer"] == [first.name]
+    # a whole block by its module path: exactly its weighted nodes
+    blocks = float_nodes(g_s, GraphPolicy(float_blocks=("g_s.2",)))["blocks"]
+    weighted = [n.name for n in g_s.graph.node if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")]
+    assert blocks and blocks == sorted(n for n in weighted if n.startswith("/g_s/g_s.2/"))
 
 
 def test_unknown_method_is_refused(tiny_bundle, tmp_path):
