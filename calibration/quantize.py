@@ -83,7 +83,6 @@ from .fusions import MS_DOMAIN, fuse_gelu, fuse_matmul_bias
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
-
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # Ops a walk from an output back to its last weighted layer (or along an
 # attention-score chain) may pass through.

@@ -33,7 +33,7 @@ from pathlib import Path
 from .errors import BadInputError, DcaeError
 from .filejobs import FAILED, NOT_RUN, OK, SKIPPED, FileJob, code_one, expected_header_fields, one_line
 from .inputs import CODED_SUFFIXES, IMAGE_SUFFIXES, expand_inputs, plan_outputs, read_path_list
-from .portable import MODEL_MARGIN, margin_covers
+from .portable import MODEL_MARGIN
 
 RAY_INSTALL_HINT = "pip install 'dcae-deploy[ray]' (in a source checkout: pip install -e '.[ray]')"
 RESULTS_NAME = "results.jsonl"
@@ -169,10 +169,9 @@ def _check_setup(job: FileJob):
     codec = job.open_codec()
     margin = codec.resolve_margin(job.margin)
     if job.mode == "compress" and margin is not None and codec.portable:
-        bound = codec.backend.sigma_error_bound
-        if not margin_covers(margin, bound):
-            raise BadInputError(f"margin {margin:g} is under twice the {codec.backend.name} backend's "
-                                f"scale error bound ({bound:g})")
+        problem = codec.margin_problem(margin)
+        if problem:
+            raise BadInputError(problem)
     return codec
 
 

@@ -169,12 +169,12 @@ class Codec:
         """Whether this codec writes and reads portable files."""
         return self.model_fingerprint is not None and self.backend.sigma_error_bound is not None
 
-    def _check_margin(self, margin: float) -> None:
+    def margin_problem(self, margin: float) -> str | None:
+        """Why this backend cannot write portable files with `margin`; None when it can."""
         bound = self.backend.sigma_error_bound
-        if not margin_covers(margin, bound):
-            raise FingerprintMismatchError(
-                f"margin {margin:g} is under twice the {self.backend.name} backend's scale error bound "
-                f"({bound:g}): its scales could cross an index boundary the encoder did not list")
+        if margin_covers(margin, bound):
+            return None
+        return f"margin {margin:g} is under twice the {self.backend.name} backend's scale error bound ({bound:g})"
 
     def resolve_margin(self, margin: float | str | None) -> float | None:
         """`MODEL_MARGIN` -> the margin measured for this bundle's model."""
@@ -189,6 +189,10 @@ class Codec:
         margin measured for the model at export); `margin=None` writes a file
         for this setup only."""
         margin = self.resolve_margin(margin)
+        if margin is not None and self.portable and (problem := self.margin_problem(margin)):
+            # before any graph runs
+            raise FingerprintMismatchError(f"{problem}: its scales could cross an index boundary the encoder "
+                                           "did not list")
         self.last_timings = {}
         self.backend.clear_timings()
         started = time.perf_counter()
@@ -234,7 +238,6 @@ class Codec:
         side = b""
         if margin is not None and self.portable:
             header = DcaeHeader(height, width, self.model_fingerprint, margin=margin)
-            self._check_margin(header.margin)
             with self._timed("side_stream"):
                 side = encode_side_stream(*mark(slice_scales, indexes, self.thresholds, header.margin),
                                           slice_scales.size)

@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import json
 import platform
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -49,14 +48,6 @@ def symbols_digest(symbols: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(symbols, "<i4").reshape(-1).tobytes()).hexdigest()
 
 
-def cpu_description() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-    flags = set(re.search(r"^flags\s*:\s*(.+)$", info, re.M).group(1).split()) if "flags" in info else set()
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{model.group(1).strip() if model else platform.processor() or platform.machine()} ({', '.join(isa)})"
-
-
 def default_name() -> str:
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     vendor = "amd" if "AuthenticAMD" in info else "intel" if "GenuineIntel" in info else platform.machine()
@@ -65,6 +56,7 @@ def default_name() -> str:
 
 def write(out: Path) -> dict:
     """This machine's set: every writer's file of every crop, and the index."""
+    from benchmarks.machine import cpu_description
     from dcae import load_checkpoint
     from dcae.coding import encode_image
     from exporter.export import export_bundle

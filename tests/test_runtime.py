@@ -313,6 +313,15 @@ def test_y_stream_is_byte_identical_to_the_reference_on_a_larger_crop(codec, tin
     assert encoded.z == reference["strings"][1][0]
 
 
+def test_a_margin_the_backend_cannot_honour_is_refused_before_any_graph_runs(codec, kodak_crop):
+    bound = codec.backend.sigma_error_bound
+    codec.backend.clear_timings()
+    with pytest.raises(FingerprintMismatchError, match="under twice the onnxruntime backend's scale error bound"):
+        codec.encode(kodak_crop("kodim02", 40, 70), margin=bound)
+    assert codec.backend.timings == []
+    assert codec.margin_problem(2 * bound) is None and codec.margin_problem(bound)
+
+
 def test_header_and_timings(codec, tiny_bundle, kodak_crop):
     data = codec.compress(kodak_crop("kodim02", 40, 70))
     parsed = unpack(data)
