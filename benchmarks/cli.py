@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--speed-only", action="store_true",
                       help="timing and memory only: no rate-distortion, no decodability matrix")
     mode.add_argument("--no-matrix", action="store_true", help="skip the cross-decoding matrix")
+    p.add_argument("--matrix-images", type=int, default=None, metavar="N",
+                   help="cross-decode the files of the first N images only (default: every image); every "
+                        "image is still coded and decoded by its own setup for rate-distortion. The matrix "
+                        "costs setups x setups decodes per image: this bounds it on many setups")
     p.add_argument("--no-jpeg", action="store_true", help="skip the JPEG comparison")
     p.add_argument("--note", action="append", default=[], metavar="TEXT",
                    help="a line for the report's 'not available' list (e.g. why a bundle is missing)")
@@ -265,7 +269,7 @@ def run(args, say) -> int:
     passed = None
     if not args.speed_only and available:
         passed = coding_pass(available, coders, images, files_dir, matrix=not args.no_matrix,
-                             with_jpeg=not args.no_jpeg, progress=say)
+                             matrix_images=args.matrix_images, with_jpeg=not args.no_jpeg, progress=say)
     coders.clear()
 
     setup_dicts = []
@@ -286,13 +290,14 @@ def run(args, say) -> int:
     machine["load_average_end"] = load_average()
     matrix = None
     if passed and not args.no_matrix:
-        matrix = {"setups": [s.name for s in available], "cells": passed["cells"], "portable": passed["portable"]}
+        matrix = {"setups": [s.name for s in available], "cells": passed["cells"], "portable": passed["portable"],
+                  "images": passed["matrix_images"], "of_images": len(images)}
     report = {
         "format": "dcae-bench-report", "version": 1,
         "command": "dcae-bench " + " ".join(args.argv), "created": started,
         "machine": machine,
         "options": {"images_dir": str(args.images), "images": [p.name for p in images], "repeats": args.repeats,
-                    "rounds": args.rounds, "threads": args.threads, "limit": args.limit, "backends": backends,
+                    "rounds": args.rounds, "threads": args.threads, "limit": args.limit, "matrix_images": args.matrix_images, "backends": backends,
                     "checkpoint": args.checkpoint, "speed_only": args.speed_only, "files": str(files_dir),
                     "inductor_cache": args.inductor_cache},
         "bundles": [b.__dict__ for b in bundles],
@@ -335,9 +340,10 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    for option in ("repeats", "rounds"):
-        if getattr(args, option) < 1:
-            print(f"dcae-bench: error: --{option} must be at least 1", file=sys.stderr)
+    for option in ("repeats", "rounds", "matrix_images"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            print(f"dcae-bench: error: --{option.replace('_', '-')} must be at least 1", file=sys.stderr)
             return EXIT_USAGE
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

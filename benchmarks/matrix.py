@@ -150,11 +150,13 @@ def safe_name(setup_name: str) -> str:
 
 
 def coding_pass(setups: list, coders: dict, images: list[Path], files_dir: Path, matrix: bool = True,
-                with_jpeg: bool = True, progress=print) -> dict:
-    """Encode every image with every setup, decode (own and, with `matrix`, all pairs).
+                with_jpeg: bool = True, progress=print, matrix_images: int | None = None) -> dict:
+    """Encode every image with every setup, decode (own and, with `matrix`, all pairs,
+    for the first `matrix_images` images or every one).
 
     `setups`: the available `Setup`s; `coders`: name -> coder (`open_setup`). Returns {"rd": {setup: [rows]}, "cells": [...],
-    "symbol_differences": [...], "portable": [the setups whose every file was a portable .dcae]}.
+    "symbol_differences": [...], "portable": [the setups whose every file was a portable .dcae],
+    "matrix_images": how many images' files were cross-decoded}.
     """
     names = [s.name for s in setups]
     kinds = {s.name: s.kind for s in setups}
@@ -166,6 +168,7 @@ def coding_pass(setups: list, coders: dict, images: list[Path], files_dir: Path,
     rd: dict[str, list] = {n: [] for n in names}
     differences = SymbolDifferences()
     portable = dict.fromkeys(names, True)
+    cross_decoded = min(len(images), matrix_images or len(images)) if matrix else 0
     for k, path in enumerate(images, 1):
         t0 = time.perf_counter()
         pixels = load_image(path)
@@ -192,9 +195,11 @@ def coding_pass(setups: list, coders: dict, images: list[Path], files_dir: Path,
             row = rd_row(image, pixels, decoded.x, len(encoded[n].data), y + z, with_jpeg)
             row.update(file=str(file), decoded=str(png))
             rd[n].append(row)
+        checked = len(names)
         for (e, d), cell in cells.items():
-            if e == d or e not in own:
+            if e == d or e not in own or k > cross_decoded:
                 continue
+            checked += 1
             error = _attempt(coders[d], encoded[e], own[e], cell.outcomes, image)
             if isinstance(error, FingerprintMismatchError):
                 cell.forced = cell.forced or Outcomes()
@@ -202,9 +207,10 @@ def coding_pass(setups: list, coders: dict, images: list[Path], files_dir: Path,
         for a, b in itertools.combinations(names, 2):
             differences.add(a, b, encoded[a], encoded[b], coders[a].num_slices)
         progress(f"[{k}/{len(images)}] {image}: coded by {len(names)} setups, "
-                 f"{len(cells)} decodes checked ({time.perf_counter() - t0:.1f} s)")
+                 f"{checked} decodes checked ({time.perf_counter() - t0:.1f} s)")
     return {"rd": rd, "cells": [c.to_dict() for c in cells.values()],
-            "symbol_differences": differences.to_list(), "portable": [n for n in names if portable[n]]}
+            "symbol_differences": differences.to_list(), "portable": [n for n in names if portable[n]],
+            "matrix_images": cross_decoded}
 
 
 def _is_portable(data: bytes) -> bool:

@@ -325,9 +325,13 @@ def _matrix(report: dict) -> list[str]:
         return ["Not run (--speed-only or --no-matrix)."]
     names = matrix["setups"]
     cells = {(c["encoder"], c["decoder"]): c for c in matrix["cells"]}
+    lines = []
+    if matrix.get("images") is not None and matrix["images"] < matrix["of_images"]:
+        lines += [f"Off the diagonal: the files of the first {matrix['images']} of the {matrix['of_images']} "
+                  f"images (--matrix-images); on it, every image.", ""]
     no_check = {c["decoder"] for c in matrix["cells"] if not c["decoder_detects_desync"]}
     header = [f"{n} (no desync check)" if n in no_check else n for n in names]
-    lines = ["| encoder ↓ / decoder → | " + " | ".join(header) + " |", "|---|" + "---|" * len(names)]
+    lines += ["| encoder ↓ / decoder → | " + " | ".join(header) + " |", "|---|" + "---|" * len(names)]
     for e in names:
         row = []
         for d in names:

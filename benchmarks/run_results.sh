@@ -27,6 +27,13 @@
 #    -> $OUT/golden/; and benchmarks.sigma_agreement --golden on the same 2
 #    images (scale errors, side-stream cost) -> $OUT/sigma_agreement_golden.md
 #    (about an hour on 2 busy cores)
+# 5. (PARTS=embedded, not in the default) What depends on the embedded model's weights,
+#    to rerun when they change: benchmarks.kodak_rd (the reference against JPEG at the
+#    same rate) -> $OUT/kodak_rd.{json,md}; benchmarks.int8_quality on every image
+#    (with CALIB_DIR) -> $OUT/int8_quality_kodak.md; dcae-bench of the fixture bundles on
+#    onnxruntime alone, no matrix, no JPEG -> $OUT/fixture_onnxruntime/ (about 40 min on
+#    1 thread). The cross-machine test files are rewritten apart from this script:
+#    python -m tests.portable_files write
 #    and an index of the parts, $OUT/dcae-bench.md (other files in $OUT are left alone)
 #
 # Environment:
@@ -38,8 +45,12 @@
 #   BACKENDS=torch,torch-avx2,torch-compile,torch-cuda,onnxruntime,onnxruntime-cuda,openvino,cpp-openvino,tensorrt
 #                  (fixture part)
 #   OFFICIAL_BACKENDS=torch,torch-compile,onnxruntime                   (official part)
-#   PARTS=fixture,official   which parts to run (default: these two; golden on request)
+#   PARTS=fixture,official   which parts to run (default: these two; golden and embedded
+#                  on request)
 #   OFFICIAL_CALIB_COUNT=8     calibration crops for the official int8 bundles
+#   MATRIX_IMAGES=N  the fixture part's decodability matrix on the first N images only
+#                  (dcae-bench --matrix-images; default: every image). With every backend
+#                  the matrix is about 18 x 18 decodes per image, hours on 24 images on 2 cores
 #   QUICK=1        a test of this script: tiny random-init models instead of the
 #                  fixture and official ones, 2 images, 1 repeat, OUT defaults to
 #                  /tmp/dcae-bench-quick (the checked-in results are not touched)
@@ -55,6 +66,7 @@ usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0";
 case "$1" in -h|--help) usage ;; esac
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
+KODAK_ARG="$1"; CALIB_ARG="${2:-${CALIB:-}}"  # as given, for the command lines in the results
 KODAK="$(cd "$1" && pwd)"
 CALIB="${2:-${CALIB:-}}"
 [ -z "$CALIB" ] || CALIB="$(cd "$CALIB" && pwd)"
@@ -91,11 +103,13 @@ if [ "$QUICK" = 1 ]; then
     BENCH_CKPT=(--checkpoint "$WORK/fixture.pth.tar")
     OFFICIAL_PRESET=tiny
     CALIB_OPTS=(--calib-count 2 --calib-holdout 1)
+    QUALITY_OPTS=(--calib-count 2)
 else
     FIXTURE_CKPT=()  # dcae-export's and dcae-bench's default: the embedded model
     BENCH_CKPT=()
     OFFICIAL_PRESET=dcae
     CALIB_OPTS=()
+    QUALITY_OPTS=()
 fi
 
 export_bundle() {  # export_bundle OUT_DIR [dcae-export options...]
@@ -106,6 +120,7 @@ export_bundle() {  # export_bundle OUT_DIR [dcae-export options...]
 
 PARTS="${PARTS:-fixture,official}"
 status=0
+keep_status() { [ $status -ne 0 ] || status=$1; }  # the exit status is the first failure's
 NOTES=()
 
 # The C++ host for cpp-openvino: configured once, then an incremental build (a
@@ -131,7 +146,7 @@ if { [[ ",$PARTS," == *",fixture,"* ]] && [[ ",$BACKENDS," == *",cpp-openvino,"*
         [[ ",$PARTS," == *",golden,"* ]]; then
     build_cpp_host
 fi
-if [[ ",$PARTS," == *",fixture,"* ]]; then
+if [[ ",$PARTS," == *",fixture,"* ]] || [[ ",$PARTS," == *",embedded,"* ]]; then
 # ---- 1. fixture bundles ---------------------------------------------------------------
 FIXTURE_BUNDLES=()
 for precision in fp32 fp16; do
@@ -161,12 +176,49 @@ else
     done
 fi
 
+fi
 # ---- 2. fixture benchmark -------------------------------------------------------------
+if [[ ",$PARTS," == *",fixture,"* ]]; then
 say "dcae-bench: fixture bundles on $KODAK"
 "$PYTHON" -m benchmarks.cli "${FIXTURE_BUNDLES[@]}" --images "$KODAK" ${LIMIT[@]+"${LIMIT[@]}"} \
     ${BENCH_CKPT[@]+"${BENCH_CKPT[@]}"} --backends "$BACKENDS" \
     --threads "$THREADS" --repeats "$REPEATS" --rounds "$ROUNDS" ${NOTES[@]+"${NOTES[@]}"} \
-    --out "$OUT/fixture" --files "$WORK/files/fixture" || status=$?
+    ${MATRIX_IMAGES:+--matrix-images "$MATRIX_IMAGES"} \
+    --out "$OUT/fixture" --files "$WORK/files/fixture" || keep_status $?
+fi
+
+# ---- 5. results that depend on the embedded model's weights ---------------------------
+if [[ ",$PARTS," == *",embedded,"* ]]; then
+say "kodak_rd: the embedded model (PyTorch reference) against JPEG at the same rate"
+"$PYTHON" -m benchmarks.kodak_rd --images "$KODAK" ${LIMIT[@]+"${LIMIT[@]}"} ${BENCH_CKPT[@]+"${BENCH_CKPT[@]}"} \
+    --threads "$THREADS" --out "$OUT" || keep_status $?
+if [ -n "$CALIB" ]; then
+    count="$([ "$QUICK" = 1 ] && echo 2 || find "$KODAK" -maxdepth 1 -iname '*.png' | wc -l)"  # int8_quality reads PNGs
+    quality_command="python -m benchmarks.int8_quality --calib $CALIB_ARG --images $KODAK_ARG --count $count --threads $THREADS"
+    say "int8_quality: the default int8 bundle against fp32 on $count images"
+    if "$PYTHON" -m benchmarks.int8_quality --calib "$CALIB" --images "$KODAK" --count "$count" \
+            ${BENCH_CKPT[@]+"${BENCH_CKPT[@]}"} ${QUALITY_OPTS[@]+"${QUALITY_OPTS[@]}"} --threads "$THREADS" \
+            --work "$WORK/int8_quality" > "$WORK/int8_quality.txt"; then
+        {
+            echo "# INT8 quality: the default int8 bundle against fp32"
+            echo
+            echo "Command: \`$quality_command\` (run by \`benchmarks/run_results.sh\`, PARTS=embedded)"
+            echo
+            echo "CPU: $("$PYTHON" -c 'from benchmarks.machine import cpu_description; print(cpu_description())'); threads: $THREADS; onnxruntime CPU"
+            echo
+            echo '```'
+            sed "s#$WORK#WORK#g" "$WORK/int8_quality.txt"
+            echo '```'
+        } > "$OUT/int8_quality_kodak.md"
+    else
+        keep_status $?
+    fi
+fi
+say "dcae-bench: fixture bundles on onnxruntime alone"
+"$PYTHON" -m benchmarks.cli "${FIXTURE_BUNDLES[@]}" --images "$KODAK" ${LIMIT[@]+"${LIMIT[@]}"} \
+    ${BENCH_CKPT[@]+"${BENCH_CKPT[@]}"} --backends onnxruntime --no-matrix --no-jpeg \
+    --threads "$THREADS" --repeats "$REPEATS" --rounds "$ROUNDS" ${NOTES[@]+"${NOTES[@]}"} \
+    --out "$OUT/fixture_onnxruntime" --files "$WORK/files/fixture_onnxruntime" || keep_status $?
 fi
 
 # ---- 3. official-size configuration at random init, speed only ------------------------
@@ -192,7 +244,7 @@ say "dcae-bench: official-size configuration (random init), speed only, 2 images
 "$PYTHON" -m benchmarks.cli "${OFFICIAL_BUNDLES[@]}" \
     --checkpoint "$WORK/official.pth.tar" --images "$KODAK" --limit 2 --speed-only \
     --backends "$OFFICIAL_BACKENDS" --threads "$THREADS" --repeats "$REPEATS" --rounds "$ROUNDS" --note "$OFFICIAL_NOTE" \
-    --out "$OUT/official_random_init" --files "$WORK/files/official" || { rc=$?; [ $status -ne 0 ] || status=$rc; }
+    --out "$OUT/official_random_init" --files "$WORK/files/official" || keep_status $?
 fi
 
 # ---- 4. official configuration, golden weights: the decodability matrix --------------
@@ -213,13 +265,17 @@ say "dcae-bench: official configuration, golden weights, decodability matrix, 2 
 "$PYTHON" -m benchmarks.cli --bundle "$WORK/golden/fp32" --checkpoint "$WORK/golden.pth.tar" --images "$KODAK" \
     --limit 2 --backends torch,torch-avx2,onnxruntime,openvino,cpp-openvino --threads "$THREADS" --repeats 1 \
     --note "$GOLDEN_NOTE" ${NOTES[@]+"${NOTES[@]}"} --out "$OUT/golden" --files "$WORK/files/golden" ||
-    { rc=$?; [ $status -ne 0 ] || status=$rc; }
+    keep_status $?
 say "sigma_agreement: official configuration, golden weights, 2 images"
 "$PYTHON" -m benchmarks.sigma_agreement "${SIGMA_MODEL[@]}" --limit 2 --images "$KODAK" \
     --bundle "$WORK/golden/fp32" --backend onnxruntime --backend openvino --threads 1 --out "$OUT" ||
-    { rc=$?; [ $status -ne 0 ] || status=$rc; }
+    keep_status $?
 fi
 
+if [[ ",$PARTS," != *",fixture,"* ]] && [[ ",$PARTS," != *",official,"* ]]; then
+    say "results in $OUT (exit status $status)"
+    exit $status  # the index below describes the fixture and official parts
+fi
 if [ "$QUICK" = 1 ]; then
     models="QUICK=1: tiny random-init models in place of the fixture and official ones, 2 images"
 else

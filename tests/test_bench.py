@@ -251,6 +251,7 @@ def test_rounds_measure_each_setup_in_turn(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args, message", [
     (["--rounds", "0"], "--rounds must be at least 1"),
+    (["--matrix-images", "0"], "--matrix-images must be at least 1"),
     (["--backends", "onnxruntime,nope"], "unknown backend"),
     (["--limit", "0"], "no images"),
     (["--backends", "torch", "--checkpoint", "missing.pth.tar"], "checkpoint not found"),
@@ -258,6 +259,23 @@ def test_rounds_measure_each_setup_in_turn(tmp_path, monkeypatch):
 def test_usage_errors(tiny_bundle, images_dir, tmp_path, capsys, args, message):
     code = cli.main(["--bundle", str(tiny_bundle), "--images", str(images_dir), "--out", str(tmp_path), *args])
     assert code == cli.EXIT_USAGE and message in capsys.readouterr().err
+
+
+def test_matrix_images_bounds_the_cross_decodes_but_not_the_rate_distortion(tiny_bundle, fp16_bundle, images_dir,
+                                                                          tmp_path):
+    out = tmp_path / "out"
+    code = cli.main(["--bundle", str(tiny_bundle), "--bundle", str(fp16_bundle), "--images", str(images_dir),
+                     "--backends", "onnxruntime", "--matrix-images", "1", "--repeats", "1", "--threads", "1",
+                     "--no-jpeg", "--out", str(out), "--quiet"])
+    report = json.loads((out / "report.json").read_text())
+    assert code == 0
+    cells = report["matrix"]["cells"]
+    assert len(cells) == 4 and report["matrix"]["images"] == 1 and report["matrix"]["of_images"] == len(IMAGES)
+    for cell in cells:
+        assert cell["images"] == (len(IMAGES) if cell["encoder"] == cell["decoder"] else 1), cell
+    for setup in report["setups"]:
+        assert len(setup["rd"]["images"]) == len(IMAGES)
+    assert f"the first 1 of the {len(IMAGES)} images (--matrix-images)" in (out / "report.md").read_text()
 
 
 def test_a_silent_wrong_runtime_decode_fails_the_run_loudly(tiny_bundle, images_dir, tmp_path, capsys,
