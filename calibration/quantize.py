@@ -504,6 +504,7 @@ class Int8Quantizer:
         if target not in INT8_FORMS:
             raise ValueError(f"unknown int8 target {target!r}; known: {', '.join(INT8_FORMS)}")
         self.target = target
+        self.weight_bits = 7 if INT8_FORMS[target].seven_bit_weights else 8
         if not calibration:
             raise ValueError("no calibration records")
         self.calibration, self.heldout = calibration, heldout

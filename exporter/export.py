@@ -260,6 +260,7 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
             graphs=graphs, entropy_file=ENTROPY_NAME, entropy_sha256=sha256_file(staging / ENTROPY_NAME),
             precision=precision, entropy_precision=entropy_precision, tools={**tool_versions(), "opset": opset},
             int8_target=getattr(quantize, "target", None) if "int8" in policy.values() else None,
+            int8_weight_bits=getattr(quantize, "weight_bits", None) if "int8" in policy.values() else None,
         )
         manifest.entropy_fingerprint = manifest.compute_entropy_fingerprint()
         if not manifest.reduced_precision_entropy:

@@ -105,6 +105,11 @@ class Backend(ABC):
     def load(self, graph: GraphSpec, path: str | Path) -> GraphSession:
         """Load the graph file at `path` described by `graph`."""
 
+    def bundle_warning(self, manifest) -> str | None:
+        """Why this backend would run `manifest`'s bundle worse than it was
+        measured at export (a warning for the user), or None."""
+        return None
+
     def clear_timings(self) -> None:
         self.timings.clear()
 
@@ -153,6 +158,23 @@ class OrtSession(GraphSession):
         return dict(zip(self.output_names, arrays))
 
 
+@functools.cache
+def int8_products_saturate_here() -> bool:
+    """Whether onnxruntime's u8 x s8 CPU kernels saturate on 8-bit weights on
+    this CPU: on x86 without VNNI or AMX they add each pair of products in int16
+    (VPMADDUBSW), and 255 x 127 x 2 > 32767. False where it cannot be told."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    return flags is not None and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+
+
 class OnnxRuntimeBackend(Backend):
     """onnxruntime on one execution provider.
 
@@ -177,6 +199,14 @@ class OnnxRuntimeBackend(Backend):
 
         self._ort = onnxruntime
         self._check_providers()
+
+    def bundle_warning(self, manifest) -> str | None:
+        if self.providers == ("CPUExecutionProvider",) and manifest.int8_weights_saturate_without_vnni \
+                and int8_products_saturate_here():
+            return ("this int8 bundle has 8-bit weights, which onnxruntime's int8 kernels saturate on this CPU "
+                    "(no VNNI): expect an image about 0.5 dB worse or more; export it again with "
+                    "dcae-export --precision int8 (the onnxruntime form, 7-bit weights)")
+        return None
 
     def _check_providers(self) -> None:
         available = self._ort.get_available_providers()

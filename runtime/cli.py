@@ -67,7 +67,12 @@ def _open_codec(args):
     bundle = args.bundle
     if bundle is None:
         bundle = ensure_default_bundle(announce=lambda m: print(f"dcae: {m}", file=sys.stderr))
-    return Codec(bundle, backend=args.backend, threads=args.threads)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        codec = Codec(bundle, backend=args.backend, threads=args.threads)
+    for warning in caught:
+        print(f"dcae: warning: {_one_line(warning.message)}", file=sys.stderr)
+    return codec
 
 
 def _for_each(pairs, work) -> int:

@@ -88,6 +88,9 @@ class Codec:
         self.backend = backend if isinstance(backend, Backend) else get_backend(backend, threads)
         self.manifest = self.bundle.manifest
         self.fingerprint = setup_fingerprint(self.manifest.entropy_fingerprint, self.backend.numeric_class)
+        problem = self.backend.bundle_warning(self.manifest)
+        if problem:
+            warnings.warn(problem, stacklevel=2)
         # Portable files: the entropy model's fingerprint (None: this bundle's
         # entropy path is not fp32, or it predates portable files).
         model_fingerprint = self.manifest.entropy_model_fingerprint

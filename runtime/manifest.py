@@ -130,6 +130,10 @@ class Manifest:
     # int8 bundles: the runtime their Q/DQ form is for ("onnxruntime" or
     # "tensorrt", calibration.quantize.INT8_FORMS); None otherwise
     int8_target: str | None = None
+    # int8 bundles: the bits of the weights' range (7: onnxruntime's reduce_range,
+    # whose kernels cannot saturate on CPUs without VNNI; 8). Absent in bundles
+    # written before the field, which all have 8-bit weights.
+    int8_weight_bits: int | None = None
     padding: dict = field(default_factory=lambda: {"multiple": 128, "min_side": 256, "mode": "centred-zero"})
     tools: dict = field(default_factory=dict)
     engines: dict = field(default_factory=dict)  # TensorRT plans: see the module docstring
@@ -155,6 +159,13 @@ class Manifest:
     @property
     def num_slices(self) -> int:
         return int(self.model["config"]["num_slices"])
+
+    @property
+    def int8_weights_saturate_without_vnni(self) -> bool:
+        """Whether onnxruntime's CPU kernels saturate on this bundle's int8
+        weights where the CPU lacks VNNI (calibration.quantize.INT8_FORMS)."""
+        has_int8 = any(g.precision == "int8" for g in self.graphs.values())
+        return has_int8 and (self.int8_weight_bits or 8) > 7
 
     @property
     def reduced_precision_entropy(self) -> bool:

@@ -497,6 +497,60 @@ def test_int8_quality_is_close_to_fp32(int8_bundle, tiny_bundle, kodak_crop):
     assert abs(result["int8"][1] - result["fp32"][1]) < 0.5
 
 
+def _int8_weight_range(path) -> int:
+    """The largest |value| among a graph's int8 initializers (its weights)."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return max(int(np.abs(numpy_helper.to_array(t).astype(np.int16)).max())
+               for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8)
+
+
+def test_int8_bundles_record_their_weight_bits_and_warn_where_onnxruntime_would_saturate_them(
+        int8_bundle, int8_tensorrt_bundle, tmp_path, kodak_crop, monkeypatch, capsys):
+    import shutil
+    import warnings
+
+    from PIL import Image
+
+    from runtime import backends
+    from runtime.cli import main
+    from runtime.codec import Codec
+
+    seven, eight = Manifest.read(int8_bundle), Manifest.read(int8_tensorrt_bundle)
+    assert (seven.int8_weight_bits, eight.int8_weight_bits) == (7, 8)
+    # the recorded bits are the graphs' own: 7-bit weights lie in [-64, 63]
+    assert _int8_weight_range(int8_bundle / seven.graphs["g_a"].file) <= 64
+    assert _int8_weight_range(int8_tensorrt_bundle / eight.graphs["g_a"].file) > 64
+    # a bundle written before the field had 8-bit weights
+    older = tmp_path / "older"
+    shutil.copytree(int8_bundle, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["int8_weight_bits"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+
+    def warnings_of(bundle) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            Codec(bundle, threads=1)
+        return [str(w.message) for w in caught]
+
+    monkeypatch.setattr(backends, "int8_products_saturate_here", lambda: True)
+    assert warnings_of(int8_bundle) == []
+    for bundle in (int8_tensorrt_bundle, older):
+        (message,) = warnings_of(bundle)
+        assert "8-bit weights" in message and "no VNNI" in message
+    image = tmp_path / "crop.png"
+    Image.fromarray(kodak_crop("kodim05", 64, 64)).save(image)
+    capsys.readouterr()
+    assert main(["compress", str(image), "-b", str(int8_tensorrt_bundle), "-o", str(tmp_path / "a.dcae"),
+                 "--threads", "1"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and warned[0].startswith("dcae: warning: this int8 bundle has 8-bit weights")
+    monkeypatch.setattr(backends, "int8_products_saturate_here", lambda: False)  # a CPU with VNNI
+    assert warnings_of(int8_tensorrt_bundle) == []
+
+
 def test_cli_int8_with_entropy_precision_same(tiny_model, calib_dir, tmp_path, kodak_crop, capsys, monkeypatch):
     """dcae-export --precision int8 --entropy-precision same --int8-target tensorrt: every graph int8,
     the manifest marks reduced-precision entropy, the report covers all graphs
