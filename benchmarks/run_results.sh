@@ -95,6 +95,16 @@ mkdir -p "$WORK"
 [ "${KEEP_WORK:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 cd "$REPO"
 say() { echo "[run_results] $*" >&2; }
+# Result files name the paths as they were given (KODAK_DIR, CALIB_DIR) or within the
+# repository, not where this machine keeps them or this run's temporary folder.
+given_paths() {
+    local file
+    for file in "$@"; do
+        [ -f "$file" ] || continue
+        sed -i -e "s|$WORK/||g" -e "s|$KODAK|$KODAK_ARG|g" ${CALIB:+-e "s|$CALIB|$CALIB_ARG|g"} \
+            -e "s|$REPO/||g" "$file"
+    done
+}
 
 # ---- the models ---------------------------------------------------------------------
 if [ "$QUICK" = 1 ]; then
@@ -185,6 +195,7 @@ say "dcae-bench: fixture bundles on $KODAK"
     --threads "$THREADS" --repeats "$REPEATS" --rounds "$ROUNDS" ${NOTES[@]+"${NOTES[@]}"} \
     ${MATRIX_IMAGES:+--matrix-images "$MATRIX_IMAGES"} \
     --out "$OUT/fixture" --files "$WORK/files/fixture" || keep_status $?
+given_paths "$OUT/fixture/report.md" "$OUT/fixture/report.json"
 fi
 
 # ---- 5. results that depend on the embedded model's weights ---------------------------
@@ -192,6 +203,7 @@ if [[ ",$PARTS," == *",embedded,"* ]]; then
 say "kodak_rd: the embedded model (PyTorch reference) against JPEG at the same rate"
 "$PYTHON" -m benchmarks.kodak_rd --images "$KODAK" ${LIMIT[@]+"${LIMIT[@]}"} ${BENCH_CKPT[@]+"${BENCH_CKPT[@]}"} \
     --threads "$THREADS" --out "$OUT" || keep_status $?
+given_paths "$OUT/kodak_rd.md" "$OUT/kodak_rd.json"
 if [ -n "$CALIB" ]; then
     count="$([ "$QUICK" = 1 ] && echo 2 || find "$KODAK" -maxdepth 1 -iname '*.png' | wc -l)"  # int8_quality reads PNGs
     quality_command="python -m benchmarks.int8_quality --calib $CALIB_ARG --images $KODAK_ARG --count $count --threads $THREADS"
@@ -207,7 +219,7 @@ if [ -n "$CALIB" ]; then
             echo "CPU: $("$PYTHON" -c 'from benchmarks.machine import cpu_description; print(cpu_description())'); threads: $THREADS; onnxruntime CPU"
             echo
             echo '```'
-            sed "s#$WORK#WORK#g" "$WORK/int8_quality.txt"
+            sed "s|$WORK/||g" "$WORK/int8_quality.txt"
             echo '```'
         } > "$OUT/int8_quality_kodak.md"
     else
@@ -219,6 +231,7 @@ say "dcae-bench: fixture bundles on onnxruntime alone"
     ${BENCH_CKPT[@]+"${BENCH_CKPT[@]}"} --backends onnxruntime --no-matrix --no-jpeg \
     --threads "$THREADS" --repeats "$REPEATS" --rounds "$ROUNDS" ${NOTES[@]+"${NOTES[@]}"} \
     --out "$OUT/fixture_onnxruntime" --files "$WORK/files/fixture_onnxruntime" || keep_status $?
+given_paths "$OUT/fixture_onnxruntime/report.md" "$OUT/fixture_onnxruntime/report.json"
 fi
 
 # ---- 3. official-size configuration at random init, speed only ------------------------
@@ -245,6 +258,7 @@ say "dcae-bench: official-size configuration (random init), speed only, 2 images
     --checkpoint "$WORK/official.pth.tar" --images "$KODAK" --limit 2 --speed-only \
     --backends "$OFFICIAL_BACKENDS" --threads "$THREADS" --repeats "$REPEATS" --rounds "$ROUNDS" --note "$OFFICIAL_NOTE" \
     --out "$OUT/official_random_init" --files "$WORK/files/official" || keep_status $?
+given_paths "$OUT/official_random_init/report.md" "$OUT/official_random_init/report.json"
 fi
 
 # ---- 4. official configuration, golden weights: the decodability matrix --------------
@@ -266,10 +280,12 @@ say "dcae-bench: official configuration, golden weights, decodability matrix, 2 
     --limit 2 --backends torch,torch-avx2,onnxruntime,openvino,cpp-openvino --threads "$THREADS" --repeats 1 \
     --note "$GOLDEN_NOTE" ${NOTES[@]+"${NOTES[@]}"} --out "$OUT/golden" --files "$WORK/files/golden" ||
     keep_status $?
+given_paths "$OUT/golden/report.md" "$OUT/golden/report.json"
 say "sigma_agreement: official configuration, golden weights, 2 images"
 "$PYTHON" -m benchmarks.sigma_agreement "${SIGMA_MODEL[@]}" --limit 2 --images "$KODAK" \
     --bundle "$WORK/golden/fp32" --backend onnxruntime --backend openvino --threads 1 --out "$OUT" ||
     keep_status $?
+given_paths "$OUT/sigma_agreement_golden.md" "$OUT/sigma_agreement_golden.json"
 fi
 
 if [[ ",$PARTS," != *",fixture,"* ]] && [[ ",$PARTS," != *",official,"* ]]; then

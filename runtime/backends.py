@@ -184,9 +184,10 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     numeric_class = "onnxruntime-cpu"
-    # Measured at most 3.3e-6 near index boundaries (embedded model, 24 Kodak
-    # images, AVX-512: benchmarks/results/sigma_agreement.md; 2.6e-6 with its
-    # earlier weights, stated with a margin of 2x).
+    # Measured at most 3.3e-6 near index boundaries (embedded model at 12,500
+    # steps, 24 Kodak images, AVX-512: benchmarks/results/sigma_agreement.md;
+    # 2.6e-6 with earlier weights, stated with a margin of 2x; 2.0e-6 with the
+    # current weights on an AMD EPYC with AVX2: sigma_agreement_amd.md).
     sigma_error_bound = 6e-6
     providers: tuple = ("CPUExecutionProvider",)
 
@@ -345,10 +346,11 @@ class OpenVinoBackend(Backend):
 
     name = "openvino"
     precisions = ("f32", "bf16")
-    # Measured at most 7.7e-6 near index boundaries (embedded model, 24 Kodak
-    # images, AVX-512, f32 entropy graphs: benchmarks/results/
-    # sigma_agreement.md; 5.3e-6 with its earlier weights, stated with a
-    # margin of 2x). The C++ host
+    # Measured at most 7.7e-6 near index boundaries (embedded model at 12,500
+    # steps, 24 Kodak images, AVX-512, f32 entropy graphs: benchmarks/results/
+    # sigma_agreement.md; 5.3e-6 with earlier weights, stated with a margin of
+    # 2x; 7.8e-6 with the current weights on an AMD EPYC with AVX2:
+    # sigma_agreement_amd.md). The C++ host
     # (hosts/cpp) states the same for the same arithmetic.
     sigma_error_bound = 1.1e-5
 

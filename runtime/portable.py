@@ -56,15 +56,15 @@ MAX_MARGIN = 0.01
 # Default margin, for the embedded model and for bundles that record no
 # measured one: 4x the largest |ln s' - ln s| measured between two fp32 setups
 # of the embedded model, 1.02e-5 (the reference's AVX2 kernels against
-# OpenVINO on an Intel Xeon with AVX-512; 9.3e-6 on an AMD EPYC with AVX2,
-# the reference against OpenVINO), over 24 Kodak images
-# (benchmarks/results/sigma_agreement.md, sigma_agreement_amd.md, from
-# `python -m benchmarks.sigma_agreement`). Each setup's own error against
-# float64 is at most 7.9e-6 on either CPU, so delta / 2 covers every setup 2.6x
-# and any two, on the same machine or not, 1.3x. It lists about 6.6e-4 of the
-# y elements. Other models measure their own at export: the official
-# configuration with the golden weights differs by up to 3.1e-4 between
-# setups (docs/portable.md).
+# OpenVINO on an Intel Xeon with AVX-512, weights at 12,500 steps; 8.2e-6 with
+# the current weights on an AMD EPYC with AVX2, the reference against
+# OpenVINO), over 24 Kodak images (benchmarks/results/sigma_agreement.md,
+# sigma_agreement_amd.md, from `python -m benchmarks.sigma_agreement`). Each
+# setup's own error against float64 is at most 7.9e-6 on either CPU, so
+# delta / 2 covers every setup 2.6x and any two, on the same machine or not,
+# 1.3x. It lists about 6.4e-4 of the y elements (0.86 % of a Kodak file).
+# Other models measure their own at export: the official configuration with
+# the golden weights differs by up to 3.1e-4 between setups (docs/portable.md).
 DEFAULT_MARGIN = 4.1e-5
 # Stands for "the margin measured for the model" (a bundle's manifest,
 # `DEFAULT_MARGIN` where it records none) wherever a margin is passed.
