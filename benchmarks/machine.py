@@ -25,10 +25,9 @@ def cpu_model() -> str:
 def cpu_description() -> str:
     """The CPU model, its widest vector extension and core count: results name it,
     since float rounding and speed differ between CPU families."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
+    from runtime.cpu import cpu_flags
+
+    flags = cpu_flags()
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     return f"{cpu_model()} ({isa}, {os.cpu_count()} cores)"
 

@@ -68,7 +68,7 @@ case "$1" in -h|--help) usage ;; esac
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 KODAK_ARG="$1"; CALIB_ARG="${2:-${CALIB:-}}"  # as given, for the command lines in the results
 KODAK="$(cd "$1" && pwd)"
-CALIB="${2:-${CALIB:-}}"
+CALIB="$CALIB_ARG"
 [ -z "$CALIB" ] || CALIB="$(cd "$CALIB" && pwd)"
 QUICK="${QUICK:-0}"
 THREADS="${THREADS:-2}"

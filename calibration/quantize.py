@@ -504,7 +504,6 @@ class Int8Quantizer:
         if target not in INT8_FORMS:
             raise ValueError(f"unknown int8 target {target!r}; known: {', '.join(INT8_FORMS)}")
         self.target = target
-        self.weight_bits = 7 if INT8_FORMS[target].seven_bit_weights else 8
         if not calibration:
             raise ValueError("no calibration records")
         self.calibration, self.heldout = calibration, heldout
@@ -513,6 +512,11 @@ class Int8Quantizer:
         self.info = dict(info or {})
         self.threads = threads
         self.graphs: dict[str, dict] = {}
+
+    @property
+    def weight_bits(self) -> int:
+        """The bits of the weights' range in this target's form (the bundle's manifest records it)."""
+        return 7 if INT8_FORMS[self.target].seven_bit_weights else 8
 
     def __call__(self, name: str, fp32_path: str | Path, out_path: str | Path) -> None:
         policy = policy_for(name, self.policies)

@@ -123,10 +123,9 @@ def parse_args(argv=None):
 
 
 def cpu_has_bf16() -> bool:
-    try:
-        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    from runtime.cpu import cpu_flags
+
+    return "avx512_bf16" in cpu_flags()
 
 
 def use_bf16(args) -> bool:

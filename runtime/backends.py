@@ -158,21 +158,17 @@ class OrtSession(GraphSession):
         return dict(zip(self.output_names, arrays))
 
 
-@functools.cache
 def int8_products_saturate_here() -> bool:
     """Whether onnxruntime's u8 x s8 CPU kernels saturate on 8-bit weights on
     this CPU: on x86 without VNNI or AMX they add each pair of products in int16
     (VPMADDUBSW), and 255 x 127 x 2 > 32767. False where it cannot be told."""
     import platform
 
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    from .cpu import cpu_flags
+
+    if platform.machine().lower() not in ("x86_64", "amd64") or not cpu_flags():
         return False
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
-    return flags is not None and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags()
 
 
 class OnnxRuntimeBackend(Backend):

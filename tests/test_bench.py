@@ -514,7 +514,9 @@ def test_entropy_agreement_counts_what_moved_against_the_reference(tiny_model, t
 # ---- torch-avx2: the reference with another CPU family's kernels ---------------------
 
 def _has_avx512() -> bool:
-    return "avx512f" in Path("/proc/cpuinfo").read_text()
+    from runtime.cpu import cpu_flags
+
+    return "avx512f" in cpu_flags()
 
 
 def test_torch_avx2_is_a_setup_of_the_matrix_and_of_the_timing(tiny_bundle, tiny_checkpoint, images_dir,
