@@ -523,6 +523,38 @@ def test_missing_or_damaged_bundles_are_one_line_errors(host, tiny_bundle, kodak
     assert _leftovers(out) == []
 
 
+@pytest.mark.parametrize("weight_bits", [7, 8, None])
+def test_both_hosts_warn_alike_of_int8_weights_this_cpu_saturates(host, tiny_bundle, kodak_crop, tmp_path, weight_bits):
+    """OpenVINO's int8 kernels saturate on 8-bit weights (the TensorRT form, and
+    bundles older than the int8_weight_bits field) where the CPU has no VNNI
+    (13 dB worse on an AMD EPYC). Both hosts warn, in the same words, exactly
+    where runtime.backends says this CPU saturates, and never for 7-bit
+    weights. Whether they warn depends on the manifest and the CPU alone, so
+    the tiny bundle's manifest is relabelled int8."""
+    from runtime.backends import int8_products_saturate_here
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    next(g for g in manifest["graphs"] if g["name"] == "g_s")["precision"] = "int8"
+    manifest["int8_weight_bits"] = weight_bits
+    if weight_bits is None:
+        del manifest["int8_weight_bits"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Codec(bundle, backend="openvino", threads=1)
+    python_warnings = [str(w.message) for w in caught]
+    image = _write_png(tmp_path / "in.png", kodak_crop("kodim04", 32, 32))
+    done = run(host, "compress", "-b", bundle, image, "-o", tmp_path / "x.dcae")
+    assert done.returncode == 0, done.stderr
+    host_warnings = [line.removeprefix("dcae-host: warning: ") for line in done.stderr.splitlines()]
+    expected = 1 if weight_bits != 7 and int8_products_saturate_here() else 0
+    assert len(python_warnings) == expected and host_warnings == python_warnings
+    if expected:
+        assert "8-bit weights" in python_warnings[0] and "OpenVINO" in python_warnings[0]
+
+
 def test_command_line_mistakes_exit_2_and_help_exits_0(host):
     done = run(host, "--help")
     assert done.returncode == 0 and "dcae-host compress" in done.stdout

@@ -51,6 +51,9 @@ class Backend {
   // The backend's declared bound on |ln(scale) - ln(scale in float64)| for
   // fp32 entropy graphs: a portable file's margin must be at least twice it.
   virtual double scale_error_bound() const = 0;
+  // Why this backend would run the bundle worse than it was measured at
+  // export (a warning for the user), or "".
+  virtual std::string bundle_warning(const Bundle&) const { return ""; }
 };
 
 // "openvino" (all graphs f32) or "openvino-bf16"; threads 0: one per core.

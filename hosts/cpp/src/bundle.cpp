@@ -123,6 +123,8 @@ void read_manifest(const std::string& path, Bundle* bundle, std::string* entropy
     bundle->entropy_fingerprint = d.at("entropy_fingerprint").get<std::string>();
     if (d.contains("entropy_model_fingerprint") && !d.at("entropy_model_fingerprint").is_null())
       bundle->entropy_model_fingerprint = d.at("entropy_model_fingerprint").get<std::string>();
+    if (d.contains("int8_weight_bits") && !d.at("int8_weight_bits").is_null())
+      bundle->int8_weight_bits = d.at("int8_weight_bits").get<int>();
     bundle->portable_margin = kDefaultPortableMargin;
     if (d.contains("portable") && d.at("portable").contains("margin")) {
       const json& margin = d.at("portable").at("margin");
@@ -223,6 +225,11 @@ std::vector<std::string> graph_order(int num_slices) {
 }
 
 bool is_entropy_graph(const std::string& name) { return name == "h_s" || name.rfind("slice_", 0) == 0; }
+
+bool Bundle::int8_weights_saturate_without_vnni() const {
+  const bool has_int8 = std::any_of(graphs.begin(), graphs.end(), [](const auto& g) { return g.second.precision == "int8"; });
+  return has_int8 && (int8_weight_bits == 0 ? 8 : int8_weight_bits) > 7;
+}
 
 std::string Bundle::graph_path(const std::string& name) const { return path + "/" + graphs.at(name).file; }
 

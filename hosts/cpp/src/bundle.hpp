@@ -36,6 +36,9 @@ struct Bundle {
   std::string entropy_fingerprint;        // manifest field, hex
   std::string entropy_model_fingerprint;  // manifest field, 32 hex chars; empty in older bundles
   bool reduced_precision_entropy = false;
+  // manifest "int8_weight_bits": 7 or 8 in int8 bundles; 0 where absent
+  // (bundles written before the field had 8-bit weights)
+  int int8_weight_bits = 0;
   // The margin portable files of this model get by default: manifest
   // "portable"."margin", measured at export (exporter.portable_margin).
   double portable_margin = 0.0;
@@ -44,6 +47,9 @@ struct Bundle {
   ZTables z;
 
   int slice_channels() const { return latent_channels / num_slices; }
+  // Whether the bundle has int8 graphs with 8-bit weights, which int8
+  // kernels on x86 without VNNI saturate (runtime.manifest, same name).
+  bool int8_weights_saturate_without_vnni() const;
   std::string graph_path(const std::string& name) const;
 
   // Error(bundle) with a one-line reason for anything missing or altered.

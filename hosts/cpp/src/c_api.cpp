@@ -84,6 +84,7 @@ dcae_codec* dcae_open(const char* bundle_dir, const char* backend, int threads, 
     options.threads = threads;
     auto* c = new dcae_codec{dcae::Codec(bundle_dir ? bundle_dir : "", options), {}, {}, {}, {}, {}};
     c->numeric_class = c->codec.numeric_class();
+    record_call(c);  // the opening's warnings
     return c;
   } catch (const std::exception& e) {
     reason = e.what();

@@ -97,6 +97,8 @@ struct Codec::Impl {
     // runtime.codec.setup_fingerprint: the bundle's entropy path and the
     // arithmetic that ran it.
     setup_fingerprint = first_16(sha256_bytes(bundle.entropy_fingerprint + ":" + backend->numeric_class()));
+    // The opening's warnings, until the first call replaces them.
+    if (const std::string problem = backend->bundle_warning(bundle); !problem.empty()) warnings.push_back(problem);
   }
 
   Layout layout(uint32_t height, uint32_t width) const {

@@ -290,6 +290,7 @@ int code_files(const Arguments& args, const std::vector<std::string>& suffixes, 
   const std::vector<std::string> targets = plan_outputs(inputs, single, args.output, out_suffix);
   if (!args.save_latents.empty()) ensure_directory(args.save_latents);
   dcae::Codec codec(args.bundle, args.options);
+  for (const std::string& w : codec.last_warnings()) std::cerr << "dcae-host: warning: " << w << "\n";
   return for_each_file(inputs, targets, [&](const std::string& source, const std::string& target,
                                             std::vector<std::string>* warnings) {
     const Coded coded = step(codec, source, target, warnings);

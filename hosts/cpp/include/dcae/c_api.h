@@ -40,7 +40,8 @@ int dcae_decode(dcae_codec* codec, const uint8_t* file, size_t file_size, int fo
 
 /* The last call's error ("" after a success); its stage timings as a JSON
  * object of milliseconds, and its warnings joined by newlines: valid until
- * the next call on the codec. */
+ * the next call on the codec. Before the first call: the opening's warnings
+ * (e.g. a bundle this CPU runs badly). */
 const char* dcae_error(const dcae_codec* codec);
 /* What kind of failure: "bad_input", "corrupt_stream", "desync",
  * "fingerprint", "bundle", "backend", "io" (dcae::ErrorKind), or "" for an

@@ -103,7 +103,8 @@ class Codec {
   const Timings& last_timings() const;
   // What the non-portable fingerprint names: the backend's arithmetic.
   std::string numeric_class() const;
-  // Warnings of the last call (e.g. an upstream .bin without a fingerprint).
+  // Warnings of the last call (e.g. an upstream .bin without a fingerprint);
+  // before the first, the opening's (e.g. a bundle this CPU runs badly).
   const std::vector<std::string>& last_warnings() const;
 
  private:
