@@ -9,17 +9,12 @@ from __future__ import annotations
 import importlib
 import os
 import platform
-from pathlib import Path
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from runtime.cpu import cpu_field
+
+    return cpu_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_description() -> str:

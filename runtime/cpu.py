@@ -1,5 +1,6 @@
-"""The CPU's feature flags, which decide which kernels a library picks (and so
-its float rounding and whether its int8 arithmetic saturates)."""
+"""The CPU's description in /proc/cpuinfo: its feature flags decide which
+kernels a library picks (and so its float rounding and whether its int8
+arithmetic saturates); its vendor and model name the machine in results."""
 from __future__ import annotations
 
 import functools
@@ -7,12 +8,29 @@ from pathlib import Path
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The flags of /proc/cpuinfo (e.g. "avx2", "avx512f", "avx512_vnni");
-    empty where there is no such file."""
+def _first_processor() -> dict[str, str]:
+    """The fields of the first processor in /proc/cpuinfo; empty where there is no such file."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
-    line = next((line for line in text.splitlines() if line.startswith("flags")), None)
-    return frozenset(line.split(":", 1)[1].split()) if line else frozenset()
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+    return fields
+
+
+def cpu_field(name: str) -> str | None:
+    """One field of /proc/cpuinfo (e.g. "model name", "vendor_id"), or None."""
+    return _first_processor().get(name)
+
+
+def cpu_flags() -> frozenset[str]:
+    """The flags of /proc/cpuinfo (e.g. "avx2", "avx512f", "avx512_vnni");
+    empty where there is no such file."""
+    return frozenset(_first_processor().get("flags", "").split())

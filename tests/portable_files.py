@@ -49,9 +49,11 @@ def symbols_digest(symbols: np.ndarray) -> str:
 
 
 def default_name() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    vendor = "amd" if "AuthenticAMD" in info else "intel" if "GenuineIntel" in info else platform.machine()
-    return f"{vendor}-{'avx512' if 'avx512f' in info else 'avx2' if 'avx2' in info else platform.machine()}"
+    from runtime.cpu import cpu_field, cpu_flags
+
+    vendor = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(cpu_field("vendor_id") or "", platform.machine())
+    flags = cpu_flags()
+    return f"{vendor}-{'avx512' if 'avx512f' in flags else 'avx2' if 'avx2' in flags else platform.machine()}"
 
 
 def write(out: Path) -> dict:
