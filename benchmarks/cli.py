@@ -88,10 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--speed-only", action="store_true",
                       help="timing and memory only: no rate-distortion, no decodability matrix")
     mode.add_argument("--no-matrix", action="store_true", help="skip the cross-decoding matrix")
+    mode.add_argument("--no-speed", action="store_true",
+                      help="rate-distortion and the decodability matrix only: no timing, memory or roofline "
+                           "(the matrix on many images, where the speed was measured in another run)")
     p.add_argument("--matrix-images", type=int, default=None, metavar="N",
                    help="cross-decode the files of the first N images only (default: every image); every "
                         "image is still coded and decoded by its own setup for rate-distortion. The matrix "
                         "costs setups x setups decodes per image: this bounds it on many setups")
+    p.add_argument("--matrix-pixels", type=int, default=None, metavar="N",
+                   help="the matrix's decodes of the first N images' files synthesize the image and compare "
+                        "its pixels; those of later images read the symbols and check the stream's end only, "
+                        "skipping g_s, which cannot change a symbol and is about half of a decode "
+                        "(default: every image)")
     p.add_argument("--no-jpeg", action="store_true", help="skip the JPEG comparison")
     p.add_argument("--note", action="append", default=[], metavar="TEXT",
                    help="a line for the report's 'not available' list (e.g. why a bundle is missing)")
@@ -258,9 +266,11 @@ def run(args, say) -> int:
     inductor_cache = Path(args.inductor_cache) if args.inductor_cache else files_dir / "measure" / "inductor_cache"
     if not args.inductor_cache:
         shutil.rmtree(inductor_cache, ignore_errors=True)
+    speeds, speed_errors = {}, {}
     try:
-        speeds, speed_errors = measure_speed(setups, images, args.repeats, args.threads, files_dir / "measure", say,
-                                             rounds=args.rounds, peaks=peaks, inductor_cache=inductor_cache)
+        if not args.no_speed:
+            speeds, speed_errors = measure_speed(setups, images, args.repeats, args.threads, files_dir / "measure",
+                                                 say, rounds=args.rounds, peaks=peaks, inductor_cache=inductor_cache)
     finally:
         if not args.inductor_cache:
             shutil.rmtree(inductor_cache, ignore_errors=True)
@@ -269,7 +279,8 @@ def run(args, say) -> int:
     passed = None
     if not args.speed_only and available:
         passed = coding_pass(available, coders, images, files_dir, matrix=not args.no_matrix,
-                             matrix_images=args.matrix_images, with_jpeg=not args.no_jpeg, progress=say)
+                             matrix_images=args.matrix_images, pixel_images=args.matrix_pixels,
+                             with_jpeg=not args.no_jpeg, progress=say)
     coders.clear()
 
     setup_dicts = []
@@ -291,14 +302,17 @@ def run(args, say) -> int:
     matrix = None
     if passed and not args.no_matrix:
         matrix = {"setups": [s.name for s in available], "cells": passed["cells"], "portable": passed["portable"],
-                  "images": passed["matrix_images"], "of_images": len(images)}
+                  "images": passed["matrix_images"], "of_images": len(images),
+                  "pixel_images": passed["pixel_images"], "decodes_run": passed["decodes_run"],
+                  "decodes_counted": passed["decodes_counted"]}
     report = {
         "format": "dcae-bench-report", "version": 1,
         "command": "dcae-bench " + " ".join(args.argv), "created": started,
         "machine": machine,
         "options": {"images_dir": str(args.images), "images": [p.name for p in images], "repeats": args.repeats,
                     "rounds": args.rounds, "threads": args.threads, "limit": args.limit,
-                    "matrix_images": args.matrix_images, "backends": backends,
+                    "matrix_images": args.matrix_images, "matrix_pixels": args.matrix_pixels,
+                    "no_speed": args.no_speed, "backends": backends,
                     "checkpoint": args.checkpoint, "speed_only": args.speed_only, "files": str(files_dir),
                     "inductor_cache": args.inductor_cache},
         "bundles": [b.__dict__ for b in bundles],
@@ -341,7 +355,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    for option in ("repeats", "rounds", "matrix_images"):
+    for option in ("repeats", "rounds", "matrix_images", "matrix_pixels"):
         value = getattr(args, option)
         if value is not None and value < 1:
             print(f"dcae-bench: error: --{option.replace('_', '-')} must be at least 1", file=sys.stderr)

@@ -47,6 +47,9 @@ def _load_library() -> ctypes.CDLL:
     lib.dcae_decode.argtypes = [ctypes.c_void_p, _u8p, ctypes.c_size_t, ctypes.c_int, ctypes.POINTER(_u8p),
                                 ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32),
                                 ctypes.POINTER(_i32p), ctypes.POINTER(ctypes.c_size_t)]
+    lib.dcae_read_symbols.argtypes = [ctypes.c_void_p, _u8p, ctypes.c_size_t, ctypes.c_int,
+                                      ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32),
+                                      ctypes.POINTER(_i32p), ctypes.POINTER(ctypes.c_size_t)]
     for name in ("dcae_error", "dcae_error_kind", "dcae_timings_json", "dcae_warnings", "dcae_numeric_class"):
         getattr(lib, name).restype = ctypes.c_char_p
         getattr(lib, name).argtypes = [ctypes.c_void_p]
@@ -106,14 +109,19 @@ class CppHostCoder:
         return Encoded(data, ".dcae", height, width, self._take(indexes, count.value, np.int32).reshape(shape),
                        self._take(symbols, count.value, np.int32).reshape(shape))
 
-    def decode(self, data: bytes, force: bool = False) -> Decoded:
+    def decode(self, data: bytes, force: bool = False, synthesize: bool = True) -> Decoded:
         buffer = np.frombuffer(data, np.uint8)
+        file = buffer.ctypes.data_as(_u8p)
         rgb, height, width, symbols, count = _u8p(), ctypes.c_uint32(), ctypes.c_uint32(), _i32p(), ctypes.c_size_t()
-        self._check(self._lib.dcae_decode(self._handle, buffer.ctypes.data_as(_u8p), buffer.size, int(force),
-                                          ctypes.byref(rgb), ctypes.byref(height), ctypes.byref(width),
-                                          ctypes.byref(symbols), ctypes.byref(count)))
+        if synthesize:
+            self._check(self._lib.dcae_decode(self._handle, file, buffer.size, int(force), ctypes.byref(rgb),
+                                              ctypes.byref(height), ctypes.byref(width), ctypes.byref(symbols),
+                                              ctypes.byref(count)))
+        else:
+            self._check(self._lib.dcae_read_symbols(self._handle, file, buffer.size, int(force), ctypes.byref(height),
+                                                    ctypes.byref(width), ctypes.byref(symbols), ctypes.byref(count)))
         h, w = height.value, width.value
-        pixels = self._take(rgb, h * w * 3, np.uint8).reshape(h, w, 3)
+        pixels = self._take(rgb, h * w * 3, np.uint8).reshape(h, w, 3) if synthesize else None
         warnings = [w for w in self._lib.dcae_warnings(self._handle).decode().split("\n") if w]
         return Decoded(pixels, self._take(symbols, count.value, np.int32).reshape(self._latent_shape(h, w)), warnings)
 

@@ -13,6 +13,10 @@ portable .dcae, with the runtime's checks) or `DCAE.decompress` (a .bin). Each o
   encoder setup's own decode bit for bit;
 - decoded: it read the encoder's symbols, but its pixels differ (another
   g_s precision, or float noise of another backend); max pixel difference kept;
+- symbols exact: it read the encoder's symbols and stopped there (the images
+  after the first `pixel_images`: `decode(..., synthesize=False)` checks the
+  stream's end as a full decode does, without g_s, which cannot change a
+  symbol and is most of a decode's time);
 - refused: it raised (FingerprintMismatchError, DesyncError, CorruptStreamError;
   any other exception is kept under its class name);
 - WRONG: no error, but the symbols it read are not the ones encoded. This is
@@ -23,6 +27,11 @@ portable .dcae, with the runtime's checks) or `DCAE.decompress` (a .bin). Each o
 runtime's are recorded by a hook on its slice loop (setups.py). Where the
 runtime refuses by fingerprint, the same file is also decoded with
 force=True, which shows what the end-of-stream desync check alone would do.
+
+A decoder is deterministic: when two encoders wrote byte-identical files
+(the C++ host and the Python runtime on the same bundle and backend often
+do), the decoder decodes the bytes once per image and the result counts for
+both cells; `decodes_run` and `decodes_counted` in the result say how many.
 
 Also, per pair of setups and slice, the fraction of scale-table indexes and
 of round(y - mu) symbols that differ between their encoders on the same image.
@@ -51,6 +60,7 @@ class Outcomes:
     images: int = 0
     identical: int = 0
     decoded: int = 0
+    symbols_exact: int = 0  # the encoder's symbols read, no pixels synthesized
     refused: dict = field(default_factory=dict)  # error class -> count
     wrong_silent: int = 0
     max_pixel_diff: int = 0  # over "decoded" outcomes
@@ -82,11 +92,12 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float | None:
     return finite_or_none(psnr(a, b))
 
 
-def _attempt(coder, encoded, right_pixels: np.ndarray, outcomes: Outcomes, image: str, force: bool = False):
-    """Decode `encoded.data` with `coder`, count the outcome; return the error or None."""
+def _attempt(decode, encoded, right_pixels: np.ndarray, outcomes: Outcomes, image: str):
+    """Count the outcome of `decode()` (a `Decoded`, raising where the decoder
+    refuses) on `encoded`'s file; return the error or None."""
     outcomes.images += 1
     try:
-        decoded = coder.decode(encoded.data, force=force)
+        decoded = decode()
     except Exception as exc:  # noqa: BLE001 - every refusal is counted by its class
         name = type(exc).__name__
         outcomes.refused[name] = outcomes.refused.get(name, 0) + 1
@@ -98,7 +109,9 @@ def _attempt(coder, encoded, right_pixels: np.ndarray, outcomes: Outcomes, image
         n_wrong = (int(np.count_nonzero(decoded.symbols != encoded.symbols))
                    if decoded.symbols.shape == encoded.symbols.shape else int(encoded.symbols.size))
         outcomes.wrong.append({"image": image, "symbols_wrong": n_wrong, "symbols": int(encoded.symbols.size),
-                               "psnr_vs_right_decode": _psnr(right_pixels, decoded.x)})
+                               "psnr_vs_right_decode": None if decoded.x is None else _psnr(right_pixels, decoded.x)})
+    elif decoded.x is None:
+        outcomes.symbols_exact += 1
     elif np.array_equal(decoded.x, right_pixels):
         outcomes.identical += 1
     else:
@@ -106,6 +119,31 @@ def _attempt(coder, encoded, right_pixels: np.ndarray, outcomes: Outcomes, image
         diff = int(np.max(np.abs(decoded.x.astype(np.int16) - right_pixels.astype(np.int16))))
         outcomes.max_pixel_diff = max(outcomes.max_pixel_diff, diff)
     return None
+
+
+class DecodeOnce:
+    """One image's cross-decodes: each decoder decodes a given file's bytes
+    once (with or without force); a byte-identical file from another encoder
+    reuses the result, an error included."""
+
+    def __init__(self, coders: dict, synthesize: bool):
+        self.coders, self.synthesize = coders, synthesize
+        self.results: dict = {}
+        self.run = self.counted = 0
+
+    def __call__(self, decoder: str, data: bytes, force: bool = False):
+        self.counted += 1
+        key = (decoder, data, force)
+        if key not in self.results:
+            self.run += 1
+            try:
+                self.results[key] = self.coders[decoder].decode(data, force=force, synthesize=self.synthesize)
+            except Exception as exc:  # noqa: BLE001 - raised again for every file with these bytes
+                self.results[key] = exc
+        result = self.results[key]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
 
 class SymbolDifferences:
@@ -150,13 +188,17 @@ def safe_name(setup_name: str) -> str:
 
 
 def coding_pass(setups: list, coders: dict, images: list[Path], files_dir: Path, matrix: bool = True,
-                with_jpeg: bool = True, progress=print, matrix_images: int | None = None) -> dict:
+                with_jpeg: bool = True, progress=print, matrix_images: int | None = None,
+                pixel_images: int | None = None) -> dict:
     """Encode every image with every setup, decode (own and, with `matrix`, all pairs,
-    for the first `matrix_images` images or every one).
+    for the first `matrix_images` images or every one; the pairs' decodes of
+    the first `pixel_images` images synthesize pixels, later ones read the
+    symbols only).
 
     `setups`: the available `Setup`s; `coders`: name -> coder (`open_setup`). Returns {"rd": {setup: [rows]}, "cells": [...],
     "symbol_differences": [...], "portable": [the setups whose every file was a portable .dcae],
-    "matrix_images": how many images' files were cross-decoded}.
+    "matrix_images": how many images' files were cross-decoded, "pixel_images": of which how many
+    with pixels, "decodes_run" / "decodes_counted": cross-decodes run / counted in the cells}.
     """
     names = [s.name for s in setups]
     kinds = {s.name: s.kind for s in setups}
@@ -169,6 +211,8 @@ def coding_pass(setups: list, coders: dict, images: list[Path], files_dir: Path,
     differences = SymbolDifferences()
     portable = dict.fromkeys(names, True)
     cross_decoded = min(len(images), matrix_images or len(images)) if matrix else 0
+    with_pixels = min(cross_decoded, pixel_images or cross_decoded)
+    decodes_run = decodes_counted = 0
     for k, path in enumerate(images, 1):
         t0 = time.perf_counter()
         pixels = load_image(path)
@@ -196,21 +240,27 @@ def coding_pass(setups: list, coders: dict, images: list[Path], files_dir: Path,
             row.update(file=str(file), decoded=str(png))
             rd[n].append(row)
         checked = len(names)
+        decode = DecodeOnce(coders, synthesize=k <= with_pixels)
         for (e, d), cell in cells.items():
             if e == d or e not in own or k > cross_decoded:
                 continue
             checked += 1
-            error = _attempt(coders[d], encoded[e], own[e], cell.outcomes, image)
+            data = encoded[e].data
+            error = _attempt(lambda: decode(d, data), encoded[e], own[e], cell.outcomes, image)
             if isinstance(error, FingerprintMismatchError):
                 cell.forced = cell.forced or Outcomes()
-                _attempt(coders[d], encoded[e], own[e], cell.forced, image, force=True)
+                _attempt(lambda: decode(d, data, force=True), encoded[e], own[e], cell.forced, image)
+        decodes_run += decode.run
+        decodes_counted += decode.counted
         for a, b in itertools.combinations(names, 2):
             differences.add(a, b, encoded[a], encoded[b], coders[a].num_slices)
         progress(f"[{k}/{len(images)}] {image}: coded by {len(names)} setups, "
-                 f"{checked} decodes checked ({time.perf_counter() - t0:.1f} s)")
+                 f"{checked} decodes checked{'' if decode.run == decode.counted else f' ({decode.run} cross-decodes run)'}"
+                 f"{'' if k > cross_decoded or decode.synthesize else ', symbols only'} ({time.perf_counter() - t0:.1f} s)")
     return {"rd": rd, "cells": [c.to_dict() for c in cells.values()],
             "symbol_differences": differences.to_list(), "portable": [n for n in names if portable[n]],
-            "matrix_images": cross_decoded}
+            "matrix_images": cross_decoded, "pixel_images": with_pixels, "decodes_run": decodes_run,
+            "decodes_counted": decodes_counted}
 
 
 def _is_portable(data: bytes) -> bool:

@@ -13,6 +13,8 @@ STAGE_GROUPS = [("load / pad", ("load",)), ("g_a", ("g_a",)), ("h_a", ("h_a",)),
 
 
 def _timing_plan(options: dict) -> str:
+    if options.get("no_speed"):
+        return "no timing (--no-speed): rate-distortion and the decodability matrix only."
     rounds = options.get("rounds", 1)
     if rounds == 1:
         return f"warm-up 1 run per image, then {options['repeats']} timed runs."
@@ -161,7 +163,7 @@ def portable_totals(matrix: dict) -> dict | None:
     portable = set(matrix["portable"])
     cells = [c for c in matrix["cells"] if c["encoder"] != c["decoder"] and {c["encoder"], c["decoder"]} <= portable]
     return {"setups": len(portable), "decodes": sum(c["images"] for c in cells),
-            "failed": sum(c["images"] - c["identical"] - c["decoded"] for c in cells)}
+            "failed": sum(c["images"] - c["identical"] - c["decoded"] - c.get("symbols_exact", 0) for c in cells)}
 
 
 # ---- markdown -----------------------------------------------------------------------
@@ -311,6 +313,8 @@ def _outcome_text(o: dict) -> str:
         parts.append(f"{o['identical']} identical")
     if o["decoded"]:
         parts.append(f"{o['decoded']} decoded (pixels ±{o['max_pixel_diff']})")
+    if o.get("symbols_exact"):
+        parts.append(f"{o['symbols_exact']} symbols exact")
     for name, count in o["refused"].items():
         parts.append(f"{count} refused ({name})")
     if o["wrong_silent"]:
@@ -329,6 +333,17 @@ def _matrix(report: dict) -> list[str]:
     if matrix.get("images") is not None and matrix["images"] < matrix["of_images"]:
         lines += [f"Off the diagonal: the files of the first {matrix['images']} of the {matrix['of_images']} "
                   f"images (--matrix-images); on it, every image.", ""]
+    cross = matrix.get("images") or matrix["of_images"]
+    pixels = matrix.get("pixel_images", cross)
+    if pixels < cross:
+        lines += [f"Off the diagonal, the decodes of the first {pixels} images' files synthesize pixels and "
+                  f"compare them (*identical*, *decoded*); those of the other {cross - pixels} read the symbols "
+                  f"and check the stream's end without running g_s (*symbols exact*; --matrix-pixels): g_s "
+                  f"cannot change a symbol.", ""]
+    if matrix.get("decodes_counted") and matrix["decodes_run"] < matrix["decodes_counted"]:
+        lines += [f"{matrix['decodes_counted']} cross-decodes counted, {matrix['decodes_run']} run: a decoder "
+                  f"decodes each distinct file of an image once, and the result counts for every encoder that "
+                  f"wrote those same bytes.", ""]
     no_check = {c["decoder"] for c in matrix["cells"] if not c["decoder_detects_desync"]}
     header = [f"{n} (no desync check)" if n in no_check else n for n in names]
     lines += ["| encoder ↓ / decoder → | " + " | ".join(header) + " |", "|---|" + "---|" * len(names)]
@@ -452,24 +467,18 @@ def markdown(report: dict) -> str:
         lines += [f"- {s['name']}: not available: {s['reason']}" for s in unavailable]
         lines += [f"- {note}" for note in report.get("notes", [])]
         lines.append("")
-    lines += ["## Speed and memory", ""] + _speed_details(report)
-    if report["setups"] and any(s.get("speed") for s in report["setups"]):
-        lines += ["", report["memory_method"] + ". Decode-only process: a second fresh process that loads the setup "
-                  "and decodes each image's file once, nothing else (what a decoder host holds).", ""]
-    lines += _compile_notes(report)
-    lines += ["### Latency by stage, encode (ms, mean over images of the median run; in brackets the achieved "
-              "GFLOP/s and % of the machine's peak, see Roofline)", ""] + \
-        _stage_table(report, "encode") + ["", "### Latency by stage, decode", ""] + _stage_table(report, "decode")
-    lines += ["", "### Roofline", ""] + _roofline(report)
-    if report["plots"].get("latency"):
-        lines += ["", f"![latency by stage]({report['plots']['latency']})"]
+    if report["options"].get("no_speed"):
+        lines += ["## Speed and memory", "", "Not measured (--no-speed)."]
+    else:
+        lines += _speed_sections(report)
     lines += ["", "## Rate-distortion", ""] + _rd_per_image(report)
     if report["plots"].get("rate_distortion"):
         lines += ["", f"![rate-distortion]({report['plots']['rate_distortion']})"]
     lines += ["", "## Decodability matrix", "",
               "Each file encoded by the row's setup, decoded by the column's. *identical*: the encoder's exact "
               "symbols and the encoder setup's own pixels; *decoded*: the exact symbols, pixels differing by "
-              "at most the given amount (another g_s precision or backend); *refused*: the decoder raised; "
+              "at most the given amount (another g_s precision or backend); *symbols exact*: the exact "
+              "symbols, read without synthesizing pixels; *refused*: the decoder raised; "
               "**WRONG**: no error, wrong symbols. The runtime decodes a .bin with a warning and refuses a "
               "foreign .dcae by fingerprint; *forced* is the same file with force=True, where only the "
               "end-of-stream desync check stands between a foreign stream and a wrong image. The reference "
@@ -481,6 +490,21 @@ def markdown(report: dict) -> str:
               "themselves differ, so these fractions measure that, not numeric noise.", ""] + \
         _symbol_differences(report)
     return "\n".join(lines) + "\n"
+
+
+def _speed_sections(report: dict) -> list[str]:
+    lines = ["## Speed and memory", ""] + _speed_details(report)
+    if report["setups"] and any(s.get("speed") for s in report["setups"]):
+        lines += ["", report["memory_method"] + ". Decode-only process: a second fresh process that loads the setup "
+                  "and decodes each image's file once, nothing else (what a decoder host holds).", ""]
+    lines += _compile_notes(report)
+    lines += ["### Latency by stage, encode (ms, mean over images of the median run; in brackets the achieved "
+              "GFLOP/s and % of the machine's peak, see Roofline)", ""] + \
+        _stage_table(report, "encode") + ["", "### Latency by stage, decode", ""] + _stage_table(report, "decode")
+    lines += ["", "### Roofline", ""] + _roofline(report)
+    if report["plots"].get("latency"):
+        lines += ["", f"![latency by stage]({report['plots']['latency']})"]
+    return lines
 
 
 def write_report_files(report: dict, out: Path) -> None:

@@ -27,6 +27,11 @@
 #    -> $OUT/golden/; and benchmarks.sigma_agreement --golden on the same 2
 #    images (scale errors, side-stream cost) -> $OUT/sigma_agreement_golden.md
 #    (about an hour on 2 busy cores)
+# 6. (PARTS=matrix, not in the default) The fixture part's decodability matrix on every
+#    image of KODAK_DIR with every setup of the fixture part, no timing (dcae-bench
+#    --no-speed): the decodes of the first MATRIX_PIXELS images' files compare pixels,
+#    later ones read the symbols only -> $OUT/fixture_matrix/ (about 1.5 hours on one
+#    core for 24 images and 18 setups)
 # 5. (PARTS=embedded, not in the default) What depends on the embedded model's weights,
 #    to rerun when they change: benchmarks.kodak_rd (the reference against JPEG at the
 #    same rate) -> $OUT/kodak_rd.{json,md}; benchmarks.int8_quality on every image
@@ -51,6 +56,8 @@
 #   MATRIX_IMAGES=N  the fixture part's decodability matrix on the first N images only
 #                  (dcae-bench --matrix-images; default: every image). With every backend
 #                  the matrix is about 18 x 18 decodes per image, hours on 24 images on 2 cores
+#   MATRIX_PIXELS=2  the matrix part's cross-decodes that synthesize pixels: those of
+#                  the first N images (dcae-bench --matrix-pixels)
 #   QUICK=1        a test of this script: tiny random-init models instead of the
 #                  fixture and official ones, 2 images, 1 repeat, OUT defaults to
 #                  /tmp/dcae-bench-quick (the checked-in results are not touched)
@@ -152,11 +159,11 @@ print(os.path.join(os.path.dirname(openvino.__file__), "cmake"))' 2> /dev/null |
     say "C++ host build failed: $reason"
     NOTES+=(--note "cpp-openvino: the C++ host did not build here: ${reason:-no message}")
 }
-if { [[ ",$PARTS," == *",fixture,"* ]] && [[ ",$BACKENDS," == *",cpp-openvino,"* ]]; } ||
+if { [[ ",$PARTS," =~ ,(fixture|matrix), ]] && [[ ",$BACKENDS," == *",cpp-openvino,"* ]]; } ||
         [[ ",$PARTS," == *",golden,"* ]]; then
     build_cpp_host
 fi
-if [[ ",$PARTS," == *",fixture,"* ]] || [[ ",$PARTS," == *",embedded,"* ]]; then
+if [[ ",$PARTS," =~ ,(fixture|matrix|embedded), ]]; then
 # ---- 1. fixture bundles ---------------------------------------------------------------
 FIXTURE_BUNDLES=()
 for precision in fp32 fp16; do
@@ -196,6 +203,16 @@ say "dcae-bench: fixture bundles on $KODAK"
     ${MATRIX_IMAGES:+--matrix-images "$MATRIX_IMAGES"} \
     --out "$OUT/fixture" --files "$WORK/files/fixture" || keep_status $?
 given_paths "$OUT/fixture/report.md" "$OUT/fixture/report.json"
+fi
+
+# ---- 6. the fixture bundles' decodability matrix on every image, no timing -------------
+if [[ ",$PARTS," == *",matrix,"* ]]; then
+say "dcae-bench: decodability matrix of the fixture bundles on every image of $KODAK"
+"$PYTHON" -m benchmarks.cli "${FIXTURE_BUNDLES[@]}" --images "$KODAK" ${LIMIT[@]+"${LIMIT[@]}"} \
+    ${BENCH_CKPT[@]+"${BENCH_CKPT[@]}"} --backends "$BACKENDS" --threads "$THREADS" ${NOTES[@]+"${NOTES[@]}"} \
+    --no-speed --matrix-pixels "${MATRIX_PIXELS:-2}" \
+    --out "$OUT/fixture_matrix" --files "$WORK/files/fixture_matrix" || keep_status $?
+given_paths "$OUT/fixture_matrix/report.md" "$OUT/fixture_matrix/report.json"
 fi
 
 # ---- 5. results that depend on the embedded model's weights ---------------------------
@@ -294,6 +311,8 @@ describe_part() {
     case "$1" in
         fixture) echo "torch vs each runtime backend x bundle, embedded model: latency by stage, memory," \
                       "rate-distortion with JPEG at the same rate, decodability matrix" ;;
+        fixture_matrix) echo "the decodability matrix of every setup of the fixture part on every image, no" \
+                             "timing (PARTS=matrix)" ;;
         fixture_onnxruntime) echo "every bundle form of the embedded model on onnxruntime alone (PARTS=embedded)" ;;
         official_random_init) echo "the official-size configuration at random init, speed only" ;;
         golden) echo "the official configuration with the golden weights on 2 images: the decodability matrix" \

@@ -108,7 +108,7 @@ class Encoded:
 
 @dataclass
 class Decoded:
-    x: np.ndarray  # uint8 (H, W, 3)
+    x: np.ndarray | None  # uint8 (H, W, 3); None from decode(..., synthesize=False)
     symbols: np.ndarray  # int32 (1, M, h, w): what the decoder read from the stream
     warnings: list = field(default_factory=list)
 
@@ -145,11 +145,11 @@ class RuntimeCoder:
             warnings.simplefilter("ignore")
             return self.codec.decompress(data)
 
-    def decode(self, data: bytes, force: bool = False) -> Decoded:
-        """`Codec.decompress` (its refusals are the cell's refusals)."""
+    def decode(self, data: bytes, force: bool = False, synthesize: bool = True) -> Decoded:
+        """`Codec.decode` (its refusals are the cell's refusals)."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = self.codec.decode(data, force=force)
+            result = self.codec.decode(data, force=force, synthesize=synthesize)
         return Decoded(result.x, result.symbols.reshape(result.y_hat.shape), [str(w.message) for w in caught])
 
 
@@ -185,13 +185,13 @@ class TorchCoder:
     def decompress(self, data: bytes) -> np.ndarray:
         return self.decode(data).x
 
-    def decode(self, data: bytes, force: bool = False) -> Decoded:
+    def decode(self, data: bytes, force: bool = False, synthesize: bool = True) -> Decoded:
         if sniff(data) == "dcae":
             # Portable files only (others are refused): the runtime's rANS
             # decoder and side-stream checks, so a desync is an error.
-            pixels, symbols = self.reference.decode_portable(data)
+            pixels, symbols = self.reference.decode_portable(data, synthesize)
             return Decoded(pixels, symbols.reshape(self._latent_shape(data)))
-        result = self.reference.decode_streams(*streams_of(data))
+        result = self.reference.decode_streams(*streams_of(data), synthesize=synthesize)
         return Decoded(result.x, result.symbols)
 
     def _latent_shape(self, data: bytes) -> tuple:

@@ -237,19 +237,21 @@ class TorchReference:
 
     # ---- decoders -----------------------------------------------------------------------
 
-    def decode_portable(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    def decode_portable(self, data: bytes, synthesize: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
         """A portable .dcae through `dcae.coding.decode_dcae`, timed by stage:
-        (pixels, symbols in stream order)."""
+        (pixels, or None without `synthesize`; symbols in stream order)."""
         self.last_timings = {}
         started = time.perf_counter()
-        result = decode_dcae(self.model, data, self._timed)
+        result = decode_dcae(self.model, data, self._timed, synthesize)
         self.last_timings["total"] = time.perf_counter() - started
         return result
 
     @torch.no_grad()
-    def decode_streams(self, y: bytes, z: bytes, height: int, width: int) -> ReferenceDecoded:
+    def decode_streams(self, y: bytes, z: bytes, height: int, width: int,
+                       synthesize: bool = True) -> ReferenceDecoded:
         """Decode like `DCAE.decompress`: no desync check exists there, so a
-        foreign stream decodes to whatever it decodes to."""
+        foreign stream decodes to whatever it decodes to. Without `synthesize`
+        g_s does not run (pixels None)."""
         self.last_timings = {}
         started = time.perf_counter()
         model, gc = self.model, self.model.gaussian_conditional
@@ -279,9 +281,11 @@ class TorchReference:
                 y_hat_slices.append(model.slice_refine(i, support, y_hat_raw))
 
         y_hat = torch.cat(y_hat_slices, dim=1)
-        with timed("g_s"):
-            x_hat = model.g_s(y_hat).clamp_(0, 1)
-        with timed("crop"):
-            pixels = crop_to_uint8(x_hat.cpu().numpy(), height, width)
+        pixels = None
+        if synthesize:
+            with timed("g_s"):
+                x_hat = model.g_s(y_hat).clamp_(0, 1)
+            with timed("crop"):
+                pixels = crop_to_uint8(x_hat.cpu().numpy(), height, width)
         self.last_timings["total"] = time.perf_counter() - started
         return ReferenceDecoded(pixels, y_hat.cpu().numpy(), np.concatenate(symbol_maps, axis=1))

@@ -126,8 +126,8 @@ class RemoteTorchCoder:
     def encode(self, pixels):
         return self._call("encode", pixels)
 
-    def decode(self, data: bytes, force: bool = False):
-        return self._call("decode", bytes(data), force)
+    def decode(self, data: bytes, force: bool = False, synthesize: bool = True):
+        return self._call("decode", bytes(data), force, synthesize)
 
     def decompress(self, data: bytes):
         return self.decode(data).x

@@ -122,8 +122,10 @@ def decompress_image(model: DCAE, data: bytes) -> np.ndarray:
 
 
 @torch.no_grad()
-def decode_dcae(model: DCAE, data: bytes, timer=None) -> tuple[np.ndarray, np.ndarray]:
-    """A portable `.dcae` -> (uint8 (H, W, 3), the y symbols in stream order); raises the
+def decode_dcae(model: DCAE, data: bytes, timer=None,
+                synthesize: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+    """A portable `.dcae` -> (uint8 (H, W, 3), the y symbols in stream order),
+    or (None, symbols) without `synthesize` (g_s skipped); raises the
     runtime's errors (`FingerprintMismatchError`, `CorruptStreamError`,
     `MarginError`, `DesyncError`) rather than returning noise. `timer(stage)`,
     a context manager, times the stages (see `DCAE.decode_slices`)."""
@@ -166,6 +168,8 @@ def decode_dcae(model: DCAE, data: bytes, timer=None) -> tuple[np.ndarray, np.nd
     y_hat = model.decode_slices(torch.from_numpy(z_hat).to(_device_of(model)), decode_slice, timer)
     with timer("y_coding"):
         decoder.finish()
+    if not synthesize:
+        return None, np.concatenate(symbols)
     with timer("g_s"):
         x_hat = model.g_s(y_hat).clamp_(0, 1)
     with timer("crop"):

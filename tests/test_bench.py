@@ -278,6 +278,34 @@ def test_matrix_images_bounds_the_cross_decodes_but_not_the_rate_distortion(tiny
     assert f"the first 1 of the {len(IMAGES)} images (--matrix-images)" in (out / "report.md").read_text()
 
 
+def test_matrix_pixels_reads_later_files_symbols_only_and_identical_files_are_decoded_once(
+        tiny_bundle, images_dir, tmp_path):
+    """--no-speed: no timing. --matrix-pixels 1: the second image's files
+    are read to their symbols only. Three setups on one bundle write the same
+    bytes, so each decoder decodes an image's two foreign files once."""
+    out = tmp_path / "out"
+    code = cli.main(["--bundle", str(tiny_bundle), "--bundle", str(tiny_bundle), "--bundle", str(tiny_bundle),
+                     "--images", str(images_dir), "--backends", "onnxruntime", "--no-speed", "--matrix-pixels", "1",
+                     "--threads", "1", "--no-jpeg", "--out", str(out), "--quiet"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert all(s["speed"] is None for s in report["setups"]) and report["options"]["no_speed"]
+    matrix = report["matrix"]
+    assert matrix["pixel_images"] == 1 and matrix["images"] == len(IMAGES)
+    for cell in matrix["cells"]:
+        if cell["encoder"] == cell["decoder"]:
+            assert cell["identical"] == len(IMAGES), cell  # the diagonal always decodes pixels
+        else:
+            assert (cell["images"], cell["identical"], cell["symbols_exact"]) == (len(IMAGES), 1, 1), cell
+    assert matrix["decodes_counted"] == 6 * len(IMAGES) and matrix["decodes_run"] == 3 * len(IMAGES)
+    text = (out / "report.md").read_text()
+    assert "1 symbols exact" in text and "those of the other 1 read the symbols" in text
+    assert "12 cross-decodes counted, 6 run" in text
+    assert "Not measured (--no-speed)." in text and "### Roofline" not in text
+    for setup in report["setups"]:
+        assert len(setup["rd"]["images"]) == len(IMAGES)
+
+
 def test_a_silent_wrong_runtime_decode_fails_the_run_loudly(tiny_bundle, images_dir, tmp_path, capsys,
                                                            monkeypatch):
     import benchmarks.matrix as matrix
@@ -437,14 +465,13 @@ def test_runtime_coder_returns_the_symbols_its_decoder_read(tiny_bundle, kodak_c
     assert np.array_equal(decoded.symbols, encoded.symbols) and decoded.symbols.any()
 
 
-class _FakeDecoder:
-    def __init__(self, result):
-        self.result = result
-
-    def decode(self, data, force=False):
-        if isinstance(self.result, Exception):
-            raise self.result
-        return self.result
+def _decoding_to(result):
+    """A decode call that returns `result`, or raises it."""
+    def decode():
+        if isinstance(result, Exception):
+            raise result
+        return result
+    return decode
 
 
 def test_outcomes_are_classified_by_the_symbols_read():
@@ -455,14 +482,19 @@ def test_outcomes_are_classified_by_the_symbols_read():
     wrong = symbols.copy()
     wrong[0, 2, 1, 1] += 1
     outcomes = Outcomes()
-    _attempt(_FakeDecoder(Decoded(right, symbols.copy())), encoded, right, outcomes, "a")
-    _attempt(_FakeDecoder(Decoded(off_by_one, symbols.copy())), encoded, right, outcomes, "b")
-    _attempt(_FakeDecoder(DesyncError("out of sync")), encoded, right, outcomes, "c")
+    _attempt(_decoding_to(Decoded(right, symbols.copy())), encoded, right, outcomes, "a")
+    _attempt(_decoding_to(Decoded(off_by_one, symbols.copy())), encoded, right, outcomes, "b")
+    _attempt(_decoding_to(DesyncError("out of sync")), encoded, right, outcomes, "c")
     # right pixels but one wrong symbol is still a wrong decode
-    _attempt(_FakeDecoder(Decoded(right, wrong)), encoded, right, outcomes, "d")
-    assert (outcomes.images, outcomes.identical, outcomes.decoded, outcomes.wrong_silent) == (4, 1, 1, 1)
+    _attempt(_decoding_to(Decoded(right, wrong)), encoded, right, outcomes, "d")
+    # decodes without pixels: judged by the symbols alone
+    _attempt(_decoding_to(Decoded(None, symbols.copy())), encoded, right, outcomes, "e")
+    _attempt(_decoding_to(Decoded(None, wrong)), encoded, right, outcomes, "f")
+    assert (outcomes.images, outcomes.identical, outcomes.decoded, outcomes.symbols_exact,
+            outcomes.wrong_silent) == (6, 1, 1, 1, 2)
     assert outcomes.refused == {"DesyncError": 1} and outcomes.max_pixel_diff == 1
-    assert outcomes.wrong == [{"image": "d", "symbols_wrong": 1, "symbols": 12, "psnr_vs_right_decode": None}]
+    assert outcomes.wrong == [{"image": "d", "symbols_wrong": 1, "symbols": 12, "psnr_vs_right_decode": None},
+                              {"image": "f", "symbols_wrong": 1, "symbols": 12, "psnr_vs_right_decode": None}]
     cells = [{"decoder_detects_desync": True, "wrong_silent": 1, "forced": {"wrong_silent": 2}},
              {"decoder_detects_desync": False, "wrong_silent": 3, "forced": None},
              {"decoder_detects_desync": False, "wrong_silent": 0, "forced": {"wrong_silent": 4}}]

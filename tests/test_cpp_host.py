@@ -774,3 +774,9 @@ def test_dcae_bench_runs_the_host_as_a_setup(host, tiny_bundle, openvino_codec, 
     assert np.array_equal(decoded.x, openvino_codec.decompress(encoded.data))
     with pytest.raises(CorruptStreamError, match="truncated"):
         coder.decode(encoded.data[:-3])
+    # dcae_read_symbols: the same symbols without g_s, the same refusals.
+    read = coder.decode(encoded.data, synthesize=False)
+    assert read.x is None and np.array_equal(read.symbols, encoded.symbols)
+    assert "y_coding" in coder.timings and "g_s" not in coder.timings
+    with pytest.raises(CorruptStreamError, match="truncated"):
+        coder.decode(encoded.data[:-3], synthesize=False)

@@ -441,6 +441,24 @@ def test_streams_of_another_image_are_a_desync_not_an_image(codec, kodak_crop):
         codec.decode_streams(a.y, a.z, 64, 300)
 
 
+def test_reading_the_symbols_only_checks_a_file_as_a_full_decode_does(codec, kodak_crop):
+    """decode(synthesize=False) skips g_s: the same symbols and y_hat, no
+    pixels, and the same refusal of a stream that does not end in sync."""
+    a = codec.encode(kodak_crop("kodim06", 64, 64))
+    full = codec.decode(a.data)
+    assert "g_s" in codec.last_timings
+    read = codec.decode(a.data, synthesize=False)
+    assert "g_s" not in codec.last_timings and "y_coding" in codec.last_timings
+    assert read.x is None and full.x is not None
+    assert np.array_equal(read.symbols, full.symbols) and np.array_equal(read.y_hat, full.y_hat)
+    b = codec.encode(kodak_crop("kodim07", 64, 64, top=100, left=100))
+    padded = pack(DcaeHeader(64, 64, codec.fingerprint), a.z, a.y + b"\0\0\0\0")
+    with pytest.raises(DesyncError, match="out of sync"):
+        codec.decode(padded, synthesize=False)
+    with pytest.raises(CorruptStreamError):
+        codec.decode(pack(DcaeHeader(64, 64, codec.fingerprint), a.z, b.y), synthesize=False)
+
+
 def test_not_a_codec_file(codec, tmp_path):
     from PIL import Image
 

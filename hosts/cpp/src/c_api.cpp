@@ -132,6 +132,18 @@ int dcae_decode(dcae_codec* codec, const uint8_t* file, size_t file_size, int fo
   });
 }
 
+int dcae_read_symbols(dcae_codec* codec, const uint8_t* file, size_t file_size, int force, uint32_t* height,
+                      uint32_t* width, int32_t** symbols, size_t* count) {
+  return guarded(codec, [&] {
+    const dcae::DecodeResult result =
+        codec->codec.decode(std::vector<uint8_t>(file, file + file_size), force != 0, /*synthesize=*/false);
+    *symbols = copy_out(result.symbols).release();
+    *count = result.symbols.size();
+    *height = result.image.height;
+    *width = result.image.width;
+  });
+}
+
 const char* dcae_error(const dcae_codec* codec) { return codec ? codec->error.c_str() : "no codec"; }
 const char* dcae_error_kind(const dcae_codec* codec) { return codec ? codec->error_kind.c_str() : ""; }
 const char* dcae_timings_json(const dcae_codec* codec) { return codec ? codec->timings.c_str() : "{}"; }

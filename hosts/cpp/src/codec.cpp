@@ -334,7 +334,7 @@ struct Codec::Impl {
     SideInfo side;
   };
 
-  DecodeResult decode_streams(const Streams& streams) {
+  DecodeResult decode_streams(const Streams& streams, bool synthesize) {
     const Layout g = layout(streams.height, streams.width);
     DecodeResult result;
     result.latent_shape = {1, g.latent_channels, g.h, g.w};
@@ -358,6 +358,9 @@ struct Codec::Impl {
       dequantize(result.symbols.data() + offset, mu, block, y_hat_raw);
     });
     timed("y_coding", [&] { decoder.finish(); });
+    result.image.height = streams.height;
+    result.image.width = streams.width;
+    if (!synthesize) return result;
 
     std::map<std::string, Tensor> gs = run("g_s", {{"y_hat", result.y_hat.data(), g.latent_shape()}});
     const Tensor& x_hat = expect(gs, "g_s", "x_hat", {1, 3, g.padded_height, g.padded_width});
@@ -365,7 +368,7 @@ struct Codec::Impl {
     return result;
   }
 
-  DecodeResult decode(const std::vector<uint8_t>& file, bool force) {
+  DecodeResult decode(const std::vector<uint8_t>& file, bool force, bool synthesize) {
     timings.clear();
     warnings.clear();
     const Clock::time_point started = Clock::now();
@@ -396,7 +399,7 @@ struct Codec::Impl {
     }
     if (const std::string problem = dimension_problem(streams.height, streams.width); !problem.empty())
       fail(ErrorKind::corrupt_stream, "stream header has an impossible image size: " + problem);
-    DecodeResult result = decode_streams(streams);
+    DecodeResult result = decode_streams(streams, synthesize);
     add_timing("total", seconds_since(started));
     return result;
   }
@@ -438,9 +441,13 @@ Codec::Codec(Codec&&) noexcept = default;
 Codec& Codec::operator=(Codec&&) noexcept = default;
 
 std::vector<uint8_t> Codec::compress(const Image& image) { return impl_->encode(image).file; }
-Image Codec::decompress(const std::vector<uint8_t>& file, bool force) { return impl_->decode(file, force).image; }
+Image Codec::decompress(const std::vector<uint8_t>& file, bool force) {
+  return impl_->decode(file, force, true).image;
+}
 EncodeResult Codec::encode(const Image& image) { return impl_->encode(image); }
-DecodeResult Codec::decode(const std::vector<uint8_t>& file, bool force) { return impl_->decode(file, force); }
+DecodeResult Codec::decode(const std::vector<uint8_t>& file, bool force, bool synthesize) {
+  return impl_->decode(file, force, synthesize);
+}
 const Timings& Codec::last_timings() const { return impl_->timings; }
 std::string Codec::numeric_class() const { return impl_->backend->numeric_class(); }
 const std::vector<std::string>& Codec::last_warnings() const { return impl_->warnings; }

@@ -79,7 +79,7 @@ struct EncodeResult {
 };
 
 struct DecodeResult {
-  Image image;
+  Image image;  // rgb empty when decoded without synthesis
   std::array<int64_t, 4> latent_shape{};
   std::vector<int32_t> symbols;  // read from the y stream
   std::vector<float> y_hat;
@@ -98,7 +98,10 @@ class Codec {
   Image decompress(const std::vector<uint8_t>& file, bool force = false);
 
   EncodeResult encode(const Image& image);
-  DecodeResult decode(const std::vector<uint8_t>& file, bool force = false);
+  // Without `synthesize` the decode stops once the y stream is read and its
+  // end checked: the symbols and y_hat, no image pixels (g_s does not run,
+  // and it cannot change a symbol), for checking that a file decodes here.
+  DecodeResult decode(const std::vector<uint8_t>& file, bool force = false, bool synthesize = true);
 
   const Timings& last_timings() const;
   // What the non-portable fingerprint names: the backend's arithmetic.
