@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matrix-pixels", type=int, default=None, metavar="N",
                    help="the matrix's decodes of the first N images' files synthesize the image and compare "
                         "its pixels; those of later images read the symbols and check the stream's end only, "
-                        "skipping g_s, which cannot change a symbol and is about half of a decode "
+                        "skipping g_s, which cannot change a symbol and is most of a decode's time "
                         "(default: every image)")
     p.add_argument("--no-jpeg", action="store_true", help="skip the JPEG comparison")
     p.add_argument("--note", action="append", default=[], metavar="TEXT",
