@@ -26,6 +26,7 @@ import numpy as np
 
 from runtime.codec import Codec
 from runtime.container import sniff, unpack, unpack_bin
+from runtime.cpu import AVX2_KERNELS_ENV
 
 TORCH = "torch"
 # The reference on the CPU with PyTorch's and oneDNN's AVX2 kernels: how a CPU
@@ -34,9 +35,8 @@ TORCH_AVX2 = "torch-avx2"
 TORCH_COMPILE = "torch-compile"  # the reference with torch.compile (inductor) on the CPU: a PyTorch user's best
 TORCH_CUDA = "torch-cuda"  # the reference on the GPU: upstream's own way of running DCAE
 TORCH_DEVICES = {TORCH: "cpu", TORCH_AVX2: "cpu", TORCH_COMPILE: "cpu", TORCH_CUDA: "cuda"}
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 # Environment a setup's process needs (read by torch once, at its first kernel).
-SETUP_ENV = {TORCH_AVX2: AVX2_ENV}
+SETUP_ENV = {TORCH_AVX2: AVX2_KERNELS_ENV}
 DEFAULT_BACKENDS = ("torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "tensorrt")
 
 

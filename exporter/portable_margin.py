@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runtime.cpu import AVX2_KERNELS_ENV
 from runtime.entropy import decompress_z
 from runtime.imaging import pad_image
 from runtime.portable import MAX_MARGIN, margin_for
 
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 ANCHOR = "torch-float64"
 
 
@@ -96,7 +96,7 @@ def avx2_scales(checkpoint: str | Path, inputs: list[tuple[np.ndarray, np.ndarra
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
         result = subprocess.run([sys.executable, "-m", "exporter.portable_margin", "--worker",
                                  str(Path(tmp) / "spec.json"), str(Path(tmp) / "avx2.npz")],
-                                env={**os.environ, **AVX2_ENV}, capture_output=True, text=True,
+                                env={**os.environ, **AVX2_KERNELS_ENV}, capture_output=True, text=True,
                                 cwd=Path(__file__).resolve().parent.parent)
         if result.returncode:
             tail = (result.stderr.strip().splitlines() or ["no output"])[-1]

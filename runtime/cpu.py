@@ -7,6 +7,13 @@ import functools
 from pathlib import Path
 
 
+# The environment under which PyTorch (ATen) and oneDNN pick their AVX2 kernels
+# even on a CPU with AVX-512: in a process started with it, the reference
+# computes as an AVX2-only CPU does (another rounding of every float sum), the
+# second float path of the portability checks.
+AVX2_KERNELS_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
 @functools.cache
 def _first_processor() -> dict[str, str]:
     """The fields of the first processor in /proc/cpuinfo; empty where there is no such file."""

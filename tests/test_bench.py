@@ -608,10 +608,11 @@ def test_torch_avx2_worker_codes_like_the_reference_and_raises_its_errors(tiny_c
 def test_torch_avx2_refuses_a_process_whose_torch_runs_other_kernels(tiny_checkpoint, monkeypatch):
     """The environment set after torch chose its kernels changes nothing: the
     setup says so instead of computing with AVX-512 under the AVX2 name."""
-    from benchmarks.setups import AVX2_ENV, open_setup
+    from benchmarks.setups import open_setup
+    from runtime.cpu import AVX2_KERNELS_ENV
     from runtime.errors import BackendUnavailableError
 
-    for key, value in AVX2_ENV.items():
+    for key, value in AVX2_KERNELS_ENV.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(BackendUnavailableError, match="AVX512 kernels"):
         open_setup(Setup("torch-avx2", "torch", "torch-avx2", "fp32", checkpoint=str(tiny_checkpoint)), threads=1)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from runtime.container import HEADER_SIZES, DcaeFile, DcaeHeader, pack, unpack
+from runtime.cpu import AVX2_KERNELS_ENV
 from runtime.entropy import build_indexes
 from runtime.errors import CorruptStreamError, DcaeError, FingerprintMismatchError
 from runtime.portable import (MAX_MARGIN, MarginError, Thresholds, apply_side_stream, decode_side_stream,
@@ -21,7 +22,6 @@ from tests.portable_files import CROPS, SETS, crop, symbols_digest
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 TABLE = np.exp(np.linspace(np.log(0.11), np.log(256), 64)).astype(np.float32)
 BOUND = float(np.float32(0.11))
 FINGERPRINT = bytes(range(16))
@@ -243,7 +243,7 @@ def bundles(model, image_dir, tmp_path_factory):
 
 
 def _run_worker(args: list[str]) -> None:
-    env = {**os.environ, **AVX2_ENV, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, **AVX2_KERNELS_ENV, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-m", "tests.reference_worker", *map(str, args)], cwd=REPO, env=env,
                    check=True, capture_output=True)
 
