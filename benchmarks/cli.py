@@ -3,10 +3,12 @@ cross-backend decodability matrix.
 
     dcae-bench --bundle B [--bundle B2 ...] --images DIR --out DIR
                [--backends torch,torch-compile,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt] [--limit N]
-               [--repeats R] [--rounds N] [--threads T] [--checkpoint C] [--speed-only | --no-matrix]
+               [--repeats R] [--rounds N] [--threads T] [--checkpoint C] [--speed-only | --no-matrix | --no-speed]
+               [--matrix-images N] [--matrix-pixels N]
 
-Setups: the PyTorch reference ("torch" on the CPU, "torch-avx2" on the CPU
-with the AVX2 kernels of another CPU family, "torch-compile" with torch.compile
+Setups: the PyTorch reference ("torch" on the CPU, "torch-avx2" and
+"torch-sse41" on the CPU with the AVX2 or SSE4.1 kernels of other CPU
+families, "torch-compile" with torch.compile
 on its networks, "torch-cuda" on a GPU, from the bundles' source checkpoint)
 and each bundle on each runtime backend ("onnxruntime:fp32", "openvino:fp32",
 "cpp-openvino:fp32"). The report's roofline table gives each stage's FLOPs
@@ -58,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
                    help=f"comma-separated: 'torch' (the PyTorch reference on the CPU, the speed-up baseline), "
                         f"'torch-avx2' (the reference with the AVX2 kernels of a CPU without AVX-512, in a "
-                        f"process of its own), "
+                        f"process of its own), 'torch-sse41' (the same with the SSE4.1 kernels of a CPU "
+                        f"without AVX2: on an AVX2-only CPU, the float path other than the default), "
                         f"'torch-compile' (the reference with torch.compile on its networks: needs a C++ "
                         f"compiler; its load time includes the compile, minutes for the official model), "
                         f"'torch-cuda' (the reference on a CUDA GPU), runtime backends and 'cpp-openvino' (the "

@@ -214,7 +214,7 @@ def summarise(raw: dict) -> dict:
         "decode_memory": raw.get("decode_memory"),
         "threads": raw["threads"],
         "torch_imported": raw["torch_imported"],
-        "numeric_class": raw.get("numeric_class"),  # as the measuring process computed (torch-avx2: its kernels)
+        "numeric_class": raw.get("numeric_class"),  # as the measuring process computed (its kernels)
         "per_image_ms": {im["image"]: {"encode": 1e3 * float(np.median(im["encode_s"])),
                                        "decode": 1e3 * float(np.median(im["decode_s"]))} for im in images},
     }
@@ -287,7 +287,7 @@ def _run_child(spec: dict, stem: Path, name: str, timeout: float | None, extra_e
     result_path.unlink(missing_ok=True)
     from .setups import SETUP_ENV
 
-    # torch-avx2: its kernels from the start; extra_env: what the caller adds
+    # torch-avx2, torch-sse41: their kernels from the start; extra_env: what the caller adds
     env = {**os.environ, **SETUP_ENV.get(spec["setup"]["backend"], {}), **(extra_env or {})}
     threads = spec.get("threads")
     if threads:

@@ -9,7 +9,7 @@
 #    int8 needs CALIB_DIR (calibration images); if an int8 export fails, the
 #    report says "<name>: not available (<reason>)" and everything else goes on.
 # 2. dcae-bench on every image of KODAK_DIR: the PyTorch reference (with this
-#    CPU's kernels and with the AVX2 ones, torch-avx2) vs each runtime backend
+#    CPU's kernels and with the AVX2 and SSE4.1 ones, torch-avx2, torch-sse41) vs each runtime backend
 #    x bundle, the Python runtime on onnxruntime and OpenVINO and the C++ host
 #    (cpp-openvino, built first when cmake is there; backends that cannot run
 #    here are listed with the reason), latency by stage, memory,
@@ -47,7 +47,7 @@
 #   ROUNDS=1       dcae-bench --rounds: measure every setup ROUNDS times, the setups in
 #                  turn, each time in a fresh process, and pool the runs
 #   OUT=benchmarks/results                        WORK=<temp dir>, removed unless KEEP_WORK=1
-#   BACKENDS=torch,torch-avx2,torch-compile,torch-cuda,onnxruntime,onnxruntime-cuda,openvino,cpp-openvino,tensorrt
+#   BACKENDS=torch,torch-avx2,torch-sse41,torch-compile,torch-cuda,onnxruntime,onnxruntime-cuda,openvino,cpp-openvino,tensorrt
 #                  (fixture part)
 #   OFFICIAL_BACKENDS=torch,torch-compile,onnxruntime                   (official part)
 #   PARTS=fixture,official   which parts to run (default: these two; golden and embedded
@@ -93,7 +93,7 @@ if [ "$QUICK" = 1 ]; then
 else
     OUT="${OUT:-$REPO/benchmarks/results}"; REPEATS="${REPEATS:-3}"; LIMIT=()
 fi
-BACKENDS="${BACKENDS:-torch,torch-avx2,torch-compile,torch-cuda,onnxruntime,onnxruntime-cuda,openvino,cpp-openvino,tensorrt}"
+BACKENDS="${BACKENDS:-torch,torch-avx2,torch-sse41,torch-compile,torch-cuda,onnxruntime,onnxruntime-cuda,openvino,cpp-openvino,tensorrt}"
 OFFICIAL_BACKENDS="${OFFICIAL_BACKENDS:-torch,torch-compile,onnxruntime}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -294,7 +294,7 @@ GOLDEN_NOTE="$GOLDEN_NOTE its decodability matrix"
 [ "$QUICK" != 1 ] || GOLDEN_NOTE="QUICK=1: a tiny random-init model in place of the golden official one"
 say "dcae-bench: official configuration, golden weights, decodability matrix, 2 images"
 "$PYTHON" -m benchmarks.cli --bundle "$WORK/golden/fp32" --checkpoint "$WORK/golden.pth.tar" --images "$KODAK" \
-    --limit 2 --backends torch,torch-avx2,onnxruntime,openvino,cpp-openvino --threads "$THREADS" --repeats 1 \
+    --limit 2 --backends torch,torch-avx2,torch-sse41,onnxruntime,openvino,cpp-openvino --threads "$THREADS" --repeats 1 \
     --note "$GOLDEN_NOTE" ${NOTES[@]+"${NOTES[@]}"} --out "$OUT/golden" --files "$WORK/files/golden" ||
     keep_status $?
 given_paths "$OUT/golden/report.md" "$OUT/golden/report.json"

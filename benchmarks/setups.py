@@ -1,8 +1,8 @@
 """What dcae-bench compares: setups, and one encode / decode interface over them.
 
 A setup is either the PyTorch reference ("torch", from the bundles' source
-checkpoint; "torch-avx2", the same with the AVX2 kernels another CPU family
-runs; "torch-compile", the same with `torch.compile` on its networks;
+checkpoint; "torch-avx2" and "torch-sse41", the same with the AVX2 or SSE4.1
+kernels other CPU families run; "torch-compile", the same with `torch.compile` on its networks;
 "torch-cuda", on a GPU) or one bundle on one runtime backend
 ("onnxruntime:fp32"). Every
 setup asked for is listed in the report; one that cannot run here carries the
@@ -26,17 +26,22 @@ import numpy as np
 
 from runtime.codec import Codec
 from runtime.container import sniff, unpack, unpack_bin
-from runtime.cpu import AVX2_KERNELS_ENV
+from runtime.cpu import AVX2_KERNELS_ENV, SSE41_KERNELS_ENV
 
 TORCH = "torch"
 # The reference on the CPU with PyTorch's and oneDNN's AVX2 kernels: how a CPU
 # without AVX-512 computes it (another rounding of every float sum).
 TORCH_AVX2 = "torch-avx2"
+# With the kernels of an x86-64 CPU without AVX2: on an AVX2-only CPU, where
+# torch-avx2 computes exactly as torch, the float path that differs.
+TORCH_SSE41 = "torch-sse41"
 TORCH_COMPILE = "torch-compile"  # the reference with torch.compile (inductor) on the CPU: a PyTorch user's best
 TORCH_CUDA = "torch-cuda"  # the reference on the GPU: upstream's own way of running DCAE
-TORCH_DEVICES = {TORCH: "cpu", TORCH_AVX2: "cpu", TORCH_COMPILE: "cpu", TORCH_CUDA: "cuda"}
-# Environment a setup's process needs (read by torch once, at its first kernel).
-SETUP_ENV = {TORCH_AVX2: AVX2_KERNELS_ENV}
+TORCH_DEVICES = {TORCH: "cpu", TORCH_AVX2: "cpu", TORCH_SSE41: "cpu", TORCH_COMPILE: "cpu", TORCH_CUDA: "cuda"}
+# Environment a setup's process needs (read by torch once, at its first kernel),
+# and the kernels PyTorch then reports (torch.backends.cpu.get_cpu_capability).
+SETUP_ENV = {TORCH_AVX2: AVX2_KERNELS_ENV, TORCH_SSE41: SSE41_KERNELS_ENV}
+SETUP_CAPABILITY = {TORCH_AVX2: "AVX2", TORCH_SSE41: "DEFAULT"}
 DEFAULT_BACKENDS = ("torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "tensorrt")
 
 
@@ -166,8 +171,8 @@ class TorchCoder:
         self.reference = reference or TorchReference(setup.checkpoint, threads, TORCH_DEVICES[setup.backend],
                                                      compile=setup.backend == TORCH_COMPILE)
         self.numeric_class = self.reference.numeric_class
-        if setup.backend == TORCH_AVX2:
-            self.numeric_class += "-avx2"
+        if setup.backend in SETUP_ENV:
+            self.numeric_class += "-" + setup.backend.removeprefix("torch-")
         # torch.compile compiles at the first call of each piece: the measurement
         # counts the first image's warm-up as load time (benchmarks.measure)
         self.compiles_on_first_call = bool(self.reference.compiled)
@@ -204,21 +209,23 @@ def environment_in_effect(env: dict[str, str]) -> bool:
 
 
 def _check_kernels(backend: str) -> None:
-    """torch-avx2 in this process: only if torch did pick the AVX2 kernels."""
+    """torch-avx2 or torch-sse41 in this process: only if torch did pick those kernels."""
     import torch
 
     from runtime.errors import BackendUnavailableError
 
     capability = torch.backends.cpu.get_cpu_capability()
-    if not environment_in_effect(SETUP_ENV[backend]) or capability != "AVX2":
+    wanted = SETUP_CAPABILITY[backend]
+    if not environment_in_effect(SETUP_ENV[backend]) or capability != wanted:
         raise BackendUnavailableError(
-            f"{backend} unavailable: PyTorch runs its {capability} kernels in this process (the AVX2 ones need "
-            f"{' '.join(f'{k}={v}' for k, v in SETUP_ENV[backend].items())} at process start, and a CPU with AVX2)")
+            f"{backend} unavailable: PyTorch runs its {capability} kernels in this process (the {wanted} ones need "
+            f"{' '.join(f'{k}={v}' for k, v in SETUP_ENV[backend].items())} at process start"
+            f"{', and a CPU with AVX2' if wanted == 'AVX2' else ''})")
 
 
 def open_setup(setup: Setup, threads: int | None, reference=None):
     """A coder for `setup`; a torch setup that needs another environment than
-    this process's (torch-avx2) runs in a worker process started with it."""
+    this process's (torch-avx2, torch-sse41) runs in a worker process started with it."""
     from .cpp_host import CPP_BACKENDS, CppHostCoder
 
     if setup.kind == TORCH:

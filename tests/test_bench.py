@@ -551,30 +551,31 @@ def _has_avx512() -> bool:
     return "avx512f" in cpu_flags()
 
 
-def test_torch_avx2_is_a_setup_of_the_matrix_and_of_the_timing(tiny_bundle, tiny_checkpoint, images_dir,
-                                                              tmp_path):
-    """torch-avx2 encodes and decodes in a worker process (the coding pass)
-    and is timed in a process of its own, both started with the AVX2
-    environment; its files and the others' decode both ways to the encoder's
-    symbols."""
+def test_torch_on_other_kernels_is_a_setup_of_the_matrix_and_of_the_timing(tiny_bundle, tiny_checkpoint,
+                                                                           images_dir, tmp_path):
+    """torch-avx2 and torch-sse41 encode and decode in worker processes (the
+    coding pass) and are timed in processes of their own, each started with
+    its kernels' environment; their files and the others' decode every way to
+    the encoder's symbols."""
     out = tmp_path / "out"
     code = cli.main(["--bundle", str(tiny_bundle), "--images", str(images_dir), "--backends",
-                     "torch,torch-avx2,onnxruntime", "--checkpoint", str(tiny_checkpoint), "--limit", "1",
+                     "torch,torch-avx2,torch-sse41,onnxruntime", "--checkpoint", str(tiny_checkpoint), "--limit", "1",
                      "--repeats", "1", "--threads", "1", "--no-jpeg", "--out", str(out), "--quiet"])
     report = json.loads((out / "report.json").read_text())
     assert code == 0 and report["measurement_failed"] == []
-    avx2 = setup_named(report, "torch-avx2")
-    assert avx2["available"] and avx2["kind"] == "torch" and avx2["numeric_class"] == "torch-cpu-avx2"
-    assert avx2["speed"]["numeric_class"] == "torch-cpu-avx2" and avx2["speed"]["encode_ms"]["median"] > 0
-    assert avx2["rd"]["images"][0]["file"].endswith(".dcae")
+    for name, kernels in (("torch-avx2", "avx2"), ("torch-sse41", "sse41")):
+        setup = setup_named(report, name)
+        assert setup["available"] and setup["kind"] == "torch" and setup["numeric_class"] == f"torch-cpu-{kernels}"
+        assert setup["speed"]["numeric_class"] == f"torch-cpu-{kernels}" and setup["speed"]["encode_ms"]["median"] > 0
+        assert setup["rd"]["images"][0]["file"].endswith(".dcae")
     names = report["matrix"]["setups"]
-    assert names == ["torch", "torch-avx2", "onnxruntime:bundle"]
+    assert names == ["torch", "torch-avx2", "torch-sse41", "onnxruntime:bundle"]
     for c in report["matrix"]["cells"]:
         assert c["images"] == 1 and c["identical"] + c["decoded"] == 1 and c["refused_total"] == 0, c
         assert c["decoder_detects_desync"] and c["wrong_silent"] == 0
     assert report["silent_wrong"] == {"checked": 0, "unchecked": 0, "unchecked_forced": 0}
     assert report["matrix"]["portable"] == names
-    assert "3 setups here) decode on every such setup: 6 of 6 cross-setup decodes" in \
+    assert "4 setups here) decode on every such setup: 12 of 12 cross-setup decodes" in \
         " ".join((out / "report.md").read_text().split())
 
 

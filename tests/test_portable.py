@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from runtime.container import HEADER_SIZES, DcaeFile, DcaeHeader, pack, unpack
-from runtime.cpu import AVX2_KERNELS_ENV
+from runtime.cpu import second_float_path
 from runtime.entropy import build_indexes
 from runtime.errors import CorruptStreamError, DcaeError, FingerprintMismatchError
 from runtime.portable import (MAX_MARGIN, MarginError, Thresholds, apply_side_stream, decode_side_stream,
@@ -242,22 +242,27 @@ def bundles(model, image_dir, tmp_path_factory):
     return {"fp32": root / "fp32", "int8": root / "int8"}
 
 
+# The reference on kernels other than this CPU's default ones: AVX2 where the
+# default is AVX-512, SSE4.1 on an AVX2-only CPU.
+SECOND_PATH, SECOND_PATH_ENV = second_float_path()
+
+
 def _run_worker(args: list[str]) -> None:
-    env = {**os.environ, **AVX2_KERNELS_ENV, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, **SECOND_PATH_ENV, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-m", "tests.reference_worker", *map(str, args)], cwd=REPO, env=env,
                    check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
-def avx2_encoded(image_dir, tmp_path_factory) -> Path:
-    """The AVX2 reference's files and latents (<stem>.dcae, <stem>.npz)."""
-    folder = tmp_path_factory.mktemp("avx2_encoded")
+def other_kernels_encoded(image_dir, tmp_path_factory) -> Path:
+    """The reference's files and latents on the second float path (<stem>.dcae, <stem>.npz)."""
+    folder = tmp_path_factory.mktemp("other_kernels_encoded")
     _run_worker(["encode", folder, *sorted(image_dir.glob("*.png"))])
     return folder
 
 
 @pytest.fixture(scope="module")
-def encoded(model, bundles, image_dir, avx2_encoded):
+def encoded(model, bundles, image_dir, other_kernels_encoded):
     """{encoder: {image: (file bytes, the encoder's symbols)}} for every encoder setup."""
     from dcae.coding import encode_image
     from runtime import Codec
@@ -273,14 +278,16 @@ def encoded(model, bundles, image_dir, avx2_encoded):
         for path in images:
             result = codec.encode(path)
             out[f"runtime-{name}"][path.stem] = (result.data, result.symbols.reshape(-1))
-    out["reference-avx2"] = {p.stem: ((avx2_encoded / f"{p.stem}.dcae").read_bytes(),
-                                      np.load(avx2_encoded / f"{p.stem}.npz")["symbols"]) for p in images}
+    out[f"reference-{SECOND_PATH}"] = {p.stem: ((other_kernels_encoded / f"{p.stem}.dcae").read_bytes(),
+                                                np.load(other_kernels_encoded / f"{p.stem}.npz")["symbols"])
+                                       for p in images}
     return out
 
 
 def test_every_setup_decodes_every_setups_files_to_the_encoders_symbols(encoded, model, bundles, tmp_path):
-    """Encoders x decoders over {reference, reference with AVX2 kernels in a
-    subprocess, runtime fp32 bundle, runtime int8 bundle}: 0 refused, 0
+    """Encoders x decoders over {reference, reference on other kernels in a
+    subprocess (AVX2, or SSE4.1 on an AVX2-only CPU), runtime fp32 bundle,
+    runtime int8 bundle}: 0 refused, 0
     desynchronised, 0 wrong symbols; the images agree within a level or two
     (g_s differs between fp32 and int8, so they are compared per decoder
     against that decoder's decode of its own file)."""
@@ -293,8 +300,8 @@ def test_every_setup_decodes_every_setups_files_to_the_encoders_symbols(encoded,
     for k, (_, _, data, _) in enumerate(files):
         paths.append(tmp_path / f"{k}.dcae")
         paths[-1].write_bytes(data)
-    _run_worker(["decode", tmp_path / "avx2.npz", *paths])
-    avx2 = np.load(tmp_path / "avx2.npz")
+    _run_worker(["decode", tmp_path / "other.npz", *paths])
+    other = np.load(tmp_path / "other.npz")
 
     decoders = {"reference": lambda data: decode_dcae(model, data)}
     for name, bundle in bundles.items():
@@ -310,29 +317,25 @@ def test_every_setup_decodes_every_setups_files_to_the_encoders_symbols(encoded,
                 continue
             if not np.array_equal(decoded, symbols):
                 failures.append(f"{encoder} -> {decoder}, {image}: {int(np.sum(decoded != symbols))} wrong symbols")
-        if f"error_{k}" in avx2.files:
-            failures.append(f"{encoder} -> reference-avx2, {image}: {avx2[f'error_{k}']}")
-        elif not np.array_equal(avx2[f"symbols_{k}"], symbols):
-            failures.append(f"{encoder} -> reference-avx2, {image}: wrong symbols")
+        if f"error_{k}" in other.files:
+            failures.append(f"{encoder} -> reference-{SECOND_PATH}, {image}: {other[f'error_{k}']}")
+        elif not np.array_equal(other[f"symbols_{k}"], symbols):
+            failures.append(f"{encoder} -> reference-{SECOND_PATH}, {image}: wrong symbols")
     assert not failures, "\n".join(failures)
     assert len(files) == 4 * len(CROPS)
     # The side streams were exercised: real files list elements.
     assert sum(len(unpack(data).side) > 0 for *_, data, _ in files) >= 4
 
 
-def test_the_avx2_reference_computes_other_scales(avx2_encoded, model, image_dir):
-    """The second float path is real on a CPU with AVX-512: its scales differ
-    from the default kernels' (so the matrix above crosses CPU families)."""
-    from runtime.cpu import cpu_flags
-
-    if "avx512f" not in cpu_flags():
-        pytest.skip("this CPU has no AVX-512: the AVX2 path is its default")
+def test_the_second_float_path_computes_other_scales(other_kernels_encoded, model, image_dir):
+    """The second float path is real: its scales differ from the default
+    kernels' (so the matrix above crosses CPU families)."""
     from dcae.coding import encode_image
 
     path = image_dir / "kodim01_256x384.png"
     _, latents = encode_image(model, path, format="dcae")
-    avx2_scales = np.load(avx2_encoded / "kodim01_256x384.npz")["scales"]
-    assert not np.array_equal(avx2_scales, latents["scales"].numpy())
+    other_scales = np.load(other_kernels_encoded / "kodim01_256x384.npz")["scales"]
+    assert not np.array_equal(other_scales, latents["scales"].numpy())
 
 
 def test_the_cli_and_the_reference_read_each_others_files(encoded, model, bundles, tmp_path):
@@ -380,7 +383,7 @@ def test_files_written_on_other_machines_decode_here_to_their_encoders_symbols(b
     """Every checked-in set of portable files (tests/data/portable/<cpu>/,
     written by `python -m tests.portable_files write` on a machine of that
     kind: the reference, the runtime on onnxruntime and on OpenVINO) decodes
-    on this machine, with the reference (default and AVX2 kernels) and the
+    on this machine, with the reference (default and other kernels) and the
     runtime (fp32 bundle on onnxruntime and OpenVINO, int8 bundle), to the
     symbols its encoder coded."""
     import json
@@ -416,12 +419,12 @@ def test_files_written_on_other_machines_decode_here_to_their_encoders_symbols(b
                     continue
                 if digest != entry["symbols_sha256"]:
                     failures.append(f"{files[-1][0]} -> {decoder}: other symbols than its encoder's")
-    _run_worker(["decode", tmp_path / "avx2.npz", *(tmp_path / f"{k + 1}.dcae" for k in range(len(files)))])
-    avx2 = np.load(tmp_path / "avx2.npz")
+    _run_worker(["decode", tmp_path / "other.npz", *(tmp_path / f"{k + 1}.dcae" for k in range(len(files)))])
+    other = np.load(tmp_path / "other.npz")
     for k, (name, expected) in enumerate(files):
-        if f"error_{k}" in avx2.files:
-            failures.append(f"{name} -> reference-avx2: {avx2[f'error_{k}']}")
-        elif symbols_digest(avx2[f"symbols_{k}"]) != expected:
-            failures.append(f"{name} -> reference-avx2: other symbols than its encoder's")
+        if f"error_{k}" in other.files:
+            failures.append(f"{name} -> reference-{SECOND_PATH}: {other[f'error_{k}']}")
+        elif symbols_digest(other[f"symbols_{k}"]) != expected:
+            failures.append(f"{name} -> reference-{SECOND_PATH}: other symbols than its encoder's")
     assert not failures, "\n".join(failures)
     assert len(files) >= len(CROPS) * 3
