@@ -10,6 +10,9 @@ means and LRP feeding its later slices, as a decoder does):
 - `torch`: the reference in float32 on this CPU's default kernels;
 - `torch-avx2`: the same in a subprocess with `ATEN_CPU_CAPABILITY=avx2` and
   `ONEDNN_MAX_CPU_ISA=AVX2` (another CPU family's float path);
+- `torch-sse41`: the same with `ATEN_CPU_CAPABILITY=default` and
+  `ONEDNN_MAX_CPU_ISA=SSE41` (a CPU without AVX2; on an AVX2-only CPU, whose
+  default kernels are the AVX2 ones, the float path that differs);
 - `torch-compile` (with `--compile`): the reference with `torch.compile` on
   its networks, as dcae-bench's torch-compile setup runs it
   (`benchmarks.torch_reference.compile_model`): inductor's fused kernels must
@@ -48,6 +51,7 @@ from exporter.portable_margin import ANCHOR, collect_scales, near_boundaries
 from runtime import Codec
 from runtime.container import HEADER_SIZE
 from runtime.imaging import load_image
+from runtime.cpu import AVX2_KERNELS_ENV, SSE41_KERNELS_ENV
 from runtime.portable import DEFAULT_MARGIN, MAX_MARGIN, encode_side_stream, mark
 
 MARGINS = tuple(sorted({1e-6, 3e-6, 1e-5, DEFAULT_MARGIN, 3e-5, 1e-4, 3e-4, 1e-3}))
@@ -113,7 +117,8 @@ def measure(args) -> dict:
         print(f"[{k}/{len(images)}] {images[k - 1].name}", file=sys.stderr)
 
     merged = collect_scales(model, codecs, [load_image(p) for p in images], args.threads, args.checkpoint,
-                            {"torch-compile": compiled} if compiled is not None else None, cost_of_portability)
+                            {"torch-compile": compiled} if compiled is not None else None, cost_of_portability,
+                            kernels={"torch-avx2": AVX2_KERNELS_ENV, "torch-sse41": SSE41_KERNELS_ENV})
     anchor = merged.pop(ANCHOR)
     relevant = near_boundaries(model, anchor)
     vs_float64 = {name: _error_stats(v, anchor, relevant) for name, v in merged.items()}

@@ -279,6 +279,10 @@ def main(argv=None):
         path = train(args)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}")
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: train's finally block has saved the checkpoint.
+        print(f"stopped; checkpoint: {Path(args.out) / 'last.pth.tar'} (the same command resumes)", file=sys.stderr)
+        raise SystemExit(130) from None
     print(f"checkpoint: {path}")
 
 

@@ -86,8 +86,10 @@ def reference_encoding(model, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return z_hat, out["symbols"].numpy().astype(np.int32), out
 
 
-def avx2_scales(checkpoint: str | Path, inputs: list[tuple[np.ndarray, np.ndarray]], threads: int) -> list[np.ndarray]:
-    """The float32 reference's scales under AVX2 kernels (a subprocess), per (z_hat, symbols)."""
+def kernel_scales(checkpoint: str | Path, inputs: list[tuple[np.ndarray, np.ndarray]], threads: int,
+                  env: dict[str, str] = AVX2_KERNELS_ENV) -> list[np.ndarray]:
+    """The float32 reference's scales under the kernels `env` selects (a
+    subprocess started with it), per (z_hat, symbols)."""
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "inputs.npz", **{f"z_hat_{k}": z for k, (z, _) in enumerate(inputs)},
                  **{f"symbols_{k}": s for k, (_, s) in enumerate(inputs)})
@@ -95,13 +97,13 @@ def avx2_scales(checkpoint: str | Path, inputs: list[tuple[np.ndarray, np.ndarra
                 "count": len(inputs)}
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
         result = subprocess.run([sys.executable, "-m", "exporter.portable_margin", "--worker",
-                                 str(Path(tmp) / "spec.json"), str(Path(tmp) / "avx2.npz")],
-                                env={**os.environ, **AVX2_KERNELS_ENV}, capture_output=True, text=True,
+                                 str(Path(tmp) / "spec.json"), str(Path(tmp) / "scales.npz")],
+                                env={**os.environ, **env}, capture_output=True, text=True,
                                 cwd=Path(__file__).resolve().parent.parent)
         if result.returncode:
             tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"the AVX2 reference worker failed: {tail}")
-        scales = np.load(Path(tmp) / "avx2.npz")
+            raise RuntimeError(f"the reference worker ({' '.join(f'{k}={v}' for k, v in env.items())}) failed: {tail}")
+        scales = np.load(Path(tmp) / "scales.npz")
         return [scales[f"scales_{k}"] for k in range(len(inputs))]
 
 
@@ -129,16 +131,19 @@ def largest_ln_difference(a: np.ndarray, b: np.ndarray, relevant: np.ndarray) ->
 
 
 def collect_scales(model, codecs: dict, images, threads: int = 1, checkpoint: str | Path | None = None,
-                   extra_models: dict | None = None, on_image=None) -> dict[str, np.ndarray]:
+                   extra_models: dict | None = None, on_image=None,
+                   kernels: dict[str, dict[str, str]] | None = None) -> dict[str, np.ndarray]:
     """Every setup's scales, flattened over `images` (uint8 H x W x 3 arrays):
-    `ANCHOR` (float64), torch, torch-avx2, each of `codecs` (name -> runtime
-    `Codec`) and of `extra_models` (name -> a float32 `DCAE`, e.g. compiled).
-    `checkpoint` is the model's file for the AVX2 worker (written to a
-    temporary file when None). `on_image(k, pixels, compress_output)` is
+    `ANCHOR` (float64), torch, the reference on other `kernels` (name ->
+    environment, run in a worker each; default torch-avx2), each of `codecs`
+    (name -> runtime `Codec`) and of `extra_models` (name -> a float32 `DCAE`,
+    e.g. compiled). `checkpoint` is the model's file for the workers (written
+    to a temporary file when None). `on_image(k, pixels, compress_output)` is
     called after each image."""
     extra_models = extra_models or {}
+    kernels = kernels or {"torch-avx2": AVX2_KERNELS_ENV}
     model = model.eval()
-    scales = {name: [] for name in [ANCHOR, "torch", "torch-avx2", *codecs, *extra_models]}
+    scales = {name: [] for name in [ANCHOR, "torch", *kernels, *codecs, *extra_models]}
     inputs = []
     for k, pixels in enumerate(images, 1):
         height, width = pixels.shape[:2]
@@ -158,7 +163,8 @@ def collect_scales(model, codecs: dict, images, threads: int = 1, checkpoint: st
 
             checkpoint = Path(tmp) / "model.pth.tar"
             save_checkpoint(checkpoint, model, getattr(model, "preset", None))
-        scales["torch-avx2"] = avx2_scales(checkpoint, inputs, threads)
+        for name, env in kernels.items():
+            scales[name] = kernel_scales(checkpoint, inputs, threads, env)
     return {name: np.concatenate([s.reshape(-1) for s in v]) for name, v in scales.items()}
 
 

@@ -72,3 +72,29 @@ def test_a_new_run_starts_from_init_weights_and_logs(tmp_path, capsys):
         assert evaluation["images"] == 1 and 0 < evaluation["bpp"] < 24 and 5 < evaluation["psnr"] < 60
     with pytest.raises(ValueError, match="not a tiny model"):
         train(_args(tmp_path / "c", 1, init=Path(__file__).parent.parent / "dcae" / "weights" / "fixture.pth.tar"))
+
+
+def test_sigterm_stops_with_a_saved_checkpoint_and_one_line(tmp_path):
+    """`kill` ends a run like Ctrl-C: the checkpoint of the last finished step
+    is saved, the process says where on one line (no traceback), exit 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    log = out / "train_log.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dcae.train", "--data", str(TRAIN_IMAGES), "--out", str(out), "--preset", "tiny",
+         "--steps", "100000", "--batch-size", "2", "--crop", "128", "--log-every", "1", "--save-every", "100000",
+         "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.monotonic() + 240
+    while not (log.exists() and log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("stopped; checkpoint: ")
+    assert _load(out / "last.pth.tar")["step"] >= 2
