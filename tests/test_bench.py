@@ -636,3 +636,18 @@ def test_sigma_agreement_reports_the_error_by_scale():
     text = to_markdown(result)
     assert "Command: `python -m benchmarks.sigma_agreement --limit 1`" in text
     assert "| elements | 1 | 1 | 0 | 0 | 1 | 1 |" in text and "| torch | 6.7e-05 (1.0e-05) |" in text
+
+
+def test_threshold_shift_windows_are_disjoint_and_catch_what_they_should():
+    """benchmarks.threshold_shifts: shift k moves every boundary by 2k·δ, so an
+    element within δ of one shifted boundary is outside every other's window."""
+    from benchmarks.threshold_shifts import near_per_shift
+
+    delta = 1e-4
+    log_critical = np.log(np.array([0.2, 0.5, 1.0]))
+    # one channel: on boundary 0.5, 2δ above it, 6δ above 1.0, and far from all
+    log_scales = np.array([[np.log(0.5), np.log(0.5) + 2 * delta, np.log(1.0) + 6 * delta, np.log(0.7)]])
+    masks = near_per_shift(log_scales, log_critical, delta, 4)
+    assert [m[0].tolist() for m in masks] == [[True, False, False, False], [False, True, False, False],
+                                              [False, False, False, False], [False, False, True, False]]
+    assert not np.any(np.sum(masks, axis=0) > 1)  # no element in two windows
