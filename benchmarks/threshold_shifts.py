@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.cli import find_images
 from benchmarks.machine import cpu_description
 from dcae.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from dcae.coding import scale_thresholds
@@ -114,12 +115,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, metavar="DIR", help="write threshold_shifts.md and .json there")
     args = p.parse_args(argv)
-    folder = Path(args.images)
-    if not folder.is_dir():
-        p.error(f"--images {folder} is not a directory")
-    images = sorted(q for q in folder.iterdir() if q.suffix.lower() in (".png", ".jpg", ".ppm"))[: args.limit]
-    if not images:
-        p.error(f"no images in {folder}")
+    try:
+        images = find_images(args.images, args.limit)
+    except ValueError as exc:
+        p.error(str(exc))
     result = measure(images, args.margin, args.threads)
     command = "python -m benchmarks.threshold_shifts " + " ".join(argv if argv is not None else sys.argv[1:])
     text = to_markdown(result, command)
