@@ -45,13 +45,13 @@ import numpy as np
 import torch
 
 from benchmarks.machine import cpu_description
+from benchmarks.setups import SETUP_ENV
 from dcae.checkpoint import load_checkpoint
 from dcae.coding import scale_thresholds
 from exporter.portable_margin import ANCHOR, collect_scales, near_boundaries
 from runtime import Codec
 from runtime.container import HEADER_SIZE
 from runtime.imaging import load_image
-from runtime.cpu import AVX2_KERNELS_ENV, SSE41_KERNELS_ENV
 from runtime.portable import DEFAULT_MARGIN, MAX_MARGIN, encode_side_stream, mark
 
 MARGINS = tuple(sorted({1e-6, 3e-6, 1e-5, DEFAULT_MARGIN, 3e-5, 1e-4, 3e-4, 1e-3}))
@@ -118,7 +118,7 @@ def measure(args) -> dict:
 
     merged = collect_scales(model, codecs, [load_image(p) for p in images], args.threads, args.checkpoint,
                             {"torch-compile": compiled} if compiled is not None else None, cost_of_portability,
-                            kernels={"torch-avx2": AVX2_KERNELS_ENV, "torch-sse41": SSE41_KERNELS_ENV})
+                            kernels=SETUP_ENV)  # torch-avx2, torch-sse41: dcae-bench's setups
     anchor = merged.pop(ANCHOR)
     relevant = near_boundaries(model, anchor)
     vs_float64 = {name: _error_stats(v, anchor, relevant) for name, v in merged.items()}
