@@ -30,8 +30,8 @@
 # 6. (PARTS=matrix, not in the default) The fixture part's decodability matrix on every
 #    image of KODAK_DIR with every setup of the fixture part, no timing (dcae-bench
 #    --no-speed): the decodes of the first MATRIX_PIXELS images' files compare pixels,
-#    later ones read the symbols only -> $OUT/fixture_matrix/ (about 1.5 hours on one
-#    core for 24 images and 18 setups)
+#    later ones read the symbols only -> $OUT/fixture_matrix/ (about 75 minutes of
+#    one core for 24 images and 19 setups on an AMD EPYC, after the exports)
 # 5. (PARTS=embedded, not in the default) What depends on the embedded model's weights,
 #    to rerun when they change: benchmarks.kodak_rd (the reference against JPEG at the
 #    same rate) -> $OUT/kodak_rd.{json,md}; benchmarks.int8_quality on every image
@@ -55,7 +55,7 @@
 #   OFFICIAL_CALIB_COUNT=8     calibration crops for the official int8 bundles
 #   MATRIX_IMAGES=N  the fixture part's decodability matrix on the first N images only
 #                  (dcae-bench --matrix-images; default: every image). With every backend
-#                  the matrix is about 18 x 18 decodes per image, hours on 24 images on 2 cores
+#                  the matrix is about 19 x 19 decodes per image, hours on 24 images on 2 cores
 #   MATRIX_PIXELS=2  the matrix part's cross-decodes that synthesize pixels: those of
 #                  the first N images (dcae-bench --matrix-pixels)
 #   QUICK=1        a test of this script: tiny random-init models instead of the

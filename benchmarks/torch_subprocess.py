@@ -4,8 +4,9 @@
 `ATEN_CPU_CAPABILITY=avx2` and `ONEDNN_MAX_CPU_ISA=AVX2` select PyTorch's
 and oneDNN's AVX2 kernels, whose float sums round differently from the
 AVX-512 ones; `torch-sse41` (`ATEN_CPU_CAPABILITY=default`,
-`ONEDNN_MAX_CPU_ISA=SSE41`) computes as a CPU without AVX2. Both variables are read once, when the process first needs a
-kernel, so a process that already runs torch cannot switch; dcae-bench's
+`ONEDNN_MAX_CPU_ISA=SSE41`) computes as a CPU without AVX2. Both variables
+are read once, when the process first needs a kernel, so a process that
+already runs torch cannot switch; dcae-bench's
 coding pass (every setup in one process) therefore talks to a worker started
 with them (`RemoteTorchCoder`), while the speed measurement, a fresh process
 per setup anyway, starts that process with them and codes in it directly.

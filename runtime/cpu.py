@@ -14,10 +14,10 @@ from pathlib import Path
 AVX2_KERNELS_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 # The same for the kernels of an x86-64 CPU without AVX2 (ATen's default
 # vectorisation, oneDNN's SSE4.1 code): on an AVX2-only CPU, whose default
-# kernels are the AVX2 ones, the float path that differs (measured on an AMD
-# EPYC, embedded model, three 256x384 Kodak crops: 77-86 % of the scales differ from the default kernels',
-# by at most 2.8e-6 in ln; at most 3.7e-6 from float64, within the reference's
-# stated bound).
+# kernels are the AVX2 ones, the float path that differs. Measured on an AMD
+# EPYC, embedded model, 24 Kodak images (benchmarks/results/sigma_agreement_amd.md):
+# at most 4.1e-6 in ln from the default kernels, at most 4.95e-6 from float64,
+# within the reference's stated bound.
 SSE41_KERNELS_ENV = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}
 
 
