@@ -52,7 +52,8 @@ from exporter.portable_margin import ANCHOR, collect_scales, near_boundaries
 from runtime import Codec
 from runtime.container import HEADER_SIZE
 from runtime.imaging import load_image
-from runtime.portable import DEFAULT_MARGIN, MAX_MARGIN, encode_side_stream, mark
+from runtime.portable import DEFAULT_MARGIN, MAX_MARGIN, encode_portable, encode_side_stream, mark
+from runtime.rans import encode_with_indexes
 
 MARGINS = tuple(sorted({1e-6, 3e-6, 1e-5, DEFAULT_MARGIN, 3e-5, 1e-4, 3e-4, 1e-3}))
 
@@ -101,25 +102,47 @@ def measure(args) -> dict:
 
         compiled = _load_model(args)
         compile_model(compiled)
-    costs = {m: {"side_bytes": 0, "marked": 0} for m in MARGINS}
+    margins = tuple(sorted(set(MARGINS) | set(args.cost_margin)))
+    costs = {m: {"side_bytes": 0, "marked": 0, "y_bytes_change": 0, "side_bytes_unshifted": 0,
+                 "marked_unshifted": 0, "indexes_shifted": 0, "shift_choices": {}} for m in margins}
     file_bytes, elements = 0, 0
+    gc = model.gaussian_conditional
+    tables = (gc.quantized_cdf.cpu().numpy(), gc.cdf_length.cpu().numpy(), gc.offset.cpu().numpy())
 
     def cost_of_portability(k, pixels, out):
-        """The reference's own portable files at each margin."""
+        """The reference's own portable files at each margin: the side stream
+        the encoder writes (threshold shifts and marked list), the change of
+        the y stream its shifted indexes make, and the marked list alone
+        (side stream layout 1) for comparison."""
         nonlocal file_bytes, elements
         encoder_scales, indexes = out["scales"].numpy(), out["indexes"].numpy()
-        file_bytes += HEADER_SIZE + len(out["strings"][0][0]) + len(out["strings"][1][0])
+        symbols, y_bytes = out["symbols"].numpy().reshape(-1), len(out["strings"][0][0])
+        file_bytes += HEADER_SIZE + y_bytes + len(out["strings"][1][0])
         elements += encoder_scales.size
-        for m in MARGINS:
-            positions, bits = mark(encoder_scales, indexes, thresholds, np.float32(m))
-            costs[m]["side_bytes"] += len(encode_side_stream(positions, bits, encoder_scales.size))
-            costs[m]["marked"] += int(positions.size)
+        for m in margins:
+            m32 = float(np.float32(m))
+            encoding = encode_portable(encoder_scales, indexes, thresholds, m32)
+            costs[m]["side_bytes"] += len(encoding.side)
+            costs[m]["marked"] += encoding.listed
+            costs[m]["indexes_shifted"] += int(np.count_nonzero(encoding.indexes != indexes))
+            chosen = (f"K={encoding.shifts.count}, block {encoding.shifts.block}" if encoding.shifts.count > 1
+                      else "no shifts")
+            costs[m]["shift_choices"][chosen] = costs[m]["shift_choices"].get(chosen, 0) + 1
+            costs[m]["y_bytes_change"] += len(encode_with_indexes(symbols, encoding.indexes.reshape(-1),
+                                                                  *tables)) - y_bytes
+            positions, bits = mark(encoder_scales, indexes, thresholds, m32)
+            costs[m]["side_bytes_unshifted"] += len(encode_side_stream(positions, bits, encoder_scales.size))
+            costs[m]["marked_unshifted"] += int(positions.size)
         print(f"[{k}/{len(images)}] {images[k - 1].name}", file=sys.stderr)
 
     merged = collect_scales(model, codecs, [load_image(p) for p in images], args.threads, args.checkpoint,
                             {"torch-compile": compiled} if compiled is not None else None, cost_of_portability,
                             kernels=SETUP_ENV)  # torch-avx2, torch-sse41: dcae-bench's setups
     anchor = merged.pop(ANCHOR)
+
+    def _share(extra: int) -> float:
+        return extra / (file_bytes + extra)
+
     relevant = near_boundaries(model, anchor)
     vs_float64 = {name: _error_stats(v, anchor, relevant) for name, v in merged.items()}
     by_scale = {name: _by_scale(v, anchor, relevant) for name, v in merged.items()}
@@ -129,8 +152,11 @@ def measure(args) -> dict:
         "images": [p.name for p in images], "cpu": cpu_description(), "threads": args.threads,
         "vs_float64": vs_float64, "by_scale": by_scale, "pairs": pairs, "y_elements": elements,
         "file_bytes_without_side": file_bytes,
-        "margins": {f"{m:g}": {**costs[m], "share": costs[m]["side_bytes"] / (file_bytes + costs[m]["side_bytes"]),
-                               "marked_fraction": costs[m]["marked"] / elements} for m in MARGINS},
+        "margins": {f"{m:g}": {**costs[m], "share": _share(costs[m]["side_bytes"] + costs[m]["y_bytes_change"]),
+                               "share_unshifted": _share(costs[m]["side_bytes_unshifted"]),
+                               "marked_fraction": costs[m]["marked"] / elements,
+                               "marked_fraction_unshifted": costs[m]["marked_unshifted"] / elements}
+                    for m in margins},
     }
 
 
@@ -155,12 +181,24 @@ def to_markdown(r: dict) -> str:
                   for n, bands in r["by_scale"].items()]
     lines += ["", "Between setups, |ln sigma_a - ln sigma_b|:", "", "| pair | max | 99.99th pct |", "|---|---|---|"]
     lines += [f"| {n} | {s['max']:.2e} | {s['p99.99']:.2e} |" for n, s in r["pairs"].items()]
-    lines += ["", "Cost of the side stream (the reference's portable files):", "",
-              "| margin | marked elements | share of y elements | side bytes | share of the file |",
-              "|---|---|---|---|---|"]
+    lines += ["", "Cost of portability (the reference's portable files; all images together): the side stream "
+                  "with threshold shifts as the encoder writes it, plus the change of the y stream's size that "
+                  "its shifted indexes make, as a share of the file; and the marked list alone (side stream "
+                  "layout 1, no shifts) for comparison:", "",
+              "| margin | marked elements | share of y elements | side bytes | y stream bytes change | share of the "
+              "file | without shifts: marked | side bytes | share |",
+              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {m}{' (default)' if float(m) == DEFAULT_MARGIN else ''} | {c['marked']} | "
-              f"{c['marked_fraction']:.2e} | {c['side_bytes']} | {100 * c['share']:.3f} % |"
+              f"{c['marked_fraction']:.2e} | {c['side_bytes']} | {c['y_bytes_change']:+d} | "
+              f"**{100 * c['share']:.3f} %** | {c['marked_unshifted']} | {c['side_bytes_unshifted']} | "
+              f"{100 * c['share_unshifted']:.3f} % |"
               for m, c in r["margins"].items()]
+    if any("shift_choices" in c for c in r["margins"].values()):
+        lines += ["", "The encoder's choice per image, and the elements whose index the shifts moved to a "
+                      "neighbouring table entry:", "", "| margin | choices (images) | indexes shifted |", "|---|---|---|"]
+        lines += [f"| {m} | {'; '.join(f'{k}: {n}' for k, n in sorted(c['shift_choices'].items()))} | "
+                  f"{c['indexes_shifted']} ({c['indexes_shifted'] / r['y_elements']:.2e}) |"
+                  for m, c in r["margins"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -178,6 +216,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compile", action="store_true",
                    help="also the reference with torch.compile on its networks (needs a C++ compiler)")
+    p.add_argument("--cost-margin", action="append", type=float, default=[], metavar="D",
+                   help="also report the cost at this margin (repeat; e.g. a bundle's measured one)")
     p.add_argument("--stem", default=None, help="file name stem under --out (default: sigma_agreement[_golden])")
     p.add_argument("--out", default=None, help="folder for sigma_agreement[_golden].md/.json")
     args = p.parse_args(argv)

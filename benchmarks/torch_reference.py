@@ -27,8 +27,8 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 
 from dcae.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from dcae.coding import decode_dcae, pack_portable
-from runtime.container import pack_bin
+from dcae.coding import decode_dcae, portable_encoding
+from runtime.container import pack, pack_bin
 from runtime.errors import BackendUnavailableError
 from runtime.geometry import z_shape_for
 from runtime.imaging import crop_to_uint8, load_image, pad_image
@@ -216,15 +216,21 @@ class TorchReference:
             with timed(f"slice_lrp_{i}"):
                 y_hat_slices.append(model.slice_refine(i, support, y_hat_raw))
 
+        index_map = torch.cat(index_maps, 1).cpu().numpy().astype(np.int32)
+        header = None
+        if self.device.type == "cpu":
+            with timed("side_stream"):
+                header, portable = portable_encoding(model, height, width,
+                                                     torch.cat(scale_maps, 1).float().cpu().numpy(), index_map,
+                                                     self.margin)
+                index_map, side = portable.indexes, portable.side
+                indexes = index_map.reshape(-1).tolist()
         with timed("y_coding"):
             encoder = BufferedRansEncoder()
             encoder.encode_with_indexes(symbols, indexes, cdf, cdf_lengths, offsets)
             y_string = encoder.flush()
-        index_map = torch.cat(index_maps, 1).cpu().numpy().astype(np.int32)
-        if self.device.type == "cpu":
-            with timed("side_stream"):
-                data = pack_portable(model, height, width, z_strings[0], y_string,
-                                     torch.cat(scale_maps, 1).float().cpu().numpy(), index_map, self.margin)
+        if header is not None:
+            data = pack(header, z_strings[0], y_string, side)
         else:  # no measured scale error bound on a GPU: upstream's format, for this setup only
             data = pack_bin(height, width, y_string, z_strings[0])
         self.last_timings["total"] = time.perf_counter() - started

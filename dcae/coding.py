@@ -23,9 +23,9 @@ from runtime.entropy import build_indexes, decompress_z
 from runtime.errors import BadInputError, FingerprintMismatchError
 from runtime.geometry import z_shape_for
 from runtime.imaging import crop_to_uint8, load_image, pad_image
-from runtime.portable import (DEFAULT_MARGIN, Thresholds, apply_side_stream, decode_side_stream,
-                              encode_side_stream, margin_covers, mark)
-from runtime.rans import RansStreamDecoder
+from runtime.portable import (DEFAULT_MARGIN, PortableDecoding, PortableEncoding, Thresholds, encode_portable,
+                              margin_covers)
+from runtime.rans import RansStreamDecoder, encode_with_indexes
 
 from .model import DCAE
 
@@ -96,19 +96,32 @@ def encode_image(model: DCAE, image, format: str = "bin", margin: float = DEFAUL
     y_stream, z_stream = out["strings"][0][0], out["strings"][1][0]
     if format == "bin":
         return pack_bin(height, width, y_stream, z_stream), out
-    return pack_portable(model, height, width, z_stream, y_stream, out["scales"].float().cpu().numpy(),
-                         out["indexes"].cpu().numpy(), margin), out
+    return pack_portable(model, height, width, z_stream, out["symbols"].cpu().numpy(),
+                         out["scales"].float().cpu().numpy(), out["indexes"].cpu().numpy(), margin), out
 
 
-def pack_portable(model: DCAE, height: int, width: int, z_stream: bytes, y_stream: bytes, scales: np.ndarray,
+def pack_portable(model: DCAE, height: int, width: int, z_stream: bytes, symbols: np.ndarray, scales: np.ndarray,
                   indexes: np.ndarray, margin: float = DEFAULT_MARGIN) -> bytes:
-    """A portable `.dcae` of the reference's streams, with the side stream of
-    the elements whose encoder `scales` lie within `margin` of an index boundary."""
+    """A portable `.dcae` of the reference's y `symbols` and z stream: the y
+    stream coded with the indexes of the threshold shifts that `scales` (the
+    encoder's) call for, and the side stream of the elements within `margin`
+    of an index boundary."""
+    header, portable = portable_encoding(model, height, width, scales, indexes, margin)
+    gc = model.gaussian_conditional
+    y_stream = encode_with_indexes(symbols.reshape(-1), portable.indexes.reshape(-1), gc.quantized_cdf.cpu().numpy(),
+                                   gc.cdf_length.cpu().numpy(), gc.offset.cpu().numpy())
+    return pack(header, z_stream, y_stream, portable.side)
+
+
+def portable_encoding(model: DCAE, height: int, width: int, scales: np.ndarray, indexes: np.ndarray,
+                      margin: float = DEFAULT_MARGIN) -> tuple[DcaeHeader, PortableEncoding]:
+    """The header of a portable `.dcae` and, from the encoder's `scales` and
+    unshifted `indexes`, the indexes to code y with and the side stream
+    (`runtime.portable.encode_portable`)."""
     header = DcaeHeader(height, width, entropy_model_fingerprint(model), margin=margin)
     if not margin_covers(header.margin, sigma_error_bound(model)):
         raise BadInputError(f"margin {margin:g} is under twice this encoder's scale error bound")
-    positions, bits = mark(scales, indexes, scale_thresholds(model), header.margin)
-    return pack(header, z_stream, y_stream, encode_side_stream(positions, bits, scales.size))
+    return header, encode_portable(scales, indexes, scale_thresholds(model), header.margin)
 
 
 def decompress_image(model: DCAE, data: bytes) -> np.ndarray:
@@ -149,19 +162,17 @@ def decode_dcae(model: DCAE, data: bytes, timer=None,
         z_hat = decompress_z(parsed.z, header.z_shape, eb.quantiles[:, 0, 1].detach().cpu().numpy(),
                              eb._quantized_cdf.cpu().numpy(), eb._cdf_length.cpu().numpy(),
                              eb._offset.cpu().numpy())
-        side = decode_side_stream(parsed.side, slice_size * model.num_slices)
+        table, bound = gc.scale_table.cpu().numpy(), float(gc.lower_bound_scale.bound)
+        portable = PortableDecoding(parsed.side, slice_size * model.num_slices, Thresholds.from_table(table, bound),
+                                    header.margin, header.side_layout)
     tables = (gc.quantized_cdf.cpu().numpy(), gc.cdf_length.cpu().numpy(), gc.offset.cpu().numpy())
-    table, bound = gc.scale_table.cpu().numpy(), float(gc.lower_bound_scale.bound)
-    thresholds = Thresholds.from_table(table, bound)
     decoder = RansStreamDecoder(parsed.y)
     symbols = []
 
     def decode_slice(i: int, scale: torch.Tensor) -> torch.Tensor:
         scales = scale.float().cpu().numpy()
         indexes = build_indexes(scales, table, bound)
-        lo, hi = np.searchsorted(side.positions, [i * slice_size, (i + 1) * slice_size])
-        apply_side_stream(scales, indexes, side.positions[lo:hi] - i * slice_size, side.bits[lo:hi],
-                          thresholds, header.margin)
+        portable.apply(i * slice_size, scales, indexes)
         symbols.append(decoder.decode(indexes.reshape(-1), *tables))
         return torch.from_numpy(symbols[-1])
 

@@ -195,30 +195,33 @@ def _demo(args) -> int:
 
 def describe(data: bytes) -> dict:
     """The header fields and stream facts of a `.dcae` or upstream `.bin`."""
-    from .container import FLAG_PORTABLE, FLAG_REDUCED_PRECISION_ENTROPY, sniff, unpack, unpack_bin
+    from .container import sniff, unpack, unpack_bin
     from .geometry import padded_size, z_shape_for
-    from .portable import decode_side_stream
+    from .portable import parse_side_stream
 
     if sniff(data) == "bin":
         parsed = unpack_bin(data)
         height, width, y, z = parsed.height, parsed.width, parsed.y, parsed.z
         info = {"format": "bin", "version": None, "flags": None, "reduced_precision_entropy": None,
-                "portable": False, "fingerprint": None, "margin": None, "side_bytes": 0, "side_marked": 0}
+                "portable": False, "fingerprint": None, "margin": None, "side_bytes": 0, "side_marked": 0,
+                "side_layout": None, "threshold_shifts": None, "shift_block": None}
     else:
         parsed = unpack(data)  # raises with a reason when this is not a sound .dcae
         header = parsed.header
         height, width, y, z = header.height, header.width, parsed.y, parsed.z
-        marked = 0
-        if parsed.side:
+        side = None
+        if header.portable:
             # The y latent's element count depends on the model, which inspect
-            # does not load: positions are bounded by the format's limit only.
-            marked = decode_side_stream(parsed.side, 2**31 - 1).positions.size
+            # does not load: the side stream is checked on its own terms.
+            side = parse_side_stream(parsed.side, None, header.side_layout)
         info = {"format": "dcae", "version": header.version,
-                "flags": (FLAG_REDUCED_PRECISION_ENTROPY if header.reduced_precision_entropy else 0)
-                | (FLAG_PORTABLE if header.portable else 0),
+                "flags": header.flags,
                 "reduced_precision_entropy": header.reduced_precision_entropy, "portable": header.portable,
                 "fingerprint": header.fingerprint.hex(), "margin": header.margin,
-                "side_bytes": len(parsed.side), "side_marked": marked}
+                "side_bytes": len(parsed.side), "side_marked": side.positions.size if side else 0,
+                "side_layout": header.side_layout if side else None,
+                "threshold_shifts": side.shifts.count if side else None,
+                "shift_block": side.shifts.block if side and side.shifts.count > 1 else None}
     (padded_height, padded_width), (z_height, z_width) = padded_size(height, width), z_shape_for(height, width)
     pixels = height * width
     info.update({
@@ -251,7 +254,9 @@ def _inspect(args) -> int:
         ("fingerprint", info["fingerprint"] or "-"),
         ("z stream", f"{info['z_bytes']} bytes, sha256 {info['z_sha256']}"),
         ("y stream", f"{info['y_bytes']} bytes, sha256 {info['y_sha256']}"),
-        ("side stream", f"{info['side_bytes']} bytes, {info['side_marked']} elements listed"),
+        ("side stream", f"{info['side_bytes']} bytes, {info['side_marked']} elements listed"
+                        + (f", {info['threshold_shifts']} threshold shifts per block of {info['shift_block']}"
+                           if info["shift_block"] else "")),
         ("bpp", f"{info['bpp']:.4f} (file), {info['stream_bpp']:.4f} (streams)"),
     ]
     for name, value in rows:

@@ -41,8 +41,8 @@ from .bundle import Bundle
 from .container import DcaeHeader, pack, sniff, unpack, unpack_bin
 from .entropy import build_indexes, compress_z, decompress_z, dequantize, quantize_symbols
 from .errors import BadInputError, CorruptStreamError, FingerprintMismatchError
-from .portable import (MODEL_MARGIN, Thresholds, apply_side_stream, decode_side_stream, encode_side_stream,
-                       margin_covers, mark)
+from .portable import (LAYOUT_SHIFTED, MODEL_MARGIN, PortableDecoding, Thresholds, encode_portable,
+                       margin_covers)
 from .geometry import Y_DOWNSAMPLE, check_dimensions, padded_size, z_shape_for
 from .imaging import crop_to_uint8, load_image, pad_image
 from .rans import RansStreamDecoder, encode_with_indexes
@@ -65,7 +65,7 @@ class EncodeResult:
     height: int
     width: int
     y_hat: np.ndarray  # float32 (1, M, h, w), after LRP: what g_s decodes
-    indexes: np.ndarray  # int32 (1, M, h, w): scale-table index of each symbol
+    indexes: np.ndarray  # int32 (1, M, h, w): the scale-table index each symbol was coded with
     symbols: np.ndarray  # int32 (1, M, h, w): round(y - mu)
     z_symbols: np.ndarray  # int32 (1, Z, zh, zw): round(z - medians)
     scales: np.ndarray  # float32 (1, M, h, w): the slice graphs' scale outputs
@@ -234,18 +234,18 @@ class Codec:
                 y_hat_raw = dequantize(symbols[:, block], mu)
             self._slice_refine(i, support, y_hat_raw, y_hat)
 
-        with self._timed("y_coding"):
-            # Slices are channel blocks, so C-order flattening of the whole
-            # latent is slice order with each slice flattened C, H, W.
-            y_stream = encode_with_indexes(symbols.reshape(-1), indexes.reshape(-1), *tables.gaussian)
         side = b""
         if margin is not None and self.portable:
             header = DcaeHeader(height, width, self.model_fingerprint, margin=margin)
             with self._timed("side_stream"):
-                side = encode_side_stream(*mark(slice_scales, indexes, self.thresholds, header.margin),
-                                          slice_scales.size)
+                portable = encode_portable(slice_scales, indexes, self.thresholds, header.margin)
+                indexes, side = portable.indexes, portable.side
         else:
             header = DcaeHeader(height, width, self.fingerprint, self.manifest.reduced_precision_entropy)
+        with self._timed("y_coding"):
+            # Slices are channel blocks, so C-order flattening of the whole
+            # latent is slice order with each slice flattened C, H, W.
+            y_stream = encode_with_indexes(symbols.reshape(-1), indexes.reshape(-1), *tables.gaussian)
         data = pack(header, z_stream, y_stream, side)
         self.last_timings["total"] = time.perf_counter() - started
         return EncodeResult(data, y_stream, z_stream, height, width, y_hat, indexes, symbols, z_symbols,
@@ -274,10 +274,12 @@ class Codec:
         return y_hat
 
     def decode_streams(self, y: bytes, z: bytes, height: int, width: int, side: bytes = b"",
-                       margin: float = 0.0, synthesize: bool = True) -> DecodeResult:
+                       margin: float = 0.0, synthesize: bool = True,
+                       side_layout: int = LAYOUT_SHIFTED) -> DecodeResult:
         """Decode raw y and z streams of a `height` x `width` image, with the
-        side stream and margin of a portable file; without `synthesize`, stop
-        once the y stream is read and checked (no g_s, no pixels).
+        side stream (of `side_layout`) and margin of a portable file; without
+        `synthesize`, stop once the y stream is read and checked (no g_s, no
+        pixels).
 
         Raises `CorruptStreamError` (or its `DesyncError`, `MarginError`) when
         the streams do not decode in sync with this codec's entropy parameters.
@@ -295,17 +297,16 @@ class Codec:
         # image's size is allocated or run.
         with self._timed("z_coding"):
             z_hat = decompress_z(z, z_shape_for(height, width), *tables.z)
-            marked = decode_side_stream(side, slice_size * self.bundle.num_slices)
+            portable = (PortableDecoding(side, slice_size * self.bundle.num_slices, self.thresholds, margin,
+                                         side_layout) if margin else None)
 
         decoder = RansStreamDecoder(y)
         symbols = []
 
         def decode_slice(i: int, scale: np.ndarray) -> np.ndarray:
             index = self._indexes(scale)
-            if margin:
-                lo, hi = np.searchsorted(marked.positions, [i * slice_size, (i + 1) * slice_size])
-                apply_side_stream(scale, index, marked.positions[lo:hi] - i * slice_size, marked.bits[lo:hi],
-                                  self.thresholds, margin)
+            if portable:
+                portable.apply(i * slice_size, scale, index)
             symbols.append(decoder.decode(index.reshape(-1), *tables.gaussian))
             return symbols[-1]
 
@@ -368,7 +369,7 @@ class Codec:
             warnings.warn("decoding a file written by another setup (forced): it may fail "
                           "with a desync", stacklevel=2)
         return self.decode_streams(parsed.y, parsed.z, header.height, header.width, parsed.side,
-                                   header.margin, synthesize)
+                                   header.margin, synthesize, header.side_layout)
 
     def _check_portable(self, header: DcaeHeader, force: bool) -> None:
         if self.model_fingerprint is None:

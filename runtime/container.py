@@ -5,7 +5,9 @@
     offset size  field
          0    4  magic b"DCAE"
          4    1  format version (2)
-         5    1  flags: bit 0 entropy path in reduced precision; bit 1 portable
+         5    1  flags: bit 0 entropy path in reduced precision; bit 1 portable;
+                 bit 2 (portable files only) the side stream has threshold
+                 shifts (layout 2; without it layout 1)
          6    2  reserved (0)
          8    4  original height        12  4  original width
         16    4  padded height          20  4  padded width
@@ -43,7 +45,7 @@ import numpy as np
 
 from .errors import BadInputError, CorruptStreamError
 from .geometry import check_dimensions, padded_size, z_shape_for
-from .portable import MAX_MARGIN
+from .portable import LAYOUT_MARKED_LIST, LAYOUT_SHIFTED, MAX_MARGIN
 
 MAGIC = b"DCAE"
 FORMAT_VERSION = 2
@@ -51,7 +53,8 @@ READABLE_VERSIONS = (1, 2)
 FINGERPRINT_SIZE = 16
 FLAG_REDUCED_PRECISION_ENTROPY = 0x01
 FLAG_PORTABLE = 0x02
-KNOWN_FLAGS = FLAG_REDUCED_PRECISION_ENTROPY | FLAG_PORTABLE
+FLAG_SHIFTED_THRESHOLDS = 0x04
+KNOWN_FLAGS = FLAG_REDUCED_PRECISION_ENTROPY | FLAG_PORTABLE | FLAG_SHIFTED_THRESHOLDS
 
 # Everything up to the CRC, which covers these bytes and the payload.
 _COMMON = "<4sBBHIIIIHH16sII"
@@ -87,6 +90,9 @@ class DcaeHeader:
     # within this margin (natural log) of an index boundary.
     margin: float = 0.0
     version: int = FORMAT_VERSION
+    # Of a portable file: the side stream's layout (`runtime.portable`), 2
+    # with threshold shifts (flag bit 2), 1 the marked list alone.
+    side_layout: int = LAYOUT_SHIFTED
 
     def __post_init__(self) -> None:
         check_dimensions(self.height, self.width)
@@ -96,12 +102,20 @@ class DcaeHeader:
             raise ValueError(f"no .dcae format version {self.version}")
         if self.margin and (self.version < 2 or self.reduced_precision_entropy):
             raise ValueError("only version-2 files with a float32 entropy path are portable")
+        if self.side_layout not in (LAYOUT_MARKED_LIST, LAYOUT_SHIFTED):
+            raise ValueError(f"no side stream layout {self.side_layout}")
         # Stored as float32: keep the value a reader will see.
         object.__setattr__(self, "margin", float(np.float32(self.margin)))
 
     @property
     def portable(self) -> bool:
         return self.margin > 0
+
+    @property
+    def flags(self) -> int:
+        return ((FLAG_REDUCED_PRECISION_ENTROPY if self.reduced_precision_entropy else 0)
+                | (FLAG_PORTABLE if self.portable else 0)
+                | (FLAG_SHIFTED_THRESHOLDS if self.portable and self.side_layout == LAYOUT_SHIFTED else 0))
 
     @property
     def padded_size(self) -> tuple[int, int]:
@@ -150,8 +164,7 @@ def pack(header: DcaeHeader, z: bytes, y: bytes, side: bytes = b"") -> bytes:
         raise ValueError("only a portable file carries a side stream")
     if len(side) > _UINT32_MAX:
         raise ValueError(f"side stream of {len(side)} bytes does not fit in 32 bits")
-    flags = ((FLAG_REDUCED_PRECISION_ENTROPY if header.reduced_precision_entropy else 0)
-             | (FLAG_PORTABLE if header.portable else 0))
+    flags = header.flags
     fields = [MAGIC, header.version, flags, 0, header.height, header.width, *header.padded_size,
               *header.z_shape, header.fingerprint, len(z), len(y)]
     if header.version >= 2:
@@ -198,8 +211,10 @@ def unpack(data: bytes) -> DcaeFile:
         raise CorruptStreamError(".dcae flags say both portable and reduced-precision entropy")
     if portable and not (0.0 < margin <= MAX_MARGIN):  # also refuses NaN
         raise CorruptStreamError(f".dcae portable margin {margin} is outside (0, {MAX_MARGIN}]")
-    if not portable and (margin != 0.0 or side_length):
-        raise CorruptStreamError(".dcae file that is not portable has a margin or a side stream")
+    if not portable and (margin != 0.0 or side_length or flags & FLAG_SHIFTED_THRESHOLDS):
+        raise CorruptStreamError(".dcae file that is not portable has a margin, a side stream or threshold shifts")
+    if flags & FLAG_SHIFTED_THRESHOLDS and not side_length:
+        raise CorruptStreamError(".dcae file with threshold shifts has no side stream")
     if reserved:
         raise CorruptStreamError(f".dcae reserved field is 0x{reserved:04x}, must be 0")
     try:
@@ -237,7 +252,8 @@ def unpack(data: bytes) -> DcaeFile:
         )
 
     header = DcaeHeader(height, width, fingerprint, bool(flags & FLAG_REDUCED_PRECISION_ENTROPY),
-                        margin if portable else 0.0, version)
+                        margin if portable else 0.0, version,
+                        LAYOUT_MARKED_LIST if portable and not flags & FLAG_SHIFTED_THRESHOLDS else LAYOUT_SHIFTED)
     y_end = z_length + y_length
     return DcaeFile(header, bytes(payload[:z_length]), bytes(payload[z_length:y_end]), bytes(payload[y_end:]))
 

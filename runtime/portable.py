@@ -38,11 +38,34 @@ decoder refuses files whose margin is under twice it, and states no bound
 every element, that its own scales agree with the side stream within delta / 2
 (`apply_side_stream`): a damaged side stream or a setup outside the margin is
 an error, not noise. The rANS end-of-stream check stays as the backstop.
+
+Threshold shifts (side stream layout 2): most of the listed elements are
+avoidable. The encoder may move every critical value of a BLOCK of elements
+(B consecutive offsets of the flattened latent) up by k * 2 delta (ln), for
+a k in 0..K-1 that it picks per block and writes in the side stream: the
+index of an element whose ln s lies in (ln c, ln c + k * 2 delta] is then the
+one below c. The K windows of width 2 delta around the shifted values do not
+overlap, so a block with an element near a boundary under k = 0 usually has
+none under another k; the encoder picks the k with the fewest, and the
+block length and K with the smallest side stream. The shifts change the
+coding table of a few elements by less than 0.1 % of their scale, which
+does not change the rate measurably.
+
+Side stream layout 2 (flag bit 2 of the container; layout 1 is the marked
+list alone):
+
+    byte 0      log2 K (0..3)
+    if K > 1:   uint32 LE block length B (1 .. number of y elements), uint32
+                LE block count m (= ceil(elements / B)), then the m choices,
+                log2 K bits each, most significant bit first, zero padding
+                to the byte
+    then        the marked list in layout 1 (nothing when no element is
+                marked)
 """
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -70,6 +93,10 @@ DEFAULT_MARGIN = 4.1e-5
 # `DEFAULT_MARGIN` where it records none) wherever a margin is passed.
 MODEL_MARGIN = "model"
 MAX_RICE_PARAMETER = 30
+# Threshold shifts: at most 8 choices per block (3 bits). 8 took the listed
+# elements of the embedded model on Kodak from 6.4e-4 to 1.8e-5 of the y
+# elements at the default margin (benchmarks/results/threshold_shifts.md).
+MAX_SHIFTS = 8
 _COUNT = struct.Struct("<I")
 SIDE_HEADER_SIZE = 1 + _COUNT.size
 # A measured margin is this many times the largest difference measured
@@ -138,12 +165,14 @@ class Thresholds:
             np.searchsorted(steps, critical, side="right").astype(np.int32),
         )
 
-    def nearest(self, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(which critical value is nearest in ln, |ln s - ln c|) per scale; the
-        distance is +inf for a scale that is not finite and positive."""
-        s = np.asarray(scales, dtype=np.float64).reshape(-1)
-        valid = np.isfinite(s) & (s > 0)
-        log_s = np.log(np.where(valid, s, 1.0))
+    def nearest(self, scales: np.ndarray, offsets=0.0) -> tuple[np.ndarray, np.ndarray]:
+        """(which critical value is nearest in ln, |ln s - ln c - offset|) per
+        scale, for critical values moved up by `offsets` (ln: a scalar or one
+        per scale); the distance is +inf for a scale that is not finite and
+        positive."""
+        log_s = _log_scales(scales) - offsets
+        valid = np.isfinite(log_s)
+        log_s = np.where(valid, log_s, 0.0)
         upper = np.clip(np.searchsorted(self.log_critical, log_s), 1, max(1, self.log_critical.size - 1))
         lower = upper - 1
         if self.log_critical.size == 1:
@@ -154,10 +183,42 @@ class Thresholds:
         distance = np.where(valid, np.minimum(d_lower, d_upper), np.inf)
         return nearest, distance
 
+    def largest_shift_count(self, margin: float) -> int:
+        """The largest K (a power of two, at most `MAX_SHIFTS`) whose largest
+        shift, (K - 1) * 2 margin, stays under half the smallest spacing of
+        the critical values (ln), so that a shifted value never comes near
+        the next one."""
+        spacing = float(np.min(np.diff(self.log_critical))) if self.log_critical.size > 1 else np.inf
+        count = MAX_SHIFTS
+        while count > 1 and (count - 1) * 2 * margin >= spacing / 2:
+            count //= 2
+        return count
 
-def mark(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresholds, margin: float):
+    def shift_indexes(self, scales: np.ndarray, indexes: np.ndarray, offsets) -> None:
+        """Move the critical values up by `offsets` (ln, >= 0 and under the
+        table's spacing): in place, an element whose ln s lies in
+        (ln c, ln c + offset] of the critical value c just under it takes the
+        index below c. Elements near either end of that window are listed by
+        the encoder, so how this rounds there does not matter."""
+        log_s = _log_scales(scales)
+        valid = np.isfinite(log_s)
+        below = np.searchsorted(self.log_critical, np.where(valid, log_s, -np.inf), side="left") - 1
+        j = np.maximum(below, 0)
+        move = valid & (below >= 0) & (log_s - self.log_critical[j] <= offsets)
+        flat = indexes.reshape(-1)
+        flat[move.reshape(-1)] = self.below[j.reshape(-1)[move.reshape(-1)]]
+
+
+def _log_scales(scales) -> np.ndarray:
+    """ln of each scale as float64, flattened; NaN where it is not finite and positive."""
+    s = np.asarray(scales, dtype=np.float64).reshape(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.isfinite(s) & (s > 0), np.log(np.where(s > 0, s, 1.0)), np.nan)
+
+
+def mark(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresholds, margin: float, offsets=0.0):
     """The elements an encoder lists: (offsets in the flattened `scales`, side bits)."""
-    nearest, distance = thresholds.nearest(scales)
+    nearest, distance = thresholds.nearest(scales, offsets)
     positions = np.flatnonzero(distance <= margin)
     used = np.asarray(indexes).reshape(-1)[positions]
     k = nearest[positions]
@@ -169,12 +230,12 @@ def mark(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresholds, margin
 
 
 def apply_side_stream(scales: np.ndarray, indexes: np.ndarray, positions: np.ndarray, bits: np.ndarray,
-                      thresholds: Thresholds, margin: float) -> None:
+                      thresholds: Thresholds, margin: float, offsets=0.0) -> None:
     """Give the listed elements the encoder's index, in place, and check every
     element against the margin (`positions` are offsets in the flattened
-    `scales`)."""
+    `scales`; `offsets` the ln shift of each element's critical values)."""
     flat = indexes.reshape(-1)
-    nearest, distance = thresholds.nearest(scales)
+    nearest, distance = thresholds.nearest(scales, offsets)
     marked = np.zeros(distance.shape, bool)
     marked[positions] = True
     # The file is for setups within margin / 2 of float64: a listed element was
@@ -275,6 +336,11 @@ class SideStream:
     positions: np.ndarray  # int64, increasing offsets in the flattened y latent
     bits: np.ndarray  # uint8, 1: the index above the critical value
     rice_parameter: int
+    shifts: "ThresholdShifts" = None  # layout 2; None stands for no shifts
+
+    def __post_init__(self):
+        if self.shifts is None:
+            object.__setattr__(self, "shifts", NO_SHIFTS)
 
 
 def decode_side_stream(data: bytes, total: int) -> SideStream:
@@ -310,3 +376,199 @@ def decode_side_stream(data: bytes, total: int) -> SideStream:
     if end % 8 and buffer[-1] & ((1 << (8 - end % 8)) - 1):
         raise CorruptStreamError("side stream padding bits are not zero")
     return SideStream(positions, bits, k)
+
+
+# ---- threshold shifts (side stream layout 2) ------------------------------------------
+
+LAYOUT_MARKED_LIST = 1  # the marked list alone
+LAYOUT_SHIFTED = 2  # threshold shifts per block, then the marked list
+_SHIFT_HEAD = struct.Struct("<II")  # block length, block count
+# Block lengths an encoder tries, as multiples of a channel's plane (H * W):
+# a channel, and groups of channels or parts of one. Measured on Kodak with
+# the embedded model and the official configuration (golden weights):
+# benchmarks/results/threshold_shifts.md.
+BLOCK_PLANES = (1 / 8, 1 / 4, 1 / 2, 1, 2, 4)
+
+
+@dataclass(frozen=True)
+class ThresholdShifts:
+    """Per block of `block` consecutive elements, the shift k (0..count-1) of
+    its critical values, k * 2 margin (ln)."""
+
+    count: int  # K, a power of two; 1: no shifts
+    block: int = 0
+    choices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+
+    def offsets(self, start: int, stop: int, margin: float):
+        """The ln shift of the elements at offsets start..stop-1 (0.0 without shifts)."""
+        if self.count == 1:
+            return 0.0
+        return self.choices[np.arange(start, stop, dtype=np.int64) // self.block] * (2.0 * margin)
+
+
+NO_SHIFTS = ThresholdShifts(1)
+
+
+def _choice_bits(count: int) -> int:
+    return count.bit_length() - 1
+
+
+def _choices_size(shifts: ThresholdShifts) -> int:
+    if shifts.count == 1:
+        return 1
+    return 1 + _SHIFT_HEAD.size + (shifts.choices.size * _choice_bits(shifts.count) + 7) // 8
+
+
+def _marked_list_size(positions: np.ndarray) -> int:
+    if positions.size == 0:
+        return 0
+    gaps = np.diff(positions, prepend=-1) - 1
+    bits = min(_rice_size_bits(gaps, k) for k in range(MAX_RICE_PARAMETER + 1))
+    return SIDE_HEADER_SIZE + (bits + 7) // 8
+
+
+def encode_shifted_side_stream(shifts: ThresholdShifts, positions: np.ndarray, bits: np.ndarray, total: int) -> bytes:
+    """Side stream layout 2: the shifts, then the marked list."""
+    width = _choice_bits(shifts.count)
+    if shifts.count not in (1, 2, 4, MAX_SHIFTS):
+        raise ValueError(f"shift count must be 1, 2, 4 or {MAX_SHIFTS}, got {shifts.count}")
+    head = bytes([width])
+    if shifts.count > 1:
+        blocks = -(-total // shifts.block)
+        if shifts.choices.size != blocks or np.any(shifts.choices >= shifts.count):
+            raise ValueError("one choice under the shift count per block is needed")
+        choice_bits = ((shifts.choices[:, None] >> np.arange(width - 1, -1, -1)) & 1).astype(np.uint8)
+        head += _SHIFT_HEAD.pack(shifts.block, blocks) + np.packbits(choice_bits.reshape(-1)).tobytes()
+    return head + encode_side_stream(positions, bits, total)
+
+
+def decode_shifted_side_stream(data: bytes, total: int | None) -> SideStream:
+    """Parse side stream layout 2 for a y latent of `total` elements (None: not
+    known, as for `dcae inspect`); every way it can be malformed raises
+    `CorruptStreamError` with a one-line reason."""
+    if not data:
+        raise CorruptStreamError("side stream is empty (its layout starts with the shift count)")
+    width = data[0]
+    if width > _choice_bits(MAX_SHIFTS):
+        raise CorruptStreamError(f"side stream shift count 2**{width} is over {MAX_SHIFTS}")
+    shifts, start = NO_SHIFTS, 1
+    if width:
+        if len(data) < 1 + _SHIFT_HEAD.size:
+            raise CorruptStreamError(f"side stream of {len(data)} bytes is shorter than its shift head")
+        block, blocks = _SHIFT_HEAD.unpack_from(data, 1)
+        if block == 0 or blocks == 0:
+            raise CorruptStreamError(f"side stream has {blocks} shift blocks of {block} elements")
+        if total is not None and blocks != -(-total // block):
+            raise CorruptStreamError(f"side stream has {blocks} shift blocks of {block} elements for a latent "
+                                     f"of {total}")
+        start = 1 + _SHIFT_HEAD.size
+        size = (blocks * width + 7) // 8
+        # Checked before anything of the count's size is allocated.
+        if len(data) < start + size:
+            raise CorruptStreamError(f"side stream of {len(data)} bytes cannot hold {blocks} shift choices")
+        packed = np.unpackbits(np.frombuffer(data, np.uint8, size, start))
+        if np.any(packed[blocks * width:]):
+            raise CorruptStreamError("side stream shift choices' padding bits are not zero")
+        choices = packed[: blocks * width].reshape(blocks, width) @ (1 << np.arange(width - 1, -1, -1))
+        shifts = ThresholdShifts(1 << width, block, choices.astype(np.uint8))
+        start += size
+        if total is None:
+            total = block * blocks
+    listed = decode_side_stream(data[start:], 2**31 - 1 if total is None else total)
+    return SideStream(listed.positions, listed.bits, listed.rice_parameter, shifts)
+
+
+def _block_lengths(total: int, plane: int) -> list[int]:
+    lengths = []
+    for planes in BLOCK_PLANES:
+        length = int(plane * planes)
+        if length == plane * planes and 1 <= length <= total and length not in lengths:
+            lengths.append(length)
+    return lengths
+
+
+@dataclass(frozen=True)
+class PortableEncoding:
+    indexes: np.ndarray  # the indexes to code the y symbols with (shifts applied)
+    side: bytes  # side stream layout 2
+    listed: int  # elements in the marked list
+    shifts: ThresholdShifts
+
+
+def encode_portable(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresholds, margin: float) -> PortableEncoding:
+    """The encoder's side of a portable file: of the (1, C, H, W) `scales` and
+    their unshifted `indexes`, the threshold shifts (block length, K and
+    choices) that give the smallest side stream, the indexes they give, and
+    the side stream (layout 2)."""
+    scales = np.asarray(scales)
+    total, plane = scales.size, int(np.prod(scales.shape[2:])) if scales.ndim == 4 else scales.size
+    shift_count = thresholds.largest_shift_count(margin)
+    # Only an element from margin below a critical value to the largest shift
+    # plus margin above it can be near a shifted one: the rest are left out.
+    span = (shift_count - 1) * 2.0 * margin + margin + 1e-9
+    log_s = _log_scales(scales)
+    valid = np.isfinite(log_s)
+    log_s = np.where(valid, log_s, -np.inf)
+    j = np.searchsorted(thresholds.log_critical, log_s, side="right") - 1
+    above = log_s - thresholds.log_critical[np.maximum(j, 0)]
+    below_next = thresholds.log_critical[np.minimum(j + 1, thresholds.log_critical.size - 1)] - log_s
+    candidates = np.flatnonzero(valid & (((j >= 0) & (above <= span))
+                                         | ((j + 1 < thresholds.log_critical.size) & (below_next <= margin + 1e-9))))
+    candidate_scales = scales.reshape(-1)[candidates]
+    # near[k]: the positions within margin of a critical value shifted by k * 2 margin, increasing
+    near = [candidates[thresholds.nearest(candidate_scales, k * 2.0 * margin)[1] <= margin]
+            for k in range(shift_count)]
+    best = (_choices_size(NO_SHIFTS) + _marked_list_size(near[0]), NO_SHIFTS)
+    for block in _block_lengths(total, plane) if shift_count > 1 else []:
+        blocks = -(-total // block)
+        counts = np.stack([np.bincount(positions // block, minlength=blocks) for positions in near])
+        for count in (2, 4, MAX_SHIFTS):
+            if count > shift_count:
+                break
+            choices = np.argmin(counts[:count], axis=0).astype(np.uint8)  # the first of equal counts
+            chosen = np.sort(np.concatenate([positions[choices[positions // block] == k]
+                                             for k, positions in enumerate(near[:count])]))
+            shifts = ThresholdShifts(count, block, choices)
+            size = _choices_size(shifts) + _marked_list_size(chosen)
+            if size < best[0]:
+                best = (size, shifts)
+    shifts = best[1]
+    offsets = shifts.offsets(0, total, margin)
+    shifted = np.array(indexes, dtype=np.int32, copy=True)
+    if shifts.count > 1:
+        thresholds.shift_indexes(scales, shifted, offsets)
+    positions, bits = mark(scales, shifted, thresholds, margin, offsets)
+    side = encode_shifted_side_stream(shifts, positions, bits, total)
+    assert len(side) == best[0]
+    return PortableEncoding(shifted, side, int(positions.size), shifts)
+
+
+def parse_side_stream(data: bytes, total: int | None, layout: int) -> SideStream:
+    """A side stream of either layout (`total`: see `decode_shifted_side_stream`)."""
+    if layout == LAYOUT_SHIFTED:
+        return decode_shifted_side_stream(data, total)
+    return decode_side_stream(data, 2**31 - 1 if total is None else total)
+
+
+class PortableDecoding:
+    """The decoder's side: gives each slice's indexes the file's shifts and
+    listed sides, and checks its scales against the margin."""
+
+    def __init__(self, side: bytes, total: int, thresholds: Thresholds, margin: float, layout: int):
+        self.thresholds, self.margin = thresholds, margin
+        self.side = parse_side_stream(side, total, layout)
+        count = self.side.shifts.count
+        if count > thresholds.largest_shift_count(margin):
+            raise CorruptStreamError(f"side stream has {count} threshold shifts: more than the margin {margin:g} "
+                                     f"allows with this scale table")
+
+    def apply(self, start: int, scales: np.ndarray, indexes: np.ndarray) -> None:
+        """In place: the indexes of the elements at offsets start.. of the
+        latent, computed by `build_indexes` from this decoder's `scales`."""
+        stop = start + scales.size
+        offsets = self.side.shifts.offsets(start, stop, self.margin)
+        if self.side.shifts.count > 1:
+            self.thresholds.shift_indexes(scales, indexes, offsets)
+        lo, hi = np.searchsorted(self.side.positions, [start, stop])
+        apply_side_stream(scales, indexes, self.side.positions[lo:hi] - start, self.side.bits[lo:hi],
+                          self.thresholds, self.margin, offsets)

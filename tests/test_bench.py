@@ -444,7 +444,13 @@ def test_torch_reference_writes_and_reads_what_the_model_does(tiny_model, tiny_c
     encoded = reference.encode(pixels)
     assert encoded.data == dcae.compress_image(tiny_model, pixels, format="dcae")
     encode_stages = set(reference.last_timings)
-    decoded = reference.decode_streams(encoded.y, encoded.z, encoded.height, encoded.width)
+    # Raw streams (an upstream .bin's: y coded without threshold shifts) as DCAE.decompress reads them.
+    from runtime.container import unpack_bin
+
+    upstream = dcae.compress_image(tiny_model, pixels, format="bin")
+    streams = unpack_bin(upstream)
+    decoded = reference.decode_streams(streams.y, streams.z, encoded.height, encoded.width)
+    assert np.array_equal(decoded.x, dcae.decompress_image(tiny_model, upstream))
     assert np.array_equal(decoded.x, dcae.decompress_image(tiny_model, encoded.data))
     assert np.array_equal(decoded.symbols, encoded.symbols)
     assert np.array_equal(decoded.y_hat, encoded.y_hat)
@@ -632,22 +638,13 @@ def test_sigma_agreement_reports_the_error_by_scale():
     stats = {"max": 1e-5, "p99.99": 1e-5, "elements": 4}
     result = {"command": "python -m benchmarks.sigma_agreement --limit 1", "model": "m", "images": ["a.png"],
               "cpu": "c", "threads": 1, "vs_float64": {"torch": stats}, "by_scale": {"torch": bands},
-              "pairs": {}, "margins": {}}
+              "pairs": {}, "y_elements": 1000,
+              "margins": {"4.1e-05": {"marked": 2, "marked_fraction": 2e-3, "side_bytes": 80, "y_bytes_change": -3,
+                                      "share": 0.0027, "marked_unshifted": 150, "side_bytes_unshifted": 250,
+                                      "share_unshifted": 0.0086, "indexes_shifted": 14,
+                                      "shift_choices": {"K=8, block 1536": 1}}}}
     text = to_markdown(result)
     assert "Command: `python -m benchmarks.sigma_agreement --limit 1`" in text
+    assert "| 4.1e-05 (default) | 2 | 2.00e-03 | 80 | -3 | **0.270 %** | 150 | 250 | 0.860 % |" in text
+    assert "| 4.1e-05 | K=8, block 1536: 1 | 14 (1.40e-02) |" in text
     assert "| elements | 1 | 1 | 0 | 0 | 1 | 1 |" in text and "| torch | 6.7e-05 (1.0e-05) |" in text
-
-
-def test_threshold_shift_windows_are_disjoint_and_catch_what_they_should():
-    """benchmarks.threshold_shifts: shift k moves every boundary by 2k·δ, so an
-    element within δ of one shifted boundary is outside every other's window."""
-    from benchmarks.threshold_shifts import near_per_shift
-
-    delta = 1e-4
-    log_critical = np.log(np.array([0.2, 0.5, 1.0]))
-    # one channel: on boundary 0.5, 2δ above it, 6δ above 1.0, and far from all
-    log_scales = np.array([[np.log(0.5), np.log(0.5) + 2 * delta, np.log(1.0) + 6 * delta, np.log(0.7)]])
-    masks = near_per_shift(log_scales, log_critical, delta, 4)
-    assert [m[0].tolist() for m in masks] == [[True, False, False, False], [False, True, False, False],
-                                              [False, False, False, False], [False, False, True, False]]
-    assert not np.any(np.sum(masks, axis=0) > 1)  # no element in two windows

@@ -463,7 +463,7 @@ def test_int8_round_trip_of_either_form(form, int8_bundle, int8_tensorrt_bundle,
     pixels = kodak_crop("kodim23", 256, 256, top=40, left=200)
     codec = Codec(bundle, threads=1)
     encoded = codec.encode(pixels)
-    decoded = codec.decode_streams(encoded.y, encoded.z, encoded.height, encoded.width)
+    decoded = codec.decode(encoded.data)
     np.testing.assert_array_equal(decoded.y_hat, encoded.y_hat)
 
 
@@ -473,7 +473,7 @@ def test_int8_round_trip_decodes_bit_exactly_with_its_own_bundle(int8_bundle, ko
     pixels = kodak_crop("kodim19", 256, 320, top=100, left=60)
     codec = Codec(int8_bundle, threads=1)
     encoded = codec.encode(pixels)
-    decoded = codec.decode_streams(encoded.y, encoded.z, encoded.height, encoded.width)
+    decoded = codec.decode(encoded.data)
     np.testing.assert_array_equal(decoded.y_hat, encoded.y_hat)
     np.testing.assert_array_equal(codec.decompress(encoded.data), decoded.x)
     assert decoded.x.shape == pixels.shape
@@ -591,7 +591,7 @@ def test_cli_int8_with_entropy_precision_same(tiny_model, calib_dir, tmp_path, k
 
     codec = Codec(out, threads=1)
     encoded = codec.encode(kodak_crop("kodim15", 256, 256, top=40, left=200))
-    decoded = codec.decode_streams(encoded.y, encoded.z, encoded.height, encoded.width)
+    decoded = codec.decode(encoded.data)
     np.testing.assert_array_equal(decoded.y_hat, encoded.y_hat)
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from runtime import cli, default_bundle
 from runtime.container import unpack
 from runtime.manifest import Manifest
-from runtime.portable import decode_side_stream
+from runtime.portable import decode_shifted_side_stream
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -124,11 +124,11 @@ def test_inspect(capsys, coded, tiny_bundle):
     code, out, _ = run_cli(capsys, "inspect", coded, "--json")
     info = json.loads(out)
     parsed = unpack(coded.read_bytes())
-    assert info["format"] == "dcae" and info["version"] == 2 and info["flags"] == 2 and info["portable"]
+    assert info["format"] == "dcae" and info["version"] == 2 and info["flags"] == 0b110 and info["portable"]
     assert info["margin"] == pytest.approx(Manifest.read(tiny_bundle).portable_margin)
-    assert info["side_bytes"] == len(parsed.side)
-    listed = decode_side_stream(parsed.side, 2**31 - 1).positions.size if parsed.side else 0
-    assert info["side_marked"] == listed
+    assert info["side_bytes"] == len(parsed.side) and info["side_layout"] == 2
+    side = decode_shifted_side_stream(parsed.side, None)
+    assert info["side_marked"] == side.positions.size and info["threshold_shifts"] == side.shifts.count
     assert (info["height"], info["width"], info["padded_height"], info["padded_width"]) == (40, 60, 256, 256)
     assert (info["z_height"], info["z_width"]) == (4, 4)
     assert info["fingerprint"] == parsed.header.fingerprint.hex()
@@ -140,10 +140,13 @@ def test_inspect(capsys, coded, tiny_bundle):
     assert info["z_sha256"] == hashlib.sha256(parsed.z).hexdigest()
 
 
-def test_inspect_and_decompress_an_upstream_bin(capsys, tmp_path, coded, tiny_bundle):
+def test_inspect_and_decompress_an_upstream_bin(capsys, tmp_path, images, tiny_bundle):
+    from runtime import Codec
     from runtime.container import pack_bin
 
-    parsed = unpack(coded.read_bytes())
+    # The streams of a file for this setup only: its y symbols are coded with
+    # the indexes the decoder computes (no threshold shifts).
+    parsed = unpack(Codec(tiny_bundle, threads=1).compress(images / "a.png", margin=None))
     path = tmp_path / "a.bin"
     path.write_bytes(pack_bin(40, 60, parsed.y, parsed.z))
     code, out, _ = run_cli(capsys, "inspect", path, "--json")
@@ -246,10 +249,11 @@ def test_output_collisions_and_usage_errors(capsys, tmp_path, images, tiny_bundl
     assert code == 2
 
 
-def test_fingerprint_mismatch_and_force(capsys, tmp_path, coded, tiny_bundle):
+def test_fingerprint_mismatch_and_force(capsys, tmp_path, images, tiny_bundle):
+    from runtime import Codec
     from runtime.container import DcaeHeader, pack
 
-    parsed = unpack(coded.read_bytes())
+    parsed = unpack(Codec(tiny_bundle, threads=1).compress(images / "a.png", margin=None))  # for this setup only
     other = bytes(b ^ 0xFF for b in parsed.header.fingerprint)  # a sound file from "another setup"
     path = tmp_path / "other.dcae"
     path.write_bytes(pack(DcaeHeader(parsed.header.height, parsed.header.width, other), parsed.z, parsed.y))

@@ -21,7 +21,7 @@ from runtime.backends import BackendUnavailableError, OnnxRuntimeBackend, get_ba
 from runtime.bundle import Bundle
 from runtime.codec import Codec, setup_fingerprint
 from runtime.container import DcaeHeader, pack, unpack
-from runtime.portable import DEFAULT_MARGIN, MAX_MARGIN
+from runtime.portable import DEFAULT_MARGIN, MAX_MARGIN, decode_shifted_side_stream
 from runtime.errors import (
     BundleError,
     CorruptStreamError,
@@ -261,13 +261,13 @@ def test_not_a_bundle(tmp_path):
 ])
 def test_round_trip_is_exact_and_matches_the_reference(codec, tiny_model, kodak_crop, name, size):
     pixels = kodak_crop(name, *size, top=37, left=53)
-    encoded = codec.encode(pixels)
+    encoded = codec.encode(pixels, margin=None)  # coded as upstream codes y: no threshold shifts
     h, w = size
     assert encoded.y_hat.dtype == np.float32 and encoded.y_hat.shape == (1, 40) + tuple(
         s // 16 for s in pad_image(pixels)[0].shape[2:])
     assert encoded.indexes.dtype == encoded.symbols.dtype == encoded.z_symbols.dtype == np.int32
 
-    decoded = codec.decode_streams(encoded.y, encoded.z, h, w)
+    decoded = codec.decode(encoded.data)
     # The decoder's latent equals the encoder's bit for bit: same graphs, same order.
     assert np.array_equal(decoded.y_hat, encoded.y_hat)
     assert decoded.x.shape == (h, w, 3) and decoded.x.dtype == np.uint8
@@ -298,7 +298,7 @@ def test_y_stream_is_byte_identical_to_the_reference_on_a_larger_crop(codec, tin
     from runtime.rans import encode_with_indexes
 
     pixels = kodak_crop("kodim23", 256, 384)
-    encoded = codec.encode(pixels)
+    encoded = codec.encode(pixels, margin=None)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -422,8 +422,9 @@ def test_upstream_bin_from_another_setup_fails_loudly_or_decodes_right(codec, ti
 
 
 def test_streams_of_another_image_are_a_desync_not_an_image(codec, kodak_crop):
-    a = codec.encode(kodak_crop("kodim06", 64, 64))
-    b = codec.encode(kodak_crop("kodim07", 64, 64, top=100, left=100))
+    # Files for this setup only: their streams decode without a side stream.
+    a = codec.encode(kodak_crop("kodim06", 64, 64), margin=None)
+    b = codec.encode(kodak_crop("kodim07", 64, 64, top=100, left=100), margin=None)
     assert a.y != b.y
     with pytest.raises(CorruptStreamError):  # DesyncError, or the stream running out
         codec.decode_streams(b.y, a.z, 64, 64)
@@ -444,14 +445,14 @@ def test_streams_of_another_image_are_a_desync_not_an_image(codec, kodak_crop):
 def test_reading_the_symbols_only_checks_a_file_as_a_full_decode_does(codec, kodak_crop):
     """decode(synthesize=False) skips g_s: the same symbols and y_hat, no
     pixels, and the same refusal of a stream that does not end in sync."""
-    a = codec.encode(kodak_crop("kodim06", 64, 64))
+    a = codec.encode(kodak_crop("kodim06", 64, 64), margin=None)  # its streams decode without a side stream
     full = codec.decode(a.data)
     assert "g_s" in codec.last_timings
     read = codec.decode(a.data, synthesize=False)
     assert "g_s" not in codec.last_timings and "y_coding" in codec.last_timings
     assert read.x is None and full.x is not None
     assert np.array_equal(read.symbols, full.symbols) and np.array_equal(read.y_hat, full.y_hat)
-    b = codec.encode(kodak_crop("kodim07", 64, 64, top=100, left=100))
+    b = codec.encode(kodak_crop("kodim07", 64, 64, top=100, left=100), margin=None)
     padded = pack(DcaeHeader(64, 64, codec.fingerprint), a.z, a.y + b"\0\0\0\0")
     with pytest.raises(DesyncError, match="out of sync"):
         codec.decode(padded, synthesize=False)
@@ -520,20 +521,25 @@ def test_fuzzed_files_raise_only_codec_errors(codec, kodak_crop):
     - 500 damaged upstream .bin files (no checksum: some reach the decoder),
     - 600 .dcae files whose z or y stream is damaged but whose header and CRC
       are sound, so that every one of them reaches the entropy decoder,
-    - 400 portable files whose side stream is damaged (header and CRC sound).
+    - 600 portable files whose side stream is damaged (header and CRC sound),
+      its threshold shifts or its list of elements.
     """
     from runtime.container import pack_bin
 
     pixels = kodak_crop("kodim09", 32, 32, top=200, left=200)  # pads to 256x256
     encoded = codec.encode(pixels)
     header = unpack(encoded.data).header
-    bin_data = pack_bin(32, 32, encoded.y, encoded.z)
+    own = codec.encode(pixels, margin=None)  # a .bin's y symbols are coded without threshold shifts
+    bin_data = pack_bin(32, 32, own.y, own.z)
     y_mutants = (pack(header, encoded.z, _word_aligned(y)) for y in mutations(encoded.y, 400, seed=3))
     z_mutants = (pack(header, _word_aligned(z), encoded.y) for z in mutations(encoded.z, 200, seed=4))
     # The largest margin a file may carry lists many elements of this small crop.
     wide = codec.encode(pixels, margin=MAX_MARGIN)
     wide_header = unpack(wide.data).header
     side_mutants = (pack(wide_header, wide.z, wide.y, side) for side in mutations(wide.side, 400, seed=6))
+    # At the model's margin the encoder shifts the thresholds: the choices are damaged too.
+    assert decode_shifted_side_stream(encoded.side, None).shifts.count > 1
+    shift_mutants = (pack(header, encoded.z, encoded.y, side) for side in mutations(encoded.side, 200, seed=7))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the .bin warning
         dcae_outcomes = _decode_mutants(
@@ -542,6 +548,7 @@ def test_fuzzed_files_raise_only_codec_errors(codec, kodak_crop):
         y_outcomes = _decode_mutants(codec, encoded.data, y_mutants, 10)
         z_outcomes = _decode_mutants(codec, encoded.data, z_mutants, 10)
         side_outcomes = _decode_mutants(codec, wide.data, side_mutants, 10)
+        shift_outcomes = _decode_mutants(codec, encoded.data, shift_mutants, 10)
     assert sum(dcae_outcomes.values()) == 1500 and sum(bin_outcomes.values()) == 500
     # No damaged .dcae decodes: the CRC covers everything (mutations may undo themselves).
     assert "decoded" not in dcae_outcomes, dcae_outcomes
@@ -555,6 +562,7 @@ def test_fuzzed_files_raise_only_codec_errors(codec, kodak_crop):
     # or desynchronises the y stream; the side stream had entries to damage.
     assert len(wide.side) > 20 and sum(side_outcomes.values()) == 400
     assert side_outcomes.get("decoded", 0) <= 4, side_outcomes
+    assert sum(shift_outcomes.values()) == 200 and shift_outcomes.get("decoded", 0) <= 4, shift_outcomes
 
 
 def test_official_configuration_round_trips_exactly_and_matches_the_reference(golden_bundle, golden_model,
@@ -571,8 +579,8 @@ def test_official_configuration_round_trips_exactly_and_matches_the_reference(go
     pixels = np.ascontiguousarray(kodak_image[128:384, 64:448])
     h, w = pixels.shape[:2]
     codec = Codec(path, threads=2)
-    encoded = codec.encode(pixels)
-    decoded = codec.decode_streams(encoded.y, encoded.z, h, w)
+    encoded = codec.encode(pixels, margin=None)
+    decoded = codec.decode(encoded.data)
     assert np.array_equal(decoded.y_hat, encoded.y_hat)
 
     compared = compare_with_reference(codec, golden_model, pixels, encoded)
@@ -596,8 +604,8 @@ def test_every_kodak_image_and_golden_input_round_trips_exactly(codec, tiny_mode
 
     pixels = load_image(path)
     h, w = pixels.shape[:2]
-    encoded = codec.encode(pixels)
-    decoded = codec.decode_streams(encoded.y, encoded.z, h, w)
+    encoded = codec.encode(pixels, margin=None)
+    decoded = codec.decode(encoded.data)
     assert np.array_equal(decoded.y_hat, encoded.y_hat)
 
     compared = compare_with_reference(codec, tiny_model, pixels, encoded)

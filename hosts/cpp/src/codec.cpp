@@ -5,10 +5,13 @@
 //            z stream -> h_s -> per slice i: slice_params_i -> scale index,
 //            round(y_i - mu) -> + mu -> slice_lrp_i; all slices' symbols in
 //            ONE rANS stream, in slice order, each slice flattened C, H, W;
-//            portable files: the elements whose scale is within the margin
-//            of an index boundary go to the side stream.
+//            portable files: once every slice's scales are known, the
+//            threshold shifts giving the smallest side stream are chosen,
+//            the indexes shifted, and the elements whose scale is within the
+//            margin of a (shifted) index boundary go to the side stream;
+//            then the y stream is coded with the shifted indexes.
 //   decoder: z stream -> z_hat -> h_s -> per slice: slice_params_i -> index
-//            (corrected from the side stream) -> rANS decode -> + mu ->
+//            (shifted and corrected from the side stream) -> rANS decode -> + mu ->
 //            slice_lrp_i; check the stream ended in sync -> g_s -> clamp to
 //            [0, 1] -> crop.
 #include "dcae/codec.hpp"
@@ -17,6 +20,7 @@
 #include <chrono>
 #include <cmath>
 #include <map>
+#include <optional>
 
 #include "backend.hpp"
 #include "bundle.hpp"
@@ -265,21 +269,32 @@ struct Codec::Impl {
 
     result.symbols.resize(g.latent_size());
     result.indexes.resize(g.latent_size());
-    SideInfo side;
+    std::vector<float> latent_scales(portable ? g.latent_size() : 0);
     slice_loop(g, scales, means, &result.y_hat, [&](size_t offset, const float* mu, const float* scale, float* y_hat_raw) {
       const size_t block = g.slice_size();
       build_indexes(scale, block, bundle.scale_table, result.indexes.data() + offset);
       quantize(y.data.data() + offset, mu, block, result.symbols.data() + offset);
       dequantize(result.symbols.data() + offset, mu, block, y_hat_raw);
-      if (portable) mark_slice(scale, result.indexes.data() + offset, block, offset, margin, critical, &side);
+      if (portable) std::copy_n(scale, block, latent_scales.data() + offset);
     });
+    std::vector<uint8_t> side_stream;
+    if (portable) {
+      // The shifts are chosen on the whole latent: the indexes become the
+      // shifted ones, which the y symbols are coded with.
+      PortableEncoding encoding = timed("side_stream", [&] {
+        return encode_portable(latent_scales.data(), result.indexes.data(), g.latent_size(), g.plane(), margin,
+                               critical);
+      });
+      side_stream = std::move(encoding.side);
+      result.marked = encoding.listed;
+      result.threshold_shifts = encoding.shifts.count;
+      result.shift_block = encoding.shifts.count > 1 ? encoding.shifts.block : 0;
+    }
     // Slices are channel blocks, so C order over the whole latent is slice
     // order with each slice flattened C, H, W.
     const std::vector<uint8_t> y_stream = timed("y_coding", [&] {
       return rans_encode(result.symbols.data(), result.indexes.data(), result.symbols.size(), bundle.gaussian);
     });
-    const std::vector<uint8_t> side_stream = timed("side_stream", [&] { return encode_side_stream(side); });
-    result.marked = side.positions.size();
 
     FileHeader header;
     header.height = image.height;
@@ -288,6 +303,7 @@ struct Codec::Impl {
     header.portable = portable;
     header.fingerprint = portable ? from_hex16(bundle.entropy_model_fingerprint) : setup_fingerprint;
     header.margin = margin;
+    header.side_layout = kLayoutShifted;
     result.file = pack_dcae(header, z_stream, y_stream, side_stream);
     add_timing("total", seconds_since(started));
     return result;
@@ -331,7 +347,8 @@ struct Codec::Impl {
     uint32_t height, width;
     bool portable = false;
     double margin = 0;
-    SideInfo side;
+    ByteSpan side;
+    int side_layout = kLayoutShifted;
   };
 
   DecodeResult decode_streams(const Streams& streams, bool synthesize) {
@@ -343,17 +360,23 @@ struct Codec::Impl {
     const std::vector<float> z_hat = timed("z_coding", [&] {
       return decompress_z(streams.z.data, streams.z.size, static_cast<size_t>(g.zh * g.zw), bundle.z);
     });
+    // The side stream is parsed and checked (its shifts against the margin)
+    // before anything of the image's size is run.
+    std::optional<PortableDecoding> portable;
+    if (streams.portable)
+      timed("side_stream", [&] {
+        portable.emplace(streams.side.data, streams.side.size, g.latent_size(), critical, streams.margin,
+                         streams.side_layout);
+      });
     const auto [scales, means] = hyper_synthesis(g, z_hat);
 
     result.symbols.resize(g.latent_size());
     std::vector<int32_t> indexes(g.slice_size());
     RansDecoder decoder(streams.y.data, streams.y.size);
-    size_t side_cursor = 0;
     slice_loop(g, scales, means, &result.y_hat, [&](size_t offset, const float* mu, const float* scale, float* y_hat_raw) {
       const size_t block = g.slice_size();
       build_indexes(scale, block, bundle.scale_table, indexes.data());
-      if (streams.portable)
-        apply_side_info(scale, indexes.data(), block, offset, streams.margin, critical, streams.side, &side_cursor);
+      if (portable) portable->apply(offset, scale, indexes.data(), block);
       decoder.decode(indexes.data(), block, bundle.gaussian, result.symbols.data() + offset);
       dequantize(result.symbols.data() + offset, mu, block, y_hat_raw);
     });
@@ -392,10 +415,8 @@ struct Codec::Impl {
       streams.width = header.width;
       streams.portable = header.portable;
       streams.margin = header.margin;
-      if (header.portable) {
-        const Layout g = layout(header.height, header.width);
-        streams.side = timed("side_stream", [&] { return decode_side_stream(parsed.side.data, parsed.side.size, g.latent_size()); });
-      }
+      streams.side = parsed.side;
+      streams.side_layout = header.side_layout;
     }
     if (const std::string problem = dimension_problem(streams.height, streams.width); !problem.empty())
       fail(ErrorKind::corrupt_stream, "stream header has an impossible image size: " + problem);

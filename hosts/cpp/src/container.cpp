@@ -111,8 +111,12 @@ std::vector<uint8_t> pack_dcae(const FileHeader& header, const std::vector<uint8
   if (header.version == 1 && (header.portable || !side.empty())) throw std::logic_error("version 1 has no side stream");
   std::vector<uint8_t> out(kMagic, kMagic + 4);
   out.push_back(header.version);
+  if (header.side_layout != 1 && header.side_layout != 2) throw std::logic_error("unknown side stream layout");
+  const bool shifted = header.portable && header.side_layout == 2;
+  if (shifted && side.empty()) throw std::logic_error("a side stream with threshold shifts is never empty");
   out.push_back(static_cast<uint8_t>((header.reduced_precision_entropy ? kFlagReducedPrecisionEntropy : 0) |
-                                     (header.portable ? kFlagPortable : 0)));
+                                     (header.portable ? kFlagPortable : 0) |
+                                     (shifted ? kFlagShiftedThresholds : 0)));
   put_u16(out, 0);
   put_u32(out, header.height);
   put_u32(out, header.width);
@@ -153,7 +157,8 @@ DcaeFile unpack_dcae(const uint8_t* data, size_t size) {
   FileHeader& h = file.header;
   h.version = version;
   const uint8_t flags = data[5];
-  const uint8_t known = version == 1 ? kFlagReducedPrecisionEntropy : (kFlagReducedPrecisionEntropy | kFlagPortable);
+  const uint8_t known = version == 1 ? kFlagReducedPrecisionEntropy
+                                     : (kFlagReducedPrecisionEntropy | kFlagPortable | kFlagShiftedThresholds);
   if (flags & ~known) {
     char bits[8];
     std::snprintf(bits, sizeof bits, "0x%02x", flags & ~known);
@@ -193,8 +198,12 @@ DcaeFile unpack_dcae(const uint8_t* data, size_t size) {
     } else {
       if (h.margin != 0.0f) corrupt(".dcae margin must be 0 in a file that is not portable");
       if (side_length) corrupt(".dcae file that is not portable has a side stream");
+      if (flags & kFlagShiftedThresholds) corrupt(".dcae file that is not portable has threshold shifts");
     }
+    if ((flags & kFlagShiftedThresholds) && !side_length)
+      corrupt(".dcae file with threshold shifts has no side stream");
   }
+  h.side_layout = h.portable && !(flags & kFlagShiftedThresholds) ? 1 : 2;
 
   const uint64_t payload = size - header_size;
   const uint64_t promised = z_length + y_length + side_length;

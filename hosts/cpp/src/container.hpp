@@ -1,4 +1,4 @@
-// The .dcae file (runtime/container.py, specs/dcae_v2.md), versions 1 and 2,
+// The .dcae file (runtime/container.py, docs/dcae-format.md), versions 1 and 2,
 // and the upstream DCAE .bin. Little-endian; version 1 has a 56-byte header,
 // version 2 a 64-byte one with a side-stream length and the portable margin:
 //
@@ -22,6 +22,9 @@ namespace dcae {
 
 constexpr uint8_t kFlagReducedPrecisionEntropy = 0x01;
 constexpr uint8_t kFlagPortable = 0x02;
+// Version 2, portable files only: the side stream has threshold shifts
+// (layout 2, never empty); without it, layout 1 (the marked list alone).
+constexpr uint8_t kFlagShiftedThresholds = 0x04;
 // Portable margins are natural-log distances in (0, kMaxPortableMargin].
 constexpr float kMaxPortableMargin = 0.01f;
 
@@ -32,6 +35,9 @@ struct FileHeader {
   bool portable = false;
   std::array<uint8_t, 16> fingerprint{};
   float margin = 0.0f;  // version 2: the portable margin, 0 for other files
+  // Of a portable file: the side stream's layout (portable.hpp), 2 (flag bit
+  // 2) with threshold shifts, 1 the marked list alone.
+  int side_layout = 2;
 };
 
 struct ByteSpan {

@@ -1,9 +1,15 @@
-// The portable side stream of .dcae version 2 (specs/dcae_v2.md,
+// The portable side stream of .dcae version 2 (docs/dcae-format.md,
 // runtime/portable.py): the encoder marks every element whose scale lies
 // within a margin (natural log) of a value where the scale-table index
 // changes, and records on which side its index fell; a decoder whose scales
 // differ from the encoder's by less than the margin then recovers the
 // encoder's indexes exactly, whatever backend computed them.
+//
+// Threshold shifts (side stream layout 2, container flag bit 2): the encoder
+// may move the critical values of each block of B consecutive elements up by
+// k * 2 margin (ln), k < K chosen per block, so that fewer elements lie near
+// one; the index of an element whose ln s lies in (ln c, ln c + k * 2 margin]
+// is then below(c). Layout 1 is the marked list alone (older files).
 #pragma once
 
 #include <cstddef>
@@ -23,12 +29,21 @@ class CriticalValues {
 
   struct Nearest {
     size_t which;     // into values()
-    double distance;  // |ln s - ln c|, exact when below kFar, else some value >= kFar
+    double distance;  // |log_s - ln c|, float64 as runtime.portable computes it
   };
-  // The critical value nearest to s (> 0, finite) in |ln| distance.
-  Nearest nearest(double s) const;
-  // Distances at or above this are reported inexactly: no margin reaches them.
-  static constexpr double kFar = 0.04;
+  // The critical value nearest to log_s (ln of a scale, less its shift) in
+  // ln distance; the lower of two equally near ones (Thresholds.nearest).
+  Nearest nearest_log(double log_s) const;
+
+  // Thresholds.largest_shift_count: the largest K (1, 2, 4 or 8) whose
+  // largest shift, (K - 1) * 2 margin, stays under half the smallest spacing
+  // of the critical values' logs.
+  unsigned largest_shift_count(double margin) const;
+
+  // Thresholds.shift_indexes for one element (log_s finite): when the largest
+  // critical value c with ln c < log_s has log_s - ln c <= shift, the index
+  // below c; else `index`.
+  int32_t shifted_index(double log_s, double shift, int32_t index) const;
 
   const std::vector<double>& values() const { return values_; }
   int32_t below(size_t which) const { return below_[which]; }
@@ -39,29 +54,88 @@ class CriticalValues {
   std::vector<int32_t> below_, above_;
 };
 
-// Marked elements in increasing latent position (C order over (1, M, h, w)).
+// ln of a scale in float64, or NaN when it is not finite and positive
+// (runtime.portable._log_scales).
+double log_scale(float s);
+
+constexpr unsigned kMaxShifts = 8;
+constexpr int kLayoutMarkedList = 1;  // the marked list alone (flag bit 2 clear)
+constexpr int kLayoutShifted = 2;     // threshold shifts, then the marked list
+
+// Per block of `block` consecutive latent positions, its shift k < count.
+struct ThresholdShifts {
+  unsigned count = 1;  // K, a power of two; 1: no shifts
+  uint64_t block = 0;
+  std::vector<uint8_t> choices;
+
+  // The ln shift of the critical values at a latent position: choice * (2.0 * margin).
+  double offset(uint64_t position, double margin) const {
+    return count == 1 ? 0.0 : static_cast<double>(choices[position / block]) * (2.0 * margin);
+  }
+};
+
+// Marked elements in increasing latent position (C order over (1, M, h, w)),
+// and the shifts of layout 2 (count 1 for layout 1).
 struct SideInfo {
   std::vector<uint64_t> positions;
   std::vector<uint8_t> bits;  // 0: the encoder's index was below(c), 1: above(c)
+  ThresholdShifts shifts;
 };
 
-// Encoder: mark the elements of one slice (latent positions base..base+count).
+// Encoder, layout 1 (no shifts): mark the elements of one slice (latent
+// positions base..base+count).
 void mark_slice(const float* scales, const int32_t* indexes, size_t count, uint64_t base, double margin,
                 const CriticalValues& critical, SideInfo* side);
 
-// The side stream's bytes (empty when nothing is marked). The Rice parameter
-// is the one giving the fewest bits (the smallest such, as runtime.portable).
+// The marked list's bytes, layout 1 (empty when nothing is marked). The Rice
+// parameter is the one giving the fewest bits (the smallest such, as
+// runtime.portable).
 std::vector<uint8_t> encode_side_stream(const SideInfo& side);
-// Parses and checks a side stream for a latent of `latent_size` elements;
-// Error(corrupt_stream) with the reason for anything the spec refuses.
-SideInfo decode_side_stream(const uint8_t* data, size_t size, uint64_t latent_size);
+// Layout 2: the shifts (side.shifts), then the marked list.
+std::vector<uint8_t> encode_shifted_side_stream(const SideInfo& side, uint64_t latent_size);
 
-// Decoder: correct one slice's indexes (computed from the decoder's own
-// scales) at the marked positions, and check the unmarked ones lie outside
-// half the margin (the file is for setups within margin / 2 of float64).
-// `cursor` walks side.positions across slices. Error(desync) where the
-// decoder's scales are not within the file's margin of the encoder's.
-void apply_side_info(const float* scales, int32_t* indexes, size_t count, uint64_t base, double margin,
-                     const CriticalValues& critical, const SideInfo& side, size_t* cursor);
+// The latent's size when the model is not known (dcae-host inspect): layout 1
+// positions are then bounded by the format's limit, layout 2 ones by the
+// shifts' blocks (runtime.portable.parse_side_stream with total None).
+constexpr uint64_t kLatentSizeUnknown = 0;
+// Parse and check a side stream of a layout for a latent of `latent_size`
+// elements; Error(corrupt_stream), one line starting "side stream", for
+// anything runtime.portable refuses. Nothing larger than the bytes can hold
+// is allocated.
+SideInfo decode_side_stream(const uint8_t* data, size_t size, uint64_t latent_size);
+SideInfo decode_shifted_side_stream(const uint8_t* data, size_t size, uint64_t latent_size);
+SideInfo parse_side_stream(const uint8_t* data, size_t size, uint64_t latent_size, int layout);
+
+// runtime.portable.encode_portable: of the (1, C, h, w) latent's scales
+// (`plane` = h * w) and their unshifted indexes, the threshold shifts whose
+// side stream (layout 2) is the smallest, deterministically as the spec
+// says; `indexes` become the shifted ones the y symbols are coded with.
+struct PortableEncoding {
+  std::vector<uint8_t> side;  // layout 2
+  uint64_t listed = 0;        // elements in the marked list
+  ThresholdShifts shifts;
+};
+PortableEncoding encode_portable(const float* scales, int32_t* indexes, size_t latent_size, size_t plane,
+                                 double margin, const CriticalValues& critical);
+
+// runtime.portable.PortableDecoding: parses the side stream up front (and
+// refuses more shifts than the margin allows with this table), then gives
+// each slice's indexes, computed by build_indexes from this decoder's
+// scales, the file's shifts and listed sides, and checks every element
+// against the margin. Error(desync) where the decoder's scales are not
+// within the file's margin of the encoder's.
+class PortableDecoding {
+ public:
+  PortableDecoding(const uint8_t* data, size_t size, uint64_t latent_size, const CriticalValues& critical,
+                   double margin, int layout);
+  // In place: the indexes of the elements at latent positions start..start+count-1.
+  void apply(uint64_t start, const float* scales, int32_t* indexes, size_t count);
+  const SideInfo& side() const { return side_; }
+
+ private:
+  const CriticalValues& critical_;
+  double margin_;
+  SideInfo side_;
+};
 
 }  // namespace dcae

@@ -28,6 +28,7 @@
 #include "fileio.hpp"
 #include "hashing.hpp"
 #include "npy.hpp"
+#include "portable.hpp"
 
 namespace {
 
@@ -335,7 +336,11 @@ int compress(const Arguments& args) {
     char bpp_text[32];
     std::snprintf(bpp_text, sizeof bpp_text, "%.4f", bpp);
     coded.json_fields = ", \"bytes\": " + std::to_string(result.file.size()) + size_fields(image.height, image.width) +
-                        ", \"bpp\": " + bpp_text + ", \"marked\": " + std::to_string(result.marked);
+                        ", \"bpp\": " + bpp_text + ", \"marked\": " + std::to_string(result.marked) +
+                        ", \"threshold_shifts\": " +
+                        (result.threshold_shifts ? std::to_string(result.threshold_shifts) : std::string("null")) +
+                        ", \"shift_block\": " +
+                        (result.shift_block ? std::to_string(result.shift_block) : std::string("null"));
     coded.line = source + " -> " + target + ": " + std::to_string(result.file.size()) + " bytes, " + bpp_text + " bpp";
     return coded;
   });
@@ -368,11 +373,23 @@ int decompress(const Arguments& args) {
   });
 }
 
-// The header fields and stream lengths of a .dcae; needs no bundle.
+// The header fields and stream lengths of a .dcae; needs no bundle. A
+// portable file's side stream is parsed and checked on its own terms (the
+// latent's size depends on the model): the elements it lists, its layout,
+// and its threshold shifts, as runtime.cli's describe.
 int inspect(const Arguments& args) {
   const std::vector<uint8_t> data = dcae::read_file(args.inputs[0]);
   const dcae::DcaeFile file = dcae::unpack_dcae(data.data(), data.size());
   const dcae::FileHeader& h = file.header;
+  std::string side_fields = ", \"side_marked\": 0, \"side_layout\": null, \"threshold_shifts\": null, \"shift_block\": null";
+  if (h.portable) {
+    const dcae::SideInfo side =
+        dcae::parse_side_stream(file.side.data, file.side.size, dcae::kLatentSizeUnknown, h.side_layout);
+    side_fields = ", \"side_marked\": " + std::to_string(side.positions.size()) +
+                  ", \"side_layout\": " + std::to_string(h.side_layout) +
+                  ", \"threshold_shifts\": " + std::to_string(side.shifts.count) + ", \"shift_block\": " +
+                  (side.shifts.count > 1 ? std::to_string(side.shifts.block) : std::string("null"));
+  }
   char margin[32];
   std::snprintf(margin, sizeof margin, "%.9g", static_cast<double>(h.margin));
   std::cout << "{\"file\": " << json_string(args.inputs[0]) << ", \"version\": " << int{h.version}
@@ -380,7 +397,7 @@ int inspect(const Arguments& args) {
             << ", \"reduced_precision_entropy\": " << (h.reduced_precision_entropy ? "true" : "false")
             << ", \"height\": " << h.height << ", \"width\": " << h.width << ", \"fingerprint\": \""
             << dcae::to_hex(h.fingerprint.data(), 16) << "\", \"margin\": " << margin << ", \"z_bytes\": " << file.z.size
-            << ", \"y_bytes\": " << file.y.size << ", \"side_bytes\": " << file.side.size
+            << ", \"y_bytes\": " << file.y.size << ", \"side_bytes\": " << file.side.size << side_fields
             << ", \"file_bytes\": " << data.size() << "}" << std::endl;
   return 0;
 }

@@ -6,7 +6,18 @@
 //   dcae-probe rans-decode IN.npz STREAM OUT.npy    indexes, cdfs, cdf_lengths, offsets
 //   dcae-probe indexes IN.npz OUT.npy               scales, scale_table, scale_bound
 //   dcae-probe side-mark IN.npz MARGIN OUT.bin      scales, scale_table, scale_bound: the side stream
-//   dcae-probe side-decode STREAM LATENT_SIZE OUT.npy   (n, 2) int32: position, bit
+//                                                   of layout 1 (no shifts)
+//   dcae-probe side-decode STREAM LATENT_SIZE OUT.npy   layout 1: (n, 2) int32: position, bit
+//   dcae-probe portable-encode IN.npz MARGIN INDEXES.npy SIDE.bin
+//        scales ((1, C, h, w); the plane is h * w), scale_table, scale_bound, and the unshifted
+//        indexes (build_indexes of the scales where absent): encode_portable's shifted indexes
+//        (flat int32) and side stream (layout 2); prints "K BLOCK LISTED" (BLOCK 0 when K is 1)
+//   dcae-probe side-parse LAYOUT STREAM LATENT_SIZE MARKS.npy CHOICES.npy
+//        either layout (LATENT_SIZE "-": not known, as for inspect): (n, 2) int32 position, bit;
+//        the shift choices (int32); prints "K BLOCK"
+//   dcae-probe portable-decode IN.npz MARGIN LAYOUT SLICES SIDE OUT.npy
+//        scales ((1, C, h, w), the decoder's), scale_table, scale_bound: the indexes (flat int32)
+//        PortableDecoding gives, slice by slice (SLICES equal channel blocks)
 //   dcae-probe png IN.png OUT.npy                   (H, W, 3) int32 pixels; warnings on stderr
 //   dcae-probe npz IN.npz                           each array's name, dtype kind and shape
 #include <cstdlib>
@@ -60,6 +71,23 @@ uint64_t whole_number(const std::string& text) {
   return value;
 }
 
+double number(const std::string& text) {
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end) dcae::fail(dcae::ErrorKind::bad_input, "expected a number, got " + text);
+  return value;
+}
+
+// (n, 2) int32: each listed position and its side bit.
+std::vector<uint8_t> marks_npy(const dcae::SideInfo& side) {
+  std::vector<int32_t> pairs;
+  for (size_t i = 0; i < side.positions.size(); ++i) {
+    pairs.push_back(static_cast<int32_t>(side.positions[i]));
+    pairs.push_back(side.bits[i]);
+  }
+  return dcae::npy_bytes({side.positions.size(), 2}, pairs.data());
+}
+
 int run(const std::vector<std::string>& a) {
   const std::string& command = a.at(0);
   if (command == "rans-encode" && a.size() == 3) {
@@ -89,18 +117,60 @@ int run(const std::vector<std::string>& a) {
     std::vector<int32_t> indexes(scales.size());
     dcae::build_indexes(scales.data(), scales.size(), table, indexes.data());
     dcae::SideInfo side;
-    dcae::mark_slice(scales.data(), indexes.data(), scales.size(), 0, std::strtod(a[2].c_str(), nullptr),
+    dcae::mark_slice(scales.data(), indexes.data(), scales.size(), 0, number(a[2]),
                      dcae::CriticalValues(table), &side);
     write(a[3], dcae::encode_side_stream(side));
   } else if (command == "side-decode" && a.size() == 4) {
     const std::vector<uint8_t> stream = dcae::read_file(a[1]);
     const dcae::SideInfo side = dcae::decode_side_stream(stream.data(), stream.size(), whole_number(a[2]));
-    std::vector<int32_t> pairs;
-    for (size_t i = 0; i < side.positions.size(); ++i) {
-      pairs.push_back(static_cast<int32_t>(side.positions[i]));
-      pairs.push_back(side.bits[i]);
+    write(a[3], marks_npy(side));
+  } else if (command == "portable-encode" && a.size() == 5) {
+    const Arrays in = dcae::read_npz(a[1], "input");
+    const std::vector<float> scales = floats(in, "scales");
+    const std::vector<size_t>& shape = get(in, "scales").shape;
+    const size_t plane = shape.size() == 4 ? shape[2] * shape[3] : scales.size();
+    const dcae::ScaleTable table = scale_table(in);
+    std::vector<int32_t> indexes(scales.size());
+    if (in.count("indexes")) {
+      indexes = ints(in, "indexes");
+      if (indexes.size() != scales.size()) dcae::fail(dcae::ErrorKind::bad_input, "scales and indexes differ in size");
+    } else {
+      dcae::build_indexes(scales.data(), scales.size(), table, indexes.data());
     }
-    write(a[3], dcae::npy_bytes({side.positions.size(), 2}, pairs.data()));
+    const dcae::CriticalValues critical(table);
+    const dcae::PortableEncoding encoding =
+        dcae::encode_portable(scales.data(), indexes.data(), scales.size(), plane, number(a[2]), critical);
+    write(a[3], dcae::npy_bytes({indexes.size()}, indexes.data()));
+    write(a[4], encoding.side);
+    std::cout << encoding.shifts.count << " " << encoding.shifts.block << " " << encoding.listed << "\n";
+  } else if (command == "side-parse" && a.size() == 6) {
+    const std::vector<uint8_t> stream = dcae::read_file(a[2]);
+    const uint64_t latent_size = a[3] == "-" ? dcae::kLatentSizeUnknown : whole_number(a[3]);
+    if (latent_size == dcae::kLatentSizeUnknown && a[3] != "-")
+      dcae::fail(dcae::ErrorKind::bad_input, "a latent has at least one element");
+    const dcae::SideInfo side =
+        dcae::parse_side_stream(stream.data(), stream.size(), latent_size, static_cast<int>(whole_number(a[1])));
+    write(a[4], marks_npy(side));
+    const std::vector<int32_t> choices(side.shifts.choices.begin(), side.shifts.choices.end());
+    write(a[5], dcae::npy_bytes({choices.size()}, choices.data()));
+    std::cout << side.shifts.count << " " << side.shifts.block << "\n";
+  } else if (command == "portable-decode" && a.size() == 7) {
+    const Arrays in = dcae::read_npz(a[1], "input");
+    const std::vector<float> scales = floats(in, "scales");
+    const dcae::ScaleTable table = scale_table(in);
+    const uint64_t slices = whole_number(a[4]);
+    if (!slices || scales.size() % slices) dcae::fail(dcae::ErrorKind::bad_input, "SLICES must divide the latent");
+    const std::vector<uint8_t> stream = dcae::read_file(a[5]);
+    const dcae::CriticalValues critical(table);
+    dcae::PortableDecoding decoding(stream.data(), stream.size(), scales.size(), critical, number(a[2]),
+                                    static_cast<int>(whole_number(a[3])));
+    const size_t slice = scales.size() / slices;
+    std::vector<int32_t> indexes(scales.size());
+    for (size_t start = 0; start < scales.size(); start += slice) {
+      dcae::build_indexes(scales.data() + start, slice, table, indexes.data() + start);
+      decoding.apply(start, scales.data() + start, indexes.data() + start, slice);
+    }
+    write(a[6], dcae::npy_bytes({indexes.size()}, indexes.data()));
   } else if (command == "png" && a.size() == 3) {
     std::vector<std::string> warnings;
     const dcae::Image image = dcae::read_png(a[1], &warnings);

@@ -72,10 +72,12 @@ struct EncodeResult {
   uint32_t height = 0, width = 0;
   std::array<int64_t, 4> latent_shape{};  // (1, M, h, w)
   std::vector<int32_t> symbols;           // round(y - mu), C order
-  std::vector<int32_t> indexes;           // scale-table index of each symbol
+  std::vector<int32_t> indexes;           // the scale-table index each symbol was coded with (shifts applied)
   std::vector<float> y_hat;               // what g_s decodes
   std::vector<int32_t> z_symbols;
-  uint64_t marked = 0;                    // elements in the side stream
+  uint64_t marked = 0;                    // elements in the side stream's marked list
+  unsigned threshold_shifts = 0;          // portable files: K, 1 without shifts; 0 for other files
+  uint64_t shift_block = 0;               // the shifts' block length when K > 1, else 0
 };
 
 struct DecodeResult {
