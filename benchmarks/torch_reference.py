@@ -200,7 +200,7 @@ class TorchReference:
             latent_scales, latent_means = model.hyper_synthesis(z_hat)
         cdf, cdf_lengths, offsets = self._tables()
 
-        symbols, indexes, y_hat_slices, index_maps, symbol_maps, scale_maps = [], [], [], [], [], []
+        symbols, y_hat_slices, index_maps, symbol_maps, scale_maps = [], [], [], [], []
         for i, y_slice in enumerate(y.chunk(model.num_slices, 1)):
             with timed(f"slice_params_{i}"):
                 mu, scale, support = model.slice_params(i, latent_scales, latent_means, y_hat_slices)
@@ -208,7 +208,6 @@ class TorchReference:
                 index = gc.build_indexes(scale)
                 y_q = gc.quantize(y_slice, "symbols", mu)
                 symbols.extend(y_q.reshape(-1).tolist())
-                indexes.extend(index.reshape(-1).tolist())
                 index_maps.append(index)
                 symbol_maps.append(y_q)
                 scale_maps.append(scale)
@@ -224,10 +223,9 @@ class TorchReference:
                                                      torch.cat(scale_maps, 1).float().cpu().numpy(), index_map,
                                                      self.margin)
                 index_map, side = portable.indexes, portable.side
-                indexes = index_map.reshape(-1).tolist()
         with timed("y_coding"):
             encoder = BufferedRansEncoder()
-            encoder.encode_with_indexes(symbols, indexes, cdf, cdf_lengths, offsets)
+            encoder.encode_with_indexes(symbols, index_map.reshape(-1).tolist(), cdf, cdf_lengths, offsets)
             y_string = encoder.flush()
         if header is not None:
             data = pack(header, z_strings[0], y_string, side)

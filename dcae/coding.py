@@ -163,7 +163,7 @@ def decode_dcae(model: DCAE, data: bytes, timer=None,
                              eb._quantized_cdf.cpu().numpy(), eb._cdf_length.cpu().numpy(),
                              eb._offset.cpu().numpy())
         table, bound = gc.scale_table.cpu().numpy(), float(gc.lower_bound_scale.bound)
-        portable = PortableDecoding(parsed.side, slice_size * model.num_slices, Thresholds.from_table(table, bound),
+        portable = PortableDecoding(parsed.side, slice_size * model.num_slices, scale_thresholds(model),
                                     header.margin, header.side_layout)
     tables = (gc.quantized_cdf.cpu().numpy(), gc.cdf_length.cpu().numpy(), gc.offset.cpu().numpy())
     decoder = RansStreamDecoder(parsed.y)
