@@ -104,16 +104,18 @@ def measure(args) -> dict:
         compile_model(compiled)
     margins = tuple(sorted(set(MARGINS) | set(args.cost_margin)))
     costs = {m: {"side_bytes": 0, "marked": 0, "y_bytes_change": 0, "side_bytes_unshifted": 0,
-                 "marked_unshifted": 0, "indexes_shifted": 0, "shift_choices": {}} for m in margins}
+                 "marked_unshifted": 0, "side_bytes_upward": 0, "y_bytes_change_upward": 0, "indexes_shifted": 0,
+                 "shift_choices": {}} for m in margins}
     file_bytes, elements = 0, 0
     gc = model.gaussian_conditional
     tables = (gc.quantized_cdf.cpu().numpy(), gc.cdf_length.cpu().numpy(), gc.offset.cpu().numpy())
 
     def cost_of_portability(k, pixels, out):
         """The reference's own portable files at each margin: the side stream
-        the encoder writes (threshold shifts and marked list), the change of
-        the y stream its shifted indexes make, and the marked list alone
-        (side stream layout 1) for comparison."""
+        the encoder writes (signed threshold shifts and marked list), the
+        change of the y stream its shifted indexes make, and for comparison
+        the same with upward shifts (side stream layout 2) and the marked
+        list alone (layout 1)."""
         nonlocal file_bytes, elements
         encoder_scales, indexes = out["scales"].numpy(), out["indexes"].numpy()
         symbols, y_bytes = out["symbols"].numpy().reshape(-1), len(out["strings"][0][0])
@@ -130,6 +132,10 @@ def measure(args) -> dict:
             costs[m]["shift_choices"][chosen] = costs[m]["shift_choices"].get(chosen, 0) + 1
             costs[m]["y_bytes_change"] += len(encode_with_indexes(symbols, encoding.indexes.reshape(-1),
                                                                   *tables)) - y_bytes
+            upward = encode_portable(encoder_scales, indexes, thresholds, m32, signed=False)
+            costs[m]["side_bytes_upward"] += len(upward.side)
+            costs[m]["y_bytes_change_upward"] += len(encode_with_indexes(symbols, upward.indexes.reshape(-1),
+                                                                         *tables)) - y_bytes
             positions, bits = mark(encoder_scales, indexes, thresholds, m32)
             costs[m]["side_bytes_unshifted"] += len(encode_side_stream(positions, bits, encoder_scales.size))
             costs[m]["marked_unshifted"] += int(positions.size)
@@ -154,6 +160,8 @@ def measure(args) -> dict:
         "file_bytes_without_side": file_bytes,
         "margins": {f"{m:g}": {**costs[m], "share": _share(costs[m]["side_bytes"] + costs[m]["y_bytes_change"]),
                                "share_unshifted": _share(costs[m]["side_bytes_unshifted"]),
+                               "share_upward": _share(costs[m]["side_bytes_upward"]
+                                                      + costs[m]["y_bytes_change_upward"]),
                                "marked_fraction": costs[m]["marked"] / elements,
                                "marked_fraction_unshifted": costs[m]["marked_unshifted"] / elements}
                     for m in margins},
@@ -182,15 +190,16 @@ def to_markdown(r: dict) -> str:
     lines += ["", "Between setups, |ln sigma_a - ln sigma_b|:", "", "| pair | max | 99.99th pct |", "|---|---|---|"]
     lines += [f"| {n} | {s['max']:.2e} | {s['p99.99']:.2e} |" for n, s in r["pairs"].items()]
     lines += ["", "Cost of portability (the reference's portable files; all images together): the side stream "
-                  "with threshold shifts as the encoder writes it, plus the change of the y stream's size that "
-                  "its shifted indexes make, as a share of the file; and the marked list alone (side stream "
-                  "layout 1, no shifts) for comparison:", "",
+                  "with signed threshold shifts as the encoder writes it (layout 3), plus the change of the y "
+                  "stream's size that its shifted indexes make, as a share of the file; for comparison the same "
+                  "with upward shifts (layout 2), and the marked list alone (layout 1, no shifts):", "",
               "| margin | marked elements | share of y elements | side bytes | y stream bytes change | share of the "
-              "file | without shifts: marked | side bytes | share |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "file | upward shifts: side bytes | y change | share | without shifts: marked | side bytes | share |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {m}{' (default)' if float(m) == DEFAULT_MARGIN else ''} | {c['marked']} | "
               f"{c['marked_fraction']:.2e} | {c['side_bytes']} | {c['y_bytes_change']:+d} | "
-              f"**{100 * c['share']:.3f} %** | {c['marked_unshifted']} | {c['side_bytes_unshifted']} | "
+              f"**{100 * c['share']:.3f} %** | {c['side_bytes_upward']} | {c['y_bytes_change_upward']:+d} | "
+              f"{100 * c['share_upward']:.3f} % | {c['marked_unshifted']} | {c['side_bytes_unshifted']} | "
               f"{100 * c['share_unshifted']:.3f} % |"
               for m, c in r["margins"].items()]
     if any("shift_choices" in c for c in r["margins"].values()):

@@ -41,7 +41,7 @@ from .bundle import Bundle
 from .container import DcaeHeader, pack, sniff, unpack, unpack_bin
 from .entropy import build_indexes, compress_z, decompress_z, dequantize, quantize_symbols
 from .errors import BadInputError, CorruptStreamError, FingerprintMismatchError
-from .portable import (LAYOUT_SHIFTED, MODEL_MARGIN, PortableDecoding, Thresholds, encode_portable,
+from .portable import (LAYOUT_SIGNED_SHIFTS, MODEL_MARGIN, PortableDecoding, Thresholds, encode_portable,
                        margin_covers)
 from .geometry import Y_DOWNSAMPLE, check_dimensions, padded_size, z_shape_for
 from .imaging import crop_to_uint8, load_image, pad_image
@@ -275,7 +275,7 @@ class Codec:
 
     def decode_streams(self, y: bytes, z: bytes, height: int, width: int, side: bytes = b"",
                        margin: float = 0.0, synthesize: bool = True,
-                       side_layout: int = LAYOUT_SHIFTED) -> DecodeResult:
+                       side_layout: int = LAYOUT_SIGNED_SHIFTS) -> DecodeResult:
         """Decode raw y and z streams of a `height` x `width` image, with the
         side stream (of `side_layout`) and margin of a portable file; without
         `synthesize`, stop once the y stream is read and checked (no g_s, no

@@ -45,7 +45,7 @@ import numpy as np
 
 from .errors import BadInputError, CorruptStreamError
 from .geometry import check_dimensions, padded_size, z_shape_for
-from .portable import LAYOUT_MARKED_LIST, LAYOUT_SHIFTED, MAX_MARGIN
+from .portable import LAYOUT_MARKED_LIST, LAYOUT_SHIFTED, LAYOUT_SIGNED_SHIFTS, MAX_MARGIN
 
 MAGIC = b"DCAE"
 FORMAT_VERSION = 2
@@ -54,7 +54,11 @@ FINGERPRINT_SIZE = 16
 FLAG_REDUCED_PRECISION_ENTROPY = 0x01
 FLAG_PORTABLE = 0x02
 FLAG_SHIFTED_THRESHOLDS = 0x04
-KNOWN_FLAGS = FLAG_REDUCED_PRECISION_ENTROPY | FLAG_PORTABLE | FLAG_SHIFTED_THRESHOLDS
+FLAG_SIGNED_SHIFTS = 0x08  # with FLAG_SHIFTED_THRESHOLDS: side stream layout 3, else 2
+KNOWN_FLAGS = FLAG_REDUCED_PRECISION_ENTROPY | FLAG_PORTABLE | FLAG_SHIFTED_THRESHOLDS | FLAG_SIGNED_SHIFTS
+# A portable file's side stream layout by its flags (bits 2 and 3).
+_LAYOUT_FLAGS = {LAYOUT_MARKED_LIST: 0, LAYOUT_SHIFTED: FLAG_SHIFTED_THRESHOLDS,
+                 LAYOUT_SIGNED_SHIFTS: FLAG_SHIFTED_THRESHOLDS | FLAG_SIGNED_SHIFTS}
 
 # Everything up to the CRC, which covers these bytes and the payload.
 _COMMON = "<4sBBHIIIIHH16sII"
@@ -90,9 +94,10 @@ class DcaeHeader:
     # within this margin (natural log) of an index boundary.
     margin: float = 0.0
     version: int = FORMAT_VERSION
-    # Of a portable file: the side stream's layout (`runtime.portable`), 2
-    # with threshold shifts (flag bit 2), 1 the marked list alone.
-    side_layout: int = LAYOUT_SHIFTED
+    # Of a portable file: the side stream's layout (`runtime.portable`): 3
+    # with signed threshold shifts (flag bits 2 and 3), 2 with upward ones
+    # (bit 2), 1 the marked list alone.
+    side_layout: int = LAYOUT_SIGNED_SHIFTS
 
     def __post_init__(self) -> None:
         check_dimensions(self.height, self.width)
@@ -102,7 +107,7 @@ class DcaeHeader:
             raise ValueError(f"no .dcae format version {self.version}")
         if self.margin and (self.version < 2 or self.reduced_precision_entropy):
             raise ValueError("only version-2 files with a float32 entropy path are portable")
-        if self.side_layout not in (LAYOUT_MARKED_LIST, LAYOUT_SHIFTED):
+        if self.side_layout not in _LAYOUT_FLAGS:
             raise ValueError(f"no side stream layout {self.side_layout}")
         # Stored as float32: keep the value a reader will see.
         object.__setattr__(self, "margin", float(np.float32(self.margin)))
@@ -115,7 +120,7 @@ class DcaeHeader:
     def flags(self) -> int:
         return ((FLAG_REDUCED_PRECISION_ENTROPY if self.reduced_precision_entropy else 0)
                 | (FLAG_PORTABLE if self.portable else 0)
-                | (FLAG_SHIFTED_THRESHOLDS if self.portable and self.side_layout == LAYOUT_SHIFTED else 0))
+                | (_LAYOUT_FLAGS[self.side_layout] if self.portable else 0))
 
     @property
     def padded_size(self) -> tuple[int, int]:
@@ -211,9 +216,12 @@ def unpack(data: bytes) -> DcaeFile:
         raise CorruptStreamError(".dcae flags say both portable and reduced-precision entropy")
     if portable and not (0.0 < margin <= MAX_MARGIN):  # also refuses NaN
         raise CorruptStreamError(f".dcae portable margin {margin} is outside (0, {MAX_MARGIN}]")
-    if not portable and (margin != 0.0 or side_length or flags & FLAG_SHIFTED_THRESHOLDS):
+    shift_flags = flags & (FLAG_SHIFTED_THRESHOLDS | FLAG_SIGNED_SHIFTS)
+    if not portable and (margin != 0.0 or side_length or shift_flags):
         raise CorruptStreamError(".dcae file that is not portable has a margin, a side stream or threshold shifts")
-    if flags & FLAG_SHIFTED_THRESHOLDS and not side_length:
+    if shift_flags == FLAG_SIGNED_SHIFTS:
+        raise CorruptStreamError(".dcae flags say signed threshold shifts without threshold shifts")
+    if shift_flags and not side_length:
         raise CorruptStreamError(".dcae file with threshold shifts has no side stream")
     if reserved:
         raise CorruptStreamError(f".dcae reserved field is 0x{reserved:04x}, must be 0")
@@ -253,7 +261,8 @@ def unpack(data: bytes) -> DcaeFile:
 
     header = DcaeHeader(height, width, fingerprint, bool(flags & FLAG_REDUCED_PRECISION_ENTROPY),
                         margin if portable else 0.0, version,
-                        LAYOUT_MARKED_LIST if portable and not flags & FLAG_SHIFTED_THRESHOLDS else LAYOUT_SHIFTED)
+                        next(layout for layout, bits in _LAYOUT_FLAGS.items() if bits == shift_flags)
+                        if portable else LAYOUT_SIGNED_SHIFTS)
     y_end = z_length + y_length
     return DcaeFile(header, bytes(payload[:z_length]), bytes(payload[z_length:y_end]), bytes(payload[y_end:]))
 

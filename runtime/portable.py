@@ -39,25 +39,28 @@ every element, that its own scales agree with the side stream within delta / 2
 (`apply_side_stream`): a damaged side stream or a setup outside the margin is
 an error, not noise. The rANS end-of-stream check stays as the backstop.
 
-Threshold shifts (side stream layout 2): most of the listed elements are
-avoidable. The encoder may move every critical value of a BLOCK of elements
-(B consecutive offsets of the flattened latent) up by k * 2 delta (ln), for
-a k in 0..K-1 that it picks per block and writes in the side stream: the
-index of an element whose ln s lies in (ln c, ln c + k * 2 delta] is then the
-one below c. The K windows of width 2 delta around the shifted values do not
-overlap, so a block with an element near a boundary under k = 0 usually has
-none under another k; the encoder picks the k with the fewest, and the
-block length and K with the smallest side stream. The shifts give some
-elements the neighbouring coding table, which changes the y stream's size:
-on Kodak by -0.003 % with the embedded model at the default margin, by
-+0.1 % with the official configuration (golden weights) at its margin of
-about 1e-3 (benchmarks/results/sigma_agreement_amd.md,
-sigma_agreement_golden_amd.md).
+Threshold shifts (side stream layouts 2 and 3): most of the listed elements
+are avoidable. The encoder may move every critical value of a BLOCK of
+elements (B consecutive offsets of the flattened latent) by o = step(k) *
+2 delta (ln), for a choice k in 0..K-1 that it picks per block and writes in
+the side stream. Layout 3 (signed shifts, K up to 16) takes step(k) = 0, +1,
+-1, +2, -2, ..., -7, +8 for k = 0..15; layout 2 (upward shifts, K up to 8,
+still read) step(k) = k.
+An element whose ln s lies between ln c and ln c + o then takes the index on
+the other side of c. The K windows of width 2 delta around the shifted values
+do not overlap, so a block with an element near a boundary under k = 0
+usually has none under another k; the encoder picks the k with the fewest,
+and the block length and K with the smallest side stream. The shifts give
+some elements the neighbouring coding table, which changes the y stream's
+size, by about the largest |o| (signed shifts halve it for the same K):
+see benchmarks/results/sigma_agreement_amd.md and
+sigma_agreement_golden_amd.md for the embedded model and the official
+configuration (golden weights).
 
-Side stream layout 2 (flag bit 2 of the container; layout 1 is the marked
-list alone):
+Side stream layouts 2 and 3 (flag bit 2 of the container, and bit 3 for
+layout 3; layout 1 is the marked list alone):
 
-    byte 0      log2 K (0..3)
+    byte 0      log2 K (0..4 in layout 3, 0..3 in layout 2)
     if K > 1:   uint32 LE block length B (1 .. number of y elements), uint32
                 LE block count m (= ceil(elements / B)), then the m choices,
                 log2 K bits each, most significant bit first, zero padding
@@ -96,10 +99,14 @@ DEFAULT_MARGIN = 4.1e-5
 # `DEFAULT_MARGIN` where it records none) wherever a margin is passed.
 MODEL_MARGIN = "model"
 MAX_RICE_PARAMETER = 30
-# Threshold shifts: at most 8 choices per block (3 bits). With 8 the listed
-# elements of the embedded model on Kodak went from 6.4e-4 to 2.3e-5 of the y
-# elements at the default margin (benchmarks/results/sigma_agreement_amd.md).
-MAX_SHIFTS = 8
+# Threshold shifts: at most 16 choices per block (4 bits) with signed shifts,
+# 8 with upward ones. On Kodak 16 signed shifts took the side stream of the
+# embedded model at the default margin from 0.27 % of the file (8 upward) to
+# 0.24 %, and of the official configuration (golden weights) at its margin
+# from 0.41 % to 0.27 % (benchmarks/results/sigma_agreement_amd.md,
+# sigma_agreement_golden_amd.md).
+MAX_SHIFTS = 16
+MAX_UPWARD_SHIFTS = 8
 _COUNT = struct.Struct("<I")
 SIDE_HEADER_SIZE = 1 + _COUNT.size
 # A measured margin is this many times the largest difference measured
@@ -186,30 +193,37 @@ class Thresholds:
         distance = np.where(valid, np.minimum(d_lower, d_upper), np.inf)
         return nearest, distance
 
-    def largest_shift_count(self, margin: float) -> int:
-        """The largest K (a power of two, at most `MAX_SHIFTS`) whose largest
-        shift, (K - 1) * 2 margin, stays under half the smallest spacing of
-        the critical values (ln), so that a shifted value never comes near
-        the next one."""
+    def largest_shift_count(self, margin: float, signed: bool) -> int:
+        """The largest K (a power of two, at most the layout's count) whose largest
+        shift, max |step(k)| * 2 margin for k < K, stays under half the
+        smallest spacing of the critical values (ln), so that a shifted value
+        never comes near the next one."""
         spacing = float(np.min(np.diff(self.log_critical))) if self.log_critical.size > 1 else np.inf
-        count = MAX_SHIFTS
-        while count > 1 and (count - 1) * 2 * margin >= spacing / 2:
+        count = shift_steps(signed).size
+        while count > 1 and largest_step(count, signed) * 2 * margin >= spacing / 2:
             count //= 2
         return count
 
     def shift_indexes(self, scales: np.ndarray, indexes: np.ndarray, offsets) -> None:
-        """Move the critical values up by `offsets` (ln, >= 0 and under the
-        table's spacing): in place, an element whose ln s lies in
+        """Move the critical values by `offsets` (ln, under half the table's
+        spacing in size), in place: an element whose ln s lies in
         (ln c, ln c + offset] of the critical value c just under it takes the
-        index below c. Elements near either end of that window are listed by
-        the encoder, so how this rounds there does not matter."""
+        index below c; one in (ln c + offset, ln c] of the critical value c
+        at or above it (a negative offset) takes the index above c. Elements
+        near the shifted end of either window are listed by the encoder, and
+        at the other end the index is the same on both sides, so how this
+        rounds there does not matter."""
         log_s = _log_scales(scales)
         valid = np.isfinite(log_s)
-        below = np.searchsorted(self.log_critical, np.where(valid, log_s, -np.inf), side="left") - 1
-        j = np.maximum(below, 0)
-        move = valid & (below >= 0) & (log_s - self.log_critical[j] <= offsets)
+        offsets = np.broadcast_to(np.asarray(offsets, dtype=np.float64), log_s.shape)
+        above = np.searchsorted(self.log_critical, np.where(valid, log_s, -np.inf), side="left")
         flat = indexes.reshape(-1)
-        flat[move.reshape(-1)] = self.below[j.reshape(-1)[move.reshape(-1)]]
+        below = np.maximum(above - 1, 0)
+        down = valid & (offsets > 0) & (above >= 1) & (log_s - self.log_critical[below] <= offsets)
+        flat[down] = self.below[below[down]]
+        at = np.minimum(above, self.log_critical.size - 1)
+        up = valid & (offsets < 0) & (above < self.log_critical.size) & (self.log_critical[at] - log_s < -offsets)
+        flat[up] = self.above[at[up]]
 
 
 def _log_scales(scales) -> np.ndarray:
@@ -339,7 +353,7 @@ class SideStream:
     positions: np.ndarray  # int64, increasing offsets in the flattened y latent
     bits: np.ndarray  # uint8, 1: the index above the critical value
     rice_parameter: int
-    shifts: "ThresholdShifts" = None  # layout 2; None stands for no shifts
+    shifts: "ThresholdShifts" = None  # layouts 2 and 3; None stands for no shifts
 
     def __post_init__(self):
         if self.shifts is None:
@@ -381,10 +395,33 @@ def decode_side_stream(data: bytes, total: int) -> SideStream:
     return SideStream(positions, bits, k)
 
 
-# ---- threshold shifts (side stream layout 2) ------------------------------------------
+# ---- threshold shifts (side stream layouts 2 and 3) ------------------------------------------
 
 LAYOUT_MARKED_LIST = 1  # the marked list alone
-LAYOUT_SHIFTED = 2  # threshold shifts per block, then the marked list
+LAYOUT_SHIFTED = 2  # upward threshold shifts per block, then the marked list
+LAYOUT_SIGNED_SHIFTS = 3  # the same bytes; the shifts go either way
+SHIFTED_LAYOUTS = (LAYOUT_SHIFTED, LAYOUT_SIGNED_SHIFTS)
+# step(k) of choice k, in units of 2 margin: signed steps take the smallest
+# |shift| first, so a K reaches half as far (and moves half as many indexes to
+# the neighbouring table entry) as with upward steps.
+_UPWARD_STEPS = np.arange(MAX_UPWARD_SHIFTS, dtype=np.float64)
+_SIGNED_STEPS = np.array([(k + 1) // 2 if k % 2 else -(k // 2) for k in range(MAX_SHIFTS)], dtype=np.float64)
+SHIFT_COUNTS = (1, 2, 4, 8, MAX_SHIFTS)  # the Ks a layout may write, up to its largest
+
+
+def layout_of(shifts: "ThresholdShifts") -> int:
+    return LAYOUT_SIGNED_SHIFTS if shifts.signed else LAYOUT_SHIFTED
+
+
+def shift_steps(signed: bool) -> np.ndarray:
+    return _SIGNED_STEPS if signed else _UPWARD_STEPS
+
+
+def largest_step(count: int, signed: bool) -> float:
+    """max |step(k)| for k < count."""
+    return float(np.max(np.abs(shift_steps(signed)[:count])))
+
+
 _SHIFT_HEAD = struct.Struct("<II")  # block length, block count
 # Bounds the positions of a side stream read without the model (its latent's
 # size unknown), as `dcae inspect` reads it.
@@ -399,21 +436,23 @@ BLOCK_PLANES = (1 / 8, 1 / 4, 1 / 2, 1, 2, 4)
 
 @dataclass(frozen=True)
 class ThresholdShifts:
-    """Per block of `block` consecutive elements, the shift k (0..count-1) of
-    its critical values, k * 2 margin (ln)."""
+    """Per block of `block` consecutive elements, the choice k (0..count-1)
+    of its critical values' shift, step(k) * 2 margin (ln)."""
 
     count: int  # K, a power of two; 1: no shifts
     block: int = 0
     choices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+    signed: bool = True  # layout 3's steps; False: layout 2's
 
     def offsets(self, start: int, stop: int, margin: float):
         """The ln shift of the elements at offsets start..stop-1 (0.0 without shifts)."""
         if self.count == 1:
             return 0.0
-        return self.choices[np.arange(start, stop, dtype=np.int64) // self.block] * (2.0 * margin)
+        steps = shift_steps(self.signed)[self.choices[np.arange(start, stop, dtype=np.int64) // self.block]]
+        return steps * (2.0 * margin)
 
 
-NO_SHIFTS = ThresholdShifts(1)
+NO_SHIFTS = ThresholdShifts(1)  # signed: written as layout 3
 
 
 def _choice_bits(count: int) -> int:
@@ -435,10 +474,10 @@ def _marked_list_size(positions: np.ndarray) -> int:
 
 
 def encode_shifted_side_stream(shifts: ThresholdShifts, positions: np.ndarray, bits: np.ndarray, total: int) -> bytes:
-    """Side stream layout 2: the shifts, then the marked list."""
+    """Side stream layout 3 (2 where not `shifts.signed`): the shifts, then the marked list."""
     width = _choice_bits(shifts.count)
-    if shifts.count not in (1, 2, 4, MAX_SHIFTS):
-        raise ValueError(f"shift count must be 1, 2, 4 or {MAX_SHIFTS}, got {shifts.count}")
+    if shifts.count not in SHIFT_COUNTS[: (shift_steps(shifts.signed).size).bit_length()]:
+        raise ValueError(f"no shift count {shifts.count} in layout {layout_of(shifts)}")
     head = bytes([width])
     if shifts.count > 1:
         blocks = -(-total // shifts.block)
@@ -449,16 +488,17 @@ def encode_shifted_side_stream(shifts: ThresholdShifts, positions: np.ndarray, b
     return head + encode_side_stream(positions, bits, total)
 
 
-def decode_shifted_side_stream(data: bytes, total: int | None) -> SideStream:
-    """Parse side stream layout 2 for a y latent of `total` elements (None: not
-    known, as for `dcae inspect`); every way it can be malformed raises
-    `CorruptStreamError` with a one-line reason."""
+def decode_shifted_side_stream(data: bytes, total: int | None, signed: bool = True) -> SideStream:
+    """Parse side stream layout 3 (`signed`) or 2 for a y latent of `total`
+    elements (None: not known, as for `dcae inspect`); every way it can be
+    malformed raises `CorruptStreamError` with a one-line reason."""
     if not data:
         raise CorruptStreamError("side stream is empty (its layout starts with the shift count)")
     width = data[0]
-    if width > _choice_bits(MAX_SHIFTS):
-        raise CorruptStreamError(f"side stream shift count 2**{width} is over {MAX_SHIFTS}")
-    shifts, start = NO_SHIFTS, 1
+    most = shift_steps(signed).size
+    if width > _choice_bits(most):
+        raise CorruptStreamError(f"side stream shift count 2**{width} is over {most}")
+    shifts, start = ThresholdShifts(1, signed=signed), 1
     if width:
         if len(data) < 1 + _SHIFT_HEAD.size:
             raise CorruptStreamError(f"side stream of {len(data)} bytes is shorter than its shift head")
@@ -477,7 +517,7 @@ def decode_shifted_side_stream(data: bytes, total: int | None) -> SideStream:
         if np.any(packed[blocks * width:]):
             raise CorruptStreamError("side stream shift choices' padding bits are not zero")
         choices = packed[: blocks * width].reshape(blocks, width) @ (1 << np.arange(width - 1, -1, -1))
-        shifts = ThresholdShifts(1 << width, block, choices.astype(np.uint8))
+        shifts = ThresholdShifts(1 << width, block, choices.astype(np.uint8), signed)
         start += size
         if total is None:
             total = block * blocks
@@ -497,43 +537,45 @@ def _block_lengths(total: int, plane: int) -> list[int]:
 @dataclass(frozen=True)
 class PortableEncoding:
     indexes: np.ndarray  # the indexes to code the y symbols with (shifts applied)
-    side: bytes  # side stream layout 2
+    side: bytes  # side stream layout 3, or 2 when not `shifts.signed`
     listed: int  # elements in the marked list
     shifts: ThresholdShifts
 
 
-def encode_portable(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresholds, margin: float) -> PortableEncoding:
+def encode_portable(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresholds, margin: float,
+                    signed: bool = True) -> PortableEncoding:
     """The encoder's side of a portable file: of the (1, C, H, W) `scales` and
     their unshifted `indexes`, the threshold shifts (block length, K and
     choices) that give the smallest side stream, the indexes they give, and
-    the side stream (layout 2)."""
+    the side stream (layout 3; layout 2 where not `signed`)."""
     scales = np.asarray(scales)
     total, plane = scales.size, int(np.prod(scales.shape[2:])) if scales.ndim == 4 else scales.size
-    shift_count = thresholds.largest_shift_count(margin)
+    shift_count = thresholds.largest_shift_count(margin, signed)
+    steps = shift_steps(signed)
     # An element farther than the largest shift plus the margin from every
     # unshifted critical value is near no shifted one (the slack is far above
     # float64 rounding): only the others are tested per shift.
-    reach = (shift_count - 1) * 2.0 * margin + margin + 1e-9
+    reach = largest_step(shift_count, signed) * 2.0 * margin + margin + 1e-9
     candidates = np.flatnonzero(thresholds.nearest(scales)[1] <= reach)
     candidate_scales = scales.reshape(-1)[candidates]
-    # near[k]: the positions within margin of a critical value shifted by k * 2 margin, increasing
-    near = [candidates[thresholds.nearest(candidate_scales, k * 2.0 * margin)[1] <= margin]
+    # near[k]: the positions within margin of a critical value shifted by step(k) * 2 margin, increasing
+    near = [candidates[thresholds.nearest(candidate_scales, steps[k] * 2.0 * margin)[1] <= margin]
             for k in range(shift_count)]
     best = (_choices_size(NO_SHIFTS) + _marked_list_size(near[0]), NO_SHIFTS)
     for block in _block_lengths(total, plane) if shift_count > 1 else []:
         blocks = -(-total // block)
         counts = np.stack([np.bincount(positions // block, minlength=blocks) for positions in near])
-        for count in (2, 4, MAX_SHIFTS):
+        for count in SHIFT_COUNTS[1:]:
             if count > shift_count:
                 break
             choices = np.argmin(counts[:count], axis=0).astype(np.uint8)  # the first of equal counts
             chosen = np.sort(np.concatenate([positions[choices[positions // block] == k]
                                              for k, positions in enumerate(near[:count])]))
-            shifts = ThresholdShifts(count, block, choices)
+            shifts = ThresholdShifts(count, block, choices, signed)
             size = _choices_size(shifts) + _marked_list_size(chosen)
             if size < best[0]:
                 best = (size, shifts)
-    shifts = best[1]
+    shifts = best[1] if best[1].count > 1 else ThresholdShifts(1, signed=signed)
     offsets = shifts.offsets(0, total, margin)
     shifted = np.array(indexes, dtype=np.int32, copy=True)
     if shifts.count > 1:
@@ -545,9 +587,9 @@ def encode_portable(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresho
 
 
 def parse_side_stream(data: bytes, total: int | None, layout: int) -> SideStream:
-    """A side stream of either layout (`total`: see `decode_shifted_side_stream`)."""
-    if layout == LAYOUT_SHIFTED:
-        return decode_shifted_side_stream(data, total)
+    """A side stream of any layout (`total`: see `decode_shifted_side_stream`)."""
+    if layout in SHIFTED_LAYOUTS:
+        return decode_shifted_side_stream(data, total, signed=layout == LAYOUT_SIGNED_SHIFTS)
     return decode_side_stream(data, _LARGEST_LATENT if total is None else total)
 
 
@@ -559,7 +601,7 @@ class PortableDecoding:
         self.thresholds, self.margin = thresholds, margin
         self.side = parse_side_stream(side, total, layout)
         count = self.side.shifts.count
-        if count > thresholds.largest_shift_count(margin):
+        if count > thresholds.largest_shift_count(margin, self.side.shifts.signed):
             raise CorruptStreamError(f"side stream has {count} threshold shifts: more than the margin {margin:g} "
                                      f"allows with this scale table")
 

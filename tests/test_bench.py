@@ -641,10 +641,12 @@ def test_sigma_agreement_reports_the_error_by_scale():
               "pairs": {}, "y_elements": 1000,
               "margins": {"4.1e-05": {"marked": 2, "marked_fraction": 2e-3, "side_bytes": 80, "y_bytes_change": -3,
                                       "share": 0.0027, "marked_unshifted": 150, "side_bytes_unshifted": 250,
-                                      "share_unshifted": 0.0086, "indexes_shifted": 14,
-                                      "shift_choices": {"K=8, block 1536": 1}}}}
+                                      "share_unshifted": 0.0086, "side_bytes_upward": 90,
+                                      "y_bytes_change_upward": -1, "share_upward": 0.0029, "indexes_shifted": 14,
+                                      "shift_choices": {"K=16, block 1536": 1}}}}
     text = to_markdown(result)
     assert "Command: `python -m benchmarks.sigma_agreement --limit 1`" in text
-    assert "| 4.1e-05 (default) | 2 | 2.00e-03 | 80 | -3 | **0.270 %** | 150 | 250 | 0.860 % |" in text
-    assert "| 4.1e-05 | K=8, block 1536: 1 | 14 (1.40e-02) |" in text
+    assert ("| 4.1e-05 (default) | 2 | 2.00e-03 | 80 | -3 | **0.270 %** | 90 | -1 | 0.290 % | 150 | 250 | "
+            "0.860 % |") in text
+    assert "| 4.1e-05 | K=16, block 1536: 1 | 14 (1.40e-02) |" in text
     assert "| elements | 1 | 1 | 0 | 0 | 1 | 1 |" in text and "| torch | 6.7e-05 (1.0e-05) |" in text

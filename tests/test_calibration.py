@@ -376,8 +376,9 @@ def _export_int8(tiny_model, recorded, path, target):
 
     quantizer = Int8Quantizer(recorded["calibration"], recorded["heldout"], "minmax", info=recorded["info"],
                               target=target)
+    # The portable margin's measurement has tests of its own (test_portable, test_cpp_host).
     export_bundle(tiny_model, path, precision="int8", quantize=quantizer, preset="tiny",
-                  progress=lambda *a, **k: None, threads=1)
+                  progress=lambda *a, **k: None, threads=1, measure_margin=False)
     return path
 
 

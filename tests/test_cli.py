@@ -124,9 +124,9 @@ def test_inspect(capsys, coded, tiny_bundle):
     code, out, _ = run_cli(capsys, "inspect", coded, "--json")
     info = json.loads(out)
     parsed = unpack(coded.read_bytes())
-    assert info["format"] == "dcae" and info["version"] == 2 and info["flags"] == 0b110 and info["portable"]
+    assert info["format"] == "dcae" and info["version"] == 2 and info["flags"] == 0b1110 and info["portable"]
     assert info["margin"] == pytest.approx(Manifest.read(tiny_bundle).portable_margin)
-    assert info["side_bytes"] == len(parsed.side) and info["side_layout"] == 2
+    assert info["side_bytes"] == len(parsed.side) and info["side_layout"] == 3
     side = decode_shifted_side_stream(parsed.side, None)
     assert info["side_marked"] == side.positions.size and info["threshold_shifts"] == side.shifts.count
     assert (info["height"], info["width"], info["padded_height"], info["padded_width"]) == (40, 60, 256, 256)

@@ -249,29 +249,36 @@ def test_side_streams_are_byte_identical_to_python_and_parsed_alike(tiny_bundle,
     assert outcomes["refused"] > 200 and outcomes["same"] > 10, outcomes
 
 
-# ---- threshold shifts (side stream layout 2) ------------------------------------------------
+# ---- threshold shifts (side stream layouts 2 and 3) -----------------------------------------
 
-def _crowded_latent(rng, table, margin: float, shape: tuple, spread: float = 0.4, width: float = 2) -> np.ndarray:
+def _crowded_latent(rng, table, margin: float, shape: tuple, spread: float = 0.4, width: float = 2,
+                    signed: bool = False) -> np.ndarray:
     """float32 scales of a (1, C, h, w) latent crowded around the index
     boundaries: per channel a cluster (`width` margins either side) at its
     own offset among the shifted windows (so that blocks choose different
     shifts), a `spread` fraction over all of them (so that every shift leaves
-    some elements listed), far scales, and the specials."""
+    some elements listed), far scales, and the specials. The windows are
+    those of 8 upward shifts, or of 16 signed ones (`signed`)."""
     channels, size = shape[1], int(np.prod(shape))
+    # Where the clusters and the spread lie, in margins from a critical value.
+    clusters, spreads = ((-15, 17), (-15, 17)) if signed else ((-1, 16), (-1, 15))
     log_critical = np.log(table[rng.integers(0, table.size - 1, size)].astype(np.float64))
-    cluster = np.repeat(rng.uniform(-margin, 16 * margin, channels), size // channels)
+    cluster = np.repeat(rng.uniform(clusters[0] * margin, clusters[1] * margin, channels), size // channels)
     logs = log_critical + cluster + rng.uniform(-width * margin, width * margin, size)
     which = rng.random(size)
-    logs = np.where(which < spread, log_critical + rng.uniform(-margin, 15 * margin, size), logs)
+    logs = np.where(which < spread, log_critical + rng.uniform(spreads[0] * margin, spreads[1] * margin, size), logs)
     logs = np.where(which > 0.85, rng.uniform(-3, 5, size), logs)
     scales = np.exp(logs).astype(np.float32)
     scales[rng.choice(size, 4, replace=False)] = [0, -1, np.nan, np.inf]
     return scales.reshape(shape)
 
 
-def _probe_encode_portable(probe, tmp_path, scales, table, bound, margin) -> tuple[list[int], np.ndarray, bytes]:
-    np.savez(tmp_path / "in.npz", scales=scales, scale_table=table, scale_bound=bound)
-    done = run(probe, "portable-encode", tmp_path / "in.npz", repr(margin), tmp_path / "idx.npy", tmp_path / "side.bin")
+def _probe_encode_portable(probe, tmp_path, scales, table, bound, margin, layout: int = 3,
+                           indexes=None) -> tuple[list[int], np.ndarray, bytes]:
+    arrays = {} if indexes is None else {"indexes": indexes}
+    np.savez(tmp_path / "in.npz", scales=scales, scale_table=table, scale_bound=bound, **arrays)
+    done = run(probe, "portable-encode", tmp_path / "in.npz", repr(margin), tmp_path / "idx.npy", tmp_path / "side.bin",
+               layout)
     assert done.returncode == 0, done.stderr
     return ([int(v) for v in done.stdout.split()], np.load(tmp_path / "idx.npy"),
             (tmp_path / "side.bin").read_bytes())
@@ -300,17 +307,20 @@ def _assert_parsed_alike(done, tmp_path, parse) -> bool:
     return True
 
 
-def test_threshold_shifts_are_chosen_and_written_as_python_does(tiny_bundle, probe, tmp_path):
+@pytest.mark.parametrize("layout", [3, 2])
+def test_threshold_shifts_are_chosen_and_written_as_python_does(tiny_bundle, probe, tmp_path, layout):
     """encode_portable in C++: on latents crowded around the index boundaries,
     the same choice of block length, K and per-block shifts, the same shifted
-    indexes and the same layout-2 side stream bytes as runtime.portable, for
-    margins that allow K = 8 and K = 4, plane sizes of which only some
-    multiples are whole, and latents where parts of a plane, a plane or two
-    planes make the best block; the layout-2 reader reads them back alike,
+    indexes and the same side stream bytes as runtime.portable, in layout 3
+    (signed shifts, as files are written) and layout 2 (upward), for margins
+    that allow K = 16 (layout 3), 8 and 4, plane sizes of which only some
+    multiples are whole, and latents where parts of a plane, a plane or
+    several planes make the best block; the reader reads them back alike,
     with the latent's size known or not (inspect)."""
     from runtime.bundle import Bundle
     from runtime.portable import Thresholds, decode_shifted_side_stream, encode_portable
 
+    signed = layout == 3
     tables = Bundle.open(tiny_bundle).entropy
     table, bound = tables.gaussian_scale_table, tables.gaussian_scale_bound
     thresholds = Thresholds.from_table(table, float(bound))
@@ -321,75 +331,141 @@ def test_threshold_shifts_are_chosen_and_written_as_python_does(tiny_bundle, pro
     # blocks of a plane or more pay.
     cases = [(margin, shape, 0.4, 2) for margin in (4e-5, 1e-3, 0.01) for shape in shapes]
     cases += [(1e-3, shape, 0.0, 0.5) for shape in shapes]
-    counts, planes = set(), set()
+    counts, planes, listed = set(), set(), 0
     for margin, shape, spread, width in cases:
         margin32 = float(np.float32(margin))
-        scales = _crowded_latent(rng, table, margin32, shape, spread, width)
-        expected = encode_portable(scales, build_indexes(scales, table, float(bound)), thresholds, margin32)
-        assert expected.shifts.count > 1 and (expected.listed > 0 or not spread), (margin, shape)
+        scales = _crowded_latent(rng, table, margin32, shape, spread, width, signed)
+        expected = encode_portable(scales, build_indexes(scales, table, float(bound)), thresholds, margin32, signed)
+        assert expected.shifts.signed == signed
+        assert expected.shifts.count <= (4 if margin == 0.01 else 16 if signed else 8), (margin, shape)
         counts.add(expected.shifts.count)
-        planes.add(expected.shifts.block / (shape[2] * shape[3]))
-        stats, indexes, side = _probe_encode_portable(probe, tmp_path, scales, table, bound, margin32)
+        listed += expected.listed
+        if expected.shifts.count > 1:
+            planes.add(expected.shifts.block / (shape[2] * shape[3]))
+        stats, indexes, side = _probe_encode_portable(probe, tmp_path, scales, table, bound, margin32, layout)
         assert stats == [expected.shifts.count, expected.shifts.block, expected.listed], (margin, shape)
         assert side == expected.side, (margin, shape)
         assert np.array_equal(indexes, expected.indexes.reshape(-1)), (margin, shape)
         for total in (scales.size, None):
-            done = _probe_parse(probe, tmp_path, 2, side, total)
-            assert _assert_parsed_alike(done, tmp_path, lambda: decode_shifted_side_stream(side, total))
-    assert counts == {4, 8}  # the margin bounds K by the table's spacing
-    assert min(planes) < 1 <= max(planes), planes
+            done = _probe_parse(probe, tmp_path, layout, side, total)
+            assert _assert_parsed_alike(done, tmp_path, lambda: decode_shifted_side_stream(side, total, signed))
+    # The margin bounds K by the table's spacing.
+    assert counts >= ({4, 16} if signed else {4, 8}) and counts <= {1, 4, 8, 16}, counts
+    assert listed > 100 and min(planes) < 1 <= max(planes), (listed, planes)
 
     # Nothing near a boundary: no shifts, a one-byte side stream.
     middles = np.sqrt(table[:-2] * table[1:-1])
     scales = middles[rng.integers(0, middles.size, 960)].astype(np.float32).reshape(1, 8, 10, 12)
-    expected = encode_portable(scales, build_indexes(scales, table, float(bound)), thresholds, 1e-3)
-    stats, indexes, side = _probe_encode_portable(probe, tmp_path, scales, table, bound, 1e-3)
+    expected = encode_portable(scales, build_indexes(scales, table, float(bound)), thresholds, 1e-3, signed)
+    stats, indexes, side = _probe_encode_portable(probe, tmp_path, scales, table, bound, 1e-3, layout)
     assert expected.side == side == b"\x00" and stats == [1, 0, 0]
     assert np.array_equal(indexes, build_indexes(scales, table, float(bound)).reshape(-1))
 
 
-def test_threshold_shift_side_streams_are_parsed_and_applied_alike(tiny_bundle, probe, tmp_path):
-    """The layout-2 reader on damaged streams (same entries and shifts as the
-    Python reader, or both refuse), and PortableDecoding: a decoder within
-    half the margin of the encoder gets the encoder's shifted indexes, slice
-    by slice, as the Python one; scales outside the margin, damaged streams
-    and more shifts than the margin allows are refused alike; layout 1
-    (files without shifts) still reads."""
+def test_signed_shift_side_streams_of_real_scales_are_written_as_python_does(tiny_bundle, openvino_codec, probe,
+                                                                            kodak_crop, tmp_path):
+    """Layout 3 on the scales the model computes for Kodak crops: the C++
+    encoder picks the same K (16 included), block length and choices as
+    runtime.portable, writes the same bytes and shifts the same indexes (up
+    and down); the reader parses them alike, and the C++ decoder, on the
+    encoder's scales, gets the encoder's indexes back. Layout 2 on the same
+    scales as well."""
+    from runtime.portable import decode_shifted_side_stream, encode_portable
+
+    tables = openvino_codec.bundle.entropy
+    table, bound = tables.gaussian_scale_table, tables.gaussian_scale_bound
+    thresholds = openvino_codec.thresholds
+    assert thresholds.largest_shift_count(float(np.float32(2e-3)), signed=True) == 16
+    counts = {2: set(), 3: set()}
+    moved = {"down": 0, "up": 0}
+    for crop in (("kodim21", 80, 120, 300, 200), ("kodim05", 64, 96, 40, 90)):
+        scales = openvino_codec.encode(kodak_crop(*crop)).scales
+        unshifted = build_indexes(scales, table, float(bound))
+        for margin in (1e-4, 8e-4, 2e-3):
+            margin32 = float(np.float32(margin))
+            for layout in (3, 2):
+                signed = layout == 3
+                expected = encode_portable(scales, unshifted, thresholds, margin32, signed)
+                counts[layout].add(expected.shifts.count)
+                stats, indexes, side = _probe_encode_portable(probe, tmp_path, scales, table, bound, margin32,
+                                                              layout, unshifted)
+                case = (crop[0], margin, layout)
+                assert stats == [expected.shifts.count, expected.shifts.block, expected.listed], case
+                assert side == expected.side, case
+                assert np.array_equal(indexes, expected.indexes.reshape(-1)), case
+                if signed:
+                    moved["down"] += int(np.sum(indexes < unshifted.reshape(-1)))
+                    moved["up"] += int(np.sum(indexes > unshifted.reshape(-1)))
+                done = _probe_parse(probe, tmp_path, layout, side, scales.size)
+                assert _assert_parsed_alike(done, tmp_path, lambda: decode_shifted_side_stream(side, scales.size,
+                                                                                               signed))
+                np.savez(tmp_path / "dec.npz", scales=scales, scale_table=table, scale_bound=bound)
+                done = run(probe, "portable-decode", tmp_path / "dec.npz", repr(margin32), layout, 4,
+                           tmp_path / "side.bin", tmp_path / "dec.npy")
+                assert done.returncode == 0, done.stderr
+                assert np.array_equal(np.load(tmp_path / "dec.npy"), expected.indexes.reshape(-1)), case
+    assert 16 in counts[3] and counts[2] <= {1, 2, 4, 8} and max(counts[2]) == 8, counts
+    assert moved["down"] > 0 and moved["up"] > 0, moved
+
+
+@pytest.mark.parametrize("layout", [3, 2])
+def test_threshold_shift_side_streams_are_parsed_and_applied_alike(tiny_bundle, probe, tmp_path, layout):
+    """The reader of layout 3 (signed shifts) and of layout 2 (upward) on
+    damaged streams (same entries and shifts as the Python reader, or both
+    refuse), and PortableDecoding: a decoder within half the margin of the
+    encoder gets the encoder's shifted indexes, slice by slice, as the Python
+    one; scales outside the margin, damaged streams, shift counts over the
+    layout's (2**5 in layout 3, 2**4 in layout 2) and more shifts than the
+    margin allows are refused alike; layout 1 (files without shifts) still
+    reads."""
     from runtime.bundle import Bundle
     from runtime.portable import (PortableDecoding, Thresholds, ThresholdShifts, decode_shifted_side_stream,
                                   encode_portable, encode_shifted_side_stream, encode_side_stream, mark)
 
+    signed = layout == 3
     tables = Bundle.open(tiny_bundle).entropy
     table, bound = tables.gaussian_scale_table, tables.gaussian_scale_bound
     thresholds = Thresholds.from_table(table, float(bound))
     rng = np.random.default_rng(17)
     margin = float(np.float32(1e-3))
-    scales = _crowded_latent(rng, table, margin, (1, 16, 12, 16), spread=0.8)
+    scales = _crowded_latent(rng, table, margin, (1, 16, 12, 16), spread=0.8, signed=signed)
     unshifted = build_indexes(scales, table, float(bound))
-    encoded = encode_portable(scales, unshifted, thresholds, margin)
+    encoded = encode_portable(scales, unshifted, thresholds, margin, signed)
     side = encoded.side
-    assert encoded.shifts.count == 8 and encoded.listed > 50 and not np.array_equal(encoded.indexes, unshifted)
+    assert encoded.shifts.count == (16 if signed else 8) and encoded.listed > (10 if signed else 50)
+    assert np.any(encoded.indexes < unshifted) and np.any(encoded.indexes > unshifted) == signed
+
+    def parse(data, total, layout_=layout):
+        return decode_shifted_side_stream(data, total, layout_ == 3)
 
     outcomes = {"same": 0, "refused": 0}
     for k, damaged in enumerate(mutations(side, 300, seed=21)):
         total = scales.size if k % 3 else None  # a third as inspect reads them
-        done = _probe_parse(probe, tmp_path, 2, damaged, total)
-        parsed = _assert_parsed_alike(done, tmp_path, lambda: decode_shifted_side_stream(damaged, total))
+        done = _probe_parse(probe, tmp_path, layout, damaged, total)
+        parsed = _assert_parsed_alike(done, tmp_path, lambda: parse(damaged, total))
         outcomes["same" if parsed else "refused"] += 1
     assert outcomes["refused"] > 100 and outcomes["same"] > 10, outcomes
     head = side[:9]
-    for words, data in {"shift count": b"\x04" + side[1:], "shift blocks": head[:1] + bytes(4) + side[5:],
-                        "shift head": side[:7], "cannot hold": side[:12], "empty": b""}.items():
-        done = _probe_parse(probe, tmp_path, 2, data, scales.size)
+    too_many = bytes([5 if signed else 4]) + side[1:]
+    refusals = {f"shift count 2**{too_many[0]} is over {16 if signed else 8}": too_many,
+                "shift blocks": head[:1] + bytes(4) + side[5:], "shift head": side[:7], "cannot hold": side[:12],
+                "empty": b""}
+    for words, data in refusals.items():
+        done = _probe_parse(probe, tmp_path, layout, data, scales.size)
         with pytest.raises(DcaeError):
-            decode_shifted_side_stream(data, scales.size)
+            parse(data, scales.size)
         assert_refused(done, "side stream", words)
+    if signed:
+        # 16 choices (w = 4) are layout 3's; layout 2 refuses them.
+        done = _probe_parse(probe, tmp_path, 2, side, scales.size)
+        assert _assert_parsed_alike(done, tmp_path, lambda: parse(side, scales.size, 2)) is False
+        assert "shift count 2**4 is over 8" in done.stderr
 
     slices = 4
     slice_size = scales.size // slices
 
-    def python_decode(decoder_scales, data, margin_, layout):
-        decoding = PortableDecoding(data, scales.size, thresholds, margin_, layout)
+    def python_decode(decoder_scales, data, margin_, layout_):
+        decoding = PortableDecoding(data, scales.size, thresholds, margin_, layout_)
         flat = decoder_scales.reshape(-1)
         out = []
         for i in range(slices):
@@ -399,13 +475,13 @@ def test_threshold_shift_side_streams_are_parsed_and_applied_alike(tiny_bundle, 
             out.append(index)
         return np.concatenate(out)
 
-    def decode_alike(decoder_scales, data, margin_=margin, layout=2):
+    def decode_alike(decoder_scales, data, margin_=margin, layout_=layout):
         np.savez(tmp_path / "dec.npz", scales=decoder_scales, scale_table=table, scale_bound=bound)
         (tmp_path / "dec.bin").write_bytes(data)
-        done = run(probe, "portable-decode", tmp_path / "dec.npz", repr(margin_), layout, slices, tmp_path / "dec.bin",
+        done = run(probe, "portable-decode", tmp_path / "dec.npz", repr(margin_), layout_, slices, tmp_path / "dec.bin",
                    tmp_path / "dec.npy")
         try:
-            expected = python_decode(decoder_scales, data, margin_, layout)
+            expected = python_decode(decoder_scales, data, margin_, layout_)
         except DcaeError:
             assert_refused(done)
             return None
@@ -421,25 +497,29 @@ def test_threshold_shift_side_streams_are_parsed_and_applied_alike(tiny_bundle, 
         assert np.array_equal(decode_alike(drifted(0.4 * margin), side), encoded.indexes.reshape(-1))
     # Farther: refused (a listed element too far, or an unlisted one too near).
     assert decode_alike(drifted(3 * margin), side) is None
-    # K = 8 is more than a margin of 0.01 allows with this table: a stream
-    # that is sound but for that is refused.
+    # K = 8 is more than a margin of 0.01 allows with this table in either
+    # layout: a stream that is sound but for that is refused.
     wide = float(np.float32(0.01))
-    assert thresholds.largest_shift_count(wide) == 4
-    wide_scales = _crowded_latent(rng, table, wide, scales.shape)
-    wide_encoded = encode_portable(wide_scales, build_indexes(wide_scales, table, float(bound)), thresholds, wide)
+    assert thresholds.largest_shift_count(wide, signed) == 4
+    wide_scales = _crowded_latent(rng, table, wide, scales.shape, signed=signed)
+    wide_encoded = encode_portable(wide_scales, build_indexes(wide_scales, table, float(bound)), thresholds, wide,
+                                   signed)
     assert wide_encoded.shifts.count == 4
     assert np.array_equal(decode_alike(wide_scales, wide_encoded.side, wide), wide_encoded.indexes.reshape(-1))
-    listed = decode_shifted_side_stream(wide_encoded.side, scales.size)
-    as_8 = encode_shifted_side_stream(ThresholdShifts(8, listed.shifts.block, listed.shifts.choices),
+    listed = parse(wide_encoded.side, scales.size)
+    as_8 = encode_shifted_side_stream(ThresholdShifts(8, listed.shifts.block, listed.shifts.choices, signed),
                                       listed.positions, listed.bits, scales.size)
     assert decode_alike(wide_scales, as_8, wide) is None
     # Damaged side streams: the same indexes or both refuse.
     decoded = sum(decode_alike(scales, damaged) is not None for damaged in mutations(side, 60, seed=23))
     assert decoded < 60
+    # Read as the other shifted layout (the steps differ): refused or other indexes, alike.
+    other = decode_alike(drifted(0.4 * margin), side, layout_=5 - layout)
+    assert other is None or not np.array_equal(other, encoded.indexes.reshape(-1))
     # Layout 1, as files without threshold shifts carry it.
     layout_1 = encode_side_stream(*mark(scales, unshifted, thresholds, margin), scales.size)
-    assert np.array_equal(decode_alike(drifted(0.4 * margin), layout_1, layout=1), unshifted.reshape(-1))
-    assert decode_alike(scales, layout_1, layout=2) is None  # read as the other layout: refused
+    assert np.array_equal(decode_alike(drifted(0.4 * margin), layout_1, layout_=1), unshifted.reshape(-1))
+    assert decode_alike(scales, layout_1, layout_=layout) is None  # read as a shifted layout: refused
 
 
 # ---- PNG --------------------------------------------------------------------------------------
@@ -571,7 +651,8 @@ def test_round_trip_is_exact_and_computes_the_python_openvino_backends_bits(host
 
     encoded = openvino_codec.encode(pixels)
     assert (tmp_path / "x.dcae").read_bytes() == encoded.data
-    assert encoded.data[5] == 0b110 and unpack(encoded.data).header.side_layout == 2  # portable, layout 2
+    # Portable, signed threshold shifts (layout 3).
+    assert encoded.data[5] == 0b1110 and unpack(encoded.data).header.side_layout == 3
     side = decode_shifted_side_stream(encoded.side, encoded.symbols.size)
     assert (report["threshold_shifts"], report["shift_block"], report["marked"]) == (
         side.shifts.count, side.shifts.block if side.shifts.count > 1 else None, side.positions.size)
@@ -595,61 +676,99 @@ def _rewritten(data: bytes, flags: int | None = None, side: bytes | None = None)
     return bytes(head) + struct.pack("<I", zlib.crc32(payload, zlib.crc32(bytes(head)))) + payload
 
 
-def test_files_without_threshold_shifts_decode_and_all_inspect_as_in_python(host, tiny_bundle, openvino_codec,
-                                                                           kodak_crop, tmp_path):
-    """Portable files written before threshold shifts (flag bit 2 clear, side
-    stream layout 1, the y symbols coded with unshifted indexes) decode in
-    dcae-host to the encoder's symbols and the Python decoder's image; and
-    `dcae-host inspect` reports the side stream (elements listed, layout,
-    shifts) as `dcae inspect` does, refusing the same damaged headers."""
+def test_layout_1_and_2_files_decode_and_all_inspect_as_in_python(host, tiny_bundle, openvino_codec, kodak_crop,
+                                                                  tmp_path):
+    """Portable files written before signed threshold shifts decode in
+    dcae-host to the encoder's symbols and the Python decoder's image: layout
+    1 (flag bit 2 clear, the marked list alone, the y symbols coded with
+    unshifted indexes) and layout 2 (bit 3 clear, upward shifts, the symbols
+    coded with the indexes they shift). `dcae-host inspect` reports the side
+    stream (elements listed, layout, shifts) as `dcae inspect` does, and
+    refuses the same damaged files: signed shifts without shifts, shift bits
+    on a file that is not portable or without a side stream, shift counts
+    over the layout's (2**5 in layout 3, 2**4 in layout 2), a stream read as
+    another layout."""
     from runtime.cli import describe
     from runtime.container import DcaeHeader, pack
-    from runtime.portable import encode_side_stream, mark
+    from runtime.portable import encode_portable, encode_side_stream, mark
 
     tables = openvino_codec.bundle.entropy
     pixels = kodak_crop("kodim21", 80, 120, top=300, left=200)
     encoded = openvino_codec.encode(pixels)
     header = unpack(encoded.data).header
+    assert encoded.data[5] == 0b1110 and header.side_layout == 3
+    assert encoded.side[0] == 4  # K = 16: only layout 3 has it
     unshifted = build_indexes(encoded.scales, tables.gaussian_scale_table, float(tables.gaussian_scale_bound))
-    side = encode_side_stream(*mark(encoded.scales, unshifted, openvino_codec.thresholds, header.margin),
-                              encoded.scales.size)
-    assert side
-    old = pack(DcaeHeader(header.height, header.width, header.fingerprint, margin=header.margin, side_layout=1),
-               encoded.z, encode_with_indexes(encoded.symbols.reshape(-1), unshifted.reshape(-1), *tables.gaussian),
-               side)
-    assert old[5] == 0b010
-    (tmp_path / "old.dcae").write_bytes(old)
-    done = run(host, "decompress", "-b", tiny_bundle, tmp_path / "old.dcae", "-o", tmp_path / "old.png", "--threads", 2,
+    listed = encode_side_stream(*mark(encoded.scales, unshifted, openvino_codec.thresholds, header.margin),
+                                encoded.scales.size)
+    upward = encode_portable(encoded.scales, unshifted, openvino_codec.thresholds, header.margin, signed=False)
+    assert listed and upward.shifts.count > 1 and np.any(upward.indexes != unshifted)
+    old = {}
+    (tmp_path / "old").mkdir()
+    for layout, indexes, side, flags in ((1, unshifted, listed, 0b010), (2, upward.indexes, upward.side, 0b110)):
+        y = encode_with_indexes(encoded.symbols.reshape(-1), indexes.reshape(-1), *tables.gaussian)
+        old[layout] = pack(DcaeHeader(header.height, header.width, header.fingerprint, margin=header.margin,
+                                      side_layout=layout), encoded.z, y, side)
+        assert old[layout][5] == flags and unpack(old[layout]).header.side_layout == layout
+        (tmp_path / "old" / f"layout{layout}.dcae").write_bytes(old[layout])
+    done = run(host, "decompress", "-b", tiny_bundle, tmp_path / "old", "-o", tmp_path / "decoded", "--threads", 2,
                "--save-latents", tmp_path / "latents")
     assert done.returncode == 0, done.stderr
-    assert np.array_equal(np.load(tmp_path / "latents" / "old.symbols.npy"), encoded.symbols)
-    assert np.array_equal(_read_png(tmp_path / "old.png"), openvino_codec.decompress(old))
+    for layout, data in old.items():
+        assert np.array_equal(np.load(tmp_path / "latents" / f"layout{layout}.symbols.npy"), encoded.symbols)
+        assert np.array_equal(_read_png(tmp_path / "decoded" / f"layout{layout}.png"), openvino_codec.decompress(data))
 
     own = pack(DcaeHeader(header.height, header.width, bytes(16)), encoded.z, encoded.y)  # not portable
-    files = {"shifted": encoded.data, "old": old, "own": own,
-             "old read as shifted": _rewritten(old, flags=0b110), "shifted read as old": _rewritten(encoded.data, 0b010),
+    files = {"signed": encoded.data, "layout 1": old[1], "layout 2": old[2], "own": own,
+             "layout 1 read as layout 2": _rewritten(old[1], flags=0b110),
+             "layout 1 read as signed": _rewritten(old[1], flags=0b1110),
+             "signed read as layout 1": _rewritten(encoded.data, 0b010),
+             "signed read as layout 2": _rewritten(encoded.data, 0b110),
+             "layout 2 read as signed": _rewritten(old[2], 0b1110),
+             "signed without shifts": _rewritten(encoded.data, 0b1010),
              "shifts, no side stream": _rewritten(encoded.data, side=b""),
+             "upward shifts, no side stream": _rewritten(old[2], side=b""),
              "shifts, not portable": _rewritten(own, flags=0b100),
-             "more shifts than 8": _rewritten(encoded.data, side=b"\x04" + encoded.side[1:]),
+             "signed, not portable": _rewritten(own, flags=0b1000),
+             "signed shifts, not portable": _rewritten(own, flags=0b1100),
+             "more shifts than 16": _rewritten(encoded.data, side=b"\x05" + encoded.side[1:]),
+             "more shifts than 8": _rewritten(old[2], side=b"\x04" + upward.side[1:]),
              "no shifts": _rewritten(encoded.data, side=b"\x00"),
-             "no shifts, listed": _rewritten(encoded.data, side=b"\x00" + side)}
+             "no shifts, listed": _rewritten(encoded.data, side=b"\x00" + listed),
+             "no upward shifts, listed": _rewritten(old[2], side=b"\x00" + listed)}
+    refusals = {"signed read as layout 2": "shift count 2**4 is over 8",
+                "signed without shifts": "signed threshold shifts without threshold shifts",
+                "upward shifts, no side stream": "no side stream", "signed, not portable": "not portable",
+                "signed shifts, not portable": "not portable", "more shifts than 16": "shift count 2**5 is over 16",
+                "more shifts than 8": "shift count 2**4 is over 8"}
     keys = ("portable", "height", "width", "z_bytes", "y_bytes", "side_bytes", "side_marked", "side_layout",
             "threshold_shifts", "shift_block")
-    described = 0
+    described = set()
     for name, data in files.items():
         (tmp_path / "x.dcae").write_bytes(data)
         done = run(host, "inspect", tmp_path / "x.dcae")
         try:
             python = describe(data)
-        except DcaeError:
-            assert_refused(done)
+        except DcaeError as error:
+            assert_refused(done, refusals.get(name, ""))
+            assert name not in refusals or refusals[name] in str(error), (name, error)
             continue
         assert done.returncode == 0, (name, done.stderr)
         info = json.loads(done.stdout)
         assert {key: info[key] for key in keys} == {key: python[key] for key in keys}, name
         assert np.float32(info["margin"]) == np.float32(python["margin"]), name
-        described += 1
-    assert described == 5  # shifted, old, own, and the two without shifts
+        described.add(name)
+    # A layout-2 stream parses as layout 3 (its K is under 16); read so, it
+    # decodes to other indexes, which the margin check or the rANS end refuse.
+    assert described == {"signed", "layout 1", "layout 2", "own", "layout 2 read as signed", "no shifts",
+                         "no shifts, listed", "no upward shifts, listed"}
+    for name in ("signed without shifts", "layout 2 read as signed", "signed read as layout 2"):
+        (tmp_path / "x.dcae").write_bytes(files[name])
+        done = run(host, "decompress", "-b", tiny_bundle, tmp_path / "x.dcae", "-o", tmp_path / "x.png")
+        with pytest.raises(DcaeError):
+            openvino_codec.decompress(files[name])
+        assert_refused(done, refusals.get(name, ""))
+        assert not (tmp_path / "x.png").exists()
 
 
 def test_both_hosts_write_the_margin_measured_for_the_model(host, tiny_bundle, kodak_crop, tmp_path):
@@ -931,19 +1050,33 @@ def interop_images(kodak_crop, tmp_path_factory) -> dict:
     return {name: _write_png(folder / f"{name}.png", kodak_crop(*crop)) for name, crop in INTEROP_CROPS.items()}
 
 
-def test_python_runtime_files_decode_in_the_host_to_the_same_symbols(host, tiny_bundle, interop_images, tmp_path):
-    """Portable files written by the Python runtime on onnxruntime decode in
-    dcae-host (OpenVINO) to the encoder's symbols exactly, and to an image
-    within one level of the Python decoder's."""
+# The model's margin, and a wider one with which more elements lie near the
+# index boundaries (K = 16 on these crops as well).
+INTEROP_MARGINS = ["model", 1e-3]
+
+
+@pytest.mark.parametrize("margin", INTEROP_MARGINS)
+def test_python_runtime_files_decode_in_the_host_to_the_same_symbols(host, tiny_bundle, interop_images, tmp_path,
+                                                                     margin):
+    """Portable files written by the Python runtime on onnxruntime (layout 3,
+    signed threshold shifts, K = 16 among them) decode in dcae-host (OpenVINO)
+    to the encoder's symbols exactly, and to an image within one level of the
+    Python decoder's."""
+    from runtime.portable import decode_shifted_side_stream
+
     codec = Codec(tiny_bundle, backend="onnxruntime", threads=2)
     coded = tmp_path / "coded"
     coded.mkdir()
     encoded = {}
+    counts = []
     for name, image in interop_images.items():
-        encoded[name] = codec.encode(image)
-        assert unpack(encoded[name].data).header.portable
+        encoded[name] = codec.encode(image, margin)
+        header = unpack(encoded[name].data).header
+        assert header.portable and header.side_layout == 3 and encoded[name].data[5] == 0b1110
+        counts.append(decode_shifted_side_stream(encoded[name].side, encoded[name].symbols.size).shifts.count)
         (coded / f"{name}.dcae").write_bytes(encoded[name].data)
     assert sum(len(e.side) > 1 for e in encoded.values()) >= 2  # threshold shifts or listed elements
+    assert 16 in counts, counts
     done = run(host, "decompress", "-b", tiny_bundle, coded, "-o", tmp_path / "decoded", "--save-latents",
                tmp_path / "latents", "--threads", 2)
     assert done.returncode == 0, done.stderr
@@ -955,23 +1088,30 @@ def test_python_runtime_files_decode_in_the_host_to_the_same_symbols(host, tiny_
         assert np.abs(host_pixels.astype(int) - python_pixels).max() <= 1, name
 
 
+@pytest.mark.parametrize("margin", INTEROP_MARGINS)
 def test_host_files_decode_in_the_python_runtime_and_the_reference(host, tiny_bundle, tiny_model, interop_images,
-                                                                   tmp_path):
-    """dcae-host's portable files decode in the Python runtime (onnxruntime)
-    and in the PyTorch reference to the host encoder's symbols, and to
-    images within one level of the host's own decode."""
+                                                                   tmp_path, margin):
+    """dcae-host's portable files (layout 3, signed threshold shifts, K = 16
+    among them) decode in the Python runtime (onnxruntime) and in the
+    PyTorch reference to the host encoder's symbols, and to images within
+    one level of the host's own decode."""
     from dcae.coding import decode_dcae
 
+    margin_option = [] if margin == "model" else ["--margin", margin]
     done = run(host, "compress", "-b", tiny_bundle, *interop_images.values(), "-o", tmp_path / "coded",
-               "--save-latents", tmp_path / "latents", "--json", "--threads", 2)
+               "--save-latents", tmp_path / "latents", "--json", "--threads", 2, *margin_option)
     assert done.returncode == 0, done.stderr
-    assert sum(json.loads(line)["threshold_shifts"] > 1 for line in done.stdout.splitlines()) >= 2
+    counts = [json.loads(line)["threshold_shifts"] for line in done.stdout.splitlines()]
+    assert sum(count > 1 for count in counts) >= 2 and 16 in counts, counts
     done = run(host, "decompress", "-b", tiny_bundle, tmp_path / "coded", "-o", tmp_path / "decoded", "--threads", 2)
     assert done.returncode == 0, done.stderr
     codec = Codec(tiny_bundle, backend="onnxruntime", threads=2)
     for name in interop_images:
         data = (tmp_path / "coded" / f"{name}.dcae").read_bytes()
-        assert unpack(data).header.portable
+        header = unpack(data).header
+        assert header.portable and header.side_layout == 3 and data[5] == 0b1110
+        if margin != "model":
+            assert header.margin == np.float32(margin)
         symbols = np.load(tmp_path / "latents" / f"{name}.symbols.npy").reshape(-1)
         host_pixels = _read_png(tmp_path / "decoded" / f"{name}.png")
         python = codec.decode(data)

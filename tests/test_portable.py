@@ -1,6 +1,7 @@
 """Portable bitstreams: the side stream, `.dcae` version 2, and files that decode on every setup."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import subprocess
@@ -15,10 +16,10 @@ from runtime.container import HEADER_SIZES, DcaeFile, DcaeHeader, pack, unpack
 from runtime.cpu import second_float_path
 from runtime.entropy import build_indexes
 from runtime.errors import CorruptStreamError, DcaeError, FingerprintMismatchError
-from runtime.portable import (LAYOUT_MARKED_LIST, MAX_MARGIN, NO_SHIFTS, MarginError, PortableDecoding,
-                              ThresholdShifts, Thresholds, apply_side_stream, decode_shifted_side_stream,
-                              decode_side_stream, encode_portable, encode_shifted_side_stream, encode_side_stream,
-                              mark)
+from runtime.portable import (LAYOUT_MARKED_LIST, LAYOUT_SHIFTED, MAX_MARGIN, NO_SHIFTS, MarginError,
+                              PortableDecoding, ThresholdShifts, Thresholds, apply_side_stream,
+                              decode_shifted_side_stream, decode_side_stream, encode_portable,
+                              encode_shifted_side_stream, encode_side_stream, mark, shift_steps)
 from tests.fuzzing import mutations
 from tests.portable_files import CROPS, SETS, crop, symbols_digest
 
@@ -163,20 +164,23 @@ def test_a_decoder_outside_the_margin_or_a_wrong_list_is_an_error():
                           np.zeros(positions.size + 1, np.uint8), thresholds, margin)
 
 
-# ---- threshold shifts (side stream layout 2) ------------------------------------------------
+# ---- threshold shifts (side stream layouts 2 and 3) -----------------------------------------
 
 def _shifted_index(scales, shift, thresholds):
-    """The index with every critical value moved up by `shift` (ln), from its definition."""
+    """The index with every critical value moved by `shift` (ln), from its definition."""
     log_s = np.log(scales.astype(np.float64))
     base = thresholds.below[0]
     return base + np.sum(thresholds.log_critical[None, :] + shift[:, None] < log_s[:, None], axis=1)
 
 
-def test_shifted_indexes_count_the_moved_critical_values():
+@pytest.mark.parametrize("signed", [True, False])
+def test_shifted_indexes_count_the_moved_critical_values(signed):
     rng = np.random.default_rng(4)
     thresholds = Thresholds.from_table(TABLE, BOUND)
     scales = np.exp(rng.uniform(np.log(0.05), np.log(300), 100_000)).astype(np.float32)
-    shift = rng.integers(0, 8, scales.size) * 2 * 1e-3
+    steps = shift_steps(signed)
+    assert (steps.min() < 0) == signed
+    shift = steps[rng.integers(0, steps.size, scales.size)] * 2 * 1e-3
     indexes = build_indexes(scales, TABLE, BOUND)
     thresholds.shift_indexes(scales, indexes, shift)
     # Away from the moved values (where float rounding decides) the index is
@@ -186,17 +190,19 @@ def test_shifted_indexes_count_the_moved_critical_values():
     assert np.sum(indexes != build_indexes(scales, TABLE, BOUND)) > 1000
 
 
-@pytest.mark.parametrize("count, block, total", [(2, 1, 100), (4, 384, 61_440), (8, 1536, 245_760), (8, 7, 1000)])
-def test_layout_2_round_trips_shifts_and_marked_list(count, block, total):
+@pytest.mark.parametrize("count, block, total, signed", [
+    (2, 1, 100, True), (4, 384, 61_440, True), (8, 1536, 245_760, False), (8, 7, 1000, False),
+    (16, 192, 245_760, True), (16, 5, 1001, True)])
+def test_layouts_2_and_3_round_trip_shifts_and_marked_list(count, block, total, signed):
     rng = np.random.default_rng(count * block)
     blocks = -(-total // block)
-    shifts = ThresholdShifts(count, block, rng.integers(0, count, blocks).astype(np.uint8))
+    shifts = ThresholdShifts(count, block, rng.integers(0, count, blocks).astype(np.uint8), signed)
     positions = np.sort(rng.choice(total, size=min(total, 30), replace=False))
     bits = rng.integers(0, 2, positions.size).astype(np.uint8)
     data = encode_shifted_side_stream(shifts, positions, bits, total)
     for known in (total, None):  # None: as `dcae inspect` reads it, without the model
-        parsed = decode_shifted_side_stream(data, known)
-        assert parsed.shifts.count == count and parsed.shifts.block == block
+        parsed = decode_shifted_side_stream(data, known, signed)
+        assert parsed.shifts.count == count and parsed.shifts.block == block and parsed.shifts.signed == signed
         assert np.array_equal(parsed.shifts.choices, shifts.choices)
         assert np.array_equal(parsed.positions, positions) and np.array_equal(parsed.bits, bits)
     assert encode_shifted_side_stream(NO_SHIFTS, positions[:0], bits[:0], total) == b"\x00"
@@ -206,36 +212,51 @@ def _layout_2(width: int, block: int, blocks: int, choices: bytes, rest: bytes =
     return bytes([width]) + struct.pack("<II", block, blocks) + choices + rest
 
 
-@pytest.mark.parametrize("data, total, fragment", [
-    (b"", 10, "is empty"),
-    (b"\x04", 10, "over 8"),
-    (b"\x01\x01\x00", 10, "shorter than its shift head"),
-    (_layout_2(1, 0, 1, b"\x00"), 10, "0 elements"),
-    (_layout_2(1, 5, 3, b"\x00"), 10, "for a latent of 10"),
-    (_layout_2(3, 1, 0xFFFFFFFF, b"\x00" * 4), 0xFFFFFFFF, "cannot hold"),
-    (_layout_2(1, 5, 2, b"\x20"), 10, "padding"),
-    (_layout_2(1, 5, 2, b"\x00", b"\x00"), 10, "shorter than"),
-    (_layout_2(1, 5, 2, b"\x00", _stream(2, 1, "110" + "11" + "0")), 10, "past the latent"),
+def test_layout_2_has_at_most_8_shifts():
+    with pytest.raises(ValueError, match="no shift count 16 in layout 2"):
+        encode_shifted_side_stream(ThresholdShifts(16, 1, np.zeros(10, np.uint8), signed=False),
+                                   np.zeros(0, np.int64), np.zeros(0, np.uint8), 10)
+
+
+@pytest.mark.parametrize("data, total, signed, fragment", [
+    (b"", 10, True, "is empty"),
+    (b"\x04", 10, False, "over 8"),
+    (b"\x05", 10, True, "over 16"),
+
+    (b"\x01\x01\x00", 10, True, "shorter than its shift head"),
+    (_layout_2(1, 0, 1, b"\x00"), 10, True, "0 elements"),
+    (_layout_2(1, 5, 3, b"\x00"), 10, False, "for a latent of 10"),
+    (_layout_2(3, 1, 0xFFFFFFFF, b"\x00" * 4), 0xFFFFFFFF, True, "cannot hold"),
+    (_layout_2(1, 5, 2, b"\x20"), 10, True, "padding"),
+    (_layout_2(4, 4, 3, b"\x00\x01"), 10, True, "padding"),
+    (_layout_2(1, 5, 2, b"\x00", b"\x00"), 10, False, "shorter than"),
+    (_layout_2(1, 5, 2, b"\x00", _stream(2, 1, "110" + "11" + "0")), 10, True, "past the latent"),
 ])
-def test_malformed_layout_2_side_streams_are_refused_in_one_line(data, total, fragment):
+def test_malformed_shifted_side_streams_are_refused_in_one_line(data, total, signed, fragment):
     with pytest.raises(CorruptStreamError) as info:
-        decode_shifted_side_stream(data, total)
+        decode_shifted_side_stream(data, total, signed)
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
 def test_more_shifts_than_the_margin_allows_are_refused():
     thresholds = Thresholds.from_table(TABLE, BOUND)
     spacing = float(np.min(np.diff(thresholds.log_critical)))
-    margin = spacing / 10  # 8 shifts would span 1.4 spacings, 2 stay under half of one
-    assert thresholds.largest_shift_count(margin) == 2 and thresholds.largest_shift_count(1e-4) == 8
-    data = encode_shifted_side_stream(ThresholdShifts(4, 10, np.zeros(10, np.uint8)), np.zeros(0, np.int64),
-                                      np.zeros(0, np.uint8), 100)
-    with pytest.raises(CorruptStreamError, match="threshold shifts"):
-        PortableDecoding(data, 100, thresholds, margin, 2)
+    # Upward: 4 shifts would reach 0.6 of a spacing, 2 stay under half of one;
+    # signed: 4 reach 0.4 (+2 steps), 8 would reach 0.8.
+    margin = spacing / 10
+    assert thresholds.largest_shift_count(margin, signed=False) == 2
+    assert thresholds.largest_shift_count(margin, signed=True) == 4
+    assert thresholds.largest_shift_count(1e-4, signed=False) == 8
+    assert thresholds.largest_shift_count(1e-4, signed=True) == 16
+    for count, signed, layout in ((4, False, 2), (8, True, 3)):
+        data = encode_shifted_side_stream(ThresholdShifts(count, 10, np.zeros(10, np.uint8), signed),
+                                          np.zeros(0, np.int64), np.zeros(0, np.uint8), 100)
+        with pytest.raises(CorruptStreamError, match="threshold shifts"):
+            PortableDecoding(data, 100, thresholds, margin, layout)
 
 
-@pytest.mark.parametrize("error", [1e-6, 4e-5])
-def test_a_decoder_within_the_margin_gets_the_encoders_shifted_indexes(error):
+@pytest.mark.parametrize("error, signed", [(1e-6, True), (4e-5, True), (4e-5, False)])
+def test_a_decoder_within_the_margin_gets_the_encoders_shifted_indexes(error, signed):
     """A latent crowded near the boundaries: the encoder picks shifts (and a
     smaller side stream than the marked list alone), and a decoder whose
     scales are within the margin recovers every index the encoder coded with."""
@@ -244,12 +265,13 @@ def test_a_decoder_within_the_margin_gets_the_encoders_shifted_indexes(error):
     margin = 1e-4
     encoder = _scales_near_boundaries(rng, 64 * 24 * 32, 2e-2).reshape(1, 64, 24, 32)
     unshifted = build_indexes(encoder, TABLE, BOUND)
-    encoding = encode_portable(encoder, unshifted, thresholds, margin)
-    assert encoding.shifts.count > 1
+    encoding = encode_portable(encoder, unshifted, thresholds, margin, signed)
+    assert encoding.shifts.count > 1 and encoding.shifts.signed == signed
+    assert np.any(encoding.indexes < unshifted) and np.any(encoding.indexes > unshifted) == signed
     assert len(encoding.side) < len(encode_side_stream(*mark(encoder, unshifted, thresholds, margin), encoder.size))
     decoder = (encoder * np.exp(rng.uniform(-error, error, encoder.shape))).astype(np.float32)
     assert not np.array_equal(build_indexes(decoder, TABLE, BOUND), encoding.indexes)
-    reader = PortableDecoding(encoding.side, encoder.size, thresholds, margin, 2)
+    reader = PortableDecoding(encoding.side, encoder.size, thresholds, margin, 3 if signed else 2)
     slice_size = encoder.size // 4
     for i in range(4):  # slice by slice, as the decoders run
         scales = decoder.reshape(-1)[i * slice_size : (i + 1) * slice_size]
@@ -269,15 +291,17 @@ def test_version_2_layout_carries_the_side_stream_and_the_margin():
     data = pack(header, z, y, side)
     assert HEADER_SIZES[2] == 64 and len(data) == 64 + 12 + 40 + 6
     fields = struct.unpack_from("<4sBBHIIIIHH16sIIIfI", data)
-    assert fields[:4] == (b"DCAE", 2, 0b110, 0)  # portable, side stream with threshold shifts
+    assert fields[:4] == (b"DCAE", 2, 0b1110, 0)  # portable, side stream with signed threshold shifts
     assert fields[4:10] == (300, 517, 384, 640, 6, 10) and fields[10] == FINGERPRINT
     assert fields[11:14] == (12, 40, 6) and fields[14] == np.float32(1e-5)
     assert fields[15] == zlib.crc32(data[:60] + z + y + side)
     assert unpack(data) == DcaeFile(header, z, y, side)
     assert unpack(data).header.portable and unpack(data).header.margin == float(np.float32(1e-5))
-    # Layout 1 (the marked list alone, flag bit 2 clear) still reads as such.
-    old = DcaeHeader(300, 517, FINGERPRINT, margin=1e-5, side_layout=LAYOUT_MARKED_LIST)
-    assert pack(old, z, y, side)[5] == 0b10 and unpack(pack(old, z, y, side)).header == old
+    # Layouts 1 (the marked list alone, flag bit 2 clear) and 2 (upward
+    # shifts, bit 3 clear) still read as such.
+    for layout, flags in ((LAYOUT_MARKED_LIST, 0b10), (LAYOUT_SHIFTED, 0b110)):
+        old = DcaeHeader(300, 517, FINGERPRINT, margin=1e-5, side_layout=layout)
+        assert pack(old, z, y, side)[5] == flags and unpack(pack(old, z, y, side)).header == old
 
 
 def _patched(data: bytes, offset: int, code: str, value) -> bytes:
@@ -291,7 +315,8 @@ def _patched(data: bytes, offset: int, code: str, value) -> bytes:
 @pytest.mark.parametrize("offset, code, value, fragment", [
     (56, "f", float("nan"), "margin"), (56, "f", 0.0, "margin"), (56, "f", MAX_MARGIN * 2, "margin"),
     (56, "f", -1e-5, "margin"), (5, "B", 0b11, "both portable and reduced"), (5, "B", 0, "not portable"),
-    (5, "B", 0b1010, "flag bits"), (5, "B", 0b100, "not portable"), (52, "I", 7, "truncated"),
+    (5, "B", 0b10010, "flag bits"), (5, "B", 0b100, "not portable"), (5, "B", 0b1000, "not portable"),
+    (5, "B", 0b1010, "signed threshold shifts without threshold shifts"), (52, "I", 7, "truncated"),
     (52, "I", 5, "after its payload"),
 ])
 def test_version_2_header_fields_are_checked(offset, code, value, fragment):
@@ -483,24 +508,38 @@ def test_a_file_for_one_setup_or_another_model_is_refused(model, bundles, tiny_b
         decompress_image(model, other_model)
 
 
-def test_layout_1_files_still_decode_on_every_setup(model, bundles):
-    """A portable file whose side stream is the marked list alone (flag bit 2
-    clear: no threshold shifts, as files were written before them) decodes
-    on the reference and the runtime to the encoder's symbols."""
+@pytest.mark.parametrize("layout", [LAYOUT_MARKED_LIST, LAYOUT_SHIFTED])
+def test_layout_1_and_2_files_still_decode_on_every_setup(model, bundles, layout):
+    """A portable file whose side stream is the marked list alone (layout 1:
+    flag bit 2 clear, no threshold shifts) or has upward shifts (layout 2:
+    bit 3 clear), as files were written before signed shifts, decodes on the
+    reference and the runtime to the encoder's symbols."""
     from dcae.coding import decode_dcae, encode_image, entropy_model_fingerprint, scale_thresholds
     from runtime import Codec
     from runtime.container import unpack_bin
     from runtime.portable import DEFAULT_MARGIN
+    from runtime.rans import encode_with_indexes
 
     image = crop("kodim01_256x384")
     data, latents = encode_image(model, image, format="bin")  # y coded with unshifted indexes
     streams = unpack_bin(data)
     scales, indexes = latents["scales"].numpy(), latents["indexes"].numpy()
     header = DcaeHeader(*image.shape[:2], entropy_model_fingerprint(model), margin=DEFAULT_MARGIN,
-                        side_layout=LAYOUT_MARKED_LIST)
-    side = encode_side_stream(*mark(scales, indexes, scale_thresholds(model), header.margin), scales.size)
-    old = pack(header, streams.z, streams.y, side)
-    assert old[5] == 0b10 and side
+                        side_layout=layout)
+    y = streams.y
+    if layout == LAYOUT_MARKED_LIST:
+        side = encode_side_stream(*mark(scales, indexes, scale_thresholds(model), header.margin), scales.size)
+    else:
+        # A margin the test crop needs shifts for (the default lists too few elements).
+        header = dataclasses.replace(header, margin=1e-3)
+        encoding = encode_portable(scales, indexes, scale_thresholds(model), header.margin, signed=False)
+        assert encoding.shifts.count > 1 and np.any(encoding.indexes != indexes)
+        gc = model.gaussian_conditional
+        y = encode_with_indexes(latents["symbols"].numpy().reshape(-1), encoding.indexes.reshape(-1),
+                                gc.quantized_cdf.numpy(), gc.cdf_length.numpy(), gc.offset.numpy())
+        side = encoding.side
+    old = pack(header, streams.z, y, side)
+    assert old[5] == (0b10 if layout == LAYOUT_MARKED_LIST else 0b110) and side
     expected = latents["symbols"].numpy().reshape(-1)
     assert np.array_equal(decode_dcae(model, old, synthesize=False)[1], expected)
     for bundle in bundles.values():

@@ -303,7 +303,7 @@ struct Codec::Impl {
     header.portable = portable;
     header.fingerprint = portable ? from_hex16(bundle.entropy_model_fingerprint) : setup_fingerprint;
     header.margin = margin;
-    header.side_layout = kLayoutShifted;
+    header.side_layout = kLayoutSignedShifts;
     result.file = pack_dcae(header, z_stream, y_stream, side_stream);
     add_timing("total", seconds_since(started));
     return result;
@@ -348,7 +348,7 @@ struct Codec::Impl {
     bool portable = false;
     double margin = 0;
     ByteSpan side;
-    int side_layout = kLayoutShifted;
+    int side_layout = kLayoutSignedShifts;
   };
 
   DecodeResult decode_streams(const Streams& streams, bool synthesize) {

@@ -111,12 +111,13 @@ std::vector<uint8_t> pack_dcae(const FileHeader& header, const std::vector<uint8
   if (header.version == 1 && (header.portable || !side.empty())) throw std::logic_error("version 1 has no side stream");
   std::vector<uint8_t> out(kMagic, kMagic + 4);
   out.push_back(header.version);
-  if (header.side_layout != 1 && header.side_layout != 2) throw std::logic_error("unknown side stream layout");
-  const bool shifted = header.portable && header.side_layout == 2;
+  if (header.side_layout < 1 || header.side_layout > 3) throw std::logic_error("unknown side stream layout");
+  const bool shifted = header.portable && header.side_layout >= 2;
+  const bool signed_shifts = header.portable && header.side_layout == 3;
   if (shifted && side.empty()) throw std::logic_error("a side stream with threshold shifts is never empty");
   out.push_back(static_cast<uint8_t>((header.reduced_precision_entropy ? kFlagReducedPrecisionEntropy : 0) |
                                      (header.portable ? kFlagPortable : 0) |
-                                     (shifted ? kFlagShiftedThresholds : 0)));
+                                     (shifted ? kFlagShiftedThresholds : 0) | (signed_shifts ? kFlagSignedShifts : 0)));
   put_u16(out, 0);
   put_u32(out, header.height);
   put_u32(out, header.width);
@@ -158,7 +159,8 @@ DcaeFile unpack_dcae(const uint8_t* data, size_t size) {
   h.version = version;
   const uint8_t flags = data[5];
   const uint8_t known = version == 1 ? kFlagReducedPrecisionEntropy
-                                     : (kFlagReducedPrecisionEntropy | kFlagPortable | kFlagShiftedThresholds);
+                                     : (kFlagReducedPrecisionEntropy | kFlagPortable | kFlagShiftedThresholds |
+                                        kFlagSignedShifts);
   if (flags & ~known) {
     char bits[8];
     std::snprintf(bits, sizeof bits, "0x%02x", flags & ~known);
@@ -188,6 +190,7 @@ DcaeFile unpack_dcae(const uint8_t* data, size_t size) {
   std::memcpy(h.fingerprint.data(), data + 28, 16);
   const uint64_t z_length = get_u32(data + 44), y_length = get_u32(data + 48);
   uint64_t side_length = 0;
+  const uint8_t shift_flags = flags & (kFlagShiftedThresholds | kFlagSignedShifts);
   if (version == 2) {
     side_length = get_u32(data + 52);
     const uint32_t margin_bits = get_u32(data + 56);
@@ -198,12 +201,18 @@ DcaeFile unpack_dcae(const uint8_t* data, size_t size) {
     } else {
       if (h.margin != 0.0f) corrupt(".dcae margin must be 0 in a file that is not portable");
       if (side_length) corrupt(".dcae file that is not portable has a side stream");
-      if (flags & kFlagShiftedThresholds) corrupt(".dcae file that is not portable has threshold shifts");
+      if (shift_flags) corrupt(".dcae file that is not portable has threshold shifts");
     }
-    if ((flags & kFlagShiftedThresholds) && !side_length)
-      corrupt(".dcae file with threshold shifts has no side stream");
+    if (shift_flags == kFlagSignedShifts) corrupt(".dcae flags say signed threshold shifts without threshold shifts");
+    if (shift_flags && !side_length) corrupt(".dcae file with threshold shifts has no side stream");
   }
-  h.side_layout = h.portable && !(flags & kFlagShiftedThresholds) ? 1 : 2;
+  // Of a file that is not portable the layout means nothing: 3, as writers write.
+  if (h.portable && shift_flags == 0)
+    h.side_layout = 1;
+  else if (h.portable && shift_flags == kFlagShiftedThresholds)
+    h.side_layout = 2;
+  else
+    h.side_layout = 3;
 
   const uint64_t payload = size - header_size;
   const uint64_t promised = z_length + y_length + side_length;

@@ -23,8 +23,10 @@ namespace dcae {
 constexpr uint8_t kFlagReducedPrecisionEntropy = 0x01;
 constexpr uint8_t kFlagPortable = 0x02;
 // Version 2, portable files only: the side stream has threshold shifts
-// (layout 2, never empty); without it, layout 1 (the marked list alone).
+// (layout 2 or 3, never empty); without it, layout 1 (the marked list alone).
 constexpr uint8_t kFlagShiftedThresholds = 0x04;
+// Only with kFlagShiftedThresholds: the shifts are signed (layout 3).
+constexpr uint8_t kFlagSignedShifts = 0x08;
 // Portable margins are natural-log distances in (0, kMaxPortableMargin].
 constexpr float kMaxPortableMargin = 0.01f;
 
@@ -35,9 +37,10 @@ struct FileHeader {
   bool portable = false;
   std::array<uint8_t, 16> fingerprint{};
   float margin = 0.0f;  // version 2: the portable margin, 0 for other files
-  // Of a portable file: the side stream's layout (portable.hpp), 2 (flag bit
-  // 2) with threshold shifts, 1 the marked list alone.
-  int side_layout = 2;
+  // Of a portable file: the side stream's layout (portable.hpp): 3 with
+  // signed threshold shifts (flag bits 2 and 3), 2 with upward ones (bit 2),
+  // 1 the marked list alone. Writers write 3.
+  int side_layout = 3;
 };
 
 struct ByteSpan {

@@ -44,19 +44,24 @@ CriticalValues::Nearest CriticalValues::nearest_log(double log_s) const {
   return best;
 }
 
-unsigned CriticalValues::largest_shift_count(double margin) const {
+unsigned CriticalValues::largest_shift_count(double margin, bool signed_steps) const {
   double spacing = std::numeric_limits<double>::infinity();
   for (size_t i = 1; i < logs_.size(); ++i) spacing = std::min(spacing, logs_[i] - logs_[i - 1]);
-  unsigned count = kMaxShifts;
-  while (count > 1 && static_cast<double>((count - 1) * 2) * margin >= spacing / 2) count /= 2;
+  unsigned count = max_shift_count(signed_steps);
+  while (count > 1 && largest_step(count, signed_steps) * 2 * margin >= spacing / 2) count /= 2;
   return count;
 }
 
 int32_t CriticalValues::shifted_index(double log_s, double shift, int32_t index) const {
-  // The critical values with ln c < log_s; the last of them is the one just under it.
-  const size_t under = static_cast<size_t>(std::lower_bound(logs_.begin(), logs_.end(), log_s) - logs_.begin());
-  if (under == 0 || !(log_s - logs_[under - 1] <= shift)) return index;
-  return below_[under - 1];
+  // The first critical value with ln c >= log_s: the one at or above it; the
+  // one before it is the largest with ln c < log_s, the one just under it.
+  const size_t above = static_cast<size_t>(std::lower_bound(logs_.begin(), logs_.end(), log_s) - logs_.begin());
+  if (shift > 0) {
+    if (above >= 1 && log_s - logs_[above - 1] <= shift) return below_[above - 1];
+  } else if (shift < 0) {
+    if (above < logs_.size() && logs_[above] - log_s < -shift) return above_[above];
+  }
+  return index;
 }
 
 double log_scale(float s) {
@@ -67,7 +72,7 @@ double log_scale(float s) {
 namespace {
 
 // runtime.portable.mark for one element (log_s from log_scale, its critical
-// values shifted up by `shift`): listed when within the margin of one.
+// values shifted by `shift`): listed when within the margin of one.
 void mark_element(double log_s, double shift, int32_t index, uint64_t position, double margin,
                   const CriticalValues& critical, SideInfo* side) {
   if (std::isnan(log_s)) return;
@@ -177,7 +182,7 @@ uint64_t marked_list_size(const std::vector<uint64_t>& gaps) {
   return kSideHeadBytes + (best_rice_parameter(gaps).second + 7) / 8;
 }
 
-// runtime.portable._choices_size: the bytes of layout 2 before the marked list.
+// runtime.portable._choices_size: the bytes of layouts 2 and 3 before the marked list.
 uint64_t choices_size(unsigned count, uint64_t blocks) {
   if (count == 1) return 1;
   return kShiftHeadBytes + (blocks * choice_bits(count) + 7) / 8;
@@ -225,8 +230,8 @@ std::vector<uint8_t> encode_side_stream(const SideInfo& side) {
 
 std::vector<uint8_t> encode_shifted_side_stream(const SideInfo& side, uint64_t latent_size) {
   const ThresholdShifts& shifts = side.shifts;
-  if (shifts.count != 1 && shifts.count != 2 && shifts.count != 4 && shifts.count != kMaxShifts)
-    throw std::logic_error("shift count must be 1, 2, 4 or 8");
+  if (shifts.count == 0 || (shifts.count & (shifts.count - 1)) || shifts.count > max_shift_count(shifts.signed_steps))
+    throw std::logic_error("no such shift count in this side stream layout");
   const unsigned width = choice_bits(shifts.count);
   std::vector<uint8_t> out = {static_cast<uint8_t>(width)};
   if (shifts.count > 1) {
@@ -288,12 +293,14 @@ SideInfo decode_side_stream(const uint8_t* data, size_t size, uint64_t latent_si
   return side;
 }
 
-SideInfo decode_shifted_side_stream(const uint8_t* data, size_t size, uint64_t latent_size) {
+SideInfo decode_shifted_side_stream(const uint8_t* data, size_t size, uint64_t latent_size, bool signed_steps) {
   if (size == 0) refuse("is empty (its layout starts with the shift count)");
   const unsigned width = data[0];
-  if (width > choice_bits(kMaxShifts))
-    refuse("shift count 2**" + std::to_string(width) + " is over " + std::to_string(kMaxShifts));
+  const unsigned most = max_shift_count(signed_steps);
+  if (width > choice_bits(most))
+    refuse("shift count 2**" + std::to_string(width) + " is over " + std::to_string(most));
   ThresholdShifts shifts;
+  shifts.signed_steps = signed_steps;
   size_t start = 1;
   if (width) {
     if (size < kShiftHeadBytes) refuse("of " + std::to_string(size) + " bytes is shorter than its shift head");
@@ -327,27 +334,29 @@ SideInfo decode_shifted_side_stream(const uint8_t* data, size_t size, uint64_t l
 }
 
 SideInfo parse_side_stream(const uint8_t* data, size_t size, uint64_t latent_size, int layout) {
-  if (layout == kLayoutShifted) return decode_shifted_side_stream(data, size, latent_size);
+  if (layout == kLayoutShifted || layout == kLayoutSignedShifts)
+    return decode_shifted_side_stream(data, size, latent_size, layout == kLayoutSignedShifts);
   return decode_side_stream(data, size, latent_size);
 }
 
 PortableEncoding encode_portable(const float* scales, int32_t* indexes, size_t latent_size, size_t plane,
-                                 double margin, const CriticalValues& critical) {
-  const unsigned most = critical.largest_shift_count(margin);
+                                 double margin, const CriticalValues& critical, bool signed_steps) {
+  const unsigned most = critical.largest_shift_count(margin, signed_steps);
   // Per element its ln scale (NaN: not listed, not shifted) and, bit k, near_k:
-  // within the margin of a critical value shifted up by k * 2 margin.
+  // within the margin of a critical value shifted by step(k) * 2 margin.
   std::vector<double> logs(latent_size);
-  std::vector<uint8_t> near(latent_size, 0);
+  std::vector<uint16_t> near(latent_size, 0);
+  static_assert(kMaxShifts <= 16, "near_k takes one bit of a uint16_t per choice");
   // An element farther than this from every unshifted critical value is near
   // none of the shifted ones (the slack is far above float64 rounding), so
   // most elements skip the test per shift; the result is the same.
-  const double reach = static_cast<double>((most - 1) * 2) * margin + margin + 1e-9;
+  const double reach = largest_step(most, signed_steps) * 2.0 * margin + margin + 1e-9;
   for (size_t i = 0; i < latent_size; ++i) {
     logs[i] = log_scale(scales[i]);
     if (std::isnan(logs[i]) || critical.nearest_log(logs[i]).distance > reach) continue;
     for (unsigned k = 0; k < most; ++k)
-      if (critical.nearest_log(logs[i] - static_cast<double>(k) * (2.0 * margin)).distance <= margin)
-        near[i] = static_cast<uint8_t>(near[i] | (1u << k));
+      if (critical.nearest_log(logs[i] - shift_step(k, signed_steps) * (2.0 * margin)).distance <= margin)
+        near[i] = static_cast<uint16_t>(near[i] | (1u << k));
   }
   std::vector<uint64_t> gaps;
   // The size of the marked list of the elements `listed(i)` says.
@@ -363,13 +372,14 @@ PortableEncoding encode_portable(const float* scales, int32_t* indexes, size_t l
   };
 
   ThresholdShifts best;  // no shifts, the first candidate
+  best.signed_steps = signed_steps;
   uint64_t best_size = choices_size(1, 0) + list_size([&](size_t i) { return near[i] & 1u; });
   for (uint64_t block : most > 1 ? block_lengths(latent_size, plane) : std::vector<uint64_t>{}) {
     const uint64_t blocks = (latent_size + block - 1) / block;
     std::vector<uint64_t> counts(size_t{most} * blocks, 0);  // [k][block]
     for (size_t i = 0; i < latent_size; ++i)
       for (unsigned k = 0; k < most; ++k) counts[k * blocks + i / block] += (near[i] >> k) & 1u;
-    for (unsigned count : {2u, 4u, kMaxShifts}) {
+    for (unsigned count : {2u, 4u, 8u, 16u}) {
       if (count > most) break;
       std::vector<uint8_t> choices(blocks, 0);
       for (uint64_t b = 0; b < blocks; ++b)
@@ -379,7 +389,7 @@ PortableEncoding encode_portable(const float* scales, int32_t* indexes, size_t l
                             list_size([&](size_t i) { return (near[i] >> choices[i / block]) & 1u; });
       if (size < best_size) {
         best_size = size;
-        best = {count, block, std::move(choices)};
+        best = {count, block, std::move(choices), signed_steps};
       }
     }
   }
@@ -402,7 +412,7 @@ PortableEncoding encode_portable(const float* scales, int32_t* indexes, size_t l
 PortableDecoding::PortableDecoding(const uint8_t* data, size_t size, uint64_t latent_size,
                                    const CriticalValues& critical, double margin, int layout)
     : critical_(critical), margin_(margin), side_(parse_side_stream(data, size, latent_size, layout)) {
-  if (side_.shifts.count > critical.largest_shift_count(margin)) {
+  if (side_.shifts.count > critical.largest_shift_count(margin, side_.shifts.signed_steps)) {
     char text[32];
     std::snprintf(text, sizeof text, "%g", margin);
     refuse("has " + std::to_string(side_.shifts.count) + " threshold shifts: more than the margin " + text +

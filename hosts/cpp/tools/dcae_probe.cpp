@@ -8,12 +8,13 @@
 //   dcae-probe side-mark IN.npz MARGIN OUT.bin      scales, scale_table, scale_bound: the side stream
 //                                                   of layout 1 (no shifts)
 //   dcae-probe side-decode STREAM LATENT_SIZE OUT.npy   layout 1: (n, 2) int32: position, bit
-//   dcae-probe portable-encode IN.npz MARGIN INDEXES.npy SIDE.bin
+//   dcae-probe portable-encode IN.npz MARGIN INDEXES.npy SIDE.bin [LAYOUT]
 //        scales ((1, C, h, w); the plane is h * w), scale_table, scale_bound, and the unshifted
 //        indexes (build_indexes of the scales where absent): encode_portable's shifted indexes
-//        (flat int32) and side stream (layout 2); prints "K BLOCK LISTED" (BLOCK 0 when K is 1)
+//        (flat int32) and side stream (LAYOUT 3, the default, or 2); prints "K BLOCK LISTED"
+//        (BLOCK 0 when K is 1)
 //   dcae-probe side-parse LAYOUT STREAM LATENT_SIZE MARKS.npy CHOICES.npy
-//        either layout (LATENT_SIZE "-": not known, as for inspect): (n, 2) int32 position, bit;
+//        any layout (LATENT_SIZE "-": not known, as for inspect): (n, 2) int32 position, bit;
 //        the shift choices (int32); prints "K BLOCK"
 //   dcae-probe portable-decode IN.npz MARGIN LAYOUT SLICES SIDE OUT.npy
 //        scales ((1, C, h, w), the decoder's), scale_table, scale_bound: the indexes (flat int32)
@@ -124,7 +125,10 @@ int run(const std::vector<std::string>& a) {
     const std::vector<uint8_t> stream = dcae::read_file(a[1]);
     const dcae::SideInfo side = dcae::decode_side_stream(stream.data(), stream.size(), whole_number(a[2]));
     write(a[3], marks_npy(side));
-  } else if (command == "portable-encode" && a.size() == 5) {
+  } else if (command == "portable-encode" && (a.size() == 5 || a.size() == 6)) {
+    const uint64_t layout = a.size() == 6 ? whole_number(a[5]) : dcae::kLayoutSignedShifts;
+    if (layout != dcae::kLayoutShifted && layout != dcae::kLayoutSignedShifts)
+      dcae::fail(dcae::ErrorKind::bad_input, "LAYOUT must be 2 or 3");
     const Arrays in = dcae::read_npz(a[1], "input");
     const std::vector<float> scales = floats(in, "scales");
     const std::vector<size_t>& shape = get(in, "scales").shape;
@@ -139,7 +143,8 @@ int run(const std::vector<std::string>& a) {
     }
     const dcae::CriticalValues critical(table);
     const dcae::PortableEncoding encoding =
-        dcae::encode_portable(scales.data(), indexes.data(), scales.size(), plane, number(a[2]), critical);
+        dcae::encode_portable(scales.data(), indexes.data(), scales.size(), plane, number(a[2]), critical,
+                              layout == dcae::kLayoutSignedShifts);
     write(a[3], dcae::npy_bytes({indexes.size()}, indexes.data()));
     write(a[4], encoding.side);
     std::cout << encoding.shifts.count << " " << encoding.shifts.block << " " << encoding.listed << "\n";
