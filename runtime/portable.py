@@ -199,7 +199,7 @@ class Thresholds:
         smallest spacing of the critical values (ln), so that a shifted value
         never comes near the next one."""
         spacing = float(np.min(np.diff(self.log_critical))) if self.log_critical.size > 1 else np.inf
-        count = shift_steps(signed).size
+        count = most_shifts(signed)
         while count > 1 and largest_step(count, signed) * 2 * margin >= spacing / 2:
             count //= 2
         return count
@@ -417,6 +417,11 @@ def shift_steps(signed: bool) -> np.ndarray:
     return _SIGNED_STEPS if signed else _UPWARD_STEPS
 
 
+def most_shifts(signed: bool) -> int:
+    """The largest K a layout allows: 16 with signed steps, 8 with upward ones."""
+    return shift_steps(signed).size
+
+
 def largest_step(count: int, signed: bool) -> float:
     """max |step(k)| for k < count."""
     return float(np.max(np.abs(shift_steps(signed)[:count])))
@@ -476,7 +481,7 @@ def _marked_list_size(positions: np.ndarray) -> int:
 def encode_shifted_side_stream(shifts: ThresholdShifts, positions: np.ndarray, bits: np.ndarray, total: int) -> bytes:
     """Side stream layout 3 (2 where not `shifts.signed`): the shifts, then the marked list."""
     width = _choice_bits(shifts.count)
-    if shifts.count not in SHIFT_COUNTS[: (shift_steps(shifts.signed).size).bit_length()]:
+    if shifts.count not in SHIFT_COUNTS or shifts.count > most_shifts(shifts.signed):
         raise ValueError(f"no shift count {shifts.count} in layout {layout_of(shifts)}")
     head = bytes([width])
     if shifts.count > 1:
@@ -495,7 +500,7 @@ def decode_shifted_side_stream(data: bytes, total: int | None, signed: bool = Tr
     if not data:
         raise CorruptStreamError("side stream is empty (its layout starts with the shift count)")
     width = data[0]
-    most = shift_steps(signed).size
+    most = most_shifts(signed)
     if width > _choice_bits(most):
         raise CorruptStreamError(f"side stream shift count 2**{width} is over {most}")
     shifts, start = ThresholdShifts(1, signed=signed), 1
@@ -561,7 +566,8 @@ def encode_portable(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresho
     # near[k]: the positions within margin of a critical value shifted by step(k) * 2 margin, increasing
     near = [candidates[thresholds.nearest(candidate_scales, steps[k] * 2.0 * margin)[1] <= margin]
             for k in range(shift_count)]
-    best = (_choices_size(NO_SHIFTS) + _marked_list_size(near[0]), NO_SHIFTS)
+    unshifted = ThresholdShifts(1, signed=signed)
+    best = (_choices_size(unshifted) + _marked_list_size(near[0]), unshifted)
     for block in _block_lengths(total, plane) if shift_count > 1 else []:
         blocks = -(-total // block)
         counts = np.stack([np.bincount(positions // block, minlength=blocks) for positions in near])
@@ -575,7 +581,7 @@ def encode_portable(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresho
             size = _choices_size(shifts) + _marked_list_size(chosen)
             if size < best[0]:
                 best = (size, shifts)
-    shifts = best[1] if best[1].count > 1 else ThresholdShifts(1, signed=signed)
+    shifts = best[1]
     offsets = shifts.offsets(0, total, margin)
     shifted = np.array(indexes, dtype=np.int32, copy=True)
     if shifts.count > 1:

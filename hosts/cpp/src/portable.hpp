@@ -85,7 +85,8 @@ constexpr double largest_step(unsigned count, bool signed_steps) {
   double largest = 0.0;
   for (unsigned k = 0; k < count; ++k) {
     const double step = shift_step(k, signed_steps);
-    largest = step < 0 ? (-step > largest ? -step : largest) : (step > largest ? step : largest);
+    const double size = step < 0 ? -step : step;
+    if (size > largest) largest = size;
   }
   return largest;
 }
