@@ -198,8 +198,10 @@ def measure_speed(setups, images, repeats, threads, work: Path, say, rounds: int
 
             try:
                 peaks.append(measure_peaks(threads))
+                bf16 = peaks[-1].get("bf16_gflops")
                 say(f"GEMM peaks: fp32 {peaks[-1]['fp32_gflops']:.0f} GFLOP/s, int8 "
-                    f"{peaks[-1]['int8_gops']:.0f} GOP/s (onnxruntime, best of the runs)")
+                    f"{peaks[-1]['int8_gops']:.0f} GOP/s (onnxruntime)"
+                    + (f", bf16 {bf16:.0f} GFLOP/s (OpenVINO)" if bf16 else "") + ", best of the runs")
             except Exception as exc:  # noqa: BLE001 - the roofline then shows no fractions; the run goes on
                 say(f"GEMM peak measurement failed: {' '.join(str(exc).split())}")
         for setup in setups:

@@ -9,6 +9,11 @@ CPU) through both, and prints bpp (from the .dcae bytes) and PSNR of the
 decoded uint8 image against the original, per image and averaged, measured in
 one run. Every int8 stream is also decoded with its own bundle (the codec
 refuses a desync), so a row is a real round trip.
+
+`--setup BUNDLE:BACKEND` (repeatable) measures more setups beside those two,
+against the same fp32 onnxruntime baseline, e.g. `--setup
+int8:onnxruntime+openvino-bf16` for the int8 bundle with its image
+transforms in OpenVINO bf16.
 """
 from __future__ import annotations
 
@@ -45,11 +50,19 @@ def export_pair(checkpoint, work: Path, calib: str, calib_count: int, method: st
     return bundles
 
 
-def measure(bundles: dict, images: list[Path], threads: int) -> list[dict]:
+BASELINE = "fp32"  # the fp32 bundle on onnxruntime: every row's deltas are against it
+
+
+def measure(bundles: dict, images: list[Path], threads: int, setups: tuple = ()) -> list[dict]:
+    """Rows of {image, tag: {bpp, psnr, seconds}} for "fp32" and "int8" on
+    onnxruntime and each "BUNDLE:BACKEND" of `setups`."""
     from runtime.codec import Codec
     from runtime.imaging import load_image
 
     codecs = {tag: Codec(path, threads=threads) for tag, path in bundles.items()}
+    for setup in setups:
+        bundle, backend = setup.split(":", 1)
+        codecs[setup] = Codec(bundles[bundle], backend=backend, threads=threads)
     rows = []
     for image in images:
         pixels = load_image(image)
@@ -65,18 +78,40 @@ def measure(bundles: dict, images: list[Path], threads: int) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'image':<14} {'fp32 bpp':>9} {'fp32 PSNR':>10} {'int8 bpp':>9} {'int8 PSNR':>10} "
-             f"{'d bpp %':>8} {'d PSNR':>7}"]
-    for r in rows + [_mean(rows)]:
-        f, q = r["fp32"], r["int8"]
-        lines.append(f"{r['image']:<14} {f['bpp']:9.4f} {f['psnr']:10.3f} {q['bpp']:9.4f} {q['psnr']:10.3f} "
+    tags = [tag for tag in rows[0] if tag != "image"]
+    others = [tag for tag in tags if tag != BASELINE]
+    header = f"{'image':<14} {'fp32 bpp':>9} {'fp32 PSNR':>10}"
+    for tag in others:
+        header += f" | {tag}: {'bpp':>7} {'PSNR':>7} {'d bpp %':>8} {'d PSNR':>7}"
+    lines = [header]
+    for r in rows + [_mean(rows, tags)]:
+        f = r[BASELINE]
+        line = f"{r['image']:<14} {f['bpp']:9.4f} {f['psnr']:10.3f}"
+        for tag in others:
+            q = r[tag]
+            line += (f" | {'':{len(tag) + 1}} {q['bpp']:7.4f} {q['psnr']:7.3f} "
                      f"{100 * (q['bpp'] / f['bpp'] - 1):8.2f} {q['psnr'] - f['psnr']:7.3f}")
+        lines.append(line)
     return "\n".join(lines)
 
 
-def _mean(rows: list[dict]) -> dict:
+def summary(rows: list[dict]) -> str:
+    """Means over the images, a setup per row, against the fp32 onnxruntime baseline."""
+    tags = [tag for tag in rows[0] if tag != "image"]
+    mean = _mean(rows, tags)
+    base = mean[BASELINE]
+    lines = ["| setup (bundle:backend) | bpp | PSNR dB | d bpp % | d PSNR dB |", "|---|---|---|---|---|"]
+    for tag in tags:
+        q = mean[tag]
+        name = "fp32:onnxruntime (baseline)" if tag == BASELINE else tag if ":" in tag else f"{tag}:onnxruntime"
+        lines.append(f"| {name} | {q['bpp']:.4f} | {q['psnr']:.3f} | {100 * (q['bpp'] / base['bpp'] - 1):+.2f} | "
+                     f"{q['psnr'] - base['psnr']:+.3f} |")
+    return "\n".join(lines)
+
+
+def _mean(rows: list[dict], tags: list[str]) -> dict:
     return {"image": "mean", **{tag: {k: float(np.mean([r[tag][k] for r in rows])) for k in ("bpp", "psnr")}
-                                for tag in ("fp32", "int8")}}
+                                for tag in tags}}
 
 
 def main(argv=None) -> int:
@@ -91,7 +126,16 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="int8_quality_work", help="bundles and calibration cache go here")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--setup", action="append", default=[], metavar="BUNDLE:BACKEND",
+                   help="also measure BUNDLE (fp32 or int8) on BACKEND, e.g. int8:onnxruntime+openvino-bf16")
     args = p.parse_args(argv)
+    from runtime.backends import backend_names
+
+    for setup in args.setup:
+        bundle, _, backend = setup.partition(":")
+        if bundle not in ("fp32", "int8") or backend not in backend_names():
+            p.error(f"--setup {setup!r}: want BUNDLE:BACKEND with BUNDLE fp32 or int8 and BACKEND one of "
+                    f"{', '.join(backend_names())}")
     say = lambda *a: print(*a, file=sys.stderr)  # noqa: E731
     from dcae.checkpoint import DEFAULT_CHECKPOINT
 
@@ -103,8 +147,10 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     bundles = export_pair(checkpoint, work, args.calib, args.calib_count, args.method, args.threads, say)
     images = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() == ".png")[: args.count]
-    rows = measure(bundles, images, args.threads)
+    rows = measure(bundles, images, args.threads, tuple(args.setup))
     print(table(rows))
+    if args.setup:
+        print(summary(rows))
     report = json.loads((bundles["int8"] / "int8_report.json").read_text())
     from calibration.quantize import format_report
 

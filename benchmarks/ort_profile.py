@@ -1,7 +1,7 @@
-"""Where a bundle graph's time goes in onnxruntime: its profile by operator type and by node.
+"""Where a bundle graph's time goes in onnxruntime or OpenVINO: its profile by operator type and by node.
 
     python -m benchmarks.ort_profile BUNDLE [--graph g_a --graph g_s] [--size 512x768] [--threads 2]
-                                     [--runs 2] [--out FILE.md]
+                                     [--runs 2] [--backend onnxruntime|openvino|openvino-bf16] [--out FILE.md]
 
 Each graph is loaded with the runtime's own session options
 (`OnnxRuntimeBackend._session_options`: all optimisations, the shared arena,
@@ -14,6 +14,12 @@ nodes; and, for the kernels that do GEMM work (Conv, QLinearConv,
 MatMul*, ConvInteger...), their share, which with the roofline table says
 whether the time is in the GEMMs or around them (quantize / dequantize,
 layout transposes, elementwise work).
+
+With `--backend openvino` or `openvino-bf16` the graph is compiled as the
+runtime's OpenVINO backend compiles it (`openvino_compile_config`, at the
+given size) with OpenVINO's per-node counters on; "op type" is then the
+executed node's type and kernel (e.g. `Convolution brgconv_avx512_amx_I8`),
+so the table also says which nodes ran in int8, bf16 or f32.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -91,13 +98,67 @@ def profile_graph(bundle: str, graph: str, size: tuple[int, int], threads: int |
     }
 
 
+OPENVINO_GEMM_TYPES = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution")
+
+
+def profile_graph_openvino(bundle: str, graph: str, size: tuple[int, int], threads: int | None, runs: int = 2,
+                           precision: str = "f32") -> dict:
+    """As `profile_graph`, in OpenVINO's CPU plugin with its per-node performance counters."""
+    import openvino
+
+    from runtime.backends import openvino_compile_config
+    from runtime.manifest import Manifest
+
+    spec = Manifest.read(bundle).graphs[graph]
+    core = openvino.Core()
+    model = core.read_model(str(Path(bundle) / spec.file))
+    height, width = size
+    dims = {"H": height, "W": width, "h": height // 16, "w": width // 16, "zh": height // 64, "zw": width // 64}
+    rng = np.random.default_rng(0)
+    feeds = {t.name: rng.random([d if isinstance(d, int) else dims[d] for d in t.shape], dtype=np.float32)
+             for t in spec.inputs}
+    model.reshape({name: list(array.shape) for name, array in feeds.items()})
+    config = openvino_compile_config(precision, threads) | {"PERF_COUNT": True}
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    request.infer(feeds)  # warm-up
+    by_type: dict[str, dict] = defaultdict(lambda: {"us": 0.0, "nodes": set()})
+    by_node: dict[str, dict] = defaultdict(lambda: {"us": 0.0, "op": ""})
+    run_ms = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        request.infer(feeds)
+        run_ms.append((time.perf_counter() - start) * 1e3)
+        for info in request.profiling_info:
+            us = info.real_time.total_seconds() * 1e6
+            if info.status != info.Status.EXECUTED or us <= 0:
+                continue
+            op = f"{info.node_type} {info.exec_type}"
+            by_type[op]["us"] += us
+            by_type[op]["nodes"].add(info.node_name)
+            by_node[info.node_name]["us"] += us
+            by_node[info.node_name]["op"] = op
+    return {
+        "graph": graph, "precision": spec.precision, "size": list(size), "threads": threads, "runs": runs,
+        "backend": "openvino" + ("-bf16" if precision == "bf16" else ""),
+        "run_ms": float(np.median(run_ms)), "kernels_ms": sum(v["us"] for v in by_type.values()) / 1e3 / runs,
+        "by_type": sorted(({"op": op, "ms": v["us"] / 1e3 / runs, "nodes": len(v["nodes"])}
+                           for op, v in by_type.items()), key=lambda r: -r["ms"]),
+        "nodes": sorted(({"node": n, "op": v["op"], "ms": v["us"] / 1e3 / runs} for n, v in by_node.items()),
+                        key=lambda r: -r["ms"]),
+        "gemm_ms": sum(v["us"] for op, v in by_type.items() if op.split()[0] in OPENVINO_GEMM_TYPES) / 1e3 / runs,
+        "gemm_ops": sorted({op.split()[0] for op in by_type} & set(OPENVINO_GEMM_TYPES)),
+    }
+
+
 def to_markdown(results: list[dict], cpu: str) -> str:
-    lines = ["# onnxruntime profile of bundle graphs", "", f"CPU: {cpu}", ""]
+    lines = ["# Profiles of bundle graphs", "", f"CPU: {cpu}", ""]
     for r in results:
         total = r["kernels_ms"] or 1.0
-        lines += [f"## {r['graph']} ({r['precision']}), {r['size'][0]}x{r['size'][1]}, {r['threads']} threads", "",
+        gemm_ops = r.get("gemm_ops") or sorted(set(GEMM_OPS) & {t["op"] for t in r["by_type"]})
+        lines += [f"## {r['graph']} ({r['precision']}) in {r.get('backend', 'onnxruntime')}, "
+                  f"{r['size'][0]}x{r['size'][1]}, {r['threads']} threads", "",
                   f"Run: {r['run_ms']:.1f} ms (median of {r['runs']} profiled runs); kernels {r['kernels_ms']:.1f} ms "
-                  f"per run, of which GEMM kernels ({', '.join(sorted(set(GEMM_OPS) & {t['op'] for t in r['by_type']}))}"
+                  f"per run, of which GEMM kernels ({', '.join(gemm_ops)}"
                   f") {r['gemm_ms']:.1f} ms ({100 * r['gemm_ms'] / total:.0f} %).", "",
                   "| op type | ms per run | share | nodes |", "|---|---|---|---|"]
         lines += [f"| {t['op']} | {t['ms']:.1f} | {100 * t['ms'] / total:.1f} % | {t['nodes']} |" for t in r["by_type"]]
@@ -117,10 +178,20 @@ def main(argv=None) -> int:
     p.add_argument("--size", default="512x768", help="padded HxW (default 512x768, Kodak's)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "openvino", "openvino-bf16"),
+                   help="onnxruntime (default), or OpenVINO in f32 or with the image transforms in bf16")
     p.add_argument("--out", default=None, help="markdown file to write (JSON next to it)")
     args = p.parse_args(argv)
     size = tuple(int(v) for v in args.size.lower().split("x"))
-    results = [profile_graph(args.bundle, g, size, args.threads, args.runs) for g in args.graph or ["g_a", "g_s"]]
+    graphs = args.graph or ["g_a", "g_s"]
+    if args.backend == "onnxruntime":
+        results = [profile_graph(args.bundle, g, size, args.threads, args.runs) for g in graphs]
+    else:
+        from runtime.manifest import is_entropy_graph
+
+        results = [profile_graph_openvino(args.bundle, g, size, args.threads, args.runs,
+                                          "bf16" if args.backend == "openvino-bf16" and not is_entropy_graph(g)
+                                          else "f32") for g in graphs]
     text = to_markdown(results, cpu_description())
     print(text)
     if args.out:

@@ -271,6 +271,8 @@ def _roof_cell(row: dict) -> str:
 
 
 def _roofline(report: dict) -> list[str]:
+    from .roofline import PEAK_KEYS, main_row
+
     roof = report.get("roofline")
     if not roof:
         return ["Not available: no bundle records FLOPs (export_report.json from before they were counted: "
@@ -279,20 +281,20 @@ def _roofline(report: dict) -> list[str]:
     lines = []
     if peaks:
         rounds = peaks.get("rounds") or []
+        bf16 = f", **bf16 {peaks['bf16_gflops']:.0f} GFLOP/s**" if peaks.get("bf16_gflops") else ""
+        per_round = ", ".join(f"{kind.split('_')[0]} " + ", ".join(format(r[kind], ".0f") for r in rounds)
+                              for kind in PEAK_KEYS if rounds and all(kind in r for r in rounds))
         lines += [f"Machine peaks, measured by this run: **fp32 {peaks['fp32_gflops']:.0f} GFLOP/s**, "
-                  f"**int8 {peaks['int8_gops']:.0f} GOP/s** ({peaks['method']}; the highest of "
-                  f"{len(rounds) or 1} measurement(s), one per round: fp32 "
-                  f"{', '.join(format(r['fp32_gflops'], '.0f') for r in rounds)}, int8 "
-                  f"{', '.join(format(r['int8_gops'], '.0f') for r in rounds)}).", ""]
+                  f"**int8 {peaks['int8_gops']:.0f} GOP/s**{bf16} ({peaks['method']}; the highest of "
+                  f"{len(rounds) or 1} measurement(s), one per round: {per_round}).", ""]
     else:
         lines += ["Machine peaks: not measured (see the run's log).", ""]
     lines += [f"FLOPs: {roof['flops_method']} (bundle {roof['flops_from_bundle']}; padded sizes "
               f"{', '.join(f'{h}x{w}' for h, w in sorted(set(map(tuple, roof['padded_sizes']))))}). "
               "Achieved = the stage's FLOPs / its time (ms in the stage tables); % of the int8 peak for a graph "
-              "stored in int8, of the fp32 peak otherwise. Graphs that run Winograd convolutions (the fp32 "
+              "stored in int8, of the bf16 peak for an image transform (g_a, h_a, g_s) of a float bundle that "
+              "the backend runs in bf16 (openvino-bf16), of the fp32 peak otherwise. Graphs that run Winograd convolutions (the fp32 "
               "bundles' entropy graphs) or kernels faster than MLAS's SGEMM can pass 100 %.", ""]
-    from .roofline import main_row
-
     measured = [s for s in report["setups"] if s["name"] in roof["setups"]]
     stages = stage_order(roof["gflop"])
     lines += ["Per graph where it mainly runs (g_s in the decoder, the others in the encoder):", "",

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+PEAK_KEYS = ("fp32_gflops", "int8_gops", "bf16_gflops")
 GEMM_SHAPE = (4096, 1024, 1024)  # M, K, N: the size of the model's big convs' GEMMs (rows x channels)
 PEAK_METHOD = ("onnxruntime CPU, best of {runs} runs of one GEMM {m}x{k} @ {k}x{n}: float32 MatMul (MLAS SGEMM) "
                "and uint8 x int8 MatMulInteger (MLAS integer GEMM), intra-op threads {threads}")
@@ -80,10 +81,45 @@ def measure_peaks(threads: int | None, runs: int = 12, shape: tuple[int, int, in
             session.run(None, {"a": feed})
             times.append(time.perf_counter() - start)
         out[kind] = {"best": flops / min(times) / 1e9, "median": flops / float(np.median(times)) / 1e9}
-    return {"fp32_gflops": out["fp32"]["best"], "int8_gops": out["int8"]["best"],
-            "fp32_gflops_median": out["fp32"]["median"], "int8_gops_median": out["int8"]["median"],
-            "threads": threads, "shape": list(shape),
-            "method": PEAK_METHOD.format(runs=runs, m=m, k=k, n=n, threads=threads or "library default")}
+    peaks = {"fp32_gflops": out["fp32"]["best"], "int8_gops": out["int8"]["best"],
+             "fp32_gflops_median": out["fp32"]["median"], "int8_gops_median": out["int8"]["median"],
+             "threads": threads, "shape": list(shape),
+             "method": PEAK_METHOD.format(runs=runs, m=m, k=k, n=n, threads=threads or "library default")}
+    bf16 = measure_bf16_peak(threads, runs, shape)
+    if bf16:
+        peaks.update(bf16_gflops=bf16["best"], bf16_gflops_median=bf16["median"],
+                     method=peaks["method"] + BF16_PEAK_METHOD)
+    return peaks
+
+
+BF16_PEAK_METHOD = "; bf16: the float32 MatMul in OpenVINO's CPU plugin with inference precision bf16"
+
+
+def measure_bf16_peak(threads: int | None, runs: int, shape: tuple[int, int, int]) -> dict | None:
+    """{"best", "median"} GFLOP/s of the fp32 GEMM run in bf16 by OpenVINO (AMX or AVX512-BF16 kernels: what
+    the openvino-bf16 backends run g_a, h_a and g_s on), or None where OpenVINO or bf16 is missing."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    core = openvino.Core()
+    if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return None
+    from runtime.backends import openvino_compile_config
+
+    m, k, n = shape
+    compiled = core.compile_model(core.read_model(_gemm_model("fp32", m, k, n), b""), "CPU",
+                                  openvino_compile_config("bf16", threads))
+    request = compiled.create_infer_request()
+    feed = {"a": np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)}
+    request.infer(feed)  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        request.infer(feed)
+        times.append(time.perf_counter() - start)
+    flops = 2.0 * m * k * n
+    return {"best": flops / min(times) / 1e9, "median": flops / float(np.median(times)) / 1e9}
 
 
 def best_peaks(measured: list[dict]) -> dict | None:
@@ -92,7 +128,9 @@ def best_peaks(measured: list[dict]) -> dict | None:
         return None
     best = dict(max(measured, key=lambda p: p["fp32_gflops"]))
     best["int8_gops"] = max(p["int8_gops"] for p in measured)
-    best["rounds"] = [{"fp32_gflops": p["fp32_gflops"], "int8_gops": p["int8_gops"]} for p in measured]
+    if all("bf16_gflops" in p for p in measured):
+        best["bf16_gflops"] = max(p["bf16_gflops"] for p in measured)
+    best["rounds"] = [{key: p[key] for key in PEAK_KEYS if key in p} for p in measured]
     return best
 
 
@@ -137,6 +175,19 @@ def graph_precisions(setup) -> dict:
     return {name: spec.precision for name, spec in Manifest.read(setup["bundle_path"]).graphs.items()}
 
 
+def peak_kind_of(precision: str, graph: str, backend: str | None, peaks: dict | None) -> str:
+    """Which peak a graph's speed is measured against: "int8" for a graph stored in int8, "bf16" for an
+    image transform that the backend runs in bf16 (where the bf16 peak was measured), "fp32" otherwise."""
+    from runtime.backends import BF16_TRANSFORM_BACKENDS
+    from runtime.manifest import is_entropy_graph
+
+    if precision == "int8":
+        return "int8"
+    if backend in BF16_TRANSFORM_BACKENDS and not is_entropy_graph(graph) and (peaks or {}).get("bf16_gflops"):
+        return "bf16"
+    return "fp32"
+
+
 def roofline(setups: list[dict], bundles: list, images, peaks: dict | None) -> dict | None:
     """The report's "roofline": FLOPs per stage at these images' sizes, and per setup, direction (encode /
     decode) and stage the achieved GFLOP/s and its fraction of the peak that applies. None when no bundle
@@ -166,9 +217,9 @@ def roofline(setups: list[dict], bundles: list, images, peaks: dict | None) -> d
                 if not ms:
                     continue
                 precision = precisions.get(name, "fp32")
-                peak_kind = "int8" if precision == "int8" else "fp32"
+                peak_kind = peak_kind_of(precision, name, s.get("backend"), peaks)
                 achieved = g / (ms / 1e3)
-                peak = (peaks or {}).get("int8_gops" if peak_kind == "int8" else "fp32_gflops")
+                peak = (peaks or {}).get(PEAK_KEYS[("fp32", "int8", "bf16").index(peak_kind)])
                 rows.setdefault(direction, {})[name] = {
                     "gflop": g, "ms": ms, "gflops": achieved, "precision": precision, "peak": peak_kind,
                     "fraction_of_peak": achieved / peak if peak else None}

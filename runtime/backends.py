@@ -416,6 +416,44 @@ def _openvino_bf16_backend(threads: int | None = None) -> Backend:
     return OpenVinoBackend(threads=threads, precision="bf16")
 
 
+# ---- the entropy graphs on one backend, the image transforms on another ----------
+
+class SplitBackend(Backend):
+    """The entropy graphs (h_s, slice_*) on one backend, the image transforms
+    (g_a, h_a, g_s) on another.
+
+    Only the entropy graphs decide what a decoder must reproduce (scale
+    indexes, roundings); the transforms change the latents and the pixels as
+    any float rounding does, and the symbols written are whatever they give.
+    So a split setup's files, its numeric class and its scale error bound are
+    the entropy backend's: an encoder whose g_a runs in OpenVINO bf16 writes
+    files that every onnxruntime decoder reads, exact ones included.
+    """
+
+    def __init__(self, name: str, entropy: Backend, transforms: Backend):
+        super().__init__()
+        self.name = name
+        self.entropy, self.transforms = entropy, transforms
+        # One list: every session appends to it, whichever backend made it.
+        entropy.timings = transforms.timings = self.timings
+        self.numeric_class = entropy.numeric_class
+        self.sigma_error_bound = entropy.sigma_error_bound
+        self.threads = getattr(entropy, "threads", None)
+
+    def bundle_warning(self, manifest) -> str | None:
+        return self.transforms.bundle_warning(manifest) or self.entropy.bundle_warning(manifest)
+
+    def load(self, graph: GraphSpec, path: str | Path) -> GraphSession:
+        from .manifest import is_entropy_graph
+
+        return (self.entropy if is_entropy_graph(graph.name) else self.transforms).load(graph, path)
+
+
+def _onnxruntime_openvino_bf16_backend(threads: int | None = None) -> Backend:
+    return SplitBackend("onnxruntime+openvino-bf16", OnnxRuntimeBackend(threads=threads),
+                        OpenVinoBackend(threads=threads, precision="bf16"))
+
+
 # ---- TensorRT (runtime/tensorrt_backend.py) ---------------------------------------
 
 def _tensorrt_backend(threads: int | None = None) -> Backend:
@@ -442,7 +480,13 @@ _REGISTRY: dict[str, Callable[..., Backend]] = {
     "tensorrt": _tensorrt_backend,
     "openvino": OpenVinoBackend,
     "openvino-bf16": _openvino_bf16_backend,
+    "onnxruntime+openvino-bf16": _onnxruntime_openvino_bf16_backend,
 }
+
+
+# Backends that run the image transforms (g_a, h_a, g_s) of a float bundle in
+# bf16: the bench measures their speed against the bf16 peak.
+BF16_TRANSFORM_BACKENDS = frozenset({"openvino-bf16", "onnxruntime+openvino-bf16"})
 
 
 def register_backend(name: str, factory: Callable[..., Backend]) -> None:

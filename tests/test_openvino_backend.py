@@ -79,3 +79,33 @@ def test_refusals(monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
     with pytest.raises(BackendUnavailableError, match="pip install"):
         get_backend("openvino")
+
+
+def test_split_backend_runs_the_transforms_in_openvino_and_writes_onnxruntime_files(tiny_bundle, kodak_crop):
+    """onnxruntime+openvino-bf16: g_a, h_a and g_s in OpenVINO bf16, the
+    entropy graphs in onnxruntime. Its files are onnxruntime's: same numeric
+    class, so a plain onnxruntime decoder reads even its exact (margin-less)
+    files, symbol for symbol."""
+    import openvino
+
+    if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(BackendUnavailableError, match="bf16"):
+            get_backend("onnxruntime+openvino-bf16")
+        return
+    split = Codec(tiny_bundle, backend="onnxruntime+openvino-bf16", threads=2)
+    onnxruntime = Codec(tiny_bundle, backend="onnxruntime", threads=2)
+    assert split.backend.numeric_class == onnxruntime.backend.numeric_class
+    assert split.backend.sigma_error_bound == onnxruntime.backend.sigma_error_bound
+    split.load_graphs()
+    kinds = {name: type(session).__name__ for name, session in split._sessions.items()}
+    assert {kinds[name] for name in ("g_a", "h_a", "g_s")} == {"OpenVinoSession"}
+    assert {kind for name, kind in kinds.items() if name not in ("g_a", "h_a", "g_s")} == {"OrtSession"}
+    pixels = kodak_crop("kodim07", 128, 128, top=100, left=100)
+    exact = split.encode(pixels, margin=None)
+    assert not unpack(exact.data).header.portable
+    assert not np.array_equal(exact.symbols, onnxruntime.encode(pixels, margin=None).symbols)  # g_a ran in bf16
+    decoded = onnxruntime.decode(exact.data)
+    assert np.array_equal(decoded.y_hat, exact.y_hat)
+    # Timings of both backends' sessions land in the codec's one list.
+    stages = {name for name, _ in split.backend.timings}
+    assert {"g_a", "h_s"} <= stages

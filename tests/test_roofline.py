@@ -67,6 +67,21 @@ def test_gemm_peaks_are_measured_in_onnxruntime():
     assert best_peaks([]) is None
 
 
+def test_bf16_peak_is_measured_in_openvino_where_the_cpu_has_bf16():
+    import openvino
+
+    from benchmarks.roofline import best_peaks, measure_bf16_peak, measure_peaks
+
+    has_bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    bf16 = measure_bf16_peak(1, 2, (128, 128, 128))
+    assert (bf16 is not None) == has_bf16
+    peaks = measure_peaks(1, runs=2, shape=(128, 128, 128))
+    assert ("bf16_gflops" in peaks) == has_bf16 and ("bf16" in peaks["method"]) == has_bf16
+    if has_bf16:
+        assert bf16["best"] >= bf16["median"] > 0
+        assert best_peaks([peaks, peaks])["bf16_gflops"] == peaks["bf16_gflops"]
+
+
 def test_roofline_rows_and_report_tables(tiny_bundle, kodak_crop, tmp_path):
     from PIL import Image
 
@@ -96,6 +111,22 @@ def test_roofline_rows_and_report_tables(tiny_bundle, kodak_crop, tmp_path):
     h_s = {d: roof["setups"]["torch"][d]["h_s"]["gflops"] for d in ("encode", "decode")}
     assert h_s["encode"] == pytest.approx(2 * h_s["decode"])  # each direction's own time
 
+    # An image transform that the backend runs in bf16 is measured against the bf16 peak, where there is
+    # one; its entropy graphs against the fp32 peak.
+    bf16_setup = {"name": "openvino-bf16:bundle", "backend": "openvino-bf16", "bundle": "bundle",
+                  "bundle_path": str(tiny_bundle), "speed": speed}
+    rows = roofline([bf16_setup], bundles, [image], {**peaks, "bf16_gflops": 200.0})["setups"][bf16_setup["name"]]
+    assert rows["encode"]["g_a"]["peak"] == "bf16" and rows["decode"]["g_s"]["peak"] == "bf16"
+    assert rows["encode"]["g_a"]["fraction_of_peak"] == pytest.approx(row["gflops"] / 200.0)
+    assert rows["encode"]["h_s"]["peak"] == "fp32"
+    no_bf16_peak = roofline([bf16_setup], bundles, [image], peaks)["setups"][bf16_setup["name"]]
+    assert no_bf16_peak["encode"]["g_a"]["peak"] == "fp32"
+    bf16_peaks = {**peaks, "bf16_gflops": 200.0, "rounds": [{**peaks["rounds"][0], "bf16_gflops": 200.0}]}
+    bf16_report = {"setups": [{**bf16_setup, "available": True}],
+                   "roofline": roofline([bf16_setup], bundles, [image], bf16_peaks)}
+    bf16_text = "\n".join(_roofline(bf16_report))
+    assert "**bf16 200 GFLOP/s**" in bf16_text and "bf16 200)" in bf16_text and "% bf16" in bf16_text
+
     report = {"setups": [{**s, "available": True} for s in setups], "roofline": roof}
     table = "\n".join(_stage_table(report, "encode"))
     assert "| stage | GFLOP |" in table and "GFLOP/s" in table and "% fp32" in table
@@ -103,3 +134,19 @@ def test_roofline_rows_and_report_tables(tiny_bundle, kodak_crop, tmp_path):
     assert "fp32 100 GFLOP/s" in text and "| g_a |" in text
     assert f"| g_s | {roof['gflop']['g_s']:.2f} | 20.0 ms, " in text  # g_s where it runs: the decoder
     assert "Not available" in "\n".join(_roofline({"setups": [], "roofline": None}))
+
+
+def test_openvino_profile_names_each_kernel_and_its_gemm_share(tiny_bundle):
+    """The OpenVINO profile of g_a: per executed node its type and kernel,
+    the GEMM nodes among them, and per-node times that account for the run."""
+    from benchmarks.ort_profile import OPENVINO_GEMM_TYPES, profile_graph_openvino, to_markdown
+
+    result = profile_graph_openvino(str(tiny_bundle), "g_a", (128, 192), threads=1, runs=2)
+    assert result["backend"] == "openvino" and result["graph"] == "g_a"
+    assert all(len(t["op"].split()) == 2 for t in result["by_type"])  # "<node type> <kernel>"
+    assert {"Convolution", "FullyConnected"} & set(result["gemm_ops"])  # g_a's convs and Linears
+    assert set(result["gemm_ops"]) <= set(OPENVINO_GEMM_TYPES)
+    assert 0 < result["gemm_ms"] < result["kernels_ms"]
+    assert sum(t["ms"] for t in result["by_type"]) == pytest.approx(result["kernels_ms"])
+    assert result["kernels_ms"] > 0.3 * result["run_ms"]
+    assert "in openvino, 128x192, 1 threads" in to_markdown([result], "cpu")
