@@ -38,7 +38,7 @@ from .flops import graph_flops
 from .fp16 import convert_to_fp16
 from .graphs import GraphDefinition, graph_definitions
 from .reference_io import reference_graph_io
-from .rewrites import ENTROPY_REWRITES, export_rewrites
+from .rewrites import ENTROPY_REWRITES, export_rewrites, quality_rewrites
 
 FP32_TOLERANCE = 1e-4  # max |ort - torch| / max |torch|
 DEFAULT_OPSET = 17
@@ -82,25 +82,27 @@ def _check_images(image=None) -> list[np.ndarray]:
     return [pixels[:h, :w] for h, w in CHECK_SIZES]
 
 
-def _traced_form(defn: GraphDefinition, precision: str, winograd: bool = True):
+def _traced_form(defn: GraphDefinition, precision: str, winograd: bool = True,
+                 transforms_for: str = "onnxruntime"):
     """The rewrites a graph is traced with (exporter.rewrites): the rate /
-    quality graphs always; the entropy graphs only their fp32-only Winograd
-    convs, when they stay fp32 (and `winograd`)."""
+    quality graphs always, those for the runtime `transforms_for`; the entropy
+    graphs only their fp32-only Winograd convs, when they stay fp32 (and
+    `winograd`)."""
     if not is_entropy_graph(defn.name):
-        return export_rewrites(defn.module)
+        return export_rewrites(defn.module, quality_rewrites(transforms_for))
     if precision == "fp32" and winograd:
         return export_rewrites(defn.module, ENTROPY_REWRITES)
     return contextlib.nullcontext()
 
 
 def _onnx_export(defn: GraphDefinition, inputs: dict[str, np.ndarray], path: Path, opset: int,
-                 precision: str, winograd: bool = True) -> None:
+                 precision: str, winograd: bool = True, transforms_for: str = "onnxruntime") -> None:
     args = tuple(torch.from_numpy(inputs[name]) for name in defn.inputs)
     dynamic = {}
     for name in defn.inputs + defn.outputs:
         shape = defn.shapes[name]
         dynamic[name] = {axis: str(dim) for axis, dim in enumerate(shape) if isinstance(dim, str)}
-    with torch.no_grad(), _traced_form(defn, precision, winograd):
+    with torch.no_grad(), _traced_form(defn, precision, winograd, transforms_for):
         torch.onnx.export(
             defn.module, args, str(path), input_names=defn.inputs, output_names=defn.outputs,
             dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False,
@@ -190,7 +192,8 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
                   opset: int = DEFAULT_OPSET, source_checkpoint: str | Path | None = None,
                   preset: str | None = None, check_image=None, threads: int | None = None,
                   progress=print, quantize=None, winograd: bool = True, measure_margin: bool = True,
-                  margin_images: list[np.ndarray] | None = None) -> tuple[Manifest, list[GraphReport]]:
+                  margin_images: list[np.ndarray] | None = None,
+                  transforms_for: str = "onnxruntime") -> tuple[Manifest, list[GraphReport]]:
     """Write a bundle to `out_dir` (created; must not exist or be empty).
 
     `quantize(name, fp32_path, out_path)` is called for graphs whose policy is
@@ -201,8 +204,12 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
     wide convs plain (exporter.winograd). With `measure_margin` (and fp32
     entropy graphs), how far the model's scales differ between the setups that
     run here is measured on `margin_images` (default: the check image) and
-    recorded with the default portable margin it gives (exporter.portable_margin)."""
+    recorded with the default portable margin it gives (exporter.portable_margin).
+    `transforms_for` ("onnxruntime" or "openvino") picks the image transforms'
+    graph form for that runtime (`exporter.rewrites.quality_rewrites`); any
+    backend runs either, the entropy graphs are the same in both."""
     out_dir = Path(out_dir)
+    quality_rewrites(transforms_for)  # an unknown target fails here, before any work
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"output directory {out_dir} exists and is not empty")
     model = model.eval()
@@ -224,7 +231,7 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
             t0 = time.perf_counter()
             fp32_path = staging / f"{defn.name}.fp32.onnx"
             _onnx_export(defn, cases_by_size[0][defn.name]["inputs"], fp32_path, opset, report.precision,
-                         winograd)
+                         winograd, transforms_for)
             check_onnx_graph(fp32_path)
             cases = [c[defn.name] for c in cases_by_size]
             compare_with_torch(defn, fp32_path, cases, threads, report)
@@ -284,6 +291,7 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
             manifest.write(staging)
         (staging / "export_report.json").write_text(json.dumps(
             {"peak_rss_mb": peak_rss_mb(), "check_sizes": CHECK_SIZES, "winograd": winograd,
+             "transforms_for": transforms_for,
              "graphs": [r.__dict__ for r in reports],
              # per graph, for dcae-bench's roofline (exporter.flops)
              "flops": graph_flops(definitions, cases_by_size)}, indent=1))

@@ -75,7 +75,7 @@ from torch import Tensor, nn
 
 from dcae.layers import WMSA, ConvolutionalGLU, shifted_window_mask
 
-from . import winograd
+from . import TRANSFORM_TARGETS, winograd
 
 # Window attention whose heads have few channels runs on 1/ATTENTION_CHUNKS of
 # the windows at a time (see _pixel_major_wmsa_forward): its scores take
@@ -208,6 +208,20 @@ QUALITY_REWRITES = (
 ENTROPY_REWRITES = (
     (nn.Conv2d, winograd.winograd_conv_forward, winograd.constants, winograd.applies),
 )
+
+def quality_rewrites(target: str = "onnxruntime") -> tuple:
+    """The image transforms' rewrites for the runtime that will run them.
+
+    OpenVINO does not fold a Transpose into the MatMul after it: every per-head
+    view of the pixel-major window attention runs as a copy (a third of g_a's
+    time in OpenVINO bf16, official model at 768x512). For it the attention
+    stays upstream's head-major form (one Transpose of q, k, v together); the
+    other rewrites suit both runtimes. The arithmetic is the same either way."""
+    if target not in TRANSFORM_TARGETS:
+        raise ValueError(f"transforms target must be one of {TRANSFORM_TARGETS}, got {target!r}")
+    if target == "openvino":
+        return tuple(rewrite for rewrite in QUALITY_REWRITES if rewrite[0] is not WMSA)
+    return QUALITY_REWRITES
 
 
 @contextlib.contextmanager

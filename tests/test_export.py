@@ -404,7 +404,7 @@ def test_cli_refusals_are_one_line(tmp_path):
 def test_cli_help_explains_options():
     result = _cli("--help")
     assert result.returncode == 0
-    for option in ("--precision", "--entropy-precision", "--opset", "--calib", "--tensorrt"):
+    for option in ("--precision", "--entropy-precision", "--transforms-for", "--opset", "--calib", "--tensorrt"):
         assert option in result.stdout
 
 
@@ -422,3 +422,49 @@ def test_official_configuration_exports_end_to_end(golden_bundle):
     assert sum(r.file_bytes for r in reports) > 450e6
     report = json.loads((path / "export_report.json").read_text())
     assert report["peak_rss_mb"] > 0
+
+
+def _transposes(path) -> list[tuple]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [tuple(next(a.ints for a in n.attribute if a.name == "perm")) for n in graph.node
+            if n.op_type == "Transpose"]
+
+
+def test_openvino_transforms_form_keeps_head_major_attention_and_the_same_entropy_graphs(
+        tiny_model, tiny_bundle, kodak_crop, tmp_path):
+    """--transforms-for openvino: g_a / g_s with upstream's head-major window
+    attention (OpenVINO runs each per-head view of the pixel-major form as a
+    copy), the same y in OpenVINO as the onnxruntime form's, byte-identical
+    entropy graphs, and so files that the onnxruntime form's bundle decodes."""
+    from runtime.codec import Codec
+
+    path = tmp_path / "openvino_form"
+    export_bundle(tiny_model, path, progress=lambda *a, **k: None, preset="tiny", threads=1,
+                  measure_margin=False, transforms_for="openvino")
+    assert json.loads((path / "export_report.json").read_text())["transforms_for"] == "openvino"
+    assert json.loads((tiny_bundle / "export_report.json").read_text())["transforms_for"] == "onnxruntime"
+    ov_form, ort_form = Manifest.read(path), Manifest.read(tiny_bundle)
+    assert ov_form.entropy_fingerprint == ort_form.entropy_fingerprint
+    for name, spec in ort_form.graphs.items():
+        assert (ov_form.graphs[name].sha256 == spec.sha256) == is_entropy_graph(name), name
+    # k's pixel-major per-head view (pixels moved last) is the rewrite's; the
+    # head-major form has upstream's q/k/v split (activation Gathers) instead.
+    assert (1, 2, 3, 0) in _transposes(tiny_bundle / "g_a.onnx")
+    assert (1, 2, 3, 0) not in _transposes(path / "g_a.onnx")
+    assert _window_attention_gathers(path / "g_a.onnx") > 0
+    from runtime.backends import OpenVinoBackend
+
+    pixels = kodak_crop("kodim05", 128, 192, top=40, left=200)  # a padded size: g_a takes it as is
+    x = {"x": pixels.transpose(2, 0, 1)[None].astype(np.float32) / 255}
+    openvino = OpenVinoBackend(threads=1)
+    y_ov_form, y_ort_form = (openvino.load(m.graphs["g_a"], p / "g_a.onnx").run(x)["y"]
+                             for m, p in ((ov_form, path), (ort_form, tiny_bundle)))
+    assert np.abs(y_ov_form - y_ort_form).max() <= 1e-4 * np.abs(y_ort_form).max()
+    encoded = Codec(path, backend="openvino", threads=1).encode(pixels)
+    decoded = Codec(tiny_bundle, backend="onnxruntime", threads=1).decode(encoded.data)
+    assert np.array_equal(decoded.symbols, encoded.symbols.reshape(-1))
+    with pytest.raises(ValueError, match="transforms target"):
+        export_bundle(tiny_model, tmp_path / "bad", progress=lambda *a, **k: None, transforms_for="tensorrt")
+    assert not (tmp_path / "bad").exists()
