@@ -39,14 +39,15 @@ GEMM_OPS = ("Conv", "QLinearConv", "ConvInteger", "MatMul", "MatMulInteger", "Ma
             "DynamicQuantizeMatMul")
 
 
-def _feeds(session, size: tuple[int, int], rng) -> dict:
+def _shape_at(shape, size: tuple[int, int]) -> list[int]:
+    """A graph input's shape with its named dimensions (H, W, h, w, zh, zw) at padded image size `size`."""
     height, width = size
     dims = {"H": height, "W": width, "h": height // 16, "w": width // 16, "zh": height // 64, "zw": width // 64}
-    feeds = {}
-    for inp in session.get_inputs():
-        shape = [d if isinstance(d, int) else dims[d] for d in inp.shape]
-        feeds[inp.name] = rng.random(shape, dtype=np.float32)
-    return feeds
+    return [d if isinstance(d, int) else dims[d] for d in shape]
+
+
+def _feeds(session, size: tuple[int, int], rng) -> dict:
+    return {inp.name: rng.random(_shape_at(inp.shape, size), dtype=np.float32) for inp in session.get_inputs()}
 
 
 def profile_graph(bundle: str, graph: str, size: tuple[int, int], threads: int | None, runs: int = 2) -> dict:
@@ -112,11 +113,8 @@ def profile_graph_openvino(bundle: str, graph: str, size: tuple[int, int], threa
     spec = Manifest.read(bundle).graphs[graph]
     core = openvino.Core()
     model = core.read_model(str(Path(bundle) / spec.file))
-    height, width = size
-    dims = {"H": height, "W": width, "h": height // 16, "w": width // 16, "zh": height // 64, "zw": width // 64}
     rng = np.random.default_rng(0)
-    feeds = {t.name: rng.random([d if isinstance(d, int) else dims[d] for d in t.shape], dtype=np.float32)
-             for t in spec.inputs}
+    feeds = {t.name: rng.random(_shape_at(t.shape, size), dtype=np.float32) for t in spec.inputs}
     model.reshape({name: list(array.shape) for name, array in feeds.items()})
     config = openvino_compile_config(precision, threads) | {"PERF_COUNT": True}
     request = core.compile_model(model, "CPU", config).create_infer_request()
