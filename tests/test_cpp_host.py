@@ -1051,15 +1051,22 @@ def interop_images(kodak_crop, tmp_path_factory) -> dict:
 
 
 # The model's margin, and a wider one with which more elements lie near the
-# index boundaries (K = 16 on these crops as well).
+# index boundaries. The model's margin is measured at export on this machine's
+# kernels, so which K the encoder picks with it differs between CPUs (16 on an
+# AMD EPYC, 8 on an Intel Xeon with AMX for the host's files); the wider
+# margin is the same everywhere and gives K = 16 on these crops on both.
 INTEROP_MARGINS = ["model", 1e-3]
+
+
+def _k16_expected(margin) -> bool:
+    return margin != "model"
 
 
 @pytest.mark.parametrize("margin", INTEROP_MARGINS)
 def test_python_runtime_files_decode_in_the_host_to_the_same_symbols(host, tiny_bundle, interop_images, tmp_path,
                                                                      margin):
     """Portable files written by the Python runtime on onnxruntime (layout 3,
-    signed threshold shifts, K = 16 among them) decode in dcae-host (OpenVINO)
+    signed threshold shifts, K = 16 among them at the wider margin) decode in dcae-host (OpenVINO)
     to the encoder's symbols exactly, and to an image within one level of the
     Python decoder's."""
     from runtime.portable import decode_shifted_side_stream
@@ -1076,7 +1083,7 @@ def test_python_runtime_files_decode_in_the_host_to_the_same_symbols(host, tiny_
         counts.append(decode_shifted_side_stream(encoded[name].side, encoded[name].symbols.size).shifts.count)
         (coded / f"{name}.dcae").write_bytes(encoded[name].data)
     assert sum(len(e.side) > 1 for e in encoded.values()) >= 2  # threshold shifts or listed elements
-    assert 16 in counts, counts
+    assert 16 in counts or not _k16_expected(margin), counts
     done = run(host, "decompress", "-b", tiny_bundle, coded, "-o", tmp_path / "decoded", "--save-latents",
                tmp_path / "latents", "--threads", 2)
     assert done.returncode == 0, done.stderr
@@ -1092,7 +1099,7 @@ def test_python_runtime_files_decode_in_the_host_to_the_same_symbols(host, tiny_
 def test_host_files_decode_in_the_python_runtime_and_the_reference(host, tiny_bundle, tiny_model, interop_images,
                                                                    tmp_path, margin):
     """dcae-host's portable files (layout 3, signed threshold shifts, K = 16
-    among them) decode in the Python runtime (onnxruntime) and in the
+    among them at the wider margin) decode in the Python runtime (onnxruntime) and in the
     PyTorch reference to the host encoder's symbols, and to images within
     one level of the host's own decode."""
     from dcae.coding import decode_dcae
@@ -1102,7 +1109,8 @@ def test_host_files_decode_in_the_python_runtime_and_the_reference(host, tiny_bu
                "--save-latents", tmp_path / "latents", "--json", "--threads", 2, *margin_option)
     assert done.returncode == 0, done.stderr
     counts = [json.loads(line)["threshold_shifts"] for line in done.stdout.splitlines()]
-    assert sum(count > 1 for count in counts) >= 2 and 16 in counts, counts
+    assert sum(count > 1 for count in counts) >= 2, counts
+    assert 16 in counts or not _k16_expected(margin), counts
     done = run(host, "decompress", "-b", tiny_bundle, tmp_path / "coded", "-o", tmp_path / "decoded", "--threads", 2)
     assert done.returncode == 0, done.stderr
     codec = Codec(tiny_bundle, backend="onnxruntime", threads=2)
