@@ -75,27 +75,30 @@ def profile_graph(bundle: str, graph: str, size: tuple[int, int], threads: int |
         events = json.loads(Path(session.end_profiling()).read_text())
     model_runs = [e for e in events if e.get("name") == "model_run"]
     start = model_runs[1]["ts"] if len(model_runs) > 1 else 0  # skip the warm-up run
+    kernels = [(e["name"][: -len("_kernel_time")], e["args"].get("op_name", "?"), e["dur"]) for e in events
+               if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start]
+    run_ms = [e["dur"] / 1e3 for e in model_runs[1:]] or [e["dur"] / 1e3 for e in model_runs]
+    return {"graph": graph, "precision": spec.precision, "size": list(size), "threads": threads, "runs": runs,
+            **_summarise(kernels, runs, run_ms, lambda op: op in GEMM_OPS)}
+
+
+def _summarise(kernels: list[tuple[str, str, float]], runs: int, run_ms: list[float], is_gemm) -> dict:
+    """A profile's times from its (node, op type, microseconds) entries over `runs` runs: per op type and
+    per node (slowest first), in all and in the GEMM op types (`is_gemm(op)`), in ms per run."""
     by_type: dict[str, dict] = defaultdict(lambda: {"us": 0.0, "nodes": set()})
     by_node: dict[str, dict] = defaultdict(lambda: {"us": 0.0, "op": ""})
-    for e in events:
-        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["ts"] < start:
-            continue
-        op = e["args"].get("op_name", "?")
-        node = e["name"][: -len("_kernel_time")]
-        by_type[op]["us"] += e["dur"]
+    for node, op, us in kernels:
+        by_type[op]["us"] += us
         by_type[op]["nodes"].add(node)
-        by_node[node]["us"] += e["dur"]
+        by_node[node]["us"] += us
         by_node[node]["op"] = op
-    run_ms = [e["dur"] / 1e3 for e in model_runs[1:]] or [e["dur"] / 1e3 for e in model_runs]
-    kernels_ms = sum(v["us"] for v in by_type.values()) / 1e3 / runs
     return {
-        "graph": graph, "precision": spec.precision, "size": list(size), "threads": threads, "runs": runs,
-        "run_ms": float(np.median(run_ms)), "kernels_ms": kernels_ms,
+        "run_ms": float(np.median(run_ms)), "kernels_ms": sum(v["us"] for v in by_type.values()) / 1e3 / runs,
         "by_type": sorted(({"op": op, "ms": v["us"] / 1e3 / runs, "nodes": len(v["nodes"])}
                            for op, v in by_type.items()), key=lambda r: -r["ms"]),
         "nodes": sorted(({"node": n, "op": v["op"], "ms": v["us"] / 1e3 / runs} for n, v in by_node.items()),
                         key=lambda r: -r["ms"]),
-        "gemm_ms": sum(v["us"] for op, v in by_type.items() if op in GEMM_OPS) / 1e3 / runs,
+        "gemm_ms": sum(v["us"] for op, v in by_type.items() if is_gemm(op)) / 1e3 / runs,
     }
 
 
@@ -103,49 +106,33 @@ OPENVINO_GEMM_TYPES = ("Convolution", "GroupConvolution", "FullyConnected", "Mat
 
 
 def profile_graph_openvino(bundle: str, graph: str, size: tuple[int, int], threads: int | None, runs: int = 2,
-                           precision: str = "f32") -> dict:
-    """As `profile_graph`, in OpenVINO's CPU plugin with its per-node performance counters."""
-    import openvino
-
-    from runtime.backends import openvino_compile_config
+                           backend: str = "openvino") -> dict:
+    """As `profile_graph`, in OpenVINO's CPU plugin (`backend` "openvino" or "openvino-bf16", each graph in
+    the precision that backend runs it in) with its per-node performance counters."""
+    from runtime.backends import get_backend, openvino_compile_config
     from runtime.manifest import Manifest
 
     spec = Manifest.read(bundle).graphs[graph]
-    core = openvino.Core()
-    model = core.read_model(str(Path(bundle) / spec.file))
+    openvino = get_backend(backend, threads)
+    model = openvino._core.read_model(str(Path(bundle) / spec.file))
     rng = np.random.default_rng(0)
     feeds = {t.name: rng.random(_shape_at(t.shape, size), dtype=np.float32) for t in spec.inputs}
     model.reshape({name: list(array.shape) for name, array in feeds.items()})
-    config = openvino_compile_config(precision, threads) | {"PERF_COUNT": True}
-    request = core.compile_model(model, "CPU", config).create_infer_request()
+    config = openvino_compile_config(openvino.graph_precision(spec), threads) | {"PERF_COUNT": True}
+    request = openvino._core.compile_model(model, "CPU", config).create_infer_request()
     request.infer(feeds)  # warm-up
-    by_type: dict[str, dict] = defaultdict(lambda: {"us": 0.0, "nodes": set()})
-    by_node: dict[str, dict] = defaultdict(lambda: {"us": 0.0, "op": ""})
-    run_ms = []
+    kernels, run_ms = [], []
     for _ in range(runs):
         start = time.perf_counter()
         request.infer(feeds)
         run_ms.append((time.perf_counter() - start) * 1e3)
-        for info in request.profiling_info:
-            us = info.real_time.total_seconds() * 1e6
-            if info.status != info.Status.EXECUTED or us <= 0:
-                continue
-            op = f"{info.node_type} {info.exec_type}"
-            by_type[op]["us"] += us
-            by_type[op]["nodes"].add(info.node_name)
-            by_node[info.node_name]["us"] += us
-            by_node[info.node_name]["op"] = op
-    return {
-        "graph": graph, "precision": spec.precision, "size": list(size), "threads": threads, "runs": runs,
-        "backend": "openvino" + ("-bf16" if precision == "bf16" else ""),
-        "run_ms": float(np.median(run_ms)), "kernels_ms": sum(v["us"] for v in by_type.values()) / 1e3 / runs,
-        "by_type": sorted(({"op": op, "ms": v["us"] / 1e3 / runs, "nodes": len(v["nodes"])}
-                           for op, v in by_type.items()), key=lambda r: -r["ms"]),
-        "nodes": sorted(({"node": n, "op": v["op"], "ms": v["us"] / 1e3 / runs} for n, v in by_node.items()),
-                        key=lambda r: -r["ms"]),
-        "gemm_ms": sum(v["us"] for op, v in by_type.items() if op.split()[0] in OPENVINO_GEMM_TYPES) / 1e3 / runs,
-        "gemm_ops": sorted({op.split()[0] for op in by_type} & set(OPENVINO_GEMM_TYPES)),
-    }
+        kernels += [(info.node_name, f"{info.node_type} {info.exec_type}", info.real_time.total_seconds() * 1e6)
+                    for info in request.profiling_info
+                    if info.status == info.Status.EXECUTED and info.real_time.total_seconds() > 0]
+    summary = _summarise(kernels, runs, run_ms, lambda op: op.split()[0] in OPENVINO_GEMM_TYPES)
+    return {"graph": graph, "precision": spec.precision, "size": list(size), "threads": threads, "runs": runs,
+            "backend": backend, **summary,
+            "gemm_ops": sorted({t["op"].split()[0] for t in summary["by_type"]} & set(OPENVINO_GEMM_TYPES))}
 
 
 def to_markdown(results: list[dict], cpu: str) -> str:
@@ -185,11 +172,8 @@ def main(argv=None) -> int:
     if args.backend == "onnxruntime":
         results = [profile_graph(args.bundle, g, size, args.threads, args.runs) for g in graphs]
     else:
-        from runtime.manifest import is_entropy_graph
-
-        results = [profile_graph_openvino(args.bundle, g, size, args.threads, args.runs,
-                                          "bf16" if args.backend == "openvino-bf16" and not is_entropy_graph(g)
-                                          else "f32") for g in graphs]
+        results = [profile_graph_openvino(args.bundle, g, size, args.threads, args.runs, args.backend)
+                   for g in graphs]
     text = to_markdown(results, cpu_description())
     print(text)
     if args.out:

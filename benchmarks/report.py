@@ -293,8 +293,9 @@ def _roofline(report: dict) -> list[str]:
               f"{', '.join(f'{h}x{w}' for h, w in sorted(set(map(tuple, roof['padded_sizes']))))}). "
               "Achieved = the stage's FLOPs / its time (ms in the stage tables); % of the int8 peak for a graph "
               "stored in int8, of the bf16 peak for an image transform (g_a, h_a, g_s) of a float bundle that "
-              "the backend runs in bf16 (openvino-bf16), of the fp32 peak otherwise. Graphs that run Winograd convolutions (the fp32 "
-              "bundles' entropy graphs) or kernels faster than MLAS's SGEMM can pass 100 %.", ""]
+              "the backend runs in bf16 (openvino-bf16), of the fp32 peak otherwise. Graphs that run Winograd "
+              "convolutions (the fp32 bundles' entropy graphs) or kernels faster than MLAS's SGEMM can pass "
+              "100 %.", ""]
     measured = [s for s in report["setups"] if s["name"] in roof["setups"]]
     stages = stage_order(roof["gflop"])
     lines += ["Per graph where it mainly runs (g_s in the decoder, the others in the encoder):", "",

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-PEAK_KEYS = ("fp32_gflops", "int8_gops", "bf16_gflops")
+# The report key of each kind of peak (a graph's speed is compared with one of them: `peak_kind_of`).
+PEAK_KEY = {"fp32": "fp32_gflops", "int8": "int8_gops", "bf16": "bf16_gflops"}
+PEAK_KEYS = tuple(PEAK_KEY.values())
 GEMM_SHAPE = (4096, 1024, 1024)  # M, K, N: the size of the model's big convs' GEMMs (rows x channels)
 PEAK_METHOD = ("onnxruntime CPU, best of {runs} runs of one GEMM {m}x{k} @ {k}x{n}: float32 MatMul (MLAS SGEMM) "
                "and uint8 x int8 MatMulInteger (MLAS integer GEMM), intra-op threads {threads}")
@@ -58,6 +60,17 @@ def _gemm_model(kind: str, m: int, k: int, n: int) -> bytes:
     return model.SerializeToString()
 
 
+def _rates(run, runs: int, flops: float) -> dict:
+    """{"best", "median"} G(FL)OP/s of `runs` timed calls of `run` after one warm-up."""
+    run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return {"best": flops / min(times) / 1e9, "median": flops / float(np.median(times)) / 1e9}
+
+
 def measure_peaks(threads: int | None, runs: int = 12, shape: tuple[int, int, int] = GEMM_SHAPE) -> dict:
     """{"fp32_gflops", "int8_gops", "method", ...}: this machine's GEMM peaks in onnxruntime."""
     import onnxruntime as ort
@@ -74,13 +87,7 @@ def measure_peaks(threads: int | None, runs: int = 12, shape: tuple[int, int, in
         if threads:
             options.intra_op_num_threads = threads
         session = ort.InferenceSession(_gemm_model(kind, m, k, n), options, providers=["CPUExecutionProvider"])
-        session.run(None, {"a": feed})  # warm-up
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            session.run(None, {"a": feed})
-            times.append(time.perf_counter() - start)
-        out[kind] = {"best": flops / min(times) / 1e9, "median": flops / float(np.median(times)) / 1e9}
+        out[kind] = _rates(lambda: session.run(None, {"a": feed}), runs, flops)  # noqa: B023 - called at once
     peaks = {"fp32_gflops": out["fp32"]["best"], "int8_gops": out["int8"]["best"],
              "fp32_gflops_median": out["fp32"]["median"], "int8_gops_median": out["int8"]["median"],
              "threads": threads, "shape": list(shape),
@@ -112,14 +119,7 @@ def measure_bf16_peak(threads: int | None, runs: int, shape: tuple[int, int, int
                                   openvino_compile_config("bf16", threads))
     request = compiled.create_infer_request()
     feed = {"a": np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)}
-    request.infer(feed)  # warm-up
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        request.infer(feed)
-        times.append(time.perf_counter() - start)
-    flops = 2.0 * m * k * n
-    return {"best": flops / min(times) / 1e9, "median": flops / float(np.median(times)) / 1e9}
+    return _rates(lambda: request.infer(feed), runs, 2.0 * m * k * n)
 
 
 def best_peaks(measured: list[dict]) -> dict | None:
@@ -219,7 +219,7 @@ def roofline(setups: list[dict], bundles: list, images, peaks: dict | None) -> d
                 precision = precisions.get(name, "fp32")
                 peak_kind = peak_kind_of(precision, name, s.get("backend"), peaks)
                 achieved = g / (ms / 1e3)
-                peak = (peaks or {}).get(PEAK_KEYS[("fp32", "int8", "bf16").index(peak_kind)])
+                peak = (peaks or {}).get(PEAK_KEY[peak_kind])
                 rows.setdefault(direction, {})[name] = {
                     "gflop": g, "ms": ms, "gflops": achieved, "precision": precision, "peak": peak_kind,
                     "fraction_of_peak": achieved / peak if peak else None}
