@@ -102,7 +102,7 @@ def _summarise(kernels: list[tuple[str, str, float]], runs: int, run_ms: list[fl
     }
 
 
-OPENVINO_GEMM_TYPES = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution")
+OPENVINO_GEMM_TYPES = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "ConvolutionBackpropData")
 
 
 def profile_graph_openvino(bundle: str, graph: str, size: tuple[int, int], threads: int | None, runs: int = 2,
