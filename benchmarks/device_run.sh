@@ -33,21 +33,21 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 for part in $parts; do
     case $part in
     fixture)
-        "$PYTHON" -m exporter.cli -o "$work/fixture_fp32" --quiet
-        "$PYTHON" -m benchmarks.cli --bundle "$work/fixture_fp32" --images "$repo/tests/data/kodak" \
+        "$PYTHON" -m dcae_deploy.export.cli -o "$work/fixture_fp32" --quiet
+        "$PYTHON" -m dcae_deploy.bench.cli --bundle "$work/fixture_fp32" --images "$repo/tests/data/kodak" \
             --backends torch,torch-cuda,onnxruntime --threads 2 --repeats "${REPEATS:-2}" \
             --note "lent GPU machine (device tool): torch-cuda on the GPU; CPU setups with 2 threads" \
             --out "$out/fixture" --files "$work/files_fixture" || echo "dcae-bench exit $?"
         ;;
     official | official_int8)
-        "$PYTHON" -m benchmarks.random_checkpoint --preset dcae --seed 0 -o "$work/official.pth.tar"
-        "$PYTHON" -m exporter.cli "$work/official.pth.tar" -o "$work/official_fp32" --quiet
+        "$PYTHON" -m dcae_deploy.bench.random_checkpoint --preset dcae --seed 0 -o "$work/official.pth.tar"
+        "$PYTHON" -m dcae_deploy.export.cli "$work/official.pth.tar" -o "$work/official_fp32" --quiet
         bundles=(--bundle "$work/official_fp32")
         backends=torch,torch-cuda,onnxruntime
         note="official-size configuration at random init (seed 0), speed only; lent GPU machine, every setup pinned to 2 cores (taskset -c 0,1)"
         if [ "$part" = official_int8 ]; then
             for entropy in fp32 same; do
-                "$PYTHON" -m exporter.cli "$work/official.pth.tar" -o "$work/int8_entropy_$entropy" \
+                "$PYTHON" -m dcae_deploy.export.cli "$work/official.pth.tar" -o "$work/int8_entropy_$entropy" \
                     --precision int8 --entropy-precision $entropy --calib "$CALIB" --calib-count 8 \
                     --calib-holdout 2 --calib-cache "$work/cache" --quiet
                 bundles+=(--bundle "$work/int8_entropy_$entropy")
@@ -55,7 +55,7 @@ for part in $parts; do
             backends=torch,onnxruntime
             note="$note; int8 for onnxruntime calibrated on 8 crops"
         fi
-        taskset -c 0,1 "$PYTHON" -m benchmarks.cli "${bundles[@]}" --checkpoint "$work/official.pth.tar" \
+        taskset -c 0,1 "$PYTHON" -m dcae_deploy.bench.cli "${bundles[@]}" --checkpoint "$work/official.pth.tar" \
             --images "$repo/tests/data/kodak" --limit 1 --speed-only --backends "$backends" --threads 2 \
             --repeats "${REPEATS:-3}" --rounds "${ROUNDS:-1}" --note "$note" --out "$out/$part" --files "$work/files_$part" \
             || echo "dcae-bench exit $?"

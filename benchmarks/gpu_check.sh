@@ -8,7 +8,7 @@
 # For every bundle (fp32, fp16, int8 as exported by dcae-export): the static
 # TensorRT check, then `dcae-export build-engines` (sizes from MIN_SIZE,
 # OPT_SIZE, MAX_SIZE; defaults 256x256, 512x768, 2048x2048), then
-# benchmarks/gpu_check.py: each engine against onnxruntime fp32, Kodak encoded
+# dcae_deploy/bench/gpu_check.py: each engine against onnxruntime fp32, Kodak encoded
 # and decoded through TensorRT, fp32 bitstreams against the CPU bundle's, all
 # timed. Stops at the first failure with a one-line reason; exit status 2 when
 # TensorRT, cuda-python or a GPU is missing.
@@ -44,7 +44,7 @@ fi
 # What is missing, said once, before anything is built.
 if ! reason=$("$PYTHON" -c '
 import sys
-from runtime.tensorrt_backend import tensorrt_unavailable_reason
+from dcae_deploy.runtime.tensorrt_backend import tensorrt_unavailable_reason
 reason = tensorrt_unavailable_reason()
 print(reason or "")
 sys.exit(1 if reason else 0)'); then
@@ -56,11 +56,11 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 for bundle in "${bundles[@]}"; do
     echo "== $bundle: static check and engine build"
     start=$(date +%s)
-    "$PYTHON" -m exporter.cli build-engines "$bundle" \
+    "$PYTHON" -m dcae_deploy.export.cli build-engines "$bundle" \
         --min-size "$MIN_SIZE" --opt-size "$OPT_SIZE" --max-size "$MAX_SIZE" \
         || { echo "gpu_check: error: building engines for $bundle failed" >&2; exit 1; }
     echo "   built in $(( $(date +%s) - start )) s"
 done
 
 echo "== engines vs onnxruntime, Kodak through TensorRT"
-exec "$PYTHON" -m benchmarks.gpu_check --kodak "$kodak" "${bundles[@]}" "$@"
+exec "$PYTHON" -m dcae_deploy.bench.gpu_check --kodak "$kodak" "${bundles[@]}" "$@"

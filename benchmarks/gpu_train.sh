@@ -14,7 +14,7 @@
 #       16) for SECONDS (default 420), and writes the new weights to $OUT as float16 in two
 #       halves (each returned file must stay under 16 MiB)
 #
-# Back here: python -m benchmarks.gpu_train_merge OUT_DIR -o runs/gpu/last.pth.tar joins the
+# Back here: python -m dcae_deploy.bench.gpu_train_merge OUT_DIR -o runs/gpu/last.pth.tar joins the
 # halves into a checkpoint that `python -m dcae.train --init` or `python -m dcae.fixture` takes.
 #
 # Environment: SECONDS_LIMIT=420 STEPS=200000 LMBDA=0.032 LR=1e-4 CROPS=240 PYTHON=python3
@@ -63,7 +63,7 @@ run)
     "$PYTHON" -m dcae.train --data "$DIR/crops" --out /tmp/gpu_run --device "${DEVICE:-cuda}" \
         --crop 256 --batch-size 16 --steps "${STEPS:-200000}" --lmbda "${LMBDA:-0.032}" --lr "${LR:-1e-4}" \
         --lr-decay-at 1.0 --max-seconds "${SECONDS_LIMIT:-420}" --save-every 1000 --log-every 100 \
-        --eval-images runtime/samples --eval-every 2000 2>&1 | tr '\r' '\n' | grep -v "^train:" || true
+        --eval-images dcae_deploy/runtime/samples --eval-every 2000 2>&1 | tr '\r' '\n' | grep -v "^train:" || true
     cp /tmp/gpu_run/train_log.jsonl "$OUT/"
     "$PYTHON" - /tmp/gpu_run/last.pth.tar "$OUT" <<'EOF'
 import sys

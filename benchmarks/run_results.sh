@@ -21,10 +21,10 @@
 #    images only: speed only, since a random model's rate-distortion means
 #    nothing -> $OUT/official_random_init/
 # 4. (PARTS=golden, not in the default) The official configuration with the
-#    golden deterministic weights (benchmarks.random_checkpoint --golden),
+#    golden deterministic weights (dcae_deploy.bench.random_checkpoint --golden),
 #    exported fp32: dcae-bench on the first 2 images with the reference, torch-avx2,
 #    onnxruntime, OpenVINO and the C++ host, for its decodability matrix
-#    -> $OUT/golden/; and benchmarks.sigma_agreement --golden on the same 2
+#    -> $OUT/golden/; and dcae_deploy.bench.sigma_agreement --golden on the same 2
 #    images (scale errors, side-stream cost) -> $OUT/sigma_agreement_golden.md
 #    (about an hour on 2 busy cores)
 # 6. (PARTS=matrix, not in the default) The fixture part's decodability matrix on every
@@ -33,8 +33,8 @@
 #    later ones read the symbols only -> $OUT/fixture_matrix/ (about 75 minutes of
 #    one core for 24 images and 19 setups on an AMD EPYC, after the exports)
 # 5. (PARTS=embedded, not in the default) What depends on the embedded model's weights,
-#    to rerun when they change: benchmarks.kodak_rd (the reference against JPEG at the
-#    same rate) -> $OUT/kodak_rd.{json,md}; benchmarks.int8_quality on every image
+#    to rerun when they change: dcae_deploy.bench.kodak_rd (the reference against JPEG at the
+#    same rate) -> $OUT/kodak_rd.{json,md}; dcae_deploy.bench.int8_quality on every image
 #    (with CALIB_DIR) -> $OUT/int8_quality_kodak.md; dcae-bench of the fixture bundles on
 #    onnxruntime alone, no matrix, no JPEG -> $OUT/fixture_onnxruntime/ (about 40 min on
 #    1 thread). The cross-machine test files are rewritten apart from this script:
@@ -115,7 +115,7 @@ given_paths() {
 
 # ---- the models ---------------------------------------------------------------------
 if [ "$QUICK" = 1 ]; then
-    "$PYTHON" -m benchmarks.random_checkpoint --preset tiny --seed 0 -o "$WORK/fixture.pth.tar"
+    "$PYTHON" -m dcae_deploy.bench.random_checkpoint --preset tiny --seed 0 -o "$WORK/fixture.pth.tar"
     FIXTURE_CKPT=("$WORK/fixture.pth.tar")  # dcae-export's positional checkpoint
     BENCH_CKPT=(--checkpoint "$WORK/fixture.pth.tar")
     OFFICIAL_PRESET=tiny
@@ -132,7 +132,7 @@ fi
 export_bundle() {  # export_bundle OUT_DIR [dcae-export options...]
     local dir="$1"; shift
     say "dcae-export -o $dir $*"
-    "$PYTHON" -m exporter.cli "$@" -o "$dir" --threads "$THREADS" --quiet
+    "$PYTHON" -m dcae_deploy.export.cli "$@" -o "$dir" --threads "$THREADS" --quiet
 }
 
 PARTS="${PARTS:-fixture,official}"
@@ -197,7 +197,7 @@ fi
 # ---- 2. fixture benchmark -------------------------------------------------------------
 if [[ ",$PARTS," == *",fixture,"* ]]; then
 say "dcae-bench: fixture bundles on $KODAK"
-"$PYTHON" -m benchmarks.cli "${FIXTURE_BUNDLES[@]}" --images "$KODAK" ${LIMIT[@]+"${LIMIT[@]}"} \
+"$PYTHON" -m dcae_deploy.bench.cli "${FIXTURE_BUNDLES[@]}" --images "$KODAK" ${LIMIT[@]+"${LIMIT[@]}"} \
     ${BENCH_CKPT[@]+"${BENCH_CKPT[@]}"} --backends "$BACKENDS" \
     --threads "$THREADS" --repeats "$REPEATS" --rounds "$ROUNDS" ${NOTES[@]+"${NOTES[@]}"} \
     ${MATRIX_IMAGES:+--matrix-images "$MATRIX_IMAGES"} \
@@ -208,7 +208,7 @@ fi
 # ---- 6. the fixture bundles' decodability matrix on every image, no timing -------------
 if [[ ",$PARTS," == *",matrix,"* ]]; then
 say "dcae-bench: decodability matrix of the fixture bundles on every image of $KODAK"
-"$PYTHON" -m benchmarks.cli "${FIXTURE_BUNDLES[@]}" --images "$KODAK" ${LIMIT[@]+"${LIMIT[@]}"} \
+"$PYTHON" -m dcae_deploy.bench.cli "${FIXTURE_BUNDLES[@]}" --images "$KODAK" ${LIMIT[@]+"${LIMIT[@]}"} \
     ${BENCH_CKPT[@]+"${BENCH_CKPT[@]}"} --backends "$BACKENDS" --threads "$THREADS" ${NOTES[@]+"${NOTES[@]}"} \
     --no-speed --matrix-pixels "${MATRIX_PIXELS:-2}" \
     --out "$OUT/fixture_matrix" --files "$WORK/files/fixture_matrix" || keep_status $?
@@ -218,14 +218,14 @@ fi
 # ---- 5. results that depend on the embedded model's weights ---------------------------
 if [[ ",$PARTS," == *",embedded,"* ]]; then
 say "kodak_rd: the embedded model (PyTorch reference) against JPEG at the same rate"
-"$PYTHON" -m benchmarks.kodak_rd --images "$KODAK" ${LIMIT[@]+"${LIMIT[@]}"} ${BENCH_CKPT[@]+"${BENCH_CKPT[@]}"} \
+"$PYTHON" -m dcae_deploy.bench.kodak_rd --images "$KODAK" ${LIMIT[@]+"${LIMIT[@]}"} ${BENCH_CKPT[@]+"${BENCH_CKPT[@]}"} \
     --threads "$THREADS" --out "$OUT" || keep_status $?
 given_paths "$OUT/kodak_rd.md" "$OUT/kodak_rd.json"
 if [ -n "$CALIB" ]; then
     count="$([ "$QUICK" = 1 ] && echo 2 || find "$KODAK" -maxdepth 1 -iname '*.png' | wc -l)"  # int8_quality reads PNGs
-    quality_command="python -m benchmarks.int8_quality --calib $CALIB_ARG --images $KODAK_ARG --count $count --threads $THREADS"
+    quality_command="python -m dcae_deploy.bench.int8_quality --calib $CALIB_ARG --images $KODAK_ARG --count $count --threads $THREADS"
     say "int8_quality: the default int8 bundle against fp32 on $count images"
-    if "$PYTHON" -m benchmarks.int8_quality --calib "$CALIB" --images "$KODAK" --count "$count" \
+    if "$PYTHON" -m dcae_deploy.bench.int8_quality --calib "$CALIB" --images "$KODAK" --count "$count" \
             ${BENCH_CKPT[@]+"${BENCH_CKPT[@]}"} ${QUALITY_OPTS[@]+"${QUALITY_OPTS[@]}"} --threads "$THREADS" \
             --work "$WORK/int8_quality" > "$WORK/int8_quality.txt"; then
         {
@@ -233,7 +233,7 @@ if [ -n "$CALIB" ]; then
             echo
             echo "Command: \`$quality_command\` (run by \`benchmarks/run_results.sh\`, PARTS=embedded)"
             echo
-            echo "CPU: $("$PYTHON" -c 'from benchmarks.machine import cpu_description; print(cpu_description())'); threads: $THREADS; onnxruntime CPU"
+            echo "CPU: $("$PYTHON" -c 'from dcae_deploy.bench.machine import cpu_description; print(cpu_description())'); threads: $THREADS; onnxruntime CPU"
             echo
             echo '```'
             sed "s|$WORK/||g" "$WORK/int8_quality.txt"
@@ -244,7 +244,7 @@ if [ -n "$CALIB" ]; then
     fi
 fi
 say "dcae-bench: fixture bundles on onnxruntime alone"
-"$PYTHON" -m benchmarks.cli "${FIXTURE_BUNDLES[@]}" --images "$KODAK" ${LIMIT[@]+"${LIMIT[@]}"} \
+"$PYTHON" -m dcae_deploy.bench.cli "${FIXTURE_BUNDLES[@]}" --images "$KODAK" ${LIMIT[@]+"${LIMIT[@]}"} \
     ${BENCH_CKPT[@]+"${BENCH_CKPT[@]}"} --backends onnxruntime --no-matrix --no-jpeg \
     --threads "$THREADS" --repeats "$REPEATS" --rounds "$ROUNDS" ${NOTES[@]+"${NOTES[@]}"} \
     --out "$OUT/fixture_onnxruntime" --files "$WORK/files/fixture_onnxruntime" || keep_status $?
@@ -253,7 +253,7 @@ fi
 
 # ---- 3. official-size configuration at random init, speed only ------------------------
 if [[ ",$PARTS," == *",official,"* ]]; then
-"$PYTHON" -m benchmarks.random_checkpoint --preset "$OFFICIAL_PRESET" --seed 0 -o "$WORK/official.pth.tar"
+"$PYTHON" -m dcae_deploy.bench.random_checkpoint --preset "$OFFICIAL_PRESET" --seed 0 -o "$WORK/official.pth.tar"
 OFFICIAL_BUNDLES=()
 for precision in fp32 fp16; do
     export_bundle "$WORK/official/$precision" "$WORK/official.pth.tar" --precision "$precision"
@@ -271,7 +271,7 @@ if [ -n "$CALIB" ]; then
     OFFICIAL_NOTE="$OFFICIAL_NOTE; int8 for onnxruntime calibrated on ${OFFICIAL_CALIB_COUNT:-8} crops"
 fi
 say "dcae-bench: official-size configuration (random init), speed only, 2 images"
-"$PYTHON" -m benchmarks.cli "${OFFICIAL_BUNDLES[@]}" \
+"$PYTHON" -m dcae_deploy.bench.cli "${OFFICIAL_BUNDLES[@]}" \
     --checkpoint "$WORK/official.pth.tar" --images "$KODAK" --limit 2 --speed-only \
     --backends "$OFFICIAL_BACKENDS" --threads "$THREADS" --repeats "$REPEATS" --rounds "$ROUNDS" --note "$OFFICIAL_NOTE" \
     --out "$OUT/official_random_init" --files "$WORK/files/official" || keep_status $?
@@ -281,10 +281,10 @@ fi
 # ---- 4. official configuration, golden weights: the decodability matrix --------------
 if [[ ",$PARTS," == *",golden,"* ]]; then
 if [ "$QUICK" = 1 ]; then
-    "$PYTHON" -m benchmarks.random_checkpoint --preset tiny --seed 0 -o "$WORK/golden.pth.tar"
+    "$PYTHON" -m dcae_deploy.bench.random_checkpoint --preset tiny --seed 0 -o "$WORK/golden.pth.tar"
     SIGMA_MODEL=(--checkpoint "$WORK/golden.pth.tar")
 else
-    "$PYTHON" -m benchmarks.random_checkpoint --golden -o "$WORK/golden.pth.tar"
+    "$PYTHON" -m dcae_deploy.bench.random_checkpoint --golden -o "$WORK/golden.pth.tar"
     SIGMA_MODEL=(--golden)
 fi
 export_bundle "$WORK/golden/fp32" "$WORK/golden.pth.tar" --precision fp32
@@ -293,13 +293,13 @@ GOLDEN_NOTE="$GOLDEN_NOTE tests/data/golden): not trained, so rate-distortion me
 GOLDEN_NOTE="$GOLDEN_NOTE its decodability matrix"
 [ "$QUICK" != 1 ] || GOLDEN_NOTE="QUICK=1: a tiny random-init model in place of the golden official one"
 say "dcae-bench: official configuration, golden weights, decodability matrix, 2 images"
-"$PYTHON" -m benchmarks.cli --bundle "$WORK/golden/fp32" --checkpoint "$WORK/golden.pth.tar" --images "$KODAK" \
+"$PYTHON" -m dcae_deploy.bench.cli --bundle "$WORK/golden/fp32" --checkpoint "$WORK/golden.pth.tar" --images "$KODAK" \
     --limit 2 --backends torch,torch-avx2,torch-sse41,onnxruntime,openvino,cpp-openvino --threads "$THREADS" --repeats 1 \
     --note "$GOLDEN_NOTE" ${NOTES[@]+"${NOTES[@]}"} --out "$OUT/golden" --files "$WORK/files/golden" ||
     keep_status $?
 given_paths "$OUT/golden/report.md" "$OUT/golden/report.json"
 say "sigma_agreement: official configuration, golden weights, 2 images"
-"$PYTHON" -m benchmarks.sigma_agreement "${SIGMA_MODEL[@]}" --limit 2 --images "$KODAK" \
+"$PYTHON" -m dcae_deploy.bench.sigma_agreement "${SIGMA_MODEL[@]}" --limit 2 --images "$KODAK" \
     --bundle "$WORK/golden/fp32" --backend onnxruntime --backend openvino --threads 1 --out "$OUT" ||
     keep_status $?
 given_paths "$OUT/sigma_agreement_golden.md" "$OUT/sigma_agreement_golden.json"

@@ -7,7 +7,7 @@ the upstream scripts decode here and ours decode there) or, with
 `format="dcae"`, a portable `.dcae` that every setup decodes (the runtime on
 any backend, the C++ host, this reference on another CPU family): its side
 stream lists the elements whose scale lies near an index boundary
-(`runtime.portable`). `decompress_image` reads both formats; `.dcae` files are
+(`dcae_deploy.runtime.portable`). `decompress_image` reads both formats; `.dcae` files are
 decoded with the runtime's rANS decoder, which checks the stream ends in sync.
 """
 from __future__ import annotations
@@ -18,14 +18,14 @@ import hashlib
 import numpy as np
 import torch
 
-from runtime.container import DcaeHeader, pack, pack_bin, sniff, unpack, unpack_bin
-from runtime.entropy import build_indexes, decompress_z
-from runtime.errors import BadInputError, FingerprintMismatchError
-from runtime.geometry import z_shape_for
-from runtime.imaging import crop_to_uint8, load_image, pad_image
-from runtime.portable import (DEFAULT_MARGIN, PortableDecoding, PortableEncoding, Thresholds, encode_portable,
+from dcae_deploy.runtime.container import DcaeHeader, pack, pack_bin, sniff, unpack, unpack_bin
+from dcae_deploy.runtime.entropy import build_indexes, decompress_z
+from dcae_deploy.runtime.errors import BadInputError, FingerprintMismatchError
+from dcae_deploy.runtime.geometry import z_shape_for
+from dcae_deploy.runtime.imaging import crop_to_uint8, load_image, pad_image
+from dcae_deploy.runtime.portable import (DEFAULT_MARGIN, PortableDecoding, PortableEncoding, Thresholds, encode_portable,
                               margin_covers)
-from runtime.rans import RansStreamDecoder, encode_with_indexes
+from dcae_deploy.runtime.rans import RansStreamDecoder, encode_with_indexes
 
 from .model import DCAE
 
@@ -35,7 +35,7 @@ _NOT_ENTROPY_PATH = ("g_a.", "g_s.", "h_a.")
 # |ln sigma_torch - ln sigma_float64| of the reference's fp32 slice scales on
 # the CPU, near index boundaries: measured at most 3.8e-6 with AVX-512 kernels
 # and 7.9e-6 with AVX2 ones (embedded model, 24 Kodak images:
-# benchmarks/results/sigma_agreement.md, `python -m benchmarks.sigma_agreement`;
+# benchmarks/results/sigma_agreement.md, `python -m dcae_deploy.bench.sigma_agreement`;
 # 2.2e-6 and 4.8e-6 with its earlier weights, stated with a margin of 2x).
 TORCH_CPU_SIGMA_ERROR_BOUND = 1e-5
 
@@ -80,7 +80,7 @@ def compress_image(model: DCAE, image, format: str = "bin", margin: float = DEFA
     whose side stream covers decoders within `margin` (natural log) of these
     scales. The default is the embedded model's; another model's is measured
     when it is exported (its bundle's `Manifest.portable_margin`, from
-    `exporter.portable_margin`)."""
+    `dcae_deploy.export.portable_margin`)."""
     return encode_image(model, image, format, margin)[0]
 
 
@@ -117,7 +117,7 @@ def portable_encoding(model: DCAE, height: int, width: int, scales: np.ndarray, 
                       margin: float = DEFAULT_MARGIN) -> tuple[DcaeHeader, PortableEncoding]:
     """The header of a portable `.dcae` and, from the encoder's `scales` and
     unshifted `indexes`, the indexes to code y with and the side stream
-    (`runtime.portable.encode_portable`)."""
+    (`dcae_deploy.runtime.portable.encode_portable`)."""
     header = DcaeHeader(height, width, entropy_model_fingerprint(model), margin=margin)
     if not margin_covers(header.margin, sigma_error_bound(model)):
         raise BadInputError(f"margin {margin:g} is under twice this encoder's scale error bound")

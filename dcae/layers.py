@@ -236,7 +236,7 @@ class SwinBlockWithConvMulti(nn.Module):
 
     Upstream pads inputs whose side is <= the window (a buggy branch that only
     triggers at sizes the model cannot code anyway); here the caller guarantees
-    valid sizes (see runtime.geometry) and no pad branch exists.
+    valid sizes (see dcae_deploy.runtime.geometry) and no pad branch exists.
     """
 
     def __init__(self, dim: int, head_dim: int, window_size: int, block_num: int):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.metrics import bpp, psnr  # noqa: F401  (one definition, shared with the runtime)
+from dcae_deploy.runtime.metrics import bpp, psnr  # noqa: F401  (one definition, shared with the runtime)
 
 
 def ms_ssim(reference: np.ndarray, decoded: np.ndarray) -> float:

@@ -147,7 +147,12 @@ class DCAE(CompressionModel):
             scale_table = get_scale_table()
         return super().update(scale_table=scale_table, force=force, update_quantiles=update_quantiles)
 
-    def forward(self, x: Tensor) -> dict:
+    def forward(self, x: Tensor, gain: Tensor | float | None = None) -> dict:
+        """Training / evaluation pass. `gain` is the quantization gain a of the
+        quality knob: each y slice is quantised as round((y - mu) * a), its
+        likelihood is that of a Gaussian of scale sigma * a, and
+        y_hat = q / a + mu feeds LRP and the later slices (None: a = 1, the
+        fixed-rate model)."""
         check_padded_size(x.shape[-2], x.shape[-1], minimum=128)
         y = self.g_a(x)
         z = self.h_a(y)
@@ -163,8 +168,13 @@ class DCAE(CompressionModel):
         for i, y_slice in enumerate(y.chunk(self.num_slices, 1)):
             mu, scale, support = self.slice_params(i, latent_scales, latent_means, y_hat_slices)
             mu, scale = mu.float(), scale.float()
-            _, likelihood = self.gaussian_conditional(y_slice.float(), scale, mu)
-            y_hat_raw = ste_round(y_slice - mu) + mu
+            if gain is None:
+                _, likelihood = self.gaussian_conditional(y_slice.float(), scale, mu)
+                y_hat_raw = ste_round(y_slice - mu) + mu
+            else:
+                residual = (y_slice.float() - mu) * gain
+                _, likelihood = self.gaussian_conditional(residual, scale * gain)
+                y_hat_raw = ste_round(residual) / gain + mu
             y_hat_slices.append(self.slice_refine(i, support, y_hat_raw))
             y_likelihoods.append(likelihood)
             means.append(mu)

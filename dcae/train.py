@@ -17,6 +17,13 @@ the reconstruction) and a line with `"eval"` is logged.
 
 bf16 autocast (`--bf16 auto`: on a CUDA device, or a CPU with AVX512-BF16)
 runs the transforms in bfloat16; likelihoods and the loss stay float32.
+
+`--variable-rate` trains one model for a range of rates (the quality knob,
+QVRF-style): rate levels with their lambdas (`--lambdas`) and a learned
+quantization gain per level. Each step draws a position between the levels,
+interpolates log lambda and log gain there, and trains at that pair, so the
+points between levels are trained too. The levels and their gains are saved
+in the checkpoint under "rate_levels".
 """
 from __future__ import annotations
 
@@ -53,7 +60,7 @@ class RandomCrops:
     """Random square crops with horizontal flips, from images decoded once into memory."""
 
     def __init__(self, paths: list[Path], crop: int, seed: int):
-        from runtime.imaging import load_image
+        from dcae_deploy.runtime.imaging import load_image
 
         self.crop = crop
         self.images = [im for im in (load_image(p) for p in paths) if min(im.shape[:2]) >= crop]
@@ -77,6 +84,37 @@ def rate_distortion_loss(out: dict, x: torch.Tensor, lmbda: float) -> dict:
     bpp = sum(torch.log(l).sum() for l in out["likelihoods"].values()) / (-math.log(2) * num_pixels)
     mse = torch.mean((out["x_hat"] - x) ** 2)
     return {"loss": lmbda * 255**2 * mse + bpp, "bpp": bpp, "mse": mse}
+
+
+# Six levels, log-spaced; the fourth (0.0185) is about the fixed-rate model's lambda.
+DEFAULT_LAMBDAS = (0.002, 0.0042, 0.0088, 0.0185, 0.0384, 0.08)
+REFERENCE_LAMBDA = 0.0185
+
+
+class RateLevels(torch.nn.Module):
+    """Rate levels of a variable-rate model: a lambda and a learned log gain each.
+    Gains start at sqrt(lambda / REFERENCE_LAMBDA), where the untrained knob
+    already lands near each lambda's rate."""
+
+    def __init__(self, lambdas=DEFAULT_LAMBDAS):
+        super().__init__()
+        lambdas = torch.tensor(sorted(float(v) for v in lambdas), dtype=torch.float64)
+        if len(lambdas) < 2 or (lambdas <= 0).any():
+            raise ValueError("--lambdas needs at least two positive values")
+        self.register_buffer("log_lambdas", lambdas.log().float())
+        self.log_gains = torch.nn.Parameter(0.5 * (lambdas / REFERENCE_LAMBDA).log().float())
+
+    def at(self, position: float) -> tuple[float, torch.Tensor]:
+        """(lambda, gain) at a position in [0, levels - 1], log-linear between levels."""
+        low = min(int(position), len(self.log_gains) - 2)
+        frac = position - low
+        log_lambda = (1 - frac) * self.log_lambdas[low] + frac * self.log_lambdas[low + 1]
+        log_gain = (1 - frac) * self.log_gains[low] + frac * self.log_gains[low + 1]
+        return float(log_lambda.exp()), log_gain.exp()
+
+    def summary(self) -> dict:
+        return {"lambdas": [round(float(v), 6) for v in self.log_lambdas.exp()],
+                "gains": [float(v) for v in self.log_gains.detach().exp()]}
 
 
 def split_parameters(model: DCAE):
@@ -119,11 +157,16 @@ def parse_args(argv=None):
     p.add_argument("--eval-images", default=None, help="folder of evaluation images (e.g. Kodak)")
     p.add_argument("--eval-every", type=int, default=500, help="steps between evaluations")
     p.add_argument("--eval-limit", type=int, default=24, help="evaluate on at most this many images")
+    p.add_argument("--variable-rate", action="store_true",
+                   help="train rate levels with learned gains (the quality knob) instead of one --lmbda")
+    p.add_argument("--lambdas", type=lambda text: [float(v) for v in text.split(",")], default=list(DEFAULT_LAMBDAS),
+                   help="comma-separated lambdas of the rate levels (default: %(default)s)")
+    p.add_argument("--gain-lr", type=float, default=1e-3, help="learning rate of the levels' log gains")
     return p.parse_args(argv)
 
 
 def cpu_has_bf16() -> bool:
-    from runtime.cpu import cpu_flags
+    from dcae_deploy.runtime.cpu import cpu_flags
 
     return "avx512_bf16" in cpu_flags()
 
@@ -135,9 +178,10 @@ def use_bf16(args) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model: DCAE, paths: list[Path], device: str) -> dict:
-    """Estimated bpp (likelihoods of the rounded latents) and PSNR over `paths`."""
-    from runtime.imaging import crop_to_uint8, load_image, pad_image
+def evaluate(model: DCAE, paths: list[Path], device: str, gain: torch.Tensor | None = None) -> dict:
+    """Estimated bpp (likelihoods of the rounded latents) and PSNR over `paths`,
+    at quantization gain `gain` (None: the fixed-rate model)."""
+    from dcae_deploy.runtime.imaging import crop_to_uint8, load_image, pad_image
 
     from .metrics import psnr
 
@@ -148,7 +192,7 @@ def evaluate(model: DCAE, paths: list[Path], device: str) -> dict:
         pixels = load_image(path)
         h, w = pixels.shape[:2]
         x, _ = pad_image(pixels)
-        out = model(torch.from_numpy(x).to(device))
+        out = model(torch.from_numpy(x).to(device), gain=gain)
         bits = sum(torch.log2(l).sum() for l in out["likelihoods"].values())
         bpps.append(float(-bits) / (h * w))
         decoded = crop_to_uint8(out["x_hat"].float().clamp(0, 1).cpu().numpy(), h, w)
@@ -180,12 +224,20 @@ def train(args) -> Path:
         print(f"starting from {init_path} (step {step})", file=sys.stderr)
     model = model.to(args.device).train()
     net_params, aux_params = split_parameters(model)
-    optimizer = torch.optim.Adam(net_params, lr=args.lr)
+    levels = RateLevels(args.lambdas).to(args.device) if args.variable_rate else None
+    groups = [{"params": net_params, "lr": args.lr}]
+    if levels is not None:
+        groups.append({"params": [levels.log_gains], "lr": args.gain_lr, "fixed_lr": True})
+    optimizer = torch.optim.Adam(groups)
     aux_optimizer = torch.optim.Adam(aux_params, lr=args.aux_lr)
     data_seed = args.seed
     if last.exists():
         state = torch.load(last, map_location=args.device, weights_only=False)
         model.load_state_dict(state["state_dict"], strict=False)
+        if (levels is None) != ("rate_levels_state" not in state):
+            raise ValueError(f"{last} was {'not ' if levels is not None else ''}trained with --variable-rate")
+        if levels is not None:
+            levels.load_state_dict(state["rate_levels_state"])
         optimizer.load_state_dict(state["optimizer"])
         aux_optimizer.load_state_dict(state["aux_optimizer"])
         step = state["step"]
@@ -210,31 +262,46 @@ def train(args) -> Path:
             f.write(json.dumps(record) + "\n")
 
     def save():
-        save_checkpoint(
-            last, model, preset=args.preset, step=step,
-            extra={"optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(),
-                   "args": vars(args)},
-        )
+        extra = {"optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(),
+                 "args": vars(args)}
+        if levels is not None:
+            extra["rate_levels"] = levels.summary()
+            extra["rate_levels_state"] = levels.state_dict()
+        save_checkpoint(last, model, preset=args.preset, step=step, extra=extra)
 
+    def log_evaluation():
+        if levels is None:
+            log({"step": step, "eval": evaluate(model, eval_paths, args.device)})
+            return
+        for level in range(len(levels.log_gains)):
+            lmbda, gain = levels.at(level)
+            log({"step": step, "level": level, "lmbda": round(lmbda, 6), "gain": round(float(gain.detach()), 5),
+                 "eval": evaluate(model, eval_paths, args.device, gain.detach())})
+
+    rng = random.Random(args.seed + step)
     if eval_paths and not last.exists():
         # Where the initial weights stand, in the same terms as the later evaluations.
-        log({"step": step, "eval": evaluate(model, eval_paths, args.device)})
+        log_evaluation()
     bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
         while step < args.steps and not (args.max_seconds and time.perf_counter() - t0 > args.max_seconds):
             lr = args.lr * (0.1 if step >= decay_step else 1.0)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                if not group.get("fixed_lr"):
+                    group["lr"] = lr
             if step >= final_crop_step and crops.crop != final_crop:
                 crops = RandomCrops(paths, final_crop, args.seed + step)
             x = crops.batch(args.batch_size).to(args.device)
             optimizer.zero_grad()
             aux_optimizer.zero_grad()
+            lmbda, gain = args.lmbda, None
+            if levels is not None:
+                lmbda, gain = levels.at(rng.uniform(0, len(levels.log_gains) - 1))
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-                result = model(x)
+                result = model(x, gain=gain)
             result["x_hat"] = result["x_hat"].float()
-            losses = rate_distortion_loss(result, x, args.lmbda)
+            losses = rate_distortion_loss(result, x, lmbda)
             losses["loss"].backward()
             if args.clip > 0:
                 torch.nn.utils.clip_grad_norm_(net_params, args.clip)
@@ -249,12 +316,12 @@ def train(args) -> Path:
             window["n"] += 1
             if step % args.log_every == 0:
                 now = time.perf_counter()
-                log({"step": step, "lr": lr, "lmbda": args.lmbda, "crop": crops.crop, "bf16": bf16,
+                log({"step": step, "lr": lr, "lmbda": "levels" if levels is not None else args.lmbda, "crop": crops.crop, "bf16": bf16,
                      **{k: round(window[k] / window["n"], 4) for k in ("loss", "bpp", "psnr")},
                      "s_per_step": round((now - window["t"]) / window["n"], 3)})
                 window.update(loss=0.0, bpp=0.0, psnr=0.0, n=0, t=now)
             if eval_paths and step % args.eval_every == 0:
-                log({"step": step, "eval": evaluate(model, eval_paths, args.device)})
+                log_evaluation()
             bar.set_postfix(loss=f"{losses['loss'].item():.3f}", bpp=f"{losses['bpp'].item():.3f}",
                             psnr=f"{psnr:.2f}", aux=f"{aux_loss.item():.1f}",
                             s_per_step=f"{(time.perf_counter() - t0) / max(1, bar.n + 1 - bar.initial):.2f}")

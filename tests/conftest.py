@@ -37,7 +37,7 @@ def golden_bundle(golden_model, tmp_path_factory):
     """(path, manifest, graph reports) of the official configuration exported
     fp32 from the golden weights (about 45 s, once per session; its portable
     margin is not measured, which would take as long again)."""
-    from exporter.export import export_bundle
+    from dcae_deploy.export.export import export_bundle
 
     path = tmp_path_factory.mktemp("golden_bundle") / "official"
     manifest, reports = export_bundle(golden_model, path, preset="dcae", progress=lambda *a: None,
@@ -90,23 +90,15 @@ def tiny_model():
     symbol 0, so nothing about the entropy path would be tested. The golden
     weights spread the scales over the whole table, as a trained model does.
     """
-    import torch
+    from dcae.golden import golden_model
 
-    from dcae.checkpoint import model_from_state_dict
-    from dcae.config import get_config
-    from dcae.model import DCAE
-
-    config = get_config("tiny")
-    with torch.device("meta"):
-        shapes = {name: list(p.shape) for name, p in DCAE(config).named_parameters()}
-    state = golden.make_state(shapes, seed=0)
-    return model_from_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, config)
+    return golden_model("tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_model, tmp_path_factory):
     """A fp32 bundle of `tiny_model` (exported once; about 10 s)."""
-    from exporter.export import export_bundle
+    from dcae_deploy.export.export import export_bundle
 
     path = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
     export_bundle(tiny_model, path, progress=lambda *a, **k: None, preset="tiny", threads=1)

@@ -1,7 +1,7 @@
 """A simulated TensorRT and CUDA runtime, for testing our plumbing on a CPU.
 
 It implements the slice of the TensorRT 10 Python API and of cuda-python's
-runtime that exporter/tensorrt_build.py and runtime/tensorrt_backend.py call,
+runtime that dcae_deploy/export/tensorrt_build.py and dcae_deploy/runtime/tensorrt_backend.py call,
 with the semantics those modules rely on: a "plan" is the ONNX graph plus its
 profile, an engine runs it with onnxruntime on the CPU, device memory is host
 memory, and copies are memmoves between the addresses our code hands over.
@@ -276,16 +276,16 @@ def install(monkeypatch, gpu_name: str = "Simulated GPU") -> None:
     """Make `import tensorrt`, cuda-python and the GPU probe resolve to this simulation."""
     import sys
 
-    import runtime.gpu
-    import runtime.tensorrt_backend
+    import dcae_deploy.runtime.gpu
+    import dcae_deploy.runtime.tensorrt_backend
 
     global cudart
     cudart = _Cudart()
     built_configs.clear()
-    gpu = runtime.gpu.GpuInfo(gpu_name, "9.0", "12.4")
+    gpu = dcae_deploy.runtime.gpu.GpuInfo(gpu_name, "9.0", "12.4")
     monkeypatch.setitem(sys.modules, "tensorrt", sys.modules[__name__])
-    monkeypatch.setattr(runtime.gpu, "cudart", lambda: cudart)
-    monkeypatch.setattr(runtime.tensorrt_backend, "cudart", lambda: cudart)
-    monkeypatch.setattr(runtime.gpu, "probe_gpu", lambda device=0: gpu)
-    monkeypatch.setattr(runtime.tensorrt_backend, "probe_gpu", lambda device=0: gpu)
-    monkeypatch.setattr(runtime.tensorrt_backend, "gpu_unavailable_reason", lambda: None)
+    monkeypatch.setattr(dcae_deploy.runtime.gpu, "cudart", lambda: cudart)
+    monkeypatch.setattr(dcae_deploy.runtime.tensorrt_backend, "cudart", lambda: cudart)
+    monkeypatch.setattr(dcae_deploy.runtime.gpu, "probe_gpu", lambda device=0: gpu)
+    monkeypatch.setattr(dcae_deploy.runtime.tensorrt_backend, "probe_gpu", lambda device=0: gpu)
+    monkeypatch.setattr(dcae_deploy.runtime.tensorrt_backend, "gpu_unavailable_reason", lambda: None)

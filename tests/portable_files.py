@@ -49,7 +49,7 @@ def symbols_digest(symbols: np.ndarray) -> str:
 
 
 def default_name() -> str:
-    from runtime.cpu import cpu_field, cpu_flags
+    from dcae_deploy.runtime.cpu import cpu_field, cpu_flags
 
     vendor = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(cpu_field("vendor_id") or "", platform.machine())
     flags = cpu_flags()
@@ -58,12 +58,12 @@ def default_name() -> str:
 
 def write(out: Path) -> dict:
     """This machine's set: every writer's file of every crop, and the index."""
-    from benchmarks.machine import cpu_description
+    from dcae_deploy.bench.machine import cpu_description
     from dcae import load_checkpoint
     from dcae.coding import encode_image
-    from exporter.export import export_bundle
-    from runtime import Codec
-    from runtime.manifest import Manifest
+    from dcae_deploy.export.export import export_bundle
+    from dcae_deploy.runtime import Codec
+    from dcae_deploy.runtime.manifest import Manifest
 
     model = load_checkpoint().eval()
     files = {}

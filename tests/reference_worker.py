@@ -19,7 +19,7 @@ import torch
 def main(argv: list[str]) -> int:
     from dcae import load_checkpoint
     from dcae.coding import decode_dcae, encode_image
-    from runtime.errors import DcaeError
+    from dcae_deploy.runtime.errors import DcaeError
 
     torch.set_num_threads(1)
     model = load_checkpoint().eval()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from runtime import cli
+from dcae_deploy.runtime import cli
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = ["odd", "square", "wide", "gray", "rgba"]  # the images that code
@@ -22,7 +22,7 @@ GOOD = ["odd", "square", "wide", "gray", "rgba"]  # the images that code
 @pytest.fixture(scope="module")
 def ray_local():
     """One small local Ray for the whole module, shut down at the end."""
-    from runtime.batch import import_ray, start_local_ray
+    from dcae_deploy.runtime.batch import import_ray, start_local_ray
 
     ray = import_ray()
     start_local_ray(num_cpus=2, object_store_memory=200 * 2**20)
@@ -114,7 +114,7 @@ def test_batch_compress_writes_the_cli_bytes_and_reports_the_corrupt_input(batch
 
 def test_rerun_redoes_exactly_the_missing_and_damaged_outputs(ray_local, tmp_path, batch_coded, reference, images,
                                                               tiny_bundle):
-    from runtime.batch import run_batch
+    from dcae_deploy.runtime.batch import run_batch
 
     out = tmp_path / "out"
     shutil.copytree(batch_coded[0], out)
@@ -145,8 +145,8 @@ def test_rerun_redoes_exactly_the_missing_and_damaged_outputs(ray_local, tmp_pat
 def test_other_options_do_not_reuse_an_output(ray_local, tmp_path, batch_coded, images, tiny_bundle):
     """A sound file written with other options (here: portable, asked not
     portable) is not this job's output: coded again."""
-    from runtime.batch import run_batch
-    from runtime.container import unpack
+    from dcae_deploy.runtime.batch import run_batch
+    from dcae_deploy.runtime.container import unpack
 
     out = tmp_path / "out"
     shutil.copytree(batch_coded[0], out)
@@ -160,7 +160,7 @@ def test_other_options_do_not_reuse_an_output(ray_local, tmp_path, batch_coded, 
 # ---- decompress ---------------------------------------------------------------------------------
 
 def test_batch_decompress_writes_the_cli_bytes_and_resumes(ray_local, tmp_path, reference, tiny_bundle):
-    from runtime.batch import run_batch
+    from dcae_deploy.runtime.batch import run_batch
 
     coded = tmp_path / "coded"
     shutil.copytree(reference[0], coded)
@@ -255,8 +255,8 @@ def test_without_ray_one_line_says_how_to_install_it(tmp_path, images):
     script = (
         "import sys\n"
         "sys.modules['ray'] = None  # as if not installed: import ray raises ModuleNotFoundError\n"
-        "import runtime, runtime.cli, runtime.codec, runtime.batch, runtime.filejobs\n"
-        "from runtime import cli\n"
+        "import runtime, dcae_deploy.runtime.cli, dcae_deploy.runtime.codec, dcae_deploy.runtime.batch, dcae_deploy.runtime.filejobs\n"
+        "from dcae_deploy.runtime import cli\n"
         f"sys.exit(cli.main(['batch', 'compress', {str(images)!r}, '-o', {str(tmp_path / 'o')!r}]))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -267,8 +267,8 @@ def test_without_ray_one_line_says_how_to_install_it(tmp_path, images):
 
 
 def test_the_runtime_does_not_import_ray():
-    script = ("import sys, runtime.cli, runtime.codec, runtime.batch, runtime.filejobs, runtime.inputs\n"
-              "from runtime import Codec\n"
+    script = ("import sys, dcae_deploy.runtime.cli, dcae_deploy.runtime.codec, dcae_deploy.runtime.batch, dcae_deploy.runtime.filejobs, dcae_deploy.runtime.inputs\n"
+              "from dcae_deploy.runtime import Codec\n"
               "print('ray' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO)})

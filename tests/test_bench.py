@@ -1,6 +1,6 @@
 """dcae-bench end to end on two small images with tiny bundles, and its parts.
 
-One run (module fixture) of `benchmarks.cli.main` with the PyTorch reference,
+One run (module fixture) of `dcae_deploy.bench.cli.main` with the PyTorch reference,
 onnxruntime on an fp32 bundle and on an fp16 bundle whose entropy graphs are
 fp16 too (so its files carry another fingerprint: the matrix has refusals and
 forced decodes to show), and TensorRT, which is not installed here. Speed
@@ -18,13 +18,13 @@ import pytest
 from PIL import Image
 
 import dcae
-from benchmarks import cli
-from benchmarks.matrix import Outcomes, _attempt, silent_wrong_totals
-from benchmarks.report import stage_order
-from benchmarks.setups import Decoded, Encoded, RuntimeCoder, Setup
-from benchmarks.torch_reference import TorchReference
-from runtime.errors import DesyncError
-from runtime.metrics import psnr
+from dcae_deploy.bench import cli
+from dcae_deploy.bench.matrix import Outcomes, _attempt, silent_wrong_totals
+from dcae_deploy.bench.report import stage_order
+from dcae_deploy.bench.setups import Decoded, Encoded, RuntimeCoder, Setup
+from dcae_deploy.bench.torch_reference import TorchReference
+from dcae_deploy.runtime.errors import DesyncError
+from dcae_deploy.runtime.metrics import psnr
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGES = {"kodim05": (170, 200, 37, 53), "kodim20": (200, 170, 0, 0)}  # MS-SSIM needs >= 161 px a side
@@ -39,7 +39,7 @@ def tiny_checkpoint(tiny_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fp16_bundle(tiny_model, tiny_checkpoint, tmp_path_factory) -> Path:
-    from exporter.export import export_bundle
+    from dcae_deploy.export.export import export_bundle
 
     path = tmp_path_factory.mktemp("bench_fp16") / "fp16"
     export_bundle(tiny_model, path, precision="fp16", entropy_precision="same", preset="tiny", threads=1,
@@ -208,7 +208,7 @@ def test_checkpoint_of_another_configuration_is_refused(tiny_bundle, images_dir,
 
 
 def test_rounds_pool_every_run_and_keep_the_highest_memory_peak():
-    from benchmarks.measure import merge_rounds, summarise
+    from dcae_deploy.bench.measure import merge_rounds, summarise
 
     def raw(encode, decode, g_a, peak, load):
         return {"setup": "s", "numeric_class": "c", "threads": 2, "load_seconds": load, "torch_imported": False,
@@ -231,7 +231,7 @@ def test_rounds_pool_every_run_and_keep_the_highest_memory_peak():
 
 def test_rounds_measure_each_setup_in_turn(tmp_path, monkeypatch):
     """--rounds 2: the setups alternate (a, b, a, b), and each setup's runs are pooled."""
-    import benchmarks.measure as measure
+    import dcae_deploy.bench.measure as measure
 
     order = []
 
@@ -308,7 +308,7 @@ def test_matrix_pixels_reads_later_files_symbols_only_and_identical_files_are_de
 
 def test_a_silent_wrong_runtime_decode_fails_the_run_loudly(tiny_bundle, images_dir, tmp_path, capsys,
                                                            monkeypatch):
-    import benchmarks.matrix as matrix
+    import dcae_deploy.bench.matrix as matrix
 
     real = matrix.coding_pass
 
@@ -330,7 +330,7 @@ def test_a_silent_wrong_runtime_decode_fails_the_run_loudly(tiny_bundle, images_
 def test_a_refused_portable_file_fails_the_run(tiny_bundle, images_dir, tmp_path, capsys, monkeypatch):
     """Two setups that write portable files must decode each other's: a
     refusal between them is exit 5 and a line at the top of the report."""
-    import benchmarks.matrix as matrix
+    import dcae_deploy.bench.matrix as matrix
 
     real = matrix.coding_pass
 
@@ -394,7 +394,7 @@ def test_a_failed_measurement_fails_the_run_and_heads_the_report(tiny_bundle, im
     line per failure at the top of the report, not a traceback."""
     import dataclasses
 
-    import benchmarks.measure as measure
+    import dcae_deploy.bench.measure as measure
 
     real = measure.measure_in_subprocess
     gone = tmp_path / "gone"
@@ -428,7 +428,7 @@ def test_a_failed_measurement_fails_the_run_and_heads_the_report(tiny_bundle, im
 def test_versions_are_read_from_the_installed_packages():
     from importlib import metadata
 
-    from benchmarks.machine import library_versions
+    from dcae_deploy.bench.machine import library_versions
 
     versions = library_versions()
     assert "?" not in versions.values()
@@ -445,7 +445,7 @@ def test_torch_reference_writes_and_reads_what_the_model_does(tiny_model, tiny_c
     assert encoded.data == dcae.compress_image(tiny_model, pixels, format="dcae")
     encode_stages = set(reference.last_timings)
     # Raw streams (an upstream .bin's: y coded without threshold shifts) as DCAE.decompress reads them.
-    from runtime.container import unpack_bin
+    from dcae_deploy.runtime.container import unpack_bin
 
     upstream = dcae.compress_image(tiny_model, pixels, format="bin")
     streams = unpack_bin(upstream)
@@ -518,8 +518,8 @@ def test_attention_chunking_compares_equal_results_and_refuses_bad_sizes(capsys)
     """The chunking benchmark checks that the chunked and row-by-row attention
     equal the whole before it times anything, and prints each form's time and
     its ratio to the whole."""
-    from benchmarks import attention_chunking
-    from exporter.rewrites import ATTENTION_CHUNKS
+    from dcae_deploy.bench import attention_chunking
+    from dcae_deploy.export.rewrites import ATTENTION_CHUNKS
 
     assert attention_chunking.main(["--size", "256x384", "--repeats", "1", "--heads", "2"]) == 0
     out = capsys.readouterr().out
@@ -532,11 +532,11 @@ def test_attention_chunking_compares_equal_results_and_refuses_bad_sizes(capsys)
 
 
 def test_entropy_agreement_counts_what_moved_against_the_reference(tiny_model, tiny_bundle, kodak_crop):
-    """benchmarks.entropy_agreement feeds the reference's own slice inputs to the
+    """dcae_deploy.bench.entropy_agreement feeds the reference's own slice inputs to the
     bundle's slice_params graphs: on a real crop mu and sigma agree to ~1e-5
     and few indexes move; a reference whose indexes all differ is counted so."""
-    from benchmarks.entropy_agreement import compare_bundle, reference_slice_inputs
-    from runtime import Codec
+    from dcae_deploy.bench.entropy_agreement import compare_bundle, reference_slice_inputs
+    from dcae_deploy.runtime import Codec
 
     slices = reference_slice_inputs(tiny_model, kodak_crop("kodim23", 256, 256))
     codec = Codec(tiny_bundle, threads=1)
@@ -552,7 +552,7 @@ def test_entropy_agreement_counts_what_moved_against_the_reference(tiny_model, t
 # ---- torch-avx2: the reference with another CPU family's kernels ---------------------
 
 def _has_avx512() -> bool:
-    from runtime.cpu import cpu_flags
+    from dcae_deploy.runtime.cpu import cpu_flags
 
     return "avx512f" in cpu_flags()
 
@@ -587,10 +587,10 @@ def test_torch_on_other_kernels_is_a_setup_of_the_matrix_and_of_the_timing(tiny_
 
 def test_torch_avx2_worker_codes_like_the_reference_and_raises_its_errors(tiny_checkpoint, tiny_bundle,
                                                                          kodak_crop):
-    from benchmarks.setups import TorchCoder, open_setup
-    from benchmarks.torch_subprocess import RemoteTorchCoder
-    from runtime.errors import CorruptStreamError
-    from runtime.manifest import Manifest
+    from dcae_deploy.bench.setups import TorchCoder, open_setup
+    from dcae_deploy.bench.torch_subprocess import RemoteTorchCoder
+    from dcae_deploy.runtime.errors import CorruptStreamError
+    from dcae_deploy.runtime.manifest import Manifest
 
     setup = Setup("torch-avx2", "torch", "torch-avx2", "fp32", checkpoint=str(tiny_checkpoint))
     remote = open_setup(setup, threads=1)
@@ -615,9 +615,9 @@ def test_torch_avx2_worker_codes_like_the_reference_and_raises_its_errors(tiny_c
 def test_torch_avx2_refuses_a_process_whose_torch_runs_other_kernels(tiny_checkpoint, monkeypatch):
     """The environment set after torch chose its kernels changes nothing: the
     setup says so instead of computing with AVX-512 under the AVX2 name."""
-    from benchmarks.setups import open_setup
-    from runtime.cpu import AVX2_KERNELS_ENV
-    from runtime.errors import BackendUnavailableError
+    from dcae_deploy.bench.setups import open_setup
+    from dcae_deploy.runtime.cpu import AVX2_KERNELS_ENV
+    from dcae_deploy.runtime.errors import BackendUnavailableError
 
     for key, value in AVX2_KERNELS_ENV.items():
         monkeypatch.setenv(key, value)
@@ -628,7 +628,7 @@ def test_torch_avx2_refuses_a_process_whose_torch_runs_other_kernels(tiny_checkp
 def test_sigma_agreement_reports_the_error_by_scale():
     """An error constant in sigma is largest in ln at the smallest scales: the
     report shows it per band of the float64 scale (what sizes a margin)."""
-    from benchmarks.sigma_agreement import _by_scale, to_markdown
+    from dcae_deploy.bench.sigma_agreement import _by_scale, to_markdown
 
     anchor = np.array([0.15, 0.3, 3.0, 40.0])
     bands = _by_scale(anchor + 1e-5, anchor, np.ones(4, bool))
@@ -636,7 +636,7 @@ def test_sigma_agreement_reports_the_error_by_scale():
     assert bands[0]["max_ln"] == pytest.approx(np.log1p(1e-5 / 0.15))
     assert all(b["max_abs"] == pytest.approx(1e-5) for b in bands if b["elements"])
     stats = {"max": 1e-5, "p99.99": 1e-5, "elements": 4}
-    result = {"command": "python -m benchmarks.sigma_agreement --limit 1", "model": "m", "images": ["a.png"],
+    result = {"command": "python -m dcae_deploy.bench.sigma_agreement --limit 1", "model": "m", "images": ["a.png"],
               "cpu": "c", "threads": 1, "vs_float64": {"torch": stats}, "by_scale": {"torch": bands},
               "pairs": {}, "y_elements": 1000,
               "margins": {"4.1e-05": {"marked": 2, "marked_fraction": 2e-3, "side_bytes": 80, "y_bytes_change": -3,
@@ -645,7 +645,7 @@ def test_sigma_agreement_reports_the_error_by_scale():
                                       "y_bytes_change_upward": -1, "share_upward": 0.0029, "indexes_shifted": 14,
                                       "shift_choices": {"K=16, block 1536": 1}}}}
     text = to_markdown(result)
-    assert "Command: `python -m benchmarks.sigma_agreement --limit 1`" in text
+    assert "Command: `python -m dcae_deploy.bench.sigma_agreement --limit 1`" in text
     assert ("| 4.1e-05 (default) | 2 | 2.00e-03 | 80 | -3 | **0.270 %** | 90 | -1 | 0.290 % | 150 | 250 | "
             "0.860 % |") in text
     assert "| 4.1e-05 | K=16, block 1536: 1 | 14 (1.40e-02) |" in text

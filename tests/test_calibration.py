@@ -12,10 +12,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from calibration.cache import RecordCache
-from calibration.images import check_crop_size, list_images, sample_crops, split_files
-from calibration.quantize import SampleReader, float_nodes, policy_for, quantize_graph
-from runtime.manifest import Manifest, is_entropy_graph
+from dcae_deploy.calibration.cache import RecordCache
+from dcae_deploy.calibration.images import check_crop_size, list_images, sample_crops, split_files
+from dcae_deploy.calibration.quantize import SampleReader, float_nodes, policy_for, quantize_graph
+from dcae_deploy.runtime.manifest import Manifest, is_entropy_graph
 
 DATA = Path(__file__).parent / "data"
 
@@ -50,7 +50,7 @@ def calib_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def recorded(tiny_model, calib_dir, tmp_path_factory):
-    from exporter.calibrate import recorded_inputs
+    from dcae_deploy.export.calibrate import recorded_inputs
 
     cache = tmp_path_factory.mktemp("calib_cache")
     calibration, heldout, info = recorded_inputs(tiny_model, calib_dir, count=CALIB_COUNT, holdout=HOLDOUT,
@@ -79,7 +79,7 @@ def test_crops_are_uint8_of_the_asked_size_and_deterministic(calib_dir):
     # round-robin over the images: 7 crops from 5 images use every image
     assert {c.source for c in first} == {p.relative_to(calib_dir).as_posix() for p in files}
     # a crop is the image's pixels at its window
-    from runtime.imaging import load_image
+    from dcae_deploy.runtime.imaging import load_image
 
     crop = first[0]
     whole = load_image(calib_dir / crop.source)
@@ -146,7 +146,7 @@ def test_reader_yields_float32_inputs_in_order_and_rewinds(recorded):
 
 
 def test_second_collection_comes_from_the_cache(recorded, tiny_model, calib_dir, monkeypatch):
-    import exporter.calibrate as calibrate
+    import dcae_deploy.export.calibrate as calibrate
 
     assert recorded["info"]["cache_hit"] is False
 
@@ -258,8 +258,8 @@ def test_linear_layers_run_as_int8_matmuls_with_their_bias_fused(recorded, tiny_
     MatMulIntegerToFloat that adds it (no separate Add over its output),
     computing what the QDQ graph before the fusion computes, on real held-out
     inputs; those without one (window attention's k and v) stay as they are."""
-    import calibration.quantize as quantize
-    from calibration.fusions import MS_DOMAIN, fuse_matmul_bias
+    import dcae_deploy.calibration.quantize as quantize
+    from dcae_deploy.calibration.fusions import MS_DOMAIN, fuse_matmul_bias
 
     fp32 = tiny_bundle / "g_a.onnx"
     samples = [r["g_a"] for r in recorded["calibration"]]
@@ -288,7 +288,7 @@ def test_linear_layers_run_as_int8_matmuls_with_their_bias_fused(recorded, tiny_
     assert all(n.domain == MS_DOMAIN and len(n.input) == 7 and n.input[6] for n in fused_nodes)
     assert _ops(tmp_path / "unfused.onnx")["Add"] - _ops(tmp_path / "fused.onnx")["Add"] == len(biased)
     assert not linears(fused, with_bias=True)
-    # the window attention's k and v Linears have no bias (exporter.rewrites):
+    # the window attention's k and v Linears have no bias (dcae_deploy.export.rewrites):
     # onnxruntime makes those MatMulIntegerToFloat itself
     assert len(linears(fused, with_bias=False)) == len(linears(unfused, with_bias=False)) > 0
     assert result.quantized_nodes >= len(biased)
@@ -305,8 +305,8 @@ def test_gelus_after_quantised_convs_run_as_one_kernel(recorded, tiny_bundle, tm
     (the slice heads) becomes one com.microsoft Gelu, so that onnxruntime's
     optimized graph keeps no Erf (its own fusion misses these), computing what
     the graph before the fusion computes, on real held-out inputs."""
-    import calibration.quantize as quantize
-    from calibration.fusions import MS_DOMAIN, fuse_gelu
+    import dcae_deploy.calibration.quantize as quantize
+    from dcae_deploy.calibration.fusions import MS_DOMAIN, fuse_gelu
 
     name = "slice_params_1"
     fp32 = tiny_bundle / f"{name}.onnx"
@@ -337,7 +337,7 @@ def test_gelus_after_quantised_convs_run_as_one_kernel(recorded, tiny_bundle, tm
 
 
 def test_float_node_selection_on_an_exported_graph(tiny_bundle):
-    from calibration.quantize import GraphPolicy
+    from dcae_deploy.calibration.quantize import GraphPolicy
 
     model = onnx.load(str(tiny_bundle / "slice_lrp_0.onnx"))
     kept = float_nodes(model, GraphPolicy())
@@ -371,8 +371,8 @@ def test_unknown_method_is_refused(tiny_bundle, tmp_path):
 # ---- int8 bundles --------------------------------------------------------------------------
 
 def _export_int8(tiny_model, recorded, path, target):
-    from calibration.quantize import Int8Quantizer
-    from exporter.export import export_bundle
+    from dcae_deploy.calibration.quantize import Int8Quantizer
+    from dcae_deploy.export.export import export_bundle
 
     quantizer = Int8Quantizer(recorded["calibration"], recorded["heldout"], "minmax", info=recorded["info"],
                               target=target)
@@ -394,7 +394,7 @@ def int8_tensorrt_bundle(tiny_model, recorded, tmp_path_factory):
 
 
 def test_int8_bundle_policy_report_and_error_bound(int8_bundle):
-    from runtime.bundle import Bundle
+    from dcae_deploy.runtime.bundle import Bundle
 
     manifest = Bundle.open(int8_bundle).manifest
     for name, spec in manifest.graphs.items():
@@ -423,7 +423,7 @@ def test_int8_onnxruntime_weights_fit_7_bits_and_its_kernels_compute_exact_integ
     import onnx
     from onnx import numpy_helper
 
-    from calibration.quantize import compare_graphs
+    from dcae_deploy.calibration.quantize import compare_graphs
 
     for name, output in (("g_a", "y"), ("g_s", "x_hat")):
         path = int8_bundle / f"{name}.onnx"
@@ -440,7 +440,7 @@ def test_int8_onnxruntime_weights_fit_7_bits_and_its_kernels_compute_exact_integ
 def test_int8_tensorrt_bundle_passes_the_static_tensorrt_check(int8_tensorrt_bundle):
     """Q/DQ as TensorRT takes them: INT8 with zero points 0, per-channel
     scales on weights only, no INT32 (bias) dequantisation."""
-    from exporter.tensorrt_check import check_bundle, errors
+    from dcae_deploy.export.tensorrt_check import check_bundle, errors
 
     assert Manifest.read(int8_tensorrt_bundle).int8_target == "tensorrt"
     problems = {name: errors(p) for name, p in check_bundle(int8_tensorrt_bundle).items()}
@@ -448,7 +448,7 @@ def test_int8_tensorrt_bundle_passes_the_static_tensorrt_check(int8_tensorrt_bun
 
 
 def test_build_engines_refuses_an_onnxruntime_int8_bundle_with_the_reason(int8_bundle, capsys):
-    from exporter.cli import main
+    from dcae_deploy.export.cli import main
 
     assert Manifest.read(int8_bundle).int8_target == "onnxruntime"
     assert main(["build-engines", str(int8_bundle), "--check-only"]) == 1
@@ -458,7 +458,7 @@ def test_build_engines_refuses_an_onnxruntime_int8_bundle_with_the_reason(int8_b
 
 @pytest.mark.parametrize("form", ["onnxruntime", "tensorrt"])
 def test_int8_round_trip_of_either_form(form, int8_bundle, int8_tensorrt_bundle, kodak_crop):
-    from runtime.codec import Codec
+    from dcae_deploy.runtime.codec import Codec
 
     bundle = int8_bundle if form == "onnxruntime" else int8_tensorrt_bundle
     pixels = kodak_crop("kodim23", 256, 256, top=40, left=200)
@@ -469,7 +469,7 @@ def test_int8_round_trip_of_either_form(form, int8_bundle, int8_tensorrt_bundle,
 
 
 def test_int8_round_trip_decodes_bit_exactly_with_its_own_bundle(int8_bundle, kodak_crop):
-    from runtime.codec import Codec
+    from dcae_deploy.runtime.codec import Codec
 
     pixels = kodak_crop("kodim19", 256, 320, top=100, left=60)
     codec = Codec(int8_bundle, threads=1)
@@ -483,8 +483,8 @@ def test_int8_round_trip_decodes_bit_exactly_with_its_own_bundle(int8_bundle, ko
 def test_int8_quality_is_close_to_fp32(int8_bundle, tiny_bundle, kodak_crop):
     """One image through the fp32 and the int8 bundle (g_a, h_a and g_s int8):
     rate and distortion against the original stay close."""
-    from runtime.codec import Codec
-    from runtime.metrics import psnr
+    from dcae_deploy.runtime.codec import Codec
+    from dcae_deploy.runtime.metrics import psnr
 
     pixels = kodak_crop("kodim21", 256, 384, top=200, left=300)
     result = {}
@@ -514,9 +514,9 @@ def test_int8_bundles_record_their_weight_bits_and_warn_where_onnxruntime_would_
 
     from PIL import Image
 
-    from runtime import backends
-    from runtime.cli import main
-    from runtime.codec import Codec
+    from dcae_deploy.runtime import backends
+    from dcae_deploy.runtime.cli import main
+    from dcae_deploy.runtime.codec import Codec
 
     seven, eight = Manifest.read(int8_bundle), Manifest.read(int8_tensorrt_bundle)
     assert (seven.int8_weight_bits, eight.int8_weight_bits) == (7, 8)
@@ -559,7 +559,7 @@ def test_cli_int8_with_entropy_precision_same(tiny_model, calib_dir, tmp_path, k
     round-trip with the bundle. Every path is given relative to the working
     directory."""
     from dcae.checkpoint import save_checkpoint
-    from exporter.cli import main
+    from dcae_deploy.export.cli import main
 
     checkpoint = tmp_path / "tiny.pth.tar"
     save_checkpoint(checkpoint, tiny_model, preset="tiny")
@@ -584,11 +584,11 @@ def test_cli_int8_with_entropy_precision_same(tiny_model, calib_dir, tmp_path, k
         for output, e in entry["heldout_error"].items():
             assert e["sqnr_db"] is None or e["sqnr_db"] > bound, f"{name}.{output}: {e['sqnr_db']:.1f} dB"
     assert report["cache_hit"] is False and list((tmp_path / "cache").iterdir())
-    from exporter.tensorrt_check import check_bundle, errors
+    from dcae_deploy.export.tensorrt_check import check_bundle, errors
 
     assert not any(errors(p) for p in check_bundle(out).values())
     # int8 entropy graphs: a stream still decodes bit-exactly with its own bundle
-    from runtime.codec import Codec
+    from dcae_deploy.runtime.codec import Codec
 
     codec = Codec(out, threads=1)
     encoded = codec.encode(kodak_crop("kodim15", 256, 256, top=40, left=200))
@@ -601,7 +601,7 @@ def test_calibration_package_imports_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys, calibration.images, calibration.cache, calibration.quantize; "
+    code = ("import sys, dcae_deploy.calibration.images, dcae_deploy.calibration.cache, dcae_deploy.calibration.quantize; "
             "bad = [m for m in ('torch', 'dcae', 'exporter') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

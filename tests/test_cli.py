@@ -1,6 +1,6 @@
 """The `dcae` command line: compress / decompress / inspect, and its refusals.
 
-Commands run in-process through `runtime.cli.main` (fast), plus one real
+Commands run in-process through `dcae_deploy.runtime.cli.main` (fast), plus one real
 subprocess to check what a user's terminal sees.
 """
 from __future__ import annotations
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime import cli, default_bundle
-from runtime.container import unpack
-from runtime.manifest import Manifest
-from runtime.portable import decode_shifted_side_stream
+from dcae_deploy.runtime import cli, default_bundle
+from dcae_deploy.runtime.container import unpack
+from dcae_deploy.runtime.manifest import Manifest
+from dcae_deploy.runtime.portable import decode_shifted_side_stream
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -141,8 +141,8 @@ def test_inspect(capsys, coded, tiny_bundle):
 
 
 def test_inspect_and_decompress_an_upstream_bin(capsys, tmp_path, images, tiny_bundle):
-    from runtime import Codec
-    from runtime.container import pack_bin
+    from dcae_deploy.runtime import Codec
+    from dcae_deploy.runtime.container import pack_bin
 
     # The streams of a file for this setup only: its y symbols are coded with
     # the indexes the decoder computes (no threshold shifts).
@@ -250,8 +250,8 @@ def test_output_collisions_and_usage_errors(capsys, tmp_path, images, tiny_bundl
 
 
 def test_fingerprint_mismatch_and_force(capsys, tmp_path, images, tiny_bundle):
-    from runtime import Codec
-    from runtime.container import DcaeHeader, pack
+    from dcae_deploy.runtime import Codec
+    from dcae_deploy.runtime.container import DcaeHeader, pack
 
     parsed = unpack(Codec(tiny_bundle, threads=1).compress(images / "a.png", margin=None))  # for this setup only
     other = bytes(b ^ 0xFF for b in parsed.header.fingerprint)  # a sound file from "another setup"
@@ -338,10 +338,10 @@ def test_default_bundle_export_runs_in_a_subprocess_and_lands_atomically(monkeyp
 def test_real_process_prints_one_line_and_exit_status(tmp_path):
     empty = tmp_path / "empty.dcae"
     empty.write_bytes(b"")
-    done = subprocess.run([sys.executable, "-m", "runtime.cli", "inspect", str(empty)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "dcae_deploy.runtime.cli", "inspect", str(empty)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr == "dcae: error: empty file, not a .dcae file\n"
-    done = subprocess.run([sys.executable, "-m", "runtime.cli", "inspect", str(tmp_path)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "dcae_deploy.runtime.cli", "inspect", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stderr.startswith("dcae: error: Is a directory")

@@ -9,8 +9,8 @@ import zlib
 
 import pytest
 
-from runtime import fileio
-from runtime.container import (
+from dcae_deploy.runtime import fileio
+from dcae_deploy.runtime.container import (
     HEADER_SIZES,
     BinFile,
     DcaeFile,
@@ -21,9 +21,9 @@ from runtime.container import (
     unpack,
     unpack_bin,
 )
-from runtime.errors import BadInputError, CorruptStreamError, DcaeError
-from runtime.fileio import write_atomically
-from runtime.geometry import MAX_PIXELS
+from dcae_deploy.runtime.errors import BadInputError, CorruptStreamError, DcaeError
+from dcae_deploy.runtime.fileio import write_atomically
+from dcae_deploy.runtime.geometry import MAX_PIXELS
 from tests.fuzzing import mutations
 
 FINGERPRINT = bytes(range(0xA0, 0xB0))

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.codec import Codec
-from runtime.container import unpack
-from runtime.entropy import build_indexes
-from runtime.errors import DcaeError
-from runtime.imaging import load_image
-from runtime.portable import margin_for
-from runtime.rans import RansStreamDecoder, encode_with_indexes
+from dcae_deploy.runtime.codec import Codec
+from dcae_deploy.runtime.container import unpack
+from dcae_deploy.runtime.entropy import build_indexes
+from dcae_deploy.runtime.errors import DcaeError
+from dcae_deploy.runtime.imaging import load_image
+from dcae_deploy.runtime.portable import margin_for
+from dcae_deploy.runtime.rans import RansStreamDecoder, encode_with_indexes
 from tests.fuzzing import mutations
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,7 +101,7 @@ def _escape_heavy_symbols(rng, offsets, lengths, indexes):
 
 @pytest.mark.parametrize("which", ["gaussian", "z"])
 def test_rans_streams_are_byte_identical_to_python_escapes_included(tiny_bundle, probe, tmp_path, which):
-    from runtime.bundle import Bundle
+    from dcae_deploy.runtime.bundle import Bundle
 
     tables = Bundle.open(tiny_bundle).entropy
     cdfs, lengths, offsets = tables.gaussian if which == "gaussian" else tables.z[1:]
@@ -140,7 +140,7 @@ def test_rans_streams_are_byte_identical_to_python_escapes_included(tiny_bundle,
 
 def test_rans_refuses_values_too_far_to_code(tiny_bundle, probe, tmp_path):
     """raw >= 2**28 hangs compressai's encoder; both coders refuse it."""
-    from runtime.bundle import Bundle
+    from dcae_deploy.runtime.bundle import Bundle
 
     cdfs, lengths, offsets = Bundle.open(tiny_bundle).entropy.gaussian
     symbols = np.array([0, int(offsets[3]) - (1 << 27) - 1], np.int32)
@@ -153,7 +153,7 @@ def test_rans_refuses_values_too_far_to_code(tiny_bundle, probe, tmp_path):
 
 
 def test_scale_indexes_match_python_at_every_boundary(tiny_bundle, probe, tmp_path):
-    from runtime.bundle import Bundle
+    from dcae_deploy.runtime.bundle import Bundle
 
     tables = Bundle.open(tiny_bundle).entropy
     table, bound = tables.gaussian_scale_table, tables.gaussian_scale_bound
@@ -209,11 +209,11 @@ def test_side_stream_reader_follows_the_spec(probe, tmp_path):
 
 
 def test_side_streams_are_byte_identical_to_python_and_parsed_alike(tiny_bundle, probe, tmp_path):
-    """Marking and the side stream's bytes as runtime.portable writes them, on
+    """Marking and the side stream's bytes as dcae_deploy.runtime.portable writes them, on
     scales crowded around the index boundaries; the reader agrees with the
     Python reader on damaged streams (same entries, or both refuse)."""
-    from runtime.bundle import Bundle
-    from runtime.portable import Thresholds, decode_side_stream, encode_side_stream, mark
+    from dcae_deploy.runtime.bundle import Bundle
+    from dcae_deploy.runtime.portable import Thresholds, decode_side_stream, encode_side_stream, mark
 
     tables = Bundle.open(tiny_bundle).entropy
     table, bound = tables.gaussian_scale_table, tables.gaussian_scale_bound
@@ -311,14 +311,14 @@ def _assert_parsed_alike(done, tmp_path, parse) -> bool:
 def test_threshold_shifts_are_chosen_and_written_as_python_does(tiny_bundle, probe, tmp_path, layout):
     """encode_portable in C++: on latents crowded around the index boundaries,
     the same choice of block length, K and per-block shifts, the same shifted
-    indexes and the same side stream bytes as runtime.portable, in layout 3
+    indexes and the same side stream bytes as dcae_deploy.runtime.portable, in layout 3
     (signed shifts, as files are written) and layout 2 (upward), for margins
     that allow K = 16 (layout 3), 8 and 4, plane sizes of which only some
     multiples are whole, and latents where parts of a plane, a plane or
     several planes make the best block; the reader reads them back alike,
     with the latent's size known or not (inspect)."""
-    from runtime.bundle import Bundle
-    from runtime.portable import Thresholds, decode_shifted_side_stream, encode_portable
+    from dcae_deploy.runtime.bundle import Bundle
+    from dcae_deploy.runtime.portable import Thresholds, decode_shifted_side_stream, encode_portable
 
     signed = layout == 3
     tables = Bundle.open(tiny_bundle).entropy
@@ -366,11 +366,11 @@ def test_signed_shift_side_streams_of_real_scales_are_written_as_python_does(tin
                                                                             kodak_crop, tmp_path):
     """Layout 3 on the scales the model computes for Kodak crops: the C++
     encoder picks the same K (16 included), block length and choices as
-    runtime.portable, writes the same bytes and shifts the same indexes (up
+    dcae_deploy.runtime.portable, writes the same bytes and shifts the same indexes (up
     and down); the reader parses them alike, and the C++ decoder, on the
     encoder's scales, gets the encoder's indexes back. Layout 2 on the same
     scales as well."""
-    from runtime.portable import decode_shifted_side_stream, encode_portable
+    from dcae_deploy.runtime.portable import decode_shifted_side_stream, encode_portable
 
     tables = openvino_codec.bundle.entropy
     table, bound = tables.gaussian_scale_table, tables.gaussian_scale_bound
@@ -418,8 +418,8 @@ def test_threshold_shift_side_streams_are_parsed_and_applied_alike(tiny_bundle, 
     layout's (2**5 in layout 3, 2**4 in layout 2) and more shifts than the
     margin allows are refused alike; layout 1 (files without shifts) still
     reads."""
-    from runtime.bundle import Bundle
-    from runtime.portable import (PortableDecoding, Thresholds, ThresholdShifts, decode_shifted_side_stream,
+    from dcae_deploy.runtime.bundle import Bundle
+    from dcae_deploy.runtime.portable import (PortableDecoding, Thresholds, ThresholdShifts, decode_shifted_side_stream,
                                   encode_portable, encode_shifted_side_stream, encode_side_stream, mark)
 
     signed = layout == 3
@@ -632,7 +632,7 @@ def test_round_trip_is_exact_and_computes_the_python_openvino_backends_bits(host
     graphs the same way: the same latents, byte-identical portable files
     (side stream, threshold shifts and the indexes they shift included), the
     same decoded image."""
-    from runtime.portable import decode_shifted_side_stream
+    from dcae_deploy.runtime.portable import decode_shifted_side_stream
 
     pixels = kodak_crop("kodim21", 80, 120, top=300, left=200)
     image = _write_png(tmp_path / "in.png", pixels)
@@ -688,9 +688,9 @@ def test_layout_1_and_2_files_decode_and_all_inspect_as_in_python(host, tiny_bun
     on a file that is not portable or without a side stream, shift counts
     over the layout's (2**5 in layout 3, 2**4 in layout 2), a stream read as
     another layout."""
-    from runtime.cli import describe
-    from runtime.container import DcaeHeader, pack
-    from runtime.portable import encode_portable, encode_side_stream, mark
+    from dcae_deploy.runtime.cli import describe
+    from dcae_deploy.runtime.container import DcaeHeader, pack
+    from dcae_deploy.runtime.portable import encode_portable, encode_side_stream, mark
 
     tables = openvino_codec.bundle.entropy
     pixels = kodak_crop("kodim21", 80, 120, top=300, left=200)
@@ -921,10 +921,10 @@ def test_both_hosts_warn_alike_of_int8_weights_this_cpu_saturates(host, tiny_bun
     """OpenVINO's int8 kernels saturate on 8-bit weights (the TensorRT form, and
     bundles older than the int8_weight_bits field) where the CPU has no VNNI
     (13 dB worse on an AMD EPYC). Both hosts warn, in the same words, exactly
-    where runtime.backends says this CPU saturates, and never for 7-bit
+    where dcae_deploy.runtime.backends says this CPU saturates, and never for 7-bit
     weights. Whether they warn depends on the manifest and the CPU alone, so
     the tiny bundle's manifest is relabelled int8."""
-    from runtime.backends import int8_products_saturate_here
+    from dcae_deploy.runtime.backends import int8_products_saturate_here
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
@@ -967,7 +967,7 @@ def test_fuzzed_files_through_dcae_host_decompress(host, tiny_bundle, openvino_c
     Each is refused on one line or decoded, with no crash, hang or file left
     behind, and exactly as the Python runtime on the same backend decides:
     the same files refused, the same images decoded."""
-    from runtime.container import pack_bin
+    from dcae_deploy.runtime.container import pack_bin
 
     pixels = kodak_crop("kodim09", 64, 64, top=200, left=200)
     data = openvino_codec.encode(pixels).data
@@ -1069,7 +1069,7 @@ def test_python_runtime_files_decode_in_the_host_to_the_same_symbols(host, tiny_
     signed threshold shifts, K = 16 among them at the wider margin) decode in dcae-host (OpenVINO)
     to the encoder's symbols exactly, and to an image within one level of the
     Python decoder's."""
-    from runtime.portable import decode_shifted_side_stream
+    from dcae_deploy.runtime.portable import decode_shifted_side_stream
 
     codec = Codec(tiny_bundle, backend="onnxruntime", threads=2)
     coded = tmp_path / "coded"
@@ -1135,7 +1135,7 @@ def test_files_for_one_setup_decode_only_there(host, tiny_bundle, openvino_codec
     reads the Python openvino backend's (version 2, and version 1 as older
     runtimes wrote), refuses onnxruntime's by fingerprint in one line, and
     tries it when forced."""
-    from runtime.container import DcaeHeader, pack
+    from dcae_deploy.runtime.container import DcaeHeader, pack
 
     pixels = kodak_crop("kodim07", 60, 90, top=100, left=100)
     own = openvino_codec.encode(pixels, margin=None)
@@ -1165,7 +1165,7 @@ def test_files_for_one_setup_decode_only_there(host, tiny_bundle, openvino_codec
 
 
 def test_a_portable_file_of_another_model_is_refused(host, tiny_bundle, kodak_crop, tmp_path):
-    from runtime.bundle import Bundle
+    from dcae_deploy.runtime.bundle import Bundle
 
     pixels = kodak_crop("kodim08", 40, 40)
     data = bytearray(Codec(tiny_bundle, backend="onnxruntime", threads=1).compress(pixels))
@@ -1181,9 +1181,9 @@ def test_dcae_bench_runs_the_host_as_a_setup(host, tiny_bundle, openvino_codec, 
     """dcae-bench's cpp-openvino setup codes in-process through the host's C
     interface (libdcae-host.so): the openvino backend's files and symbols,
     stage timings, and the runtime's error classes for bad files."""
-    from benchmarks.cli import plan_setups
-    from benchmarks.setups import bundle_infos, open_setup
-    from runtime.errors import CorruptStreamError
+    from dcae_deploy.bench.cli import plan_setups
+    from dcae_deploy.bench.setups import bundle_infos, open_setup
+    from dcae_deploy.runtime.errors import CorruptStreamError
 
     (setup,) = plan_setups(bundle_infos([str(tiny_bundle)]), ["cpp-openvino"], None)
     coder = open_setup(setup, 2)

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from dcae.model import DCAE
-from exporter.export import ExportError, export_bundle
-from exporter.graphs import graph_definitions
-from exporter.reference_io import reference_graph_io
-from runtime.imaging import pad_image
-from runtime.manifest import Manifest, graph_order, is_entropy_graph, sha256_file
+from dcae_deploy.export.export import ExportError, export_bundle
+from dcae_deploy.export.graphs import graph_definitions
+from dcae_deploy.export.reference_io import reference_graph_io
+from dcae_deploy.runtime.imaging import pad_image
+from dcae_deploy.runtime.manifest import Manifest, graph_order, is_entropy_graph, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_entropy_tables_are_the_model_buffers(bundles, small_model):
 
 
 def test_export_fails_naming_the_graph_and_leaves_nothing(small_model, tmp_path, monkeypatch):
-    import exporter.export as export_module
+    import dcae_deploy.export.export as export_module
 
     monkeypatch.setattr(export_module, "FP32_TOLERANCE", 0.0)
     with pytest.raises(ExportError, match=r"graph g_a: onnxruntime differs"):
@@ -144,7 +144,7 @@ def _slices_of_glu_fc1(path) -> int:
 
 
 def test_glu_is_traced_as_two_linears_in_the_image_graphs_only(bundles, small_model):
-    """exporter.rewrites: g_a / g_s compute ConvolutionalGLU's two halves as two
+    """dcae_deploy.export.rewrites: g_a / g_s compute ConvolutionalGLU's two halves as two
     MatMuls (no Slice copies); the entropy graphs keep the reference's chunk;
     the reference model's own forward is untouched after export."""
     from dcae.layers import ConvolutionalGLU
@@ -172,10 +172,10 @@ def _window_attention_gathers(path) -> int:
 @pytest.mark.parametrize("window_type", ["W", "SW"])
 @pytest.mark.parametrize("size", [(32, 48), (16, 16)])
 def test_pixel_major_window_attention_computes_the_reference(window_type, size):
-    """exporter.rewrites' WMSA form equals the reference's forward (batch 2,
+    """dcae_deploy.export.rewrites' WMSA form equals the reference's forward (batch 2,
     non-square maps, both window types, both window sizes the presets use)."""
     from dcae.layers import WMSA
-    from exporter.rewrites import export_rewrites
+    from dcae_deploy.export.rewrites import export_rewrites
 
     torch.manual_seed(1)
     for dim, head_dim, window in ((96, 8, 8), (64, 16, 4)):
@@ -199,7 +199,7 @@ def test_chunked_window_attention_follows_any_window_count(window_type, tmp_path
     import onnx
 
     from dcae.layers import WMSA
-    from exporter.rewrites import ATTENTION_CHUNKS, export_rewrites
+    from dcae_deploy.export.rewrites import ATTENTION_CHUNKS, export_rewrites
 
     torch.manual_seed(2)
     for head_dim, chains in ((8, ATTENTION_CHUNKS), (16, 1)):
@@ -221,10 +221,10 @@ def test_chunked_window_attention_follows_any_window_count(window_type, tmp_path
 
 @pytest.mark.parametrize("kernel, c_in, c_out", [(5, 32, 16), (5, 16, 3), (3, 8, 24)])
 def test_subpixel_upsampler_computes_the_transposed_conv(kernel, c_in, c_out):
-    """exporter.rewrites' 4-phase conv + pixel shuffle equals dcae.layers.deconv
+    """dcae_deploy.export.rewrites' 4-phase conv + pixel shuffle equals dcae.layers.deconv
     (batch 2, non-square input), and leaves no buffer or forward behind."""
     from dcae.layers import deconv
-    from exporter.rewrites import export_rewrites
+    from dcae_deploy.export.rewrites import export_rewrites
 
     torch.manual_seed(2)
     module = deconv(c_in, c_out, kernel, 2).eval()
@@ -238,15 +238,15 @@ def test_subpixel_upsampler_computes_the_transposed_conv(kernel, c_in, c_out):
 
 
 def test_winograd_transforms_are_exact_and_the_conv_stays_accurate():
-    """exporter.winograd: the Toom-Cook matrices satisfy the 1-D identity
+    """dcae_deploy.export.winograd: the Toom-Cook matrices satisfy the 1-D identity
     exactly; the rewritten conv (float32 constants) equals the float64 conv
     within the error measured for F(4x4, 3x3) at these points (~4e-6; 0, +-1,
     +-2 gives 1.2e-5), torch's own conv's order of error; only wide 3x3
     'same' convs qualify."""
     from torch import nn
 
-    from exporter import winograd
-    from exporter.rewrites import ENTROPY_REWRITES, export_rewrites
+    from dcae_deploy.export import winograd
+    from dcae_deploy.export.rewrites import ENTROPY_REWRITES, export_rewrites
 
     b_t, g, a_t = winograd.toom_cook_matrices()
     rng = np.random.default_rng(0)
@@ -275,10 +275,10 @@ def test_winograd_transforms_are_exact_and_the_conv_stays_accurate():
 
 
 def _wide_3x3_convs(path) -> int:
-    """Conv nodes that exporter.winograd would rewrite (3x3, wide enough)."""
+    """Conv nodes that dcae_deploy.export.winograd would rewrite (3x3, wide enough)."""
     import onnx
 
-    from exporter.winograd import WIDE_INPUT_CHANNELS, WIDE_OUTPUT_CHANNELS
+    from dcae_deploy.export.winograd import WIDE_INPUT_CHANNELS, WIDE_OUTPUT_CHANNELS
 
     graph = onnx.load(str(path), load_external_data=False).graph
     shapes = {t.name: list(t.dims) for t in graph.initializer}
@@ -305,7 +305,7 @@ def test_wide_entropy_convs_are_winograd_in_fp32_only(tmp_path):
     import dataclasses
 
     from dcae.config import get_config
-    from exporter.export import _onnx_export
+    from dcae_deploy.export.export import _onnx_export
 
     torch.manual_seed(6)
     model = DCAE(dataclasses.replace(get_config("small"), head_hidden=(128, 48))).eval()
@@ -372,7 +372,7 @@ def test_window_attention_is_traced_pixel_major_in_the_image_graphs_only(bundles
     parameters = {t.name for t in graph.initializer}
     assert not [n for n in graph.node if n.op_type == "Slice" and n.input[0] in parameters
                 and "embedding_layer" in n.input[0]]
-    # nor is the folded projection bias (W b_v, see exporter.rewrites) a product
+    # nor is the folded projection bias (W b_v, see dcae_deploy.export.rewrites) a product
     # of two initializers, which would keep a second copy of W in the file
     assert not [n for n in graph.node if n.op_type == "MatMul" and set(n.input) <= parameters]
     options = ort.SessionOptions()
@@ -386,7 +386,7 @@ def test_window_attention_is_traced_pixel_major_in_the_image_graphs_only(bundles
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "dcae_deploy.export.cli", *args], capture_output=True, text=True)
 
 
 def test_cli_refusals_are_one_line(tmp_path):
@@ -414,7 +414,7 @@ def test_official_configuration_exports_end_to_end(golden_bundle):
     path, manifest, reports = golden_bundle
     assert manifest.model["config"]["M"] == 320 and len(reports) == 14
     assert all(r.rel_error <= 1e-4 for r in reports)
-    # every slice head's first conv (960+ -> 224) is Winograd (exporter.winograd)
+    # every slice head's first conv (960+ -> 224) is Winograd (dcae_deploy.export.winograd)
     for i in range(5):
         assert _winograd_products(path / f"slice_params_{i}.onnx") == 2  # cc_mean and cc_scale
         assert _winograd_products(path / f"slice_lrp_{i}.onnx") == 1
@@ -438,7 +438,7 @@ def test_openvino_transforms_form_keeps_head_major_attention_and_the_same_entrop
     attention (OpenVINO runs each per-head view of the pixel-major form as a
     copy), the same y in OpenVINO as the onnxruntime form's, byte-identical
     entropy graphs, and so files that the onnxruntime form's bundle decodes."""
-    from runtime.codec import Codec
+    from dcae_deploy.runtime.codec import Codec
 
     path = tmp_path / "openvino_form"
     export_bundle(tiny_model, path, progress=lambda *a, **k: None, preset="tiny", threads=1,
@@ -454,7 +454,7 @@ def test_openvino_transforms_form_keeps_head_major_attention_and_the_same_entrop
     assert (1, 2, 3, 0) in _transposes(tiny_bundle / "g_a.onnx")
     assert (1, 2, 3, 0) not in _transposes(path / "g_a.onnx")
     assert _window_attention_gathers(path / "g_a.onnx") > 0
-    from runtime.backends import OpenVinoBackend
+    from dcae_deploy.runtime.backends import OpenVinoBackend
 
     pixels = kodak_crop("kodim05", 128, 192, top=40, left=200)  # a padded size: g_a takes it as is
     x = {"x": pixels.transpose(2, 0, 1)[None].astype(np.float32) / 255}

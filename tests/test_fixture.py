@@ -1,6 +1,6 @@
 """The embedded default model: loads with no download, is the small preset,
 and codes Kodak images at the rate and quality measured in
-benchmarks/results/kodak_rd.json (written by benchmarks/kodak_rd.py)."""
+benchmarks/results/kodak_rd.json (written by dcae_deploy/bench/kodak_rd.py)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import torch
 import dcae
 from dcae.checkpoint import DEFAULT_CHECKPOINT
 from dcae.metrics import bpp, psnr
-from runtime.imaging import crop_to_uint8, pad_image
+from dcae_deploy.runtime.imaging import crop_to_uint8, pad_image
 
 RESULTS = Path(__file__).parent.parent / "benchmarks" / "results" / "kodak_rd.json"
 KODAK = Path(__file__).parent / "data" / "kodak"
@@ -37,7 +37,7 @@ def test_shipped_file_is_small_and_is_the_small_preset(fixture_model):
 
 @pytest.mark.parametrize("name", ["kodim04.png", "kodim23.png"])
 def test_kodak_round_trip_matches_the_measured_point(fixture_model, measured, name):
-    from runtime.imaging import load_image
+    from dcae_deploy.runtime.imaging import load_image
 
     pixels = load_image(KODAK / name)
     data = dcae.compress_image(fixture_model, pixels)

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from runtime.backends import BackendUnavailableError, OpenVinoBackend, get_backend
-from runtime.codec import Codec
-from runtime.container import unpack
+from dcae_deploy.runtime.backends import BackendUnavailableError, OpenVinoBackend, get_backend
+from dcae_deploy.runtime.codec import Codec
+from dcae_deploy.runtime.container import unpack
 
 
 @pytest.fixture(scope="module")

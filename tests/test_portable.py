@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.container import HEADER_SIZES, DcaeFile, DcaeHeader, pack, unpack
-from runtime.cpu import second_float_path
-from runtime.entropy import build_indexes
-from runtime.errors import CorruptStreamError, DcaeError, FingerprintMismatchError
-from runtime.portable import (LAYOUT_MARKED_LIST, LAYOUT_SHIFTED, MAX_MARGIN, NO_SHIFTS, MarginError,
+from dcae_deploy.runtime.container import HEADER_SIZES, DcaeFile, DcaeHeader, pack, unpack
+from dcae_deploy.runtime.cpu import second_float_path
+from dcae_deploy.runtime.entropy import build_indexes
+from dcae_deploy.runtime.errors import CorruptStreamError, DcaeError, FingerprintMismatchError
+from dcae_deploy.runtime.portable import (LAYOUT_MARKED_LIST, LAYOUT_SHIFTED, MAX_MARGIN, NO_SHIFTS, MarginError,
                               PortableDecoding, ThresholdShifts, Thresholds, apply_side_stream,
                               decode_shifted_side_stream, decode_side_stream, encode_portable,
                               encode_shifted_side_stream, encode_side_stream, mark, shift_steps)
@@ -360,8 +360,8 @@ def image_dir(tmp_path_factory):
 def bundles(model, image_dir, tmp_path_factory):
     """fp32 and int8 (onnxruntime form, entropy graphs fp32) bundles of the embedded model."""
     from dcae.checkpoint import DEFAULT_CHECKPOINT
-    from exporter.calibrate import make_int8_quantizer
-    from exporter.export import export_bundle
+    from dcae_deploy.export.calibrate import make_int8_quantizer
+    from dcae_deploy.export.export import export_bundle
 
     root = tmp_path_factory.mktemp("portable_bundles")
     quiet = {"progress": lambda *a, **k: None, "threads": 1, "preset": "small", "source_checkpoint": DEFAULT_CHECKPOINT}
@@ -395,7 +395,7 @@ def other_kernels_encoded(image_dir, tmp_path_factory) -> Path:
 def encoded(model, bundles, image_dir, other_kernels_encoded):
     """{encoder: {image: (file bytes, the encoder's symbols)}} for every encoder setup."""
     from dcae.coding import encode_image
-    from runtime import Codec
+    from dcae_deploy.runtime import Codec
 
     images = sorted(image_dir.glob("*.png"))
     out = {"reference": {}}
@@ -422,7 +422,7 @@ def test_every_setup_decodes_every_setups_files_to_the_encoders_symbols(encoded,
     (g_s differs between fp32 and int8, so they are compared per decoder
     against that decoder's decode of its own file)."""
     from dcae.coding import decode_dcae
-    from runtime import Codec
+    from dcae_deploy.runtime import Codec
 
     files = [(encoder, image, data, symbols) for encoder, per_image in encoded.items()
              for image, (data, symbols) in per_image.items()]
@@ -470,8 +470,8 @@ def test_the_second_float_path_computes_other_scales(other_kernels_encoded, mode
 
 def test_the_cli_and_the_reference_read_each_others_files(encoded, model, bundles, tmp_path):
     from dcae.coding import compress_image, decompress_image
-    from runtime.cli import main
-    from runtime.imaging import load_image
+    from dcae_deploy.runtime.cli import main
+    from dcae_deploy.runtime.imaging import load_image
 
     source = DATA / "kodak" / "kodim02.png"
     pixels = load_image(source)[:128, :160]
@@ -494,7 +494,7 @@ def test_the_cli_and_the_reference_read_each_others_files(encoded, model, bundle
 
 def test_a_file_for_one_setup_or_another_model_is_refused(model, bundles, tiny_bundle, kodak_crop):
     from dcae.coding import decompress_image
-    from runtime import Codec
+    from dcae_deploy.runtime import Codec
 
     pixels = kodak_crop("kodim01", 40, 40)
     own_setup = Codec(bundles["fp32"], threads=1).compress(pixels, margin=None)
@@ -516,10 +516,10 @@ def test_layout_1_and_2_files_still_decode_on_every_setup(model, bundles, layout
     bit 3 clear), as files were written before signed shifts, decodes on the
     reference and the runtime to the encoder's symbols."""
     from dcae.coding import decode_dcae, encode_image, entropy_model_fingerprint, scale_thresholds
-    from runtime import Codec
-    from runtime.container import unpack_bin
-    from runtime.portable import DEFAULT_MARGIN
-    from runtime.rans import encode_with_indexes
+    from dcae_deploy.runtime import Codec
+    from dcae_deploy.runtime.container import unpack_bin
+    from dcae_deploy.runtime.portable import DEFAULT_MARGIN
+    from dcae_deploy.runtime.rans import encode_with_indexes
 
     image = crop("kodim01_256x384")
     data, latents = encode_image(model, image, format="bin")  # y coded with unshifted indexes
@@ -557,8 +557,8 @@ def test_files_written_on_other_machines_decode_here_to_their_encoders_symbols(b
     import json
 
     from dcae.coding import decode_dcae
-    from runtime import Codec
-    from runtime.manifest import Manifest
+    from dcae_deploy.runtime import Codec
+    from dcae_deploy.runtime.manifest import Manifest
 
     sets = sorted(p.parent for p in SETS.glob("*/index.json"))
     assert sets, "no checked-in portable files"

@@ -1,4 +1,4 @@
-"""runtime.rans / runtime.entropy against compressai 1.2.8, byte for byte.
+"""dcae_deploy.runtime.rans / dcae_deploy.runtime.entropy against compressai 1.2.8, byte for byte.
 
 The symbol streams are drawn the way DCAE produces them: scales spread
 log-uniformly over the real 64-entry scale table, table indexes from
@@ -26,8 +26,8 @@ ans = pytest.importorskip("compressai.ans")
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional  # noqa: E402
 
 from fuzzing import mutations  # noqa: E402  (tests/ is on sys.path under pytest)
-from runtime import entropy, rans  # noqa: E402
-from runtime.errors import BadInputError, CorruptStreamError, DcaeError, DesyncError  # noqa: E402
+from dcae_deploy.runtime import entropy, rans  # noqa: E402
+from dcae_deploy.runtime.errors import BadInputError, CorruptStreamError, DcaeError, DesyncError  # noqa: E402
 
 N_SYMBOLS = 20_000  # enough to hit every table and several escapes, still quick
 
@@ -326,7 +326,7 @@ def test_invalid_tables_are_rejected(tables):
 
 
 # ----------------------------------------------------------------------------
-# runtime.entropy
+# dcae_deploy.runtime.entropy
 # ----------------------------------------------------------------------------
 
 def test_build_indexes_matches_compressai(gaussian):
@@ -392,14 +392,11 @@ def test_entropy_bottleneck_matches_compressai():
 def test_golden_upstream_z_streams(name):
     """The z strings that upstream DCAE wrote decode identically and re-encode
     to the same bytes (tables from the golden weights' bottleneck)."""
-    sys.path.insert(0, str(GOLDEN))
-    try:
-        from weights import _param
-    finally:
-        sys.path.remove(str(GOLDEN))
+    from dcae.golden import golden_param
+
     params = json.loads((GOLDEN / "dcae_params.json").read_text())
     prefix = "entropy_bottleneck."
-    state = {name[len(prefix):]: torch.from_numpy(_param(name, shape, 0))
+    state = {name[len(prefix):]: torch.from_numpy(golden_param(name, shape, 0))
              for name, shape in params.items() if name.startswith(prefix)}
     bottleneck = EntropyBottleneck(192)
     bottleneck.load_state_dict(state, strict=False)
@@ -417,7 +414,7 @@ def test_runtime_modules_do_not_import_torch():
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['compressai'] = None\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "import runtime.rans, runtime.entropy\n"
+        "import dcae_deploy.runtime.rans, dcae_deploy.runtime.entropy\n"
         "assert not any(m.split('.')[0] in ('torch', 'compressai') and sys.modules[m] is not None"
         " for m in sys.modules)\n"
     )

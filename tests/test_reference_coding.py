@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import dcae
-from runtime.errors import BadInputError
-from runtime.imaging import crop_to_uint8, load_image, pad_image
+from dcae_deploy.runtime.errors import BadInputError
+from dcae_deploy.runtime.imaging import crop_to_uint8, load_image, pad_image
 
 
 @pytest.mark.parametrize("size", [(1, 1), (17, 300), (129, 257), (512, 768)])

@@ -1,11 +1,11 @@
-"""FLOPs counted at export (exporter.flops), the GEMM peaks and the roofline of dcae-bench's report."""
+"""FLOPs counted at export (dcae_deploy.export.flops), the GEMM peaks and the roofline of dcae-bench's report."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from exporter.flops import count_flops, flops_at
+from dcae_deploy.export.flops import count_flops, flops_at
 
 
 def _shapes(defn, sizes: dict) -> list:
@@ -17,8 +17,8 @@ def _sizes(height: int, width: int) -> dict:
 
 
 def test_export_report_records_flops_that_scale_exactly_with_the_padded_size(tiny_model, tiny_bundle):
-    from exporter.graphs import graph_definitions
-    from runtime.manifest import graph_order
+    from dcae_deploy.export.graphs import graph_definitions
+    from dcae_deploy.runtime.manifest import graph_order
 
     flops = json.loads((tiny_bundle / "export_report.json").read_text())["flops"]
     assert list(flops["graphs"]) == graph_order(tiny_model.num_slices)
@@ -47,7 +47,7 @@ def test_official_g_a_and_g_s_are_250_gflop_at_kodak_size():
 def graph_definitions_meta(model):
     """The rate / quality graphs of a model on the meta device (no weights, no slice graphs, which fold
     the dictionary from real weights)."""
-    from exporter.graphs import DecoderSynthesis, EncoderAnalysis, GraphDefinition
+    from dcae_deploy.export.graphs import DecoderSynthesis, EncoderAnalysis, GraphDefinition
 
     return [GraphDefinition("g_a", EncoderAnalysis(model), ["x"], ["y"], {"x": [1, 3, "H", "W"]}),
             GraphDefinition("g_s", DecoderSynthesis(model), ["y_hat"], ["x_hat"],
@@ -55,7 +55,7 @@ def graph_definitions_meta(model):
 
 
 def test_gemm_peaks_are_measured_in_onnxruntime():
-    from benchmarks.roofline import best_peaks, measure_peaks
+    from dcae_deploy.bench.roofline import best_peaks, measure_peaks
 
     peaks = [measure_peaks(1, runs=2, shape=(128, 128, 128)) for _ in range(2)]
     for p in peaks:
@@ -70,7 +70,7 @@ def test_gemm_peaks_are_measured_in_onnxruntime():
 def test_bf16_peak_is_measured_in_openvino_where_the_cpu_has_bf16():
     import openvino
 
-    from benchmarks.roofline import best_peaks, measure_bf16_peak, measure_peaks
+    from dcae_deploy.bench.roofline import best_peaks, measure_bf16_peak, measure_peaks
 
     has_bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     bf16 = measure_bf16_peak(1, 2, (128, 128, 128))
@@ -85,9 +85,9 @@ def test_bf16_peak_is_measured_in_openvino_where_the_cpu_has_bf16():
 def test_roofline_rows_and_report_tables(tiny_bundle, kodak_crop, tmp_path):
     from PIL import Image
 
-    from benchmarks.report import _roofline, _stage_table
-    from benchmarks.roofline import roofline
-    from benchmarks.setups import bundle_infos
+    from dcae_deploy.bench.report import _roofline, _stage_table
+    from dcae_deploy.bench.roofline import roofline
+    from dcae_deploy.bench.setups import bundle_infos
 
     image = tmp_path / "a.png"
     Image.fromarray(kodak_crop("kodim05", 200, 300)).save(image)  # pads to 256 x 384
@@ -139,7 +139,7 @@ def test_roofline_rows_and_report_tables(tiny_bundle, kodak_crop, tmp_path):
 def test_openvino_profile_names_each_kernel_and_its_gemm_share(tiny_bundle):
     """The OpenVINO profile of g_a: per executed node its type and kernel,
     the GEMM nodes among them, and per-node times that account for the run."""
-    from benchmarks.ort_profile import OPENVINO_GEMM_TYPES, profile_graph_openvino, to_markdown
+    from dcae_deploy.bench.ort_profile import OPENVINO_GEMM_TYPES, profile_graph_openvino, to_markdown
 
     result = profile_graph_openvino(str(tiny_bundle), "g_a", (128, 192), threads=1, runs=2)
     assert result["backend"] == "openvino" and result["graph"] == "g_a"

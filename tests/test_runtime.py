@@ -17,26 +17,26 @@ import pytest
 import torch
 
 import dcae
-from runtime.backends import BackendUnavailableError, OnnxRuntimeBackend, get_backend
-from runtime.bundle import Bundle
-from runtime.codec import Codec, setup_fingerprint
-from runtime.container import DcaeHeader, pack, unpack
-from runtime.portable import DEFAULT_MARGIN, MAX_MARGIN, decode_shifted_side_stream
-from runtime.errors import (
+from dcae_deploy.runtime.backends import BackendUnavailableError, OnnxRuntimeBackend, get_backend
+from dcae_deploy.runtime.bundle import Bundle
+from dcae_deploy.runtime.codec import Codec, setup_fingerprint
+from dcae_deploy.runtime.container import DcaeHeader, pack, unpack
+from dcae_deploy.runtime.portable import DEFAULT_MARGIN, MAX_MARGIN, decode_shifted_side_stream
+from dcae_deploy.runtime.errors import (
     BundleError,
     CorruptStreamError,
     DcaeError,
     DesyncError,
     FingerprintMismatchError,
 )
-from runtime.imaging import crop_to_uint8, pad_image
-from runtime.metrics import psnr
-from runtime.manifest import ENTROPY_ARRAYS, MANIFEST_NAME, Manifest, sha256_file
+from dcae_deploy.runtime.imaging import crop_to_uint8, pad_image
+from dcae_deploy.runtime.metrics import psnr
+from dcae_deploy.runtime.manifest import ENTROPY_ARRAYS, MANIFEST_NAME, Manifest, sha256_file
 from tests.fuzzing import mutations
 
 REPO = Path(__file__).resolve().parent.parent
 # (offset, size) of the .dcae header fields, for the fuzzer's field overwrites.
-# The version-2 header's fields (runtime.container), for targeted mutations.
+# The version-2 header's fields (dcae_deploy.runtime.container), for targeted mutations.
 DCAE_FIELDS = [(4, 1), (5, 1), (6, 2), (8, 4), (12, 4), (16, 4), (20, 4), (24, 2), (26, 2), (28, 16),
                (44, 4), (48, 4), (52, 4), (56, 4), (60, 4)]
 
@@ -56,7 +56,7 @@ def moved_z_symbols(codec, reference: dict, encoded) -> int:
     """How many z symbols the reference rounded differently: g_a and h_a run in
     onnxruntime and PyTorch differ in the last bits, so a z value within ~1e-6
     of a rounding boundary can (rarely) round the other way."""
-    from runtime.entropy import decompress_z
+    from dcae_deploy.runtime.entropy import decompress_z
 
     tables = codec.bundle.entropy
     z_hat = decompress_z(reference["strings"][1][0], encoded.z_symbols.shape[-2:], *tables.z)
@@ -105,11 +105,11 @@ def test_runtime_imports_and_codes_with_torch_blocked(tiny_bundle):
         for name in ("torch", "compressai", "dcae", "exporter"):
             sys.modules[name] = None  # any import of them now fails
         import numpy as np
-        import runtime.backends, runtime.bundle, runtime.cli, runtime.codec, runtime.default_bundle
-        codec = runtime.codec.Codec({str(tiny_bundle)!r}, threads=1)
+        import dcae_deploy.runtime.backends, dcae_deploy.runtime.bundle, dcae_deploy.runtime.cli, dcae_deploy.runtime.codec, dcae_deploy.runtime.default_bundle
+        codec = dcae_deploy.runtime.codec.Codec({str(tiny_bundle)!r}, threads=1)
         image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
         assert codec.decompress(codec.compress(image)).shape == (20, 30, 3)
-        assert not runtime.default_bundle.exporter_available()
+        assert not dcae_deploy.runtime.default_bundle.exporter_available()
         print("ok")
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -143,7 +143,7 @@ def test_onnxruntime_sessions_share_one_arena_and_only_the_transforms_spin(tiny_
     """The codec runs a dozen short graphs back to back: a session's thread
     pool left spinning would take a core from the next graph, and an arena per
     session would make peak memory the sum of all graphs' peaks."""
-    from runtime.backends import SPINNING_GRAPHS
+    from dcae_deploy.runtime.backends import SPINNING_GRAPHS
 
     bundle = Bundle.open(tiny_bundle)
     backend = get_backend("onnxruntime", threads=2)
@@ -295,7 +295,7 @@ def test_y_stream_is_byte_identical_to_the_reference_on_a_larger_crop(codec, tin
     sums depend on its thread count: on 2 threads, on an AMD EPYC, 26 of
     15,360 y roundings moved, and every later slice's context with them;
     files that must survive that are portable ones, tests/test_portable.py.)"""
-    from runtime.rans import encode_with_indexes
+    from dcae_deploy.runtime.rans import encode_with_indexes
 
     pixels = kodak_crop("kodim23", 256, 384)
     encoded = codec.encode(pixels, margin=None)
@@ -524,7 +524,7 @@ def test_fuzzed_files_raise_only_codec_errors(codec, kodak_crop):
     - 600 portable files whose side stream is damaged (header and CRC sound),
       its threshold shifts or its list of elements.
     """
-    from runtime.container import pack_bin
+    from dcae_deploy.runtime.container import pack_bin
 
     pixels = kodak_crop("kodim09", 32, 32, top=200, left=200)  # pads to 256x256
     encoded = codec.encode(pixels)
@@ -568,7 +568,7 @@ def test_fuzzed_files_raise_only_codec_errors(codec, kodak_crop):
 def test_official_configuration_round_trips_exactly_and_matches_the_reference(golden_bundle, golden_model,
                                                                               kodak_image):
     """The official configuration (golden weights), whose slice heads run as
-    Winograd convs (exporter.winograd), on a 256x384 (height x width) Kodak crop: the decoder's
+    Winograd convs (dcae_deploy.export.winograd), on a 256x384 (height x width) Kodak crop: the decoder's
     y_hat is the encoder's bit for bit; against the reference the z stream is
     identical and few indexes and roundings move (measured on this crop: 3
     indexes of 122,880 and no rounding; 1 and 0 with plain convs; a moved
@@ -600,7 +600,7 @@ KODAK_DIR = Path(__file__).parent / "data" / "kodak"
 def test_every_kodak_image_and_golden_input_round_trips_exactly(codec, tiny_model, path):
     """Full-size Kodak images and the golden inputs: the decoder's y_hat is the
     encoder's bit for bit, and the reference agrees on z, size and quality."""
-    from runtime.imaging import load_image
+    from dcae_deploy.runtime.imaging import load_image
 
     pixels = load_image(path)
     h, w = pixels.shape[:2]

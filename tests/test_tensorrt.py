@@ -23,11 +23,11 @@ from onnx import TensorProto as T
 from onnx import helper
 from onnx import numpy_helper as nh
 
-from exporter.tensorrt_check import check_bundle, check_graph, errors, summary, tensorrt_unavailable_reason
-from runtime.backends import get_backend
-from runtime.errors import BackendUnavailableError, BadInputError, BundleError
-from runtime.manifest import Manifest
-from runtime.tensorrt_backend import check_engine_platform
+from dcae_deploy.export.tensorrt_check import check_bundle, check_graph, errors, summary, tensorrt_unavailable_reason
+from dcae_deploy.runtime.backends import get_backend
+from dcae_deploy.runtime.errors import BackendUnavailableError, BadInputError, BundleError
+from dcae_deploy.runtime.manifest import Manifest
+from dcae_deploy.runtime.tensorrt_backend import check_engine_platform
 
 from tests import fake_tensorrt
 
@@ -42,7 +42,7 @@ SIZES = dict(min_size=(256, 256), opt_size=(256, 256), max_size=(384, 384))
 def bundles(tiny_model, tiny_bundle, tmp_path_factory):
     """The tiny model's fp32 bundle and an fp16 one with fp16 entropy graphs
     too (every graph then goes through the fp16 conversion)."""
-    from exporter.export import export_bundle
+    from dcae_deploy.export.export import export_bundle
 
     path = tmp_path_factory.mktemp("trt") / "fp16"
     export_bundle(tiny_model, path, precision="fp16", entropy_precision="same", preset="tiny",
@@ -68,7 +68,7 @@ def test_exported_bundles_pass_the_static_check(bundles, precision):
 
 def test_official_bundle_with_winograd_slice_heads_passes_the_static_check(golden_bundle):
     """The official configuration's fp32 entropy graphs carry the Winograd convs
-    (exporter.winograd: a conv with channels as batch, batched MatMuls on a
+    (dcae_deploy.export.winograd: a conv with channels as batch, batched MatMuls on a
     folded constant); TensorRT takes them as they are."""
     path, _, _ = golden_bundle
     results = check_bundle(path)
@@ -181,7 +181,7 @@ def test_int32_bias_dequantize_is_rejected():
 
 
 def test_check_only_command_runs_without_tensorrt(bundles):
-    done = subprocess.run([sys.executable, "-m", "exporter.cli", "build-engines", str(bundles["fp32"]),
+    done = subprocess.run([sys.executable, "-m", "dcae_deploy.export.cli", "build-engines", str(bundles["fp32"]),
                            "--check-only"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "all 14 graphs pass" in done.stderr
@@ -199,7 +199,7 @@ def test_unavailable_reason_says_what_is_missing():
 
 @pytest.mark.skipif(TRT_REASON is None, reason="TensorRT and a GPU are present here")
 def test_build_engines_without_tensorrt_exits_1_with_one_line(bundles):
-    done = subprocess.run([sys.executable, "-m", "exporter.cli", "build-engines", str(bundles["fp32"])],
+    done = subprocess.run([sys.executable, "-m", "dcae_deploy.export.cli", "build-engines", str(bundles["fp32"])],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
@@ -221,7 +221,7 @@ def test_engines_refused_on_another_gpu_or_tensorrt():
 
 
 def test_profile_shapes_follow_the_manifest_symbols(bundles):
-    from exporter.tensorrt_build import EngineBuildError, parse_size, profile_shapes
+    from dcae_deploy.export.tensorrt_build import EngineBuildError, parse_size, profile_shapes
 
     manifest = Manifest.read(bundles["fp32"])
     shapes = profile_shapes(manifest.graphs["slice_params_1"], (256, 256), (512, 768), (2048, 1024))
@@ -237,7 +237,7 @@ def test_profile_shapes_follow_the_manifest_symbols(bundles):
 # ---- our plumbing, through a simulated TensorRT ------------------------------------------------
 
 def test_simulated_build_records_engines_in_the_manifest(fp32_copy, monkeypatch):
-    from exporter.tensorrt_build import build_engines
+    from dcae_deploy.export.tensorrt_build import build_engines
 
     fake_tensorrt.install(monkeypatch)
     build_engines(fp32_copy, progress=lambda *a: None, **SIZES)
@@ -259,9 +259,9 @@ def test_simulated_build_records_engines_in_the_manifest(fp32_copy, monkeypatch)
 def test_simulated_backend_codes_like_onnxruntime(fp32_copy, monkeypatch, kodak_crop, cuda_graphs):
     """Through the tensorrt backend's buffers and copies the streams are those
     of onnxruntime (the simulation computes with it), at two image sizes."""
-    from exporter.tensorrt_build import build_engines
-    from runtime.codec import Codec
-    from runtime.tensorrt_backend import TensorRTBackend
+    from dcae_deploy.export.tensorrt_build import build_engines
+    from dcae_deploy.runtime.codec import Codec
+    from dcae_deploy.runtime.tensorrt_backend import TensorRTBackend
 
     fake_tensorrt.install(monkeypatch)
     build_engines(fp32_copy, progress=lambda *a: None, **SIZES)
@@ -281,9 +281,9 @@ def test_simulated_backend_codes_like_onnxruntime(fp32_copy, monkeypatch, kodak_
 
 
 def test_simulated_run_device_keeps_support_on_the_gpu(fp32_copy, monkeypatch, kodak_crop):
-    from exporter.tensorrt_build import build_engines
-    from runtime.codec import Codec
-    from runtime.tensorrt_backend import DeviceTensor, TensorRTBackend
+    from dcae_deploy.export.tensorrt_build import build_engines
+    from dcae_deploy.runtime.codec import Codec
+    from dcae_deploy.runtime.tensorrt_backend import DeviceTensor, TensorRTBackend
 
     fake_tensorrt.install(monkeypatch)
     build_engines(fp32_copy, progress=lambda *a: None, **SIZES)
@@ -303,8 +303,8 @@ def test_simulated_run_device_keeps_support_on_the_gpu(fp32_copy, monkeypatch, k
 
 
 def test_simulated_backend_refuses_engines_of_another_gpu(fp32_copy, monkeypatch):
-    from exporter.tensorrt_build import build_engines
-    from runtime.codec import Codec
+    from dcae_deploy.export.tensorrt_build import build_engines
+    from dcae_deploy.runtime.codec import Codec
 
     fake_tensorrt.install(monkeypatch, gpu_name="NVIDIA A100-SXM4-80GB")
     build_engines(fp32_copy, progress=lambda *a: None, **SIZES)
@@ -315,8 +315,8 @@ def test_simulated_backend_refuses_engines_of_another_gpu(fp32_copy, monkeypatch
 
 
 def test_simulated_backend_refuses_stale_or_altered_engines(fp32_copy, monkeypatch):
-    from exporter.tensorrt_build import build_engines
-    from runtime.codec import Codec
+    from dcae_deploy.export.tensorrt_build import build_engines
+    from dcae_deploy.runtime.codec import Codec
 
     fake_tensorrt.install(monkeypatch)
     build_engines(fp32_copy, progress=lambda *a: None, **SIZES)
@@ -337,7 +337,7 @@ def test_simulated_backend_refuses_stale_or_altered_engines(fp32_copy, monkeypat
 @pytest.mark.gpu
 @needs_tensorrt
 def test_engine_build_for_the_tiny_bundle(fp32_copy):
-    from exporter.tensorrt_build import build_engines
+    from dcae_deploy.export.tensorrt_build import build_engines
 
     manifest = build_engines(fp32_copy, progress=lambda *a: None, **SIZES)
     assert sorted(manifest.engines["graphs"]) == sorted(manifest.graphs)
@@ -350,8 +350,8 @@ def test_engine_build_for_the_tiny_bundle(fp32_copy):
 def test_tensorrt_round_trip_is_exact(fp32_copy, kodak_crop):
     """Decoding on TensorRT reproduces the TensorRT encoder's latents bit for
     bit and ends in sync, at two sizes; engines match onnxruntime closely."""
-    from exporter.tensorrt_build import build_engines
-    from runtime.codec import Codec
+    from dcae_deploy.export.tensorrt_build import build_engines
+    from dcae_deploy.runtime.codec import Codec
 
     build_engines(fp32_copy, progress=lambda *a: None, **SIZES)
     codec, cpu = Codec(fp32_copy, backend="tensorrt"), Codec(fp32_copy, backend="onnxruntime")
@@ -368,8 +368,8 @@ def test_tensorrt_round_trip_is_exact(fp32_copy, kodak_crop):
 @pytest.mark.gpu
 @needs_tensorrt
 def test_tensorrt_refuses_engines_recorded_for_another_gpu(fp32_copy):
-    from exporter.tensorrt_build import build_engines
-    from runtime.codec import Codec
+    from dcae_deploy.export.tensorrt_build import build_engines
+    from dcae_deploy.runtime.codec import Codec
 
     build_engines(fp32_copy, progress=lambda *a: None, **SIZES)
     manifest = json.loads((fp32_copy / "manifest.json").read_text())

@@ -33,7 +33,7 @@ def tiny_checkpoint(tiny_model, tmp_path_factory):
 def references(tiny_checkpoint):
     import torch._dynamo
 
-    from benchmarks.torch_reference import TorchReference
+    from dcae_deploy.bench.torch_reference import TorchReference
 
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
@@ -46,9 +46,9 @@ def references(tiny_checkpoint):
 def test_compiled_reference_files_decode_with_the_eager_reference(references, kodak_crop):
     import torch._dynamo
 
-    from benchmarks.torch_reference import COMPILED_PARTS
+    from dcae_deploy.bench.torch_reference import COMPILED_PARTS
     from dcae.coding import entropy_model_fingerprint
-    from runtime.container import sniff, unpack
+    from dcae_deploy.runtime.container import sniff, unpack
 
     eager, compiled = references
     assert compiled.compiled == list(COMPILED_PARTS) and eager.compiled == []
@@ -81,8 +81,8 @@ def test_bench_shares_one_inductor_cache_per_run(tmp_path, monkeypatch):
     """torch-compile's measuring processes (each round's, and its decode-memory
     ones) share the run's inductor cache: the first finds it empty (a cold
     compile, said so in the result), later ones warm. Other setups get none."""
-    import benchmarks.measure as measure
-    from benchmarks.setups import Setup
+    import dcae_deploy.bench.measure as measure
+    from dcae_deploy.bench.setups import Setup
 
     seen = []
 
@@ -106,7 +106,7 @@ def test_bench_shares_one_inductor_cache_per_run(tmp_path, monkeypatch):
 
 
 def test_speedups_against_eager_and_compiled_reference():
-    from benchmarks import cli
+    from dcae_deploy.bench import cli
 
     def speed(enc, dec):
         return {"speed": {"encode_ms": {"median": enc}, "decode_ms": {"median": dec}}}

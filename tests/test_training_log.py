@@ -1,11 +1,11 @@
-"""benchmarks.training_log: the checked-in record of where training stands."""
+"""dcae_deploy.bench.training_log: the checked-in record of where training stands."""
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks import training_log
+from dcae_deploy.bench import training_log
 
 DATA = Path(__file__).parent / "data"
 

@@ -1,5 +1,5 @@
 // What runs a bundle's graphs, behind one small interface (as the Python
-// runtime's runtime/backends.py): a Backend loads a graph into a
+// runtime's dcae_deploy/runtime/backends.py): a Backend loads a graph into a
 // GraphSession, which maps named float32 inputs to named float32 outputs.
 // OpenVINO implements it here; a TensorRT backend would implement the same
 // two classes.

@@ -75,7 +75,7 @@ std::vector<TensorSpec> tensors(const json& list) {
   return out;
 }
 
-// The manifest's entropy_fingerprint, recomputed as runtime/manifest.py does.
+// The manifest's entropy_fingerprint, recomputed as dcae_deploy/runtime/manifest.py does.
 std::string entropy_path_fingerprint(const Bundle& bundle, const std::string& entropy_sha256) {
   std::string text = "dcae-entropy-path-v1";
   for (const std::string& name : graph_order(bundle.num_slices))

@@ -1,5 +1,5 @@
-// Opening a bundle directory written by dcae-export (runtime/manifest.py,
-// runtime/bundle.py): the manifest, every file's sha256, each graph's tensor
+// Opening a bundle directory written by dcae-export (dcae_deploy/runtime/manifest.py,
+// dcae_deploy/runtime/bundle.py): the manifest, every file's sha256, each graph's tensor
 // names, and the entropy tables, all checked before a graph is loaded.
 #pragma once
 
@@ -40,7 +40,7 @@ struct Bundle {
   // (bundles written before the field had 8-bit weights)
   int int8_weight_bits = 0;
   // The margin portable files of this model get by default: manifest
-  // "portable"."margin", measured at export (exporter.portable_margin).
+  // "portable"."margin", measured at export (dcae_deploy.export.portable_margin).
   double portable_margin = 0.0;
   ScaleTable scale_table;
   CdfTables gaussian;
@@ -48,7 +48,7 @@ struct Bundle {
 
   int slice_channels() const { return latent_channels / num_slices; }
   // Whether the bundle has int8 graphs with 8-bit weights, which int8
-  // kernels on x86 without VNNI saturate (runtime.manifest, same name).
+  // kernels on x86 without VNNI saturate (dcae_deploy.runtime.manifest, same name).
   bool int8_weights_saturate_without_vnni() const;
   std::string graph_path(const std::string& name) const;
 

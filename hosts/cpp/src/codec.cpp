@@ -1,5 +1,5 @@
 // The codec: the bundle's graphs on a backend, and everything between them,
-// in the order runtime/codec.py does it (which is dcae.model.DCAE's):
+// in the order dcae_deploy/runtime/codec.py does it (which is dcae.model.DCAE's):
 //
 //   encoder: pad -> g_a -> h_a -> z symbols, z stream; z_hat by DECODING the
 //            z stream -> h_s -> per slice i: slice_params_i -> scale index,
@@ -33,14 +33,14 @@
 
 namespace dcae {
 
-// runtime.portable.DEFAULT_MARGIN: 4x the largest scale difference measured
+// dcae_deploy.runtime.portable.DEFAULT_MARGIN: 4x the largest scale difference measured
 // between two fp32 setups near an index boundary
 // (benchmarks/results/sigma_agreement.md).
 const double kDefaultPortableMargin = 4.1e-5;
 
 namespace {
 
-// runtime.portable.margin_covers: whether a file's margin covers two setups
+// dcae_deploy.runtime.portable.margin_covers: whether a file's margin covers two setups
 // that each keep within `bound`; the margin travels as a float32, so a value
 // written as 2 x bound may read back a hair under it.
 bool margin_covers(double margin, double bound) { return margin >= 2 * bound * (1 - 1.0 / (1 << 20)); }
@@ -98,7 +98,7 @@ struct Codec::Impl {
   Impl(Bundle opened, const Options& chosen)
       : bundle(std::move(opened)), backend(make_backend(chosen.backend, chosen.threads)), options(chosen),
         critical(bundle.scale_table) {
-    // runtime.codec.setup_fingerprint: the bundle's entropy path and the
+    // dcae_deploy.runtime.codec.setup_fingerprint: the bundle's entropy path and the
     // arithmetic that ran it.
     setup_fingerprint = first_16(sha256_bytes(bundle.entropy_fingerprint + ":" + backend->numeric_class()));
     // The opening's warnings, until the first call replaces them.
@@ -207,7 +207,7 @@ struct Codec::Impl {
     return {std::move(out.at("latent_scales")), std::move(out.at("latent_means"))};
   }
 
-  // Portable where the setup allows, as runtime.codec: the bundle's entropy
+  // Portable where the setup allows, as dcae_deploy.runtime.codec: the bundle's entropy
   // path is fp32 (then the exporter recorded the entropy model's fingerprint).
   bool writes_portable() {
     if (!options.portable) return false;
@@ -425,7 +425,7 @@ struct Codec::Impl {
     return result;
   }
 
-  // runtime.codec: a portable file decodes when written with this bundle's
+  // dcae_deploy.runtime.codec: a portable file decodes when written with this bundle's
   // entropy model and its margin covers this backend's error bound; another
   // file only on the setup that wrote it. `force` tries anyway where it can.
   void check_fingerprint(const FileHeader& header, bool force) {

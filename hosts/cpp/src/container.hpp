@@ -1,4 +1,4 @@
-// The .dcae file (runtime/container.py, docs/dcae-format.md), versions 1 and 2,
+// The .dcae file (dcae_deploy/runtime/container.py, docs/dcae-format.md), versions 1 and 2,
 // and the upstream DCAE .bin. Little-endian; version 1 has a 56-byte header,
 // version 2 a 64-byte one with a side-stream length and the portable margin:
 //

@@ -1,4 +1,4 @@
-// compressai's entropy-model arithmetic as runtime/entropy.py does it, on
+// compressai's entropy-model arithmetic as dcae_deploy/runtime/entropy.py does it, on
 // float32: scale -> table index, round(y - mu) half to even, symbols + mu,
 // and the factorised coding of the hyper-latent z.
 #pragma once

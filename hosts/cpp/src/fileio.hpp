@@ -1,5 +1,5 @@
 // Reading whole files, and writing them so that a failure never leaves a
-// half-written one (runtime/fileio.py's write_atomically).
+// half-written one (dcae_deploy/runtime/fileio.py's write_atomically).
 #pragma once
 
 #include <cstdint>

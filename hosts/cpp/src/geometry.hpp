@@ -1,4 +1,4 @@
-// The image-size rules of runtime/geometry.py: padded sides are multiples of
+// The image-size rules of dcae_deploy/runtime/geometry.py: padded sides are multiples of
 // 128 and at least 256 (the model downsamples by 64 and its window attention
 // fails at 128), padding is centred zeros, and sizes are bounded before
 // anything is allocated.

@@ -1,5 +1,5 @@
 // OpenVINO's CPU plugin, reading the bundle's ONNX graphs directly, set up
-// exactly as the Python runtime's OpenVinoBackend (runtime/backends.py) so
+// exactly as the Python runtime's OpenVinoBackend (dcae_deploy/runtime/backends.py) so
 // that both compute the same bits: graphs compiled for static input shapes
 // (the same graph compiled for dynamic shapes computes other bits), the same
 // properties, the entropy graphs always in f32.
@@ -21,16 +21,16 @@ namespace dcae {
 namespace {
 
 // Each compiled model holds its own copy of the weights: keep the most
-// recently used image sizes only (runtime.backends.OPENVINO_COMPILED_SIZES_KEPT).
+// recently used image sizes only (dcae_deploy.runtime.backends.OPENVINO_COMPILED_SIZES_KEPT).
 constexpr size_t kCompiledSizesKept = 2;
 
 // |ln(scale) - ln(scale in float64)| of OpenVINO's f32 entropy graphs near
-// index boundaries: runtime.backends.OpenVinoBackend.sigma_error_bound
+// index boundaries: dcae_deploy.runtime.backends.OpenVinoBackend.sigma_error_bound
 // (measured at most 7.7e-6 on the embedded model; 5.3e-6 on its earlier
 // weights, stated with a margin of 2x).
 constexpr double kOpenVinoScaleErrorBound = 1.1e-5;
 
-// runtime.backends.OpenVinoBackend.bundle_warning, word for word.
+// dcae_deploy.runtime.backends.OpenVinoBackend.bundle_warning, word for word.
 constexpr const char* kInt8SaturationWarning =
     "this int8 bundle has 8-bit weights, which OpenVINO's int8 kernels saturate on this CPU (no VNNI): "
     "the image comes out far worse (measured 13 dB worse on an AMD EPYC with AVX2); export it again with "
@@ -38,7 +38,7 @@ constexpr const char* kInt8SaturationWarning =
 
 // Whether int8 kernels on this CPU add pairs of u8 x s8 products in int16
 // (VPMADDUBSW: x86 without VNNI or AMX), where 8-bit weights saturate
-// (runtime.backends.int8_products_saturate_here). False where it cannot be told.
+// (dcae_deploy.runtime.backends.int8_products_saturate_here). False where it cannot be told.
 bool int8_products_saturate_here() {
 #if defined(__x86_64__) || defined(_M_X64)
   std::ifstream cpuinfo("/proc/cpuinfo");
@@ -191,7 +191,7 @@ class OpenVinoBackend final : public Backend {
   }
 
  private:
-  // The properties runtime.backends.openvino_compile_config sets: the
+  // The properties dcae_deploy.runtime.backends.openvino_compile_config sets: the
   // precision always given (the CPU plugin defaults to bf16 where the CPU has
   // it), one stream and the latency hint (one graph runs at a time).
   ov::AnyMap config_for(const GraphSpec& graph) const {

@@ -1,5 +1,5 @@
 // PNG in and out through libpng, converting as the Python runtime's loader
-// (runtime/imaging.py, through Pillow) does: grayscale and palette become
+// (dcae_deploy/runtime/imaging.py, through Pillow) does: grayscale and palette become
 // RGB, alpha is dropped with a warning (RGBA, gray+alpha, palette with
 // transparency), 16-bit grayscale is scaled round(v * 255 / 65535) and other
 // 16-bit images keep their high byte (what Pillow's 16-bit unpackers do).

@@ -31,7 +31,7 @@ CriticalValues::CriticalValues(const ScaleTable& table) {
 
 CriticalValues::Nearest CriticalValues::nearest_log(double log_s) const {
   // ln is monotonic, so the nearest is one of the two values around log_s,
-  // and the distance is |log_s - ln c| in float64 as runtime.portable
+  // and the distance is |log_s - ln c| in float64 as dcae_deploy.runtime.portable
   // computes it (numpy's log and the C library's can differ in the last bit:
   // a marking decision changes only for a scale within ~1e-16 of the margin).
   const size_t upper = static_cast<size_t>(std::lower_bound(logs_.begin(), logs_.end(), log_s) - logs_.begin());
@@ -71,7 +71,7 @@ double log_scale(float s) {
 
 namespace {
 
-// runtime.portable.mark for one element (log_s from log_scale, its critical
+// dcae_deploy.runtime.portable.mark for one element (log_s from log_scale, its critical
 // values shifted by `shift`): listed when within the margin of one.
 void mark_element(double log_s, double shift, int32_t index, uint64_t position, double margin,
                   const CriticalValues& critical, SideInfo* side) {
@@ -176,23 +176,23 @@ std::pair<unsigned, uint64_t> best_rice_parameter(const std::vector<uint64_t>& g
   return {best_k, best_bits};
 }
 
-// runtime.portable._marked_list_size: the bytes of layout 1 for these gaps.
+// dcae_deploy.runtime.portable._marked_list_size: the bytes of layout 1 for these gaps.
 uint64_t marked_list_size(const std::vector<uint64_t>& gaps) {
   if (gaps.empty()) return 0;
   return kSideHeadBytes + (best_rice_parameter(gaps).second + 7) / 8;
 }
 
-// runtime.portable._choices_size: the bytes of layouts 2 and 3 before the marked list.
+// dcae_deploy.runtime.portable._choices_size: the bytes of layouts 2 and 3 before the marked list.
 uint64_t choices_size(unsigned count, uint64_t blocks) {
   if (count == 1) return 1;
   return kShiftHeadBytes + (blocks * choice_bits(count) + 7) / 8;
 }
 
 // Block lengths an encoder tries, as multiples of a channel's plane (h * w):
-// runtime.portable.BLOCK_PLANES, in its order.
+// dcae_deploy.runtime.portable.BLOCK_PLANES, in its order.
 constexpr double kBlockPlanes[] = {1.0 / 8, 1.0 / 4, 1.0 / 2, 1.0, 2.0, 4.0};
 
-// runtime.portable._block_lengths: the integral ones in [1, latent_size], each once.
+// dcae_deploy.runtime.portable._block_lengths: the integral ones in [1, latent_size], each once.
 std::vector<uint64_t> block_lengths(uint64_t latent_size, uint64_t plane) {
   std::vector<uint64_t> lengths;
   for (double planes : kBlockPlanes) {
@@ -421,7 +421,7 @@ PortableDecoding::PortableDecoding(const uint8_t* data, size_t size, uint64_t la
 }
 
 void PortableDecoding::apply(uint64_t start, const float* scales, int32_t* indexes, size_t count) {
-  // The file is for setups within margin / 2 of float64 (runtime.portable):
+  // The file is for setups within margin / 2 of float64 (dcae_deploy.runtime.portable):
   // two of them differ by less than the margin. A listed element was within
   // the margin of its (shifted) critical value for the encoder, so within 1.5
   // margin here; an unlisted one farther than the margin, so farther than

@@ -1,5 +1,5 @@
 // The portable side stream of .dcae version 2 (docs/dcae-format.md,
-// runtime/portable.py): the encoder marks every element whose scale lies
+// dcae_deploy/runtime/portable.py): the encoder marks every element whose scale lies
 // within a margin (natural log) of a value where the scale-table index
 // changes, and records on which side its index fell; a decoder whose scales
 // differ from the encoder's by less than the margin then recovers the
@@ -32,7 +32,7 @@ class CriticalValues {
 
   struct Nearest {
     size_t which;     // into values()
-    double distance;  // |log_s - ln c|, float64 as runtime.portable computes it
+    double distance;  // |log_s - ln c|, float64 as dcae_deploy.runtime.portable computes it
   };
   // The critical value nearest to log_s (ln of a scale, less its shift) in
   // ln distance; the lower of two equally near ones (Thresholds.nearest).
@@ -60,7 +60,7 @@ class CriticalValues {
 };
 
 // ln of a scale in float64, or NaN when it is not finite and positive
-// (runtime.portable._log_scales).
+// (dcae_deploy.runtime.portable._log_scales).
 double log_scale(float s);
 
 constexpr unsigned kMaxShifts = 16;       // layout 3 (signed steps)
@@ -72,7 +72,7 @@ constexpr int kLayoutSignedShifts = 3;    // the same bytes, signed shifts (flag
 // The most choices a block may have in a shifted layout: 16 signed, 8 upward.
 constexpr unsigned max_shift_count(bool signed_steps) { return signed_steps ? kMaxShifts : kMaxUpwardShifts; }
 
-// step(k) of choice k, in units of 2 margin (runtime.portable.shift_steps):
+// step(k) of choice k, in units of 2 margin (dcae_deploy.runtime.portable.shift_steps):
 // signed steps take the smallest |shift| first (0, +1, -1, +2, ...), so a K
 // reaches half as far as with upward ones (k).
 constexpr double shift_step(unsigned k, bool signed_steps) {
@@ -80,7 +80,7 @@ constexpr double shift_step(unsigned k, bool signed_steps) {
   return k % 2 ? static_cast<double>((k + 1) / 2) : -static_cast<double>(k / 2);
 }
 
-// runtime.portable.largest_step: max |step(k)| for k < count.
+// dcae_deploy.runtime.portable.largest_step: max |step(k)| for k < count.
 constexpr double largest_step(unsigned count, bool signed_steps) {
   double largest = 0.0;
   for (unsigned k = 0; k < count; ++k) {
@@ -119,25 +119,25 @@ void mark_slice(const float* scales, const int32_t* indexes, size_t count, uint6
 
 // The marked list's bytes, layout 1 (empty when nothing is marked). The Rice
 // parameter is the one giving the fewest bits (the smallest such, as
-// runtime.portable).
+// dcae_deploy.runtime.portable).
 std::vector<uint8_t> encode_side_stream(const SideInfo& side);
 // Layouts 2 and 3 (side.shifts.signed_steps): the shifts, then the marked list.
 std::vector<uint8_t> encode_shifted_side_stream(const SideInfo& side, uint64_t latent_size);
 
 // The latent's size when the model is not known (dcae-host inspect): layout 1
 // positions are then bounded by the format's limit, layout 2 and 3 ones by the
-// shifts' blocks (runtime.portable.parse_side_stream with total None).
+// shifts' blocks (dcae_deploy.runtime.portable.parse_side_stream with total None).
 constexpr uint64_t kLatentSizeUnknown = 0;
 // Parse and check a side stream of a layout for a latent of `latent_size`
 // elements; Error(corrupt_stream), one line starting "side stream", for
-// anything runtime.portable refuses. Nothing larger than the bytes can hold
+// anything dcae_deploy.runtime.portable refuses. Nothing larger than the bytes can hold
 // is allocated.
 SideInfo decode_side_stream(const uint8_t* data, size_t size, uint64_t latent_size);
 // Layout 3 (`signed_steps`) or 2.
 SideInfo decode_shifted_side_stream(const uint8_t* data, size_t size, uint64_t latent_size, bool signed_steps);
 SideInfo parse_side_stream(const uint8_t* data, size_t size, uint64_t latent_size, int layout);
 
-// runtime.portable.encode_portable: of the (1, C, h, w) latent's scales
+// dcae_deploy.runtime.portable.encode_portable: of the (1, C, h, w) latent's scales
 // (`plane` = h * w) and their unshifted indexes, the threshold shifts whose
 // side stream (layout 3, or 2 where not `signed_steps`) is the smallest,
 // deterministically as the spec says; `indexes` become the shifted ones the
@@ -150,7 +150,7 @@ struct PortableEncoding {
 PortableEncoding encode_portable(const float* scales, int32_t* indexes, size_t latent_size, size_t plane,
                                  double margin, const CriticalValues& critical, bool signed_steps = true);
 
-// runtime.portable.PortableDecoding: parses the side stream up front (and
+// dcae_deploy.runtime.portable.PortableDecoding: parses the side stream up front (and
 // refuses more shifts than the margin allows with this table), then gives
 // each slice's indexes, computed by build_indexes from this decoder's
 // scales, the file's shifts and listed sides, and checks every element

@@ -1,5 +1,5 @@
 // rANS entropy coder, byte-identical to compressai 1.2.8's (and so to
-// runtime/rans.py): a 64-bit state kept in [2^31, 2^63), 32-bit output
+// dcae_deploy/runtime/rans.py): a 64-bit state kept in [2^31, 2^63), 32-bit output
 // words, 16-bit quantised CDFs; a value outside its table is coded as the
 // table's last symbol followed by 4-bit bypass chunks (their count, then the
 // value's chunks, low first). The stream is the encoder's words in

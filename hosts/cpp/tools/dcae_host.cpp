@@ -376,7 +376,7 @@ int decompress(const Arguments& args) {
 // The header fields and stream lengths of a .dcae; needs no bundle. A
 // portable file's side stream is parsed and checked on its own terms (the
 // latent's size depends on the model): the elements it lists, its layout,
-// and its threshold shifts, as runtime.cli's describe.
+// and its threshold shifts, as dcae_deploy.runtime.cli's describe.
 int inspect(const Arguments& args) {
   const std::vector<uint8_t> data = dcae::read_file(args.inputs[0]);
   const dcae::DcaeFile file = dcae::unpack_dcae(data.data(), data.size());

@@ -1,5 +1,5 @@
 /* A C interface to dcae::Codec, for hosts in other languages (the benchmarks
- * load it from Python with ctypes: benchmarks/cpp_host.py).
+ * load it from Python with ctypes: dcae_deploy/bench/cpp_host.py).
  *
  *   char error[512];
  *   dcae_codec* codec = dcae_open("bundle/", "openvino", 0, error, sizeof error);

@@ -1,6 +1,6 @@
 // dcae::Codec: a DCAE bundle (ONNX graphs + entropy tables, written by
 // dcae-export) run in C++, reading and writing the same .dcae files as the
-// Python runtime (runtime/codec.py).
+// Python runtime (dcae_deploy/runtime/codec.py).
 //
 //   dcae::Codec codec("bundle/");                 // OpenVINO on the CPU, f32
 //   dcae::Image image = dcae::read_png("photo.png");
@@ -54,7 +54,7 @@ struct Image {
 using Timings = std::vector<std::pair<std::string, double>>;
 
 // The natural-log margin portable files get for the embedded model and from
-// bundles that record no measured one (runtime.portable.DEFAULT_MARGIN).
+// bundles that record no measured one (dcae_deploy.runtime.portable.DEFAULT_MARGIN).
 extern const double kDefaultPortableMargin;
 
 struct Options {

@@ -1,6 +1,0 @@
-"""dcae-export: split DCAE into checked ONNX graphs and write a deployable bundle."""
-__version__ = "0.1.0"
-
-# The runtimes the image transforms' graph form can suit (`dcae-export
-# --transforms-for`; exporter.rewrites.quality_rewrites says what differs).
-TRANSFORM_TARGETS = ("onnxruntime", "openvino")
