@@ -2,7 +2,7 @@
 # Regenerate the checked-in benchmark results (benchmarks/results/) on this machine.
 #
 #   benchmarks/run_results.sh KODAK_DIR [CALIB_DIR]
-#   e.g. benchmarks/run_results.sh ../shared/data/kodak ../shared/data/train
+#   e.g. benchmarks/run_results.sh tests/data/kodak TRAIN_DIR
 #
 # 1. Exports the embedded default (fixture) model at fp32, fp16 and int8 (for
 #    onnxruntime with the entropy graphs fp32 and int8, and for TensorRT).

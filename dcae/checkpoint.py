@@ -15,7 +15,7 @@ import torch
 from .config import PRESETS, DCAEConfig
 from .model import DCAE
 
-# Shipped inside the package: the small model trained on ../shared/data/train.
+# Shipped inside the package: the small model (its training: docs/embedded-model.md).
 DEFAULT_CHECKPOINT = Path(__file__).with_name("weights") / "fixture.pth.tar"
 # Buffers that `update()` can rebuild when a checkpoint does not carry them.
 ENTROPY_BUFFER_SUFFIXES = ("._offset", "._quantized_cdf", "._cdf_length", ".scale_table", ".scale_bound",

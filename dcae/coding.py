@@ -13,25 +13,24 @@ decoded with the runtime's rANS decoder, which checks the stream ends in sync.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 
 import numpy as np
 import torch
 
-from dcae_deploy.runtime.container import DcaeHeader, pack, pack_bin, sniff, unpack, unpack_bin
+from dcae_deploy.runtime.container import DcaeHeader, check_decodable_gain, pack, pack_bin, sniff, unpack, unpack_bin
 from dcae_deploy.runtime.entropy import build_indexes, decompress_z
 from dcae_deploy.runtime.errors import BadInputError, FingerprintMismatchError
 from dcae_deploy.runtime.geometry import z_shape_for
 from dcae_deploy.runtime.imaging import crop_to_uint8, load_image, pad_image
-from dcae_deploy.runtime.portable import (DEFAULT_MARGIN, PortableDecoding, PortableEncoding, Thresholds, encode_portable,
+from dcae_deploy.runtime.portable import (MODEL_MARGIN, PortableDecoding, PortableEncoding, encode_portable,
                               margin_covers)
 from dcae_deploy.runtime.rans import RansStreamDecoder, encode_with_indexes
 
+from .entropy_model import entropy_model_fingerprint, scale_thresholds  # noqa: F401  (re-exported)
+from .margin import model_margin
 from .model import DCAE
 
 FORMATS = ("bin", "dcae")
-# Modules the decoder's entropy path never runs: left out of its fingerprint.
-_NOT_ENTROPY_PATH = ("g_a.", "g_s.", "h_a.")
 # |ln sigma_torch - ln sigma_float64| of the reference's fp32 slice scales on
 # the CPU, near index boundaries: measured at most 3.8e-6 with AVX-512 kernels
 # and 7.9e-6 with AVX2 ones (embedded model, 24 Kodak images:
@@ -44,22 +43,6 @@ def _device_of(model: DCAE) -> torch.device:
     return next(model.parameters()).device
 
 
-def entropy_model_fingerprint(model: DCAE) -> bytes:
-    """16 bytes that identify the decoder's entropy path: the weights of every
-    module the slice loop runs and the coding tables, as float32 / int32.
-    Portable `.dcae` files carry it; every fp32-entropy bundle exported from
-    the model records the same value (`entropy_model_fingerprint` in its manifest)."""
-    digest = hashlib.sha256(b"dcae-entropy-model-v1:fp32")
-    for key, tensor in sorted(model.state_dict().items()):
-        if key.startswith(_NOT_ENTROPY_PATH):
-            continue
-        t = tensor.detach().cpu()
-        t = t.float() if t.is_floating_point() else t.int()
-        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.contiguous().numpy().tobytes())
-    return digest.digest()[:16]
-
-
 def sigma_error_bound(model: DCAE) -> float:
     """The reference's stated scale error on its device (see
     `TORCH_CPU_SIGMA_ERROR_BOUND`); refuses where none was measured."""
@@ -70,21 +53,16 @@ def sigma_error_bound(model: DCAE) -> float:
     return TORCH_CPU_SIGMA_ERROR_BOUND
 
 
-def scale_thresholds(model: DCAE) -> Thresholds:
-    gc = model.gaussian_conditional
-    return Thresholds.from_table(gc.scale_table.cpu().numpy(), float(gc.lower_bound_scale.bound))
-
-
-def compress_image(model: DCAE, image, format: str = "bin", margin: float = DEFAULT_MARGIN) -> bytes:
+def compress_image(model: DCAE, image, format: str = "bin", margin: float | str = MODEL_MARGIN) -> bytes:
     """Image -> upstream `.bin` bytes, or a portable `.dcae` with `format="dcae"`
     whose side stream covers decoders within `margin` (natural log) of these
-    scales. The default is the embedded model's; another model's is measured
-    when it is exported (its bundle's `Manifest.portable_margin`, from
-    `dcae_deploy.export.portable_margin`)."""
+    scales. The default, `MODEL_MARGIN`, is the model's own margin
+    (`dcae.margin.model_margin`: computed once per model, the one its bundles
+    record); a number overrides it."""
     return encode_image(model, image, format, margin)[0]
 
 
-def encode_image(model: DCAE, image, format: str = "bin", margin: float = DEFAULT_MARGIN) -> tuple[bytes, dict]:
+def encode_image(model: DCAE, image, format: str = "bin", margin: float | str = MODEL_MARGIN) -> tuple[bytes, dict]:
     """`compress_image`, also returning `DCAE.compress`'s output with the latents
     (y_hat, indexes, symbols, scales)."""
     if format not in FORMATS:
@@ -101,7 +79,7 @@ def encode_image(model: DCAE, image, format: str = "bin", margin: float = DEFAUL
 
 
 def pack_portable(model: DCAE, height: int, width: int, z_stream: bytes, symbols: np.ndarray, scales: np.ndarray,
-                  indexes: np.ndarray, margin: float = DEFAULT_MARGIN) -> bytes:
+                  indexes: np.ndarray, margin: float | str = MODEL_MARGIN) -> bytes:
     """A portable `.dcae` of the reference's y `symbols` and z stream: the y
     stream coded with the indexes of the threshold shifts that `scales` (the
     encoder's) call for, and the side stream of the elements within `margin`
@@ -114,12 +92,19 @@ def pack_portable(model: DCAE, height: int, width: int, z_stream: bytes, symbols
 
 
 def portable_encoding(model: DCAE, height: int, width: int, scales: np.ndarray, indexes: np.ndarray,
-                      margin: float = DEFAULT_MARGIN) -> tuple[DcaeHeader, PortableEncoding]:
+                      margin: float | str = MODEL_MARGIN) -> tuple[DcaeHeader, PortableEncoding]:
     """The header of a portable `.dcae` and, from the encoder's `scales` and
     unshifted `indexes`, the indexes to code y with and the side stream
-    (`dcae_deploy.runtime.portable.encode_portable`)."""
-    header = DcaeHeader(height, width, entropy_model_fingerprint(model), margin=margin)
-    if not margin_covers(header.margin, sigma_error_bound(model)):
+    (`dcae_deploy.runtime.portable.encode_portable`). `MODEL_MARGIN` stands
+    for the model's own margin (`dcae.margin.model_margin`)."""
+    error_bound = sigma_error_bound(model)  # before any work: refuses a device without a measured bound
+    fingerprint = entropy_model_fingerprint(model)
+    if isinstance(margin, str):
+        if margin != MODEL_MARGIN:
+            raise BadInputError(f"margin must be a number or {MODEL_MARGIN!r}, got {margin!r}")
+        margin = model_margin(model, fingerprint)
+    header = DcaeHeader(height, width, fingerprint, margin=margin)
+    if not margin_covers(header.margin, error_bound):
         raise BadInputError(f"margin {margin:g} is under twice this encoder's scale error bound")
     return header, encode_portable(scales, indexes, scale_thresholds(model), header.margin)
 
@@ -145,6 +130,7 @@ def decode_dcae(model: DCAE, data: bytes, timer=None,
     timer = timer or (lambda stage: contextlib.nullcontext())
     parsed = unpack(data)
     header = parsed.header
+    check_decodable_gain(header.gain_code)
     if not header.portable:
         raise FingerprintMismatchError("this .dcae file is not portable: it decodes only with the runtime "
                                        "setup that wrote it")
@@ -164,7 +150,7 @@ def decode_dcae(model: DCAE, data: bytes, timer=None,
                              eb._offset.cpu().numpy())
         table, bound = gc.scale_table.cpu().numpy(), float(gc.lower_bound_scale.bound)
         portable = PortableDecoding(parsed.side, slice_size * model.num_slices, scale_thresholds(model),
-                                    header.margin, header.side_layout)
+                                    header.margin)
     tables = (gc.quantized_cdf.cpu().numpy(), gc.cdf_length.cpu().numpy(), gc.offset.cpu().numpy())
     decoder = RansStreamDecoder(parsed.y)
     symbols = []

@@ -1,6 +1,6 @@
 """Rate-distortion training of a DCAE preset on a folder of images.
 
-    python -m dcae.train --data ../shared/data/train --preset small --out runs/small
+    python -m dcae.train --data TRAIN_DIR --preset small --out runs/small
 
 Loss is upstream's: lambda * 255^2 * MSE + bpp (estimated from likelihoods),
 with Adam on the network and a second Adam on the EntropyBottleneck quantiles
@@ -86,8 +86,8 @@ def rate_distortion_loss(out: dict, x: torch.Tensor, lmbda: float) -> dict:
     return {"loss": lmbda * 255**2 * mse + bpp, "bpp": bpp, "mse": mse}
 
 
-# Six levels, log-spaced; the fourth (0.0185) is about the fixed-rate model's lambda.
-DEFAULT_LAMBDAS = (0.002, 0.0042, 0.0088, 0.0185, 0.0384, 0.08)
+# Eight levels, log-spaced by about 2.1x; the fifth (0.0185) is about the fixed-rate model's lambda.
+DEFAULT_LAMBDAS = (0.0009, 0.002, 0.0042, 0.0088, 0.0185, 0.0384, 0.08, 0.16)
 REFERENCE_LAMBDA = 0.0185
 
 

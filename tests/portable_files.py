@@ -2,8 +2,10 @@
 
 A file's decodability across CPU families is a claim about two machines; CI
 runs on one. So each machine kind writes a set of files once, with the
-embedded model, and checks them in under `tests/data/portable/<cpu>/`
-(`index.json` names the CPU, the entropy model, and each file's writer and the
+embedded model, and checks them in under `tests/data/portable/<cpu>/`, named
+after the CPU that wrote it (vendor, family, widest vector extension and the
+extensions that change its float path: e.g. amd-epyc-avx512-vnni-bf16;
+`index.json` names the CPU, the entropy model, and each file's writer and the
 SHA-256 of the symbols its encoder coded). `tests/test_portable.py` decodes
 every set on the machine it runs on, with every decoder there, and compares
 the symbols. Sets from other CPU families are what make that a cross-machine
@@ -14,7 +16,8 @@ test: add one from each kind of machine the project runs on.
 Writers: the reference (PyTorch, this CPU's default kernels), the runtime on
 onnxruntime and on OpenVINO (the C++ host computes as the latter). When the
 embedded model changes, every set must be rewritten (their files belong to
-the old entropy model): the test says so.
+the old entropy model), and so must every set when the `.dcae` format changes
+(decoders refuse files of an earlier format).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import argparse
 import hashlib
 import json
 import platform
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -48,12 +52,23 @@ def symbols_digest(symbols: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(symbols, "<i4").reshape(-1).tobytes()).hexdigest()
 
 
+# The extensions besides the widest vector one that change which kernels (so
+# which float rounding) the writers' libraries pick.
+FLOAT_PATH_EXTENSIONS = {"avx512_vnni": "vnni", "avx512_bf16": "bf16", "amx_tile": "amx"}
+
+
 def default_name() -> str:
-    from dcae_deploy.runtime.cpu import cpu_field, cpu_flags
+    """This CPU, as a set's folder name: vendor, family, widest vector
+    extension and the extensions that change its float path."""
+    from dcae_deploy.runtime.cpu import cpu_field, cpu_flags, cpu_model
 
     vendor = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(cpu_field("vendor_id") or "", platform.machine())
+    words = [w.lower() for w in re.sub(r"\((R|TM)\)", "", cpu_model()).split()]
+    family = next((w for w in words if w.isalpha() and w != vendor), None)
     flags = cpu_flags()
-    return f"{vendor}-{'avx512' if 'avx512f' in flags else 'avx2' if 'avx2' in flags else platform.machine()}"
+    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else platform.machine()
+    extensions = [name for flag, name in FLOAT_PATH_EXTENSIONS.items() if flag in flags]
+    return "-".join([vendor, *([family] if family else []), isa, *extensions])
 
 
 def write(out: Path) -> dict:
@@ -63,6 +78,7 @@ def write(out: Path) -> dict:
     from dcae.coding import encode_image
     from dcae_deploy.export.export import export_bundle
     from dcae_deploy.runtime import Codec
+    from dcae_deploy.runtime.cpu import cpu_flags
     from dcae_deploy.runtime.manifest import Manifest
 
     model = load_checkpoint().eval()
@@ -81,7 +97,9 @@ def write(out: Path) -> dict:
             for name in CROPS:
                 result = codec.encode(crop(name))
                 files[f"{backend}/{name}.dcae"] = (result.data, result.symbols)
-    index = {"cpu": cpu_description(), "entropy_model_fingerprint": manifest.entropy_model_fingerprint,
+    index = {"cpu": cpu_description(),
+             "float_path_flags": [flag for flag in ("avx2", "avx512f", *FLOAT_PATH_EXTENSIONS) if flag in cpu_flags()],
+             "entropy_model_fingerprint": manifest.entropy_model_fingerprint,
              "margin": manifest.portable_margin, "files": {}}
     for relative, (data, symbols) in files.items():
         (out / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["write"])
     parser.add_argument("--name", default=None, help="the set's folder under tests/data/portable "
-                                                     "(default: vendor and widest vector ISA, e.g. amd-avx2)")
+                                                     "(default: this CPU, e.g. amd-epyc-avx512-vnni-bf16)")
     args = parser.parse_args(argv)
     out = SETS / (args.name or default_name())
     index = write(out)

@@ -255,7 +255,7 @@ def test_without_ray_one_line_says_how_to_install_it(tmp_path, images):
     script = (
         "import sys\n"
         "sys.modules['ray'] = None  # as if not installed: import ray raises ModuleNotFoundError\n"
-        "import runtime, dcae_deploy.runtime.cli, dcae_deploy.runtime.codec, dcae_deploy.runtime.batch, dcae_deploy.runtime.filejobs\n"
+        "import dcae_deploy.runtime, dcae_deploy.runtime.cli, dcae_deploy.runtime.codec, dcae_deploy.runtime.batch, dcae_deploy.runtime.filejobs\n"
         "from dcae_deploy.runtime import cli\n"
         f"sys.exit(cli.main(['batch', 'compress', {str(images)!r}, '-o', {str(tmp_path / 'o')!r}]))\n"
     )

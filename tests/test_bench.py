@@ -382,9 +382,10 @@ def test_relative_paths_from_another_directory(tiny_bundle, tiny_checkpoint, ima
         encode, decode = headline_speeds(text, s["name"])
         assert float(encode) == pytest.approx(s["speed"]["encode_ms"]["median"], abs=0.05)
         assert float(decode) == pytest.approx(s["speed"]["decode_ms"]["median"], abs=0.05)
-    # --files relative to the caller's directory too, and recorded as the absolute path it named
-    assert (caller / "coded" / "measure").is_dir() and report["options"]["files"] == str(caller / "coded")
-    assert report["options"]["images_dir"] == str(images_dir)
+    # --files relative to the caller's directory too; the report names paths relative to
+    # where the command ran (no folder of the machine that wrote it)
+    assert (caller / "coded" / "measure").is_dir() and report["options"]["files"] == "coded"
+    assert report["options"]["images_dir"] == os.path.relpath(images_dir, caller)
     assert "FAILURE" not in text
 
 
@@ -518,8 +519,14 @@ def test_attention_chunking_compares_equal_results_and_refuses_bad_sizes(capsys)
     """The chunking benchmark checks that the chunked and row-by-row attention
     equal the whole before it times anything, and prints each form's time and
     its ratio to the whole."""
-    from dcae_deploy.bench import attention_chunking
+    import importlib.util
+
     from dcae_deploy.export.rewrites import ATTENTION_CHUNKS
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments" / "attention_chunking.py"
+    spec = importlib.util.spec_from_file_location("attention_chunking", script)
+    attention_chunking = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(attention_chunking)
 
     assert attention_chunking.main(["--size", "256x384", "--repeats", "1", "--heads", "2"]) == 0
     out = capsys.readouterr().out
@@ -641,12 +648,10 @@ def test_sigma_agreement_reports_the_error_by_scale():
               "pairs": {}, "y_elements": 1000,
               "margins": {"4.1e-05": {"marked": 2, "marked_fraction": 2e-3, "side_bytes": 80, "y_bytes_change": -3,
                                       "share": 0.0027, "marked_unshifted": 150, "side_bytes_unshifted": 250,
-                                      "share_unshifted": 0.0086, "side_bytes_upward": 90,
-                                      "y_bytes_change_upward": -1, "share_upward": 0.0029, "indexes_shifted": 14,
+                                      "share_unshifted": 0.0086, "indexes_shifted": 14,
                                       "shift_choices": {"K=16, block 1536": 1}}}}
     text = to_markdown(result)
     assert "Command: `python -m dcae_deploy.bench.sigma_agreement --limit 1`" in text
-    assert ("| 4.1e-05 (default) | 2 | 2.00e-03 | 80 | -3 | **0.270 %** | 90 | -1 | 0.290 % | 150 | 250 | "
-            "0.860 % |") in text
+    assert "| 4.1e-05 (default) | 2 | 2.00e-03 | 80 | -3 | **0.270 %** | 150 | 250 | 0.860 % |" in text
     assert "| 4.1e-05 | K=16, block 1536: 1 | 14 (1.40e-02) |" in text
     assert "| elements | 1 | 1 | 0 | 0 | 1 | 1 |" in text and "| torch | 6.7e-05 (1.0e-05) |" in text

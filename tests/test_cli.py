@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from PIL import Image
 from dcae_deploy.runtime import cli, default_bundle
 from dcae_deploy.runtime.container import unpack
 from dcae_deploy.runtime.manifest import Manifest
-from dcae_deploy.runtime.portable import decode_shifted_side_stream
+from dcae_deploy.runtime.portable import decode_side_stream
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -124,10 +126,11 @@ def test_inspect(capsys, coded, tiny_bundle):
     code, out, _ = run_cli(capsys, "inspect", coded, "--json")
     info = json.loads(out)
     parsed = unpack(coded.read_bytes())
-    assert info["format"] == "dcae" and info["version"] == 2 and info["flags"] == 0b1110 and info["portable"]
+    assert info["format"] == "dcae" and info["version"] == 3 and info["flags"] == 0b10 and info["portable"]
+    assert info["gain_code"] == 4096 and info["gain"] == 1.0
     assert info["margin"] == pytest.approx(Manifest.read(tiny_bundle).portable_margin)
-    assert info["side_bytes"] == len(parsed.side) and info["side_layout"] == 3
-    side = decode_shifted_side_stream(parsed.side, None)
+    assert info["side_bytes"] == len(parsed.side)
+    side = decode_side_stream(parsed.side, None)
     assert info["side_marked"] == side.positions.size and info["threshold_shifts"] == side.shifts.count
     assert (info["height"], info["width"], info["padded_height"], info["padded_width"]) == (40, 60, 256, 256)
     assert (info["z_height"], info["z_width"]) == (4, 4)
@@ -138,6 +141,24 @@ def test_inspect(capsys, coded, tiny_bundle):
 
     assert info["y_sha256"] == hashlib.sha256(parsed.y).hexdigest()
     assert info["z_sha256"] == hashlib.sha256(parsed.z).hexdigest()
+
+
+def _patched(data: bytes, offset: int, code: str, value) -> bytes:
+    """`data` with one header field replaced and its CRC repaired."""
+    changed = bytearray(data)
+    struct.pack_into("<" + code, changed, offset, value)
+    struct.pack_into("<I", changed, 60, zlib.crc32(bytes(changed[64:]), zlib.crc32(bytes(changed[:60]))))
+    return bytes(changed)
+
+
+def test_inspect_shows_a_gain_no_decoder_codes_yet(capsys, tmp_path, coded):
+    path = tmp_path / "gain2.dcae"
+    path.write_bytes(_patched(coded.read_bytes(), 6, "H", 8192))
+    code, out, err = run_cli(capsys, "inspect", path, "--json")
+    assert code == 0, err
+    assert (json.loads(out)["gain_code"], json.loads(out)["gain"]) == (8192, 2.0)
+    code, out, err = run_cli(capsys, "inspect", path)
+    assert code == 0 and "2 (gain_code 8192)" in out
 
 
 def test_inspect_and_decompress_an_upstream_bin(capsys, tmp_path, images, tiny_bundle):
@@ -170,10 +191,15 @@ def test_help_explains_every_option(capsys):
 
 # ---- refusals: one line, non-zero, nothing left behind -----------------------------------
 
-@pytest.mark.parametrize("case", ["empty", "truncated", "png", "directory-as-file", "missing-input"])
+@pytest.mark.parametrize("case", ["empty", "truncated", "png", "directory-as-file", "missing-input", "format-2",
+                                  "gain-2"])
 def test_bad_inputs_to_decompress(capsys, tmp_path, coded, images, tiny_bundle, case):
     source = tmp_path / "in.dcae"
-    if case == "empty":
+    if case == "format-2":
+        source.write_bytes(_patched(coded.read_bytes(), 4, "B", 2))
+    elif case == "gain-2":
+        source.write_bytes(_patched(coded.read_bytes(), 6, "H", 8192))
+    elif case == "empty":
         source.write_bytes(b"")
     elif case == "truncated":
         source.write_bytes(coded.read_bytes()[:-10])
@@ -190,6 +216,9 @@ def test_bad_inputs_to_decompress(capsys, tmp_path, coded, images, tiny_bundle, 
     code, _, err = run_cli(capsys, "decompress", source, "-o", out_dir / "x.png", "-b", tiny_bundle)
     assert_one_line_error(code, err)
     assert files_in(tmp_path) == before
+    words = {"format-2": "format version 2 predates this decoder's format 3; re-encode the image",
+             "gain-2": "this decoder codes only gain 1 (gain_code 4096)"}
+    assert words.get(case, "") in err
 
 
 def test_bad_inputs_to_compress(capsys, tmp_path, images, tiny_bundle):
@@ -290,11 +319,12 @@ def test_default_bundle_tag_follows_the_exporter_source(monkeypatch, tmp_path):
     monkeypatch.setenv("DCAE_CACHE", str(tmp_path / "cache"))
     before = default_bundle.default_bundle_path()
     assert default_bundle.default_bundle_path() == before  # stable while nothing changes
-    copy = tmp_path / "exporter"
-    shutil.copytree(default_bundle._package_dir("exporter"), copy,
+    copy = tmp_path / "export"
+    shutil.copytree(default_bundle._package_dir("dcae_deploy.export"), copy,
                     ignore=shutil.ignore_patterns("__pycache__"))
     real = default_bundle._package_dir
-    monkeypatch.setattr(default_bundle, "_package_dir", lambda name: copy if name == "exporter" else real(name))
+    monkeypatch.setattr(default_bundle, "_package_dir",
+                        lambda name: copy if name == "dcae_deploy.export" else real(name))
     assert default_bundle.default_bundle_path() == before  # same source, same tag
     (copy / "rewrites.py").write_text((copy / "rewrites.py").read_text() + "\n# changed\n")
     assert default_bundle.default_bundle_path() != before

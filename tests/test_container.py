@@ -7,14 +7,18 @@ import struct
 import time
 import zlib
 
+import numpy as np
 import pytest
 
 from dcae_deploy.runtime import fileio
 from dcae_deploy.runtime.container import (
-    HEADER_SIZES,
+    GAIN_CODE_ONE,
+    HEADER_SIZE,
     BinFile,
     DcaeFile,
     DcaeHeader,
+    check_decodable_gain,
+    gain_of,
     pack,
     pack_bin,
     sniff,
@@ -28,14 +32,14 @@ from tests.fuzzing import mutations
 
 FINGERPRINT = bytes(range(0xA0, 0xB0))
 
-# The version-1 header as the format description states it, independent of the
-# module: name -> (offset, little-endian struct code). Pins the format a C++
-# host reads. (Version 2, the portable format: tests/test_portable.py.)
+# The header as the format description states it, independent of the module:
+# name -> (offset, little-endian struct code). Pins the format a C++ host
+# reads. (Portable files, their margin and side stream: tests/test_portable.py.)
 SPEC_FIELDS = {
     "magic": (0, "4s"),
     "version": (4, "B"),
     "flags": (5, "B"),
-    "reserved": (6, "H"),
+    "gain_code": (6, "H"),
     "height": (8, "I"),
     "width": (12, "I"),
     "padded_height": (16, "I"),
@@ -45,7 +49,9 @@ SPEC_FIELDS = {
     "fingerprint": (28, "16s"),
     "z_length": (44, "I"),
     "y_length": (48, "I"),
-    "crc": (52, "I"),
+    "side_length": (52, "I"),
+    "margin": (56, "f"),
+    "crc": (60, "I"),
 }
 CRC_OFFSET = SPEC_FIELDS["crc"][0]
 
@@ -58,9 +64,9 @@ def random_stream(rng: random.Random, words: int) -> bytes:
 def sample_file(
     height=300, width=517, z_words=20, y_words=300, seed=0, reduced=False
 ) -> tuple[bytes, DcaeHeader, bytes, bytes]:
-    """A valid version-1 `.dcae` file, and the header and streams it was packed from."""
+    """A valid `.dcae` file that is not portable, and the header and streams it was packed from."""
     rng = random.Random(seed)
-    header = DcaeHeader(height, width, FINGERPRINT, reduced, version=1)
+    header = DcaeHeader(height, width, FINGERPRINT, reduced)
     z, y = random_stream(rng, z_words), random_stream(rng, y_words)
     return pack(header, z, y), header, z, y
 
@@ -99,17 +105,17 @@ def assert_refused(data: bytes, *fragments: str) -> str:
 
 def test_pack_writes_the_documented_layout():
     data, _, z, y = sample_file(reduced=True)
-    assert HEADER_SIZES[1] == 56
-    assert len(data) == 56 + len(z) + len(y)
+    assert HEADER_SIZE == 64
+    assert len(data) == 64 + len(z) + len(y)
     expected = {
-        "magic": b"DCAE", "version": 1, "flags": 1, "reserved": 0,
+        "magic": b"DCAE", "version": 3, "flags": 1, "gain_code": 4096,
         "height": 300, "width": 517, "padded_height": 384, "padded_width": 640,
         "z_height": 6, "z_width": 10, "fingerprint": FINGERPRINT,
-        "z_length": len(z), "y_length": len(y),
-        "crc": zlib.crc32(data[:52] + z + y),
+        "z_length": len(z), "y_length": len(y), "side_length": 0, "margin": 0.0,
+        "crc": zlib.crc32(data[:60] + z + y),
     }
     assert {name: read_field(data, name) for name in SPEC_FIELDS} == expected
-    assert data[56:] == z + y
+    assert data[64:] == z + y
 
 
 @pytest.mark.parametrize(
@@ -165,7 +171,7 @@ def test_fingerprint_is_returned_not_compared():
 # ---- .dcae: each check ------------------------------------------------------
 
 
-@pytest.mark.parametrize("length", [55, 20, 8, 4, 2])
+@pytest.mark.parametrize("length", [63, 55, 20, 8, 4, 2])
 def test_refuses_data_shorter_than_the_header(length):
     data, *_ = sample_file()
     assert_refused(data[:length], "truncated", str(length))
@@ -195,21 +201,63 @@ def test_names_an_upstream_bin_given_instead_of_a_dcae_file():
     assert_refused(pack_bin(300, 517, b"y" * 40, b"z" * 8), "upstream DCAE .bin", "not a .dcae file")
 
 
-def test_refuses_an_unsupported_version():
+@pytest.mark.parametrize("version", [1, 2])
+def test_refuses_a_file_of_an_earlier_format_in_one_line(version):
     data, *_ = sample_file()
-    assert_refused(with_field(data, "version", 3), "version 3", "versions 1, 2")
-    assert_refused(with_field(data, "version", 0), "version 0")
+    message = assert_refused(with_field(data, "version", version))
+    assert message == f".dcae format version {version} predates this decoder's format 3; re-encode the image"
 
 
-@pytest.mark.parametrize("flags", [0x02, 0x80, 0xFF])
+@pytest.mark.parametrize("version", [0, 4, 0xFF])
+def test_refuses_an_unknown_version(version):
+    data, *_ = sample_file()
+    assert_refused(with_field(data, "version", version), f"version {version}", "reads format 3")
+
+
+@pytest.mark.parametrize("flags", [0x04, 0x08, 0x0C, 0x80, 0xFF])
 def test_refuses_unknown_flags(flags):
     data, *_ = sample_file()
-    assert_refused(with_field(data, "flags", flags), "flag")
+    assert_refused(with_field(data, "flags", flags), "unknown .dcae flag bits")
 
 
-def test_refuses_nonzero_reserved():
+# ---- the gain field ---------------------------------------------------------
+
+
+def test_writers_write_gain_1():
+    data, header, *_ = sample_file()
+    assert read_field(data, "gain_code") == GAIN_CODE_ONE == 4096
+    assert header.gain_code == 4096 and header.gain == 1.0
+
+
+def test_gain_is_the_code_over_4096_exactly_in_float32():
+    codes = np.arange(1, 0x10000)
+    gains = np.array([gain_of(int(code)) for code in codes])
+    assert np.array_equal(gains, codes / 4096) and np.array_equal(gains.astype(np.float32), gains)
+    assert (gain_of(1), gain_of(4096), gain_of(0xFFFF)) == (2**-12, 1.0, 0xFFFF / 4096)
+
+
+@pytest.mark.parametrize("code", [1, 2048, 8192, 0xFFFF])
+def test_any_gain_code_reads_back_but_decoders_take_only_4096(code):
+    data, header, z, y = sample_file()
+    parsed = unpack(with_field(data, "gain_code", code))
+    assert parsed == DcaeFile(DcaeHeader(300, 517, FINGERPRINT, gain_code=code), z, y)
+    assert pack(*parsed) == with_field(data, "gain_code", code)
+    with pytest.raises(CorruptStreamError) as info:
+        check_decodable_gain(code)
+    assert str(info.value) == (f"this decoder codes only gain 1 (gain_code 4096); the file's is "
+                               f"{code / 4096:g} (gain_code {code})")
+    check_decodable_gain(4096)
+
+
+def test_refuses_gain_code_0():
     data, *_ = sample_file()
-    assert_refused(with_field(data, "reserved", 1), "reserved")
+    assert_refused(with_field(data, "gain_code", 0), "gain_code 0")
+
+
+@pytest.mark.parametrize("code", [0, -1, 0x10000, 4096.0])
+def test_header_refuses_a_gain_code_outside_1_to_65535(code):
+    with pytest.raises(ValueError, match="gain_code"):
+        DcaeHeader(64, 64, FINGERPRINT, gain_code=code)
 
 
 @pytest.mark.parametrize(
@@ -378,6 +426,7 @@ def test_fuzz_unpack_raises_only_dcae_errors_and_is_fast():
         sample_file(1, 1, z_words=2, y_words=2, seed=1)[0],
         sample_file(300, 517, z_words=20, y_words=300, seed=2)[0],
         sample_file(4000, 3000, z_words=700, y_words=5000, seed=3, reduced=True)[0],
+        pack(DcaeHeader(300, 517, FINGERPRINT, margin=1e-4), b"z" * 80, b"y" * 1200, b"\x00\x00\x01\x00\x00\x00\x80"),
     ]
 
     def repack(result: DcaeFile) -> bytes:
@@ -393,7 +442,7 @@ def test_fuzz_unpack_raises_only_dcae_errors_and_is_fast():
             # collision is a 2**-32 event).
             assert isinstance(outcome, Exception) or mutated == base, f"{label}: damage not detected"
             calls += 1
-            if len(mutated) >= HEADER_SIZES[1]:
+            if len(mutated) >= HEADER_SIZE:
                 repaired = with_crc_fixed(mutated)
                 outcome, elapsed = timed(unpack, repaired)
                 check_fuzz_outcome(outcome, elapsed, repaired, repack, label + " (CRC repaired)")

@@ -1,7 +1,6 @@
-"""Portable bitstreams: the side stream, `.dcae` version 2, and files that decode on every setup."""
+"""Portable bitstreams: the side stream, the portable `.dcae` header, and files that decode on every setup."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import struct
 import subprocess
@@ -12,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dcae_deploy.runtime.container import HEADER_SIZES, DcaeFile, DcaeHeader, pack, unpack
+from dcae_deploy.runtime.container import HEADER_SIZE, DcaeFile, DcaeHeader, pack, unpack
 from dcae_deploy.runtime.cpu import second_float_path
 from dcae_deploy.runtime.entropy import build_indexes
 from dcae_deploy.runtime.errors import CorruptStreamError, DcaeError, FingerprintMismatchError
-from dcae_deploy.runtime.portable import (LAYOUT_MARKED_LIST, LAYOUT_SHIFTED, MAX_MARGIN, NO_SHIFTS, MarginError,
-                              PortableDecoding, ThresholdShifts, Thresholds, apply_side_stream,
-                              decode_shifted_side_stream, decode_side_stream, encode_portable,
-                              encode_shifted_side_stream, encode_side_stream, mark, shift_steps)
+from dcae_deploy.runtime.portable import (MAX_MARGIN, NO_SHIFTS, SHIFT_COUNTS, SHIFT_STEPS, MarginError,
+                                          PortableDecoding, ThresholdShifts, Thresholds, apply_side_stream,
+                                          decode_side_stream, encode_portable, encode_side_stream, mark)
 from tests.fuzzing import mutations
 from tests.portable_files import CROPS, SETS, crop, symbols_digest
 
@@ -30,43 +28,50 @@ BOUND = float(np.float32(0.11))
 FINGERPRINT = bytes(range(16))
 
 
-# ---- the side stream's bytes --------------------------------------------------------------
+# ---- the marked list's bytes --------------------------------------------------------------
+
+def _listed(positions, bits, total: int) -> bytes:
+    """The side stream without shifts: the marked list alone."""
+    return encode_side_stream(NO_SHIFTS, positions, bits, total)
+
 
 @pytest.mark.parametrize("total, count", [(1, 1), (7, 7), (1000, 3), (1000, 999), (245_760, 40), (3_000_000, 500)])
 def test_side_stream_round_trips_positions_and_bits(total, count):
     rng = np.random.default_rng(total + count)
     positions = np.sort(rng.choice(total, size=count, replace=False))
     bits = rng.integers(0, 2, count).astype(np.uint8)
-    data = encode_side_stream(positions, bits, total)
+    data = _listed(positions, bits, total)
     decoded = decode_side_stream(data, total)
     assert np.array_equal(decoded.positions, positions) and np.array_equal(decoded.bits, bits)
+    assert decoded.shifts.count == 1 and data[0] == 0
     # Near the entropy of the gaps: for sparse positions a Rice code spends
     # about log2(mean gap) + 3.5 bits per entry, never much more.
     if count < total / 8:
-        assert len(data) * 8 <= 5 * 8 + count * (np.log2(total / count) + 3.5) + 8
+        assert len(data) * 8 <= 6 * 8 + count * (np.log2(total / count) + 3.5) + 8
 
 
-def test_empty_side_stream_is_no_bytes():
-    assert encode_side_stream(np.zeros(0, np.int64), np.zeros(0, np.uint8), 100) == b""
-    assert decode_side_stream(b"", 100).positions.size == 0
+def test_a_side_stream_without_shifts_or_listed_elements_is_one_byte():
+    assert _listed(np.zeros(0, np.int64), np.zeros(0, np.uint8), 100) == b"\x00"
+    assert decode_side_stream(b"\x00", 100).positions.size == 0
 
 
 def _stream(k: int, n: int, bits: str) -> bytes:
+    """A side stream without shifts whose marked list is written from the spec."""
     bits += "0" * (-len(bits) % 8)
-    return bytes([k]) + struct.pack("<I", n) + int(bits, 2).to_bytes(len(bits) // 8, "big") if bits else b""
+    return b"\x00" + bytes([k]) + struct.pack("<I", n) + (int(bits, 2).to_bytes(len(bits) // 8, "big") if bits else b"")
 
 
 @pytest.mark.parametrize("data, total, fragment", [
-    (b"\x00\x01", 10, "shorter than"),
+    (b"\x00\x00\x01", 10, "shorter than its 5-byte head"),
     (_stream(31, 1, "0" + "0" * 31 + "1"), 10, "Rice parameter 31"),
     (_stream(0, 0, "00"), 10, "lists 0 elements"),
     (_stream(0, 11, "00" * 11), 10, "lists 11 elements"),
     (_stream(0, 2, "1111111111110" + "0" + "00"), 10, "gap longer"),
     (_stream(2, 1, "110" + "11" + "0"), 10, "past the latent"),  # gap 11 in a latent of 10
-    (bytes([0]) + struct.pack("<I", 3) + b"\xff", 10, "ends before"),
-    (bytes([1]) + struct.pack("<I", 1) + bytes([0b00010000]), 10, "padding bits"),
-    (bytes([1]) + struct.pack("<I", 1) + b"\x00\x00", 10, "after its entries"),
-    (bytes([0]) + struct.pack("<I", 0xFFFFFFFF) + b"\x00" * 8, 2**40, "cannot hold"),
+    (b"\x00" + bytes([0]) + struct.pack("<I", 3) + b"\xff", 10, "ends before"),
+    (b"\x00" + bytes([1]) + struct.pack("<I", 1) + bytes([0b00010000]), 10, "padding bits"),
+    (b"\x00" + bytes([1]) + struct.pack("<I", 1) + b"\x00\x00", 10, "after its entries"),
+    (b"\x00" + bytes([0]) + struct.pack("<I", 0xFFFFFFFF) + b"\x00" * 8, 2**40, "cannot hold"),
 ])
 def test_malformed_side_streams_are_refused_in_one_line(data, total, fragment):
     with pytest.raises(CorruptStreamError) as info:
@@ -78,7 +83,7 @@ def test_mutated_side_streams_parse_or_are_refused():
     total = 50_000
     rng = np.random.default_rng(0)
     positions = np.sort(rng.choice(total, 300, replace=False))
-    data = encode_side_stream(positions, rng.integers(0, 2, 300).astype(np.uint8), total)
+    data = _listed(positions, rng.integers(0, 2, 300).astype(np.uint8), total)
     outcomes = {"parsed": 0, "refused": 0}
     for mutant in mutations(data, 2000, seed=5):
         try:
@@ -164,7 +169,7 @@ def test_a_decoder_outside_the_margin_or_a_wrong_list_is_an_error():
                           np.zeros(positions.size + 1, np.uint8), thresholds, margin)
 
 
-# ---- threshold shifts (side stream layouts 2 and 3) -----------------------------------------
+# ---- threshold shifts ------------------------------------------------------------------------
 
 def _shifted_index(scales, shift, thresholds):
     """The index with every critical value moved by `shift` (ln), from its definition."""
@@ -173,14 +178,12 @@ def _shifted_index(scales, shift, thresholds):
     return base + np.sum(thresholds.log_critical[None, :] + shift[:, None] < log_s[:, None], axis=1)
 
 
-@pytest.mark.parametrize("signed", [True, False])
-def test_shifted_indexes_count_the_moved_critical_values(signed):
+def test_shifted_indexes_count_the_moved_critical_values():
     rng = np.random.default_rng(4)
     thresholds = Thresholds.from_table(TABLE, BOUND)
     scales = np.exp(rng.uniform(np.log(0.05), np.log(300), 100_000)).astype(np.float32)
-    steps = shift_steps(signed)
-    assert (steps.min() < 0) == signed
-    shift = steps[rng.integers(0, steps.size, scales.size)] * 2 * 1e-3
+    assert SHIFT_STEPS.tolist() == [0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6, 7, -7, 8]
+    shift = SHIFT_STEPS[rng.integers(0, SHIFT_STEPS.size, scales.size)] * 2 * 1e-3
     indexes = build_indexes(scales, TABLE, BOUND)
     thresholds.shift_indexes(scales, indexes, shift)
     # Away from the moved values (where float rounding decides) the index is
@@ -190,88 +193,81 @@ def test_shifted_indexes_count_the_moved_critical_values(signed):
     assert np.sum(indexes != build_indexes(scales, TABLE, BOUND)) > 1000
 
 
-@pytest.mark.parametrize("count, block, total, signed", [
-    (2, 1, 100, True), (4, 384, 61_440, True), (8, 1536, 245_760, False), (8, 7, 1000, False),
-    (16, 192, 245_760, True), (16, 5, 1001, True)])
-def test_layouts_2_and_3_round_trip_shifts_and_marked_list(count, block, total, signed):
+@pytest.mark.parametrize("count, block, total", [
+    (2, 1, 100), (4, 384, 61_440), (8, 1536, 245_760), (8, 7, 1000), (16, 192, 245_760), (16, 5, 1001)])
+def test_side_stream_round_trips_shifts_and_marked_list(count, block, total):
     rng = np.random.default_rng(count * block)
     blocks = -(-total // block)
-    shifts = ThresholdShifts(count, block, rng.integers(0, count, blocks).astype(np.uint8), signed)
+    shifts = ThresholdShifts(count, block, rng.integers(0, count, blocks).astype(np.uint8))
     positions = np.sort(rng.choice(total, size=min(total, 30), replace=False))
     bits = rng.integers(0, 2, positions.size).astype(np.uint8)
-    data = encode_shifted_side_stream(shifts, positions, bits, total)
+    data = encode_side_stream(shifts, positions, bits, total)
     for known in (total, None):  # None: as `dcae inspect` reads it, without the model
-        parsed = decode_shifted_side_stream(data, known, signed)
-        assert parsed.shifts.count == count and parsed.shifts.block == block and parsed.shifts.signed == signed
+        parsed = decode_side_stream(data, known)
+        assert parsed.shifts.count == count and parsed.shifts.block == block
         assert np.array_equal(parsed.shifts.choices, shifts.choices)
         assert np.array_equal(parsed.positions, positions) and np.array_equal(parsed.bits, bits)
-    assert encode_shifted_side_stream(NO_SHIFTS, positions[:0], bits[:0], total) == b"\x00"
 
 
-def _layout_2(width: int, block: int, blocks: int, choices: bytes, rest: bytes = b"") -> bytes:
+def _shifted(width: int, block: int, blocks: int, choices: bytes, rest: bytes = b"") -> bytes:
     return bytes([width]) + struct.pack("<II", block, blocks) + choices + rest
 
 
-def test_layout_2_has_at_most_8_shifts():
-    with pytest.raises(ValueError, match="no shift count 16 in layout 2"):
-        encode_shifted_side_stream(ThresholdShifts(16, 1, np.zeros(10, np.uint8), signed=False),
-                                   np.zeros(0, np.int64), np.zeros(0, np.uint8), 10)
+@pytest.mark.parametrize("count", [3, 32])
+def test_a_side_stream_carries_a_power_of_two_up_to_16_shifts(count):
+    with pytest.raises(ValueError, match=f"no shift count {count}"):
+        encode_side_stream(ThresholdShifts(count, 1, np.zeros(10, np.uint8)), np.zeros(0, np.int64),
+                           np.zeros(0, np.uint8), 10)
 
 
-@pytest.mark.parametrize("data, total, signed, fragment", [
-    (b"", 10, True, "is empty"),
-    (b"\x04", 10, False, "over 8"),
-    (b"\x05", 10, True, "over 16"),
-
-    (b"\x01\x01\x00", 10, True, "shorter than its shift head"),
-    (_layout_2(1, 0, 1, b"\x00"), 10, True, "0 elements"),
-    (_layout_2(1, 5, 3, b"\x00"), 10, False, "for a latent of 10"),
-    (_layout_2(3, 1, 0xFFFFFFFF, b"\x00" * 4), 0xFFFFFFFF, True, "cannot hold"),
-    (_layout_2(1, 5, 2, b"\x20"), 10, True, "padding"),
-    (_layout_2(4, 4, 3, b"\x00\x01"), 10, True, "padding"),
-    (_layout_2(1, 5, 2, b"\x00", b"\x00"), 10, False, "shorter than"),
-    (_layout_2(1, 5, 2, b"\x00", _stream(2, 1, "110" + "11" + "0")), 10, True, "past the latent"),
+@pytest.mark.parametrize("data, total, fragment", [
+    (b"", 10, "is empty"),
+    (b"\x05", 10, "over 16"),
+    (b"\x01\x01\x00", 10, "shorter than its shift head"),
+    (_shifted(1, 0, 1, b"\x00"), 10, "0 elements"),
+    (_shifted(1, 5, 3, b"\x00"), 10, "for a latent of 10"),
+    (_shifted(3, 1, 0xFFFFFFFF, b"\x00" * 4), 0xFFFFFFFF, "cannot hold"),
+    (_shifted(1, 5, 2, b"\x20"), 10, "padding"),
+    (_shifted(4, 4, 3, b"\x00\x01"), 10, "padding"),
+    (_shifted(1, 5, 2, b"\x00", b"\x00"), 10, "shorter than"),
+    (_shifted(1, 5, 2, b"\x00", _stream(2, 1, "110" + "11" + "0")[1:]), 10, "past the latent"),
 ])
-def test_malformed_shifted_side_streams_are_refused_in_one_line(data, total, signed, fragment):
+def test_malformed_shifted_side_streams_are_refused_in_one_line(data, total, fragment):
     with pytest.raises(CorruptStreamError) as info:
-        decode_shifted_side_stream(data, total, signed)
+        decode_side_stream(data, total)
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
 def test_more_shifts_than_the_margin_allows_are_refused():
     thresholds = Thresholds.from_table(TABLE, BOUND)
     spacing = float(np.min(np.diff(thresholds.log_critical)))
-    # Upward: 4 shifts would reach 0.6 of a spacing, 2 stay under half of one;
-    # signed: 4 reach 0.4 (+2 steps), 8 would reach 0.8.
+    # 4 shifts reach 0.4 of a spacing (+2 steps), 8 would reach 0.8.
     margin = spacing / 10
-    assert thresholds.largest_shift_count(margin, signed=False) == 2
-    assert thresholds.largest_shift_count(margin, signed=True) == 4
-    assert thresholds.largest_shift_count(1e-4, signed=False) == 8
-    assert thresholds.largest_shift_count(1e-4, signed=True) == 16
-    for count, signed, layout in ((4, False, 2), (8, True, 3)):
-        data = encode_shifted_side_stream(ThresholdShifts(count, 10, np.zeros(10, np.uint8), signed),
-                                          np.zeros(0, np.int64), np.zeros(0, np.uint8), 100)
-        with pytest.raises(CorruptStreamError, match="threshold shifts"):
-            PortableDecoding(data, 100, thresholds, margin, layout)
+    assert thresholds.largest_shift_count(margin) == 4
+    assert thresholds.largest_shift_count(1e-4) == 16
+    data = encode_side_stream(ThresholdShifts(8, 10, np.zeros(10, np.uint8)), np.zeros(0, np.int64),
+                              np.zeros(0, np.uint8), 100)
+    with pytest.raises(CorruptStreamError, match="threshold shifts"):
+        PortableDecoding(data, 100, thresholds, margin)
 
 
-@pytest.mark.parametrize("error, signed", [(1e-6, True), (4e-5, True), (4e-5, False)])
-def test_a_decoder_within_the_margin_gets_the_encoders_shifted_indexes(error, signed):
-    """A latent crowded near the boundaries: the encoder picks shifts (and a
-    smaller side stream than the marked list alone), and a decoder whose
+@pytest.mark.parametrize("error", [1e-6, 4e-5])
+def test_a_decoder_within_the_margin_gets_the_encoders_shifted_indexes(error):
+    """A latent crowded near the boundaries (scales made here, not by a
+    model: the same on every CPU), where shifts pay by far: the encoder's
+    side stream is the smallest of its candidates, and a decoder whose
     scales are within the margin recovers every index the encoder coded with."""
     rng = np.random.default_rng(5)
     thresholds = Thresholds.from_table(TABLE, BOUND)
     margin = 1e-4
     encoder = _scales_near_boundaries(rng, 64 * 24 * 32, 2e-2).reshape(1, 64, 24, 32)
     unshifted = build_indexes(encoder, TABLE, BOUND)
-    encoding = encode_portable(encoder, unshifted, thresholds, margin, signed)
-    assert encoding.shifts.count > 1 and encoding.shifts.signed == signed
-    assert np.any(encoding.indexes < unshifted) and np.any(encoding.indexes > unshifted) == signed
-    assert len(encoding.side) < len(encode_side_stream(*mark(encoder, unshifted, thresholds, margin), encoder.size))
+    encoding = encode_portable(encoder, unshifted, thresholds, margin)
+    assert encoding.shifts.count in SHIFT_COUNTS[1:] and np.any(encoding.indexes != unshifted)
+    assert len(encoding.side) < len(_listed(*mark(encoder, unshifted, thresholds, margin), encoder.size))
     decoder = (encoder * np.exp(rng.uniform(-error, error, encoder.shape))).astype(np.float32)
     assert not np.array_equal(build_indexes(decoder, TABLE, BOUND), encoding.indexes)
-    reader = PortableDecoding(encoding.side, encoder.size, thresholds, margin, 3 if signed else 2)
+    reader = PortableDecoding(encoding.side, encoder.size, thresholds, margin)
     slice_size = encoder.size // 4
     for i in range(4):  # slice by slice, as the decoders run
         scales = decoder.reshape(-1)[i * slice_size : (i + 1) * slice_size]
@@ -283,25 +279,20 @@ def test_a_decoder_within_the_margin_gets_the_encoders_shifted_indexes(error, si
         reader.apply(0, far.reshape(-1), build_indexes(far, TABLE, BOUND).reshape(-1))
 
 
-# ---- .dcae version 2 ---------------------------------------------------------------------
+# ---- the portable .dcae header ------------------------------------------------------------
 
-def test_version_2_layout_carries_the_side_stream_and_the_margin():
+def test_portable_header_carries_the_side_stream_and_the_margin():
     header = DcaeHeader(300, 517, FINGERPRINT, margin=1e-5)
-    z, y, side = b"z" * 12, b"y" * 40, b"\x03\x01\x00\x00\x00\x80"
+    z, y, side = b"z" * 12, b"y" * 40, b"\x00\x03\x01\x00\x00\x00\x80"
     data = pack(header, z, y, side)
-    assert HEADER_SIZES[2] == 64 and len(data) == 64 + 12 + 40 + 6
+    assert HEADER_SIZE == 64 and len(data) == 64 + 12 + 40 + 7
     fields = struct.unpack_from("<4sBBHIIIIHH16sIIIfI", data)
-    assert fields[:4] == (b"DCAE", 2, 0b1110, 0)  # portable, side stream with signed threshold shifts
+    assert fields[:4] == (b"DCAE", 3, 0b10, 4096)  # format 3, portable, gain 1
     assert fields[4:10] == (300, 517, 384, 640, 6, 10) and fields[10] == FINGERPRINT
-    assert fields[11:14] == (12, 40, 6) and fields[14] == np.float32(1e-5)
+    assert fields[11:14] == (12, 40, 7) and fields[14] == np.float32(1e-5)
     assert fields[15] == zlib.crc32(data[:60] + z + y + side)
     assert unpack(data) == DcaeFile(header, z, y, side)
     assert unpack(data).header.portable and unpack(data).header.margin == float(np.float32(1e-5))
-    # Layouts 1 (the marked list alone, flag bit 2 clear) and 2 (upward
-    # shifts, bit 3 clear) still read as such.
-    for layout, flags in ((LAYOUT_MARKED_LIST, 0b10), (LAYOUT_SHIFTED, 0b110)):
-        old = DcaeHeader(300, 517, FINGERPRINT, margin=1e-5, side_layout=layout)
-        assert pack(old, z, y, side)[5] == flags and unpack(pack(old, z, y, side)).header == old
 
 
 def _patched(data: bytes, offset: int, code: str, value) -> bytes:
@@ -315,24 +306,24 @@ def _patched(data: bytes, offset: int, code: str, value) -> bytes:
 @pytest.mark.parametrize("offset, code, value, fragment", [
     (56, "f", float("nan"), "margin"), (56, "f", 0.0, "margin"), (56, "f", MAX_MARGIN * 2, "margin"),
     (56, "f", -1e-5, "margin"), (5, "B", 0b11, "both portable and reduced"), (5, "B", 0, "not portable"),
-    (5, "B", 0b10010, "flag bits"), (5, "B", 0b100, "not portable"), (5, "B", 0b1000, "not portable"),
-    (5, "B", 0b1010, "signed threshold shifts without threshold shifts"), (52, "I", 7, "truncated"),
-    (52, "I", 5, "after its payload"),
+    (5, "B", 0b10010, "flag bits 0x10"), (5, "B", 0b110, "flag bits 0x04"), (5, "B", 0b1010, "flag bits 0x08"),
+    (5, "B", 0b1110, "flag bits 0x0c"), (52, "I", 0, "no side stream"), (52, "I", 7, "truncated"),
+    (52, "I", 5, "after its payload"), (6, "H", 0, "gain_code 0"), (4, "B", 2, "predates"),
 ])
-def test_version_2_header_fields_are_checked(offset, code, value, fragment):
+def test_portable_header_fields_are_checked(offset, code, value, fragment):
     data = pack(DcaeHeader(64, 64, FINGERPRINT, margin=1e-5), b"z" * 8, b"y" * 8, b"\x00" * 6)
     with pytest.raises(CorruptStreamError) as info:
         unpack(_patched(data, offset, code, value))
     assert fragment in str(info.value)
 
 
-def test_only_float32_entropy_files_of_version_2_can_be_portable():
+def test_only_float32_entropy_files_are_portable_and_only_they_carry_a_side_stream():
     with pytest.raises(ValueError):
         DcaeHeader(64, 64, FINGERPRINT, reduced_precision_entropy=True, margin=1e-5)
     with pytest.raises(ValueError):
-        DcaeHeader(64, 64, FINGERPRINT, margin=1e-5, version=1)
-    with pytest.raises(ValueError):
         pack(DcaeHeader(64, 64, FINGERPRINT), b"z" * 8, b"y" * 8, b"side")
+    with pytest.raises(ValueError):
+        pack(DcaeHeader(64, 64, FINGERPRINT, margin=1e-5), b"z" * 8, b"y" * 8)
 
 
 # ---- every setup decodes every other's files ------------------------------------------------
@@ -509,42 +500,36 @@ def test_a_file_for_one_setup_or_another_model_is_refused(model, bundles, tiny_b
         decompress_image(model, other_model)
 
 
-@pytest.mark.parametrize("layout", [LAYOUT_MARKED_LIST, LAYOUT_SHIFTED])
-def test_layout_1_and_2_files_still_decode_on_every_setup(model, bundles, layout):
-    """A portable file whose side stream is the marked list alone (layout 1:
-    flag bit 2 clear, no threshold shifts) or has upward shifts (layout 2:
-    bit 3 clear), as files were written before signed shifts, decodes on the
-    reference and the runtime to the encoder's symbols."""
-    from dcae.coding import decode_dcae, encode_image, entropy_model_fingerprint, scale_thresholds
+def test_files_of_an_earlier_format_or_another_gain_are_refused_by_every_decoder(model, bundles):
+    """Every decoder (the reference, the runtime on each bundle) refuses, in
+    one line, a file of format version 2 (what the encoders wrote before
+    format 3) and a file coded at a gain other than 1, which no decoder codes
+    yet; the same file as written decodes."""
+    from dcae.coding import decode_dcae, encode_image
     from dcae_deploy.runtime import Codec
-    from dcae_deploy.runtime.container import unpack_bin
-    from dcae_deploy.runtime.portable import DEFAULT_MARGIN
-    from dcae_deploy.runtime.rans import encode_with_indexes
 
-    image = crop("kodim01_256x384")
-    data, latents = encode_image(model, image, format="bin")  # y coded with unshifted indexes
-    streams = unpack_bin(data)
-    scales, indexes = latents["scales"].numpy(), latents["indexes"].numpy()
-    header = DcaeHeader(*image.shape[:2], entropy_model_fingerprint(model), margin=DEFAULT_MARGIN,
-                        side_layout=layout)
-    y = streams.y
-    if layout == LAYOUT_MARKED_LIST:
-        side = encode_side_stream(*mark(scales, indexes, scale_thresholds(model), header.margin), scales.size)
-    else:
-        # A margin the test crop needs shifts for (the default lists too few elements).
-        header = dataclasses.replace(header, margin=1e-3)
-        encoding = encode_portable(scales, indexes, scale_thresholds(model), header.margin, signed=False)
-        assert encoding.shifts.count > 1 and np.any(encoding.indexes != indexes)
-        gc = model.gaussian_conditional
-        y = encode_with_indexes(latents["symbols"].numpy().reshape(-1), encoding.indexes.reshape(-1),
-                                gc.quantized_cdf.numpy(), gc.cdf_length.numpy(), gc.offset.numpy())
-        side = encoding.side
-    old = pack(header, streams.z, y, side)
-    assert old[5] == (0b10 if layout == LAYOUT_MARKED_LIST else 0b110) and side
-    expected = latents["symbols"].numpy().reshape(-1)
-    assert np.array_equal(decode_dcae(model, old, synthesize=False)[1], expected)
-    for bundle in bundles.values():
-        assert np.array_equal(Codec(bundle, threads=1).decode(old, synthesize=False).symbols, expected)
+    data, latents = encode_image(model, crop("kodim02_37x53"), format="dcae")
+
+    def patched(offset: int, code: str, value) -> bytes:
+        changed = bytearray(data)
+        struct.pack_into("<" + code, changed, offset, value)
+        struct.pack_into("<I", changed, 60, zlib.crc32(bytes(changed[64:]), zlib.crc32(bytes(changed[:60]))))
+        return bytes(changed)
+
+    decoders = {"reference": lambda d: decode_dcae(model, d, synthesize=False)[1]}
+    for name, bundle in bundles.items():
+        codec = Codec(bundle, threads=1)
+        decoders[f"runtime-{name}"] = lambda d, codec=codec: codec.decode(d, synthesize=False).symbols
+    refusals = {"format 2": (patched(4, "B", 2), ".dcae format version 2 predates this decoder's format 3; "
+                                                 "re-encode the image"),
+                "gain 2": (patched(6, "H", 8192), "this decoder codes only gain 1 (gain_code 4096); the file's is 2 "
+                                                  "(gain_code 8192)")}
+    for decoder, decode in decoders.items():
+        assert np.array_equal(decode(data), latents["symbols"].numpy().reshape(-1)), decoder
+        for name, (bad, message) in refusals.items():
+            with pytest.raises(CorruptStreamError) as info:
+                decode(bad)
+            assert str(info.value) == message, (decoder, name)
 
 
 def test_files_written_on_other_machines_decode_here_to_their_encoders_symbols(bundles, model, tmp_path):

@@ -173,3 +173,24 @@ def test_readme_commands_run_as_written(tmp_path, kodak_crop):
         done = subprocess.run([sys.executable, "-c", snippet + check], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, (snippet, done.stderr[-2000:])
+
+
+def test_checked_in_reports_name_no_folder_of_the_machine_that_wrote_them():
+    """Reports record paths relative to where their command ran (or as typed)."""
+    results = REPO / "benchmarks" / "results"
+    pattern = re.compile(r"(?<![\w.$])/(work|root|home|tmp|Users)/")
+    found = [f"{path.relative_to(REPO)}: {match.group(0)}"
+             for path in sorted(results.rglob("*")) if path.suffix in {".md", ".json", ".jsonl", ".txt"}
+             for match in [pattern.search(path.read_text(errors="replace"))] if match]
+    assert not found, found
+
+
+def test_report_paths_are_made_relative_to_where_the_command_ran(tmp_path):
+    from dcae_deploy.bench.report import relative_paths
+
+    start = tmp_path / "repo"
+    report = {"images_dir": str(tmp_path / "shared" / "kodak"), "setups": [{"bundle_path": str(start / "out" / "b")}],
+              "reason": f"cannot read {start}/out/x.png", "command": "dcae-bench --out results", "n": 3}
+    assert relative_paths(report, str(start)) == {
+        "images_dir": os.path.join("..", "shared", "kodak"), "setups": [{"bundle_path": os.path.join("out", "b")}],
+        "reason": "cannot read out/x.png", "command": "dcae-bench --out results", "n": 3}

@@ -116,3 +116,29 @@ def test_reference_has_no_hard_coded_device():
 
     for path in Path(dcae.__file__).parent.glob("*.py"):
         assert ".cuda()" not in path.read_text(), path
+
+
+@pytest.mark.slow
+def test_portable_files_carry_the_models_own_margin(tiny_model, kodak_crop):
+    """`format="dcae"` writes the model's margin (`dcae.margin.model_margin`),
+    computed once per model object, the same when computed again; a number
+    overrides it; the embedded model's is 4.8e-5, just over the floor
+    (docs/portable.md, "How δ is chosen")."""
+    from dcae import load_checkpoint
+    from dcae.golden import golden_model
+    from dcae.margin import margin_record, model_margin
+    from dcae_deploy.runtime.container import unpack
+    from dcae_deploy.runtime.portable import DEFAULT_MARGIN
+
+    pixels = kodak_crop("kodim03", 64, 96)
+    margin = model_margin(tiny_model)
+    record = margin_record(tiny_model)
+    assert margin == record["margin"] > DEFAULT_MARGIN  # the golden weights stray farther than the floor covers
+    assert margin_record(golden_model("tiny", seed=0)) == record  # another object, computed again: the same
+    data = dcae.compress_image(tiny_model, pixels, format="dcae")
+    assert unpack(data).header.margin == np.float32(margin)
+    data = dcae.compress_image(tiny_model, pixels, format="dcae", margin=2 * margin)
+    assert unpack(data).header.margin == np.float32(2 * margin)
+    with pytest.raises(BadInputError, match="margin must be a number or 'model'"):
+        dcae.compress_image(tiny_model, pixels, format="dcae", margin="wide")
+    assert model_margin(load_checkpoint()) == 4.8e-5 > DEFAULT_MARGIN

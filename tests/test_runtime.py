@@ -21,7 +21,7 @@ from dcae_deploy.runtime.backends import BackendUnavailableError, OnnxRuntimeBac
 from dcae_deploy.runtime.bundle import Bundle
 from dcae_deploy.runtime.codec import Codec, setup_fingerprint
 from dcae_deploy.runtime.container import DcaeHeader, pack, unpack
-from dcae_deploy.runtime.portable import DEFAULT_MARGIN, MAX_MARGIN, decode_shifted_side_stream
+from dcae_deploy.runtime.portable import DEFAULT_MARGIN, MAX_MARGIN
 from dcae_deploy.runtime.errors import (
     BundleError,
     CorruptStreamError,
@@ -35,8 +35,8 @@ from dcae_deploy.runtime.manifest import ENTROPY_ARRAYS, MANIFEST_NAME, Manifest
 from tests.fuzzing import mutations
 
 REPO = Path(__file__).resolve().parent.parent
-# (offset, size) of the .dcae header fields, for the fuzzer's field overwrites.
-# The version-2 header's fields (dcae_deploy.runtime.container), for targeted mutations.
+# (offset, size) of the .dcae header fields (dcae_deploy.runtime.container), for the
+# fuzzer's targeted overwrites.
 DCAE_FIELDS = [(4, 1), (5, 1), (6, 2), (8, 4), (12, 4), (16, 4), (20, 4), (24, 2), (26, 2), (28, 16),
                (44, 4), (48, 4), (52, 4), (56, 4), (60, 4)]
 
@@ -326,15 +326,15 @@ def test_header_and_timings(codec, tiny_bundle, kodak_crop):
     data = codec.compress(kodak_crop("kodim02", 40, 70))
     parsed = unpack(data)
     manifest = Manifest.read(tiny_bundle)
-    # Portable by default: the entropy model's fingerprint and the margin
-    # measured for the model at export (this random-weight model's setups
-    # differ by more than the embedded model's: a margin over the default).
+    # Portable by default: the entropy model's fingerprint and the model's
+    # margin, recorded at export (this golden-weight model's scales stray
+    # farther than the embedded model's: a margin over the default).
     assert parsed.header.fingerprint.hex() == manifest.entropy_model_fingerprint
     assert manifest.portable_margin > DEFAULT_MARGIN
     assert parsed.header.portable and parsed.header.margin == float(np.float32(manifest.portable_margin))
     own_setup = unpack(codec.compress(kodak_crop("kodim02", 40, 70), margin=None)).header
     assert own_setup.fingerprint == setup_fingerprint(manifest.entropy_fingerprint, "onnxruntime-cpu")
-    assert not own_setup.portable and own_setup.version == 2
+    assert not own_setup.portable and own_setup.gain_code == 4096
     assert (parsed.header.height, parsed.header.width) == (40, 70)
     assert not parsed.header.reduced_precision_entropy
     stages = set(codec.last_timings)
@@ -522,7 +522,8 @@ def test_fuzzed_files_raise_only_codec_errors(codec, kodak_crop):
     - 600 .dcae files whose z or y stream is damaged but whose header and CRC
       are sound, so that every one of them reaches the entropy decoder,
     - 600 portable files whose side stream is damaged (header and CRC sound),
-      its threshold shifts or its list of elements.
+      its threshold shifts (where the encoder chose some) or its list of
+      elements.
     """
     from dcae_deploy.runtime.container import pack_bin
 
@@ -531,15 +532,18 @@ def test_fuzzed_files_raise_only_codec_errors(codec, kodak_crop):
     header = unpack(encoded.data).header
     own = codec.encode(pixels, margin=None)  # a .bin's y symbols are coded without threshold shifts
     bin_data = pack_bin(32, 32, own.y, own.z)
-    y_mutants = (pack(header, encoded.z, _word_aligned(y)) for y in mutations(encoded.y, 400, seed=3))
-    z_mutants = (pack(header, _word_aligned(z), encoded.y) for z in mutations(encoded.z, 200, seed=4))
-    # The largest margin a file may carry lists many elements of this small crop.
+    y_mutants = (pack(header, encoded.z, _word_aligned(y), encoded.side)
+                 for y in mutations(encoded.y, 400, seed=3))
+    z_mutants = (pack(header, _word_aligned(z), encoded.y, encoded.side)
+                 for z in mutations(encoded.z, 200, seed=4))
+    # The largest margin a file may carry lists many elements of this small
+    # crop. (An empty side stream is a header's fault: the other mutants.)
     wide = codec.encode(pixels, margin=MAX_MARGIN)
     wide_header = unpack(wide.data).header
-    side_mutants = (pack(wide_header, wide.z, wide.y, side) for side in mutations(wide.side, 400, seed=6))
-    # At the model's margin the encoder shifts the thresholds: the choices are damaged too.
-    assert decode_shifted_side_stream(encoded.side, None).shifts.count > 1
-    shift_mutants = (pack(header, encoded.z, encoded.y, side) for side in mutations(encoded.side, 200, seed=7))
+    side_mutants = [pack(wide_header, wide.z, wide.y, side) for side in mutations(wide.side, 400, seed=6) if side]
+    # At the model's margin, where the encoder shifts the thresholds, the choices are damaged too.
+    shift_mutants = [pack(header, encoded.z, encoded.y, side) for side in mutations(encoded.side, 200, seed=7)
+                     if side]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the .bin warning
         dcae_outcomes = _decode_mutants(
@@ -560,9 +564,10 @@ def test_fuzzed_files_raise_only_codec_errors(codec, kodak_crop):
     assert z_outcomes.get("decoded", 0) <= 4, z_outcomes
     # A damaged side stream is refused as malformed, fails the margin checks
     # or desynchronises the y stream; the side stream had entries to damage.
-    assert len(wide.side) > 20 and sum(side_outcomes.values()) == 400
+    assert len(wide.side) > 20 and sum(side_outcomes.values()) == len(side_mutants) > 390
     assert side_outcomes.get("decoded", 0) <= 4, side_outcomes
-    assert sum(shift_outcomes.values()) == 200 and shift_outcomes.get("decoded", 0) <= 4, shift_outcomes
+    assert sum(shift_outcomes.values()) == len(shift_mutants) > 190
+    assert shift_outcomes.get("decoded", 0) <= 4, shift_outcomes
 
 
 def test_official_configuration_round_trips_exactly_and_matches_the_reference(golden_bundle, golden_model,

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dcae.train import main, parse_args, train
 
@@ -15,7 +17,7 @@ def _args(out, steps, **extra):
     argv = ["--data", str(TRAIN_IMAGES), "--out", str(out), "--preset", "tiny", "--steps", str(steps),
             "--batch-size", "2", "--crop", "128", "--save-every", "1", "--seed", "3"]
     for key, value in extra.items():
-        argv += [f"--{key.replace('_', '-')}", str(value)]
+        argv += [f"--{key.replace('_', '-')}"] + ([str(value)] if value != "" else [])
     return parse_args(argv)
 
 
@@ -98,3 +100,32 @@ def test_sigterm_stops_with_a_saved_checkpoint_and_one_line(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("stopped; checkpoint: ")
     assert _load(out / "last.pth.tar")["step"] >= 2
+
+
+def test_gain_one_is_the_fixed_rate_model_and_the_gain_moves_the_rate(tiny_model):
+    """DCAE.forward with gain a: a = 1 gives the fixed-rate pass exactly; a larger
+    gain quantises finer, so the estimated rate rises and y_hat moves closer to y."""
+    from dcae_deploy.runtime.imaging import pad_image
+
+    model = tiny_model.eval()
+    x = torch.from_numpy(pad_image(np.asarray(Image.open(TRAIN_IMAGES / "100075.jpg").convert("RGB"))[:256, :256])[0])
+    with torch.no_grad():
+        plain, one = model(x), model(x, gain=torch.tensor(1.0))
+        torch.testing.assert_close(one["x_hat"], plain["x_hat"], rtol=0, atol=0)
+        bits = {a: -torch.log2(model(x, gain=torch.tensor(a))["likelihoods"]["y"]).sum().item() for a in (0.5, 1.0, 2.0)}
+    assert bits[0.5] < bits[1.0] < bits[2.0]
+
+
+def test_variable_rate_run_learns_gains_per_level_and_resumes(tmp_path):
+    """--variable-rate: the checkpoint holds the levels' lambdas and learned gains;
+    a resume goes on with them; a fixed-rate run folder is not resumed as one."""
+    path = train(_args(tmp_path, 2, variable_rate="", lambdas="0.004,0.016,0.064"))
+    first = _load(path)
+    levels = first["rate_levels"]
+    assert levels["lambdas"] == [0.004, 0.016, 0.064]
+    start = [0.5 * np.log(v / 0.0185) for v in levels["lambdas"]]
+    assert not np.allclose(np.log(levels["gains"]), start, rtol=0, atol=1e-7)  # the gains were trained
+    train(_args(tmp_path, 3, variable_rate="", lambdas="0.004,0.016,0.064"))
+    assert _load(path)["step"] == 3
+    with pytest.raises(ValueError, match="trained with --variable-rate"):
+        train(_args(tmp_path, 4))

@@ -1,6 +1,6 @@
 """Images per second: the single-process `dcae` CLI against `dcae batch` on Ray.
 
-    python -m dcae_deploy.bench.batch_throughput --images ../shared/data/kodak
+    python -m dcae_deploy.bench.batch_throughput --images tests/data/kodak
 
 Runs, in one go and on this machine, each as the real command in a fresh
 process (so each pays what a user pays: interpreter start, bundle load, and

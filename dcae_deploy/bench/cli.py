@@ -244,7 +244,7 @@ def run(args, say) -> int:
     from .machine import load_average, machine_facts
     from .matrix import coding_pass, silent_wrong_totals
     from .rd import rd_mean
-    from .report import portable_totals, write_report_files
+    from .report import portable_totals, relative_paths, write_report_files
     from .roofline import best_peaks, roofline
     from .setups import bundle_infos
     from .torch_reference import ReferenceMismatchError
@@ -331,6 +331,7 @@ def run(args, say) -> int:
         "symbol_differences": passed["symbol_differences"] if passed else None,
         "roofline": roofline(setup_dicts, bundles, images, best_peaks(peaks)),
     }
+    report = relative_paths(report)
     write_report_files(report, out)  # adds report["plots"]
     (out / "report.json").write_text(json.dumps(report, indent=1))
     say(f"report written to {out / 'report.md'}")

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from dcae_deploy import IMPORT_ROOT
 from dcae_deploy.runtime import errors
 
-from .setups import Decoded, Encoded
+from .setup_types import Decoded, Encoded
 
 # dcae-bench backend name -> the host's backend
 CPP_BACKENDS = {"cpp-openvino": "openvino"}
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = IMPORT_ROOT  # in a checkout, the C++ host is built into its build/cpp
 _ERRORS = {"bad_input": errors.BadInputError, "corrupt_stream": errors.CorruptStreamError,
            "desync": errors.DesyncError, "fingerprint": errors.FingerprintMismatchError,
            "bundle": errors.BundleError, "backend": errors.BackendUnavailableError, "io": errors.DcaeError}
@@ -36,7 +37,8 @@ def _load_library() -> ctypes.CDLL:
     path = library_path()
     if not path.is_file():
         raise errors.BackendUnavailableError(
-            f"the C++ host is not built ({path} is missing): cmake -S hosts/cpp -B build/cpp && cmake --build build/cpp")
+            f"the C++ host is not built ({path} is missing): in a checkout, cmake -S hosts/cpp -B build/cpp && "
+            f"cmake --build build/cpp; elsewhere, set DCAE_CPP_BUILD to the folder that holds libdcae-host.so")
     lib = ctypes.CDLL(str(path))
     lib.dcae_open.restype = ctypes.c_void_p
     lib.dcae_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]

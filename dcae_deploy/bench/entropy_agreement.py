@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", action="append", default=[], help="bundle directory (repeatable)")
     p.add_argument("--export", metavar="DIR", help="export the golden model's winograd and plain fp32 bundles "
                                                    "into DIR (unless there) and compare both")
-    p.add_argument("--images", required=True, help="image directory (e.g. ../shared/data/kodak)")
+    p.add_argument("--images", required=True, help="image directory (e.g. tests/data/kodak)")
     p.add_argument("--limit", type=int, default=4, help="first N images (default: 4)")
     p.add_argument("--checkpoint", default=None,
                    help="reference checkpoint (default: the official configuration, golden weights)")

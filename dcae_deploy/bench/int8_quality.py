@@ -1,6 +1,6 @@
 """Rate and distortion of an int8 bundle against the fp32 bundle of the same model.
 
-    python -m dcae_deploy.bench.int8_quality --calib ../shared/data/train --images ../shared/kodak \\
+    python -m dcae_deploy.bench.int8_quality --calib TRAIN_DIR --images tests/data/kodak \\
         [--checkpoint C] [--count 4] [--calib-count 32] [--method percentile] [--work DIR]
 
 Exports both bundles (fp32, and int8 for g_a, h_a, g_s with the entropy graphs
@@ -28,14 +28,15 @@ from dcae_deploy.calibration import CALIBRATION_METHODS, DEFAULT_METHOD
 from dcae_deploy.runtime.metrics import psnr
 
 
-def export_pair(checkpoint, work: Path, calib: str, calib_count: int, method: str, threads: int, say):
+def export_bundles(checkpoint, work: Path, calib: str, calib_count: int, method: str, threads: int, say,
+                   precisions=("fp32", "int8")):
     from dcae.checkpoint import load_checkpoint
     from dcae_deploy.export.calibrate import make_int8_quantizer
     from dcae_deploy.export.export import export_bundle
 
     model = load_checkpoint(checkpoint)
     bundles = {}
-    for precision in ("fp32", "int8"):
+    for precision in precisions:
         path = work / precision
         if not (path / "manifest.json").is_file():
             quantize = None
@@ -51,6 +52,7 @@ def export_pair(checkpoint, work: Path, calib: str, calib_count: int, method: st
 
 
 BASELINE = "fp32"  # the fp32 bundle on onnxruntime: every row's deltas are against it
+BUNDLE_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def measure(bundles: dict, images: list[Path], threads: int, setups: tuple = ()) -> list[dict]:
@@ -127,14 +129,14 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the rows here")
     p.add_argument("--setup", action="append", default=[], metavar="BUNDLE:BACKEND",
-                   help="also measure BUNDLE (fp32 or int8) on BACKEND, e.g. int8:onnxruntime+openvino-bf16")
+                   help="also measure BUNDLE (fp32, fp16 or int8) on BACKEND, e.g. int8:onnxruntime+openvino-bf16")
     args = p.parse_args(argv)
     from dcae_deploy.runtime.backends import backend_names
 
     for setup in args.setup:
         bundle, _, backend = setup.partition(":")
-        if bundle not in ("fp32", "int8") or backend not in backend_names():
-            p.error(f"--setup {setup!r}: want BUNDLE:BACKEND with BUNDLE fp32 or int8 and BACKEND one of "
+        if bundle not in BUNDLE_PRECISIONS or backend not in backend_names():
+            p.error(f"--setup {setup!r}: want BUNDLE:BACKEND with BUNDLE fp32, fp16 or int8 and BACKEND one of "
                     f"{', '.join(backend_names())}")
     say = lambda *a: print(*a, file=sys.stderr)  # noqa: E731
     from dcae.checkpoint import DEFAULT_CHECKPOINT
@@ -145,7 +147,9 @@ def main(argv=None) -> int:
         return 1
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    bundles = export_pair(checkpoint, work, args.calib, args.calib_count, args.method, args.threads, say)
+    precisions = [p for p in BUNDLE_PRECISIONS if p in ("fp32", "int8") or any(s.startswith(p + ":") for s in args.setup)]
+    bundles = export_bundles(checkpoint, work, args.calib, args.calib_count, args.method, args.threads, say,
+                             precisions)
     images = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() == ".png")[: args.count]
     rows = measure(bundles, images, args.threads, tuple(args.setup))
     print(table(rows))

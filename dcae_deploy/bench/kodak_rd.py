@@ -1,6 +1,6 @@
 """Rate-distortion of a DCAE checkpoint on an image set (Kodak), with JPEG at the same rate.
 
-    python -m dcae_deploy.bench.kodak_rd --images ../shared/data/kodak [--checkpoint C] [--out benchmarks/results]
+    python -m dcae_deploy.bench.kodak_rd --images tests/data/kodak [--checkpoint C] [--out benchmarks/results]
 
 Real compress/decompress with the PyTorch reference: bpp from the bytes of
 the upstream-format file (y + z streams; the 12-byte .bin header counted
@@ -12,7 +12,6 @@ of y symbols coded with the escape (outside their CDF's range).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from dcae_deploy.bench.machine import cpu_description
 from dcae import load_checkpoint
@@ -34,15 +32,16 @@ BIN_HEADER_BYTES = 12
 
 def jpeg_at_rate(pixels: np.ndarray, target_bpp: float) -> dict:
     """Pillow JPEG (4:2:0) at the quality whose bpp is closest to target_bpp."""
+    from .codecs import CODECS
+
+    jpeg = CODECS["jpeg"]
     h, w = pixels.shape[:2]
     best = None
     for quality in range(5, 96):
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="JPEG", quality=quality, subsampling=2)
-        rate = bpp(buf.tell(), h, w)
+        data = jpeg.encode(pixels, quality)
+        rate = bpp(len(data), h, w)
         if best is None or abs(rate - target_bpp) < abs(best["bpp"] - target_bpp):
-            decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-            best = {"quality": quality, "bpp": rate, "psnr": psnr(pixels, decoded)}
+            best = {"quality": quality, "bpp": rate, "psnr": psnr(pixels, jpeg.decode(data))}
         if rate > target_bpp * 1.5:
             break
     return best
@@ -126,7 +125,7 @@ def markdown(result: dict, command: str) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m dcae_deploy.bench.kodak_rd", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", required=True, help="folder of test images (e.g. ../shared/data/kodak)")
+    p.add_argument("--images", required=True, help="folder of test images (e.g. tests/data/kodak)")
     p.add_argument("--checkpoint", default=None, help="checkpoint (default: the embedded model)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--out", default="benchmarks/results", help="folder for kodak_rd.json / kodak_rd.md")

@@ -10,21 +10,9 @@ import importlib
 import os
 import platform
 
-
-def cpu_model() -> str:
-    from dcae_deploy.runtime.cpu import cpu_field
-
-    return cpu_field("model name") or platform.processor() or platform.machine()
-
-
-def cpu_description() -> str:
-    """The CPU model, its widest vector extension and core count: results name it,
-    since float rounding and speed differ between CPU families."""
-    from dcae_deploy.runtime.cpu import cpu_flags
-
-    flags = cpu_flags()
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{cpu_model()} ({isa}, {os.cpu_count()} cores)"
+# The CPU's model and description live in the runtime (the exporter names the
+# CPU of the margin it measures, and must not import the benchmarks).
+from dcae_deploy.runtime.cpu import cpu_description, cpu_model  # noqa: F401 - re-exported
 
 
 def usable_cores() -> int:

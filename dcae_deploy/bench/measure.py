@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dcae_deploy import IMPORT_ROOT
+
 def _status_kb(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -293,7 +295,7 @@ def _run_child(spec: dict, stem: Path, name: str, timeout: float | None, extra_e
     if threads:
         # the same thread count for every library the child may use
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
-    repo = str(Path(__file__).resolve().parent.parent)
+    repo = str(IMPORT_ROOT)
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.run([sys.executable, "-m", "dcae_deploy.bench.measure", str(spec_path), str(result_path)],
                           capture_output=True, text=True, env=env, cwd=repo, timeout=timeout)

@@ -510,6 +510,24 @@ def _speed_sections(report: dict) -> list[str]:
     return lines
 
 
+def relative_paths(value, start: str | None = None):
+    """`value` (a report: dicts, lists, strings) with absolute paths made relative
+    to `start` (default: the current directory, where the command was typed), so
+    that a checked-in report names no folder of the machine that wrote it."""
+    import os
+
+    start = os.path.abspath(start or os.getcwd())
+    if isinstance(value, dict):
+        return {k: relative_paths(v, start) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(relative_paths(v, start) for v in value)
+    if isinstance(value, str):
+        if os.path.isabs(value) and "\n" not in value:
+            return os.path.relpath(value, start)
+        return value.replace(start + os.sep, "")
+    return value
+
+
 def write_report_files(report: dict, out: Path) -> None:
     """Plots first (report.md links them), then report.md."""
     report["plots"] = {

@@ -17,61 +17,18 @@ setup's measuring process stays torch-free (its memory is the runtime's).
 """
 from __future__ import annotations
 
-import os
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from dcae_deploy.runtime.codec import Codec
-from dcae_deploy.runtime.container import sniff, unpack, unpack_bin
-from dcae_deploy.runtime.cpu import AVX2_KERNELS_ENV, SSE41_KERNELS_ENV
 
-TORCH = "torch"
-# The reference on the CPU with PyTorch's and oneDNN's AVX2 kernels: how a CPU
-# without AVX-512 computes it (another rounding of every float sum).
-TORCH_AVX2 = "torch-avx2"
-# With the kernels of an x86-64 CPU without AVX2: on an AVX2-only CPU, where
-# torch-avx2 computes exactly as torch, the float path that differs.
-TORCH_SSE41 = "torch-sse41"
-TORCH_COMPILE = "torch-compile"  # the reference with torch.compile (inductor) on the CPU: a PyTorch user's best
-TORCH_CUDA = "torch-cuda"  # the reference on the GPU: upstream's own way of running DCAE
-TORCH_DEVICES = {TORCH: "cpu", TORCH_AVX2: "cpu", TORCH_SSE41: "cpu", TORCH_COMPILE: "cpu", TORCH_CUDA: "cuda"}
-# Environment a setup's process needs (read by torch once, at its first kernel),
-# and the kernels PyTorch then reports (torch.backends.cpu.get_cpu_capability).
-SETUP_ENV = {TORCH_AVX2: AVX2_KERNELS_ENV, TORCH_SSE41: SSE41_KERNELS_ENV}
-SETUP_CAPABILITY = {TORCH_AVX2: "AVX2", TORCH_SSE41: "DEFAULT"}
-DEFAULT_BACKENDS = ("torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda", "tensorrt")
-
-
-@dataclass
-class BundleInfo:
-    label: str  # unique short name, from the bundle directory
-    path: str
-    precision: str
-    entropy_precision: str
-    preset: str | None
-    entropy_fingerprint: str
-    source_checkpoint_sha256: str | None
-
-
-@dataclass
-class Setup:
-    name: str  # "torch", "torch-avx2", "torch-compile", "torch-cuda" or "<backend>:<bundle label>"
-    kind: str  # "torch" (the PyTorch reference: backend torch, torch-avx2, torch-compile or torch-cuda) | "runtime"
-    backend: str
-    precision: str  # as a reader wants it: "fp32", "fp16 (entropy fp32)", ...
-    bundle: str | None = None  # bundle label
-    bundle_path: str | None = None
-    checkpoint: str | None = None  # torch only
-    available: bool = True
-    reason: str | None = None  # why not available
-    numeric_class: str | None = None
-    notes: list = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+# The shared types, re-exported: callers import them from here or from setup_types.
+from .setup_types import (DEFAULT_BACKENDS, SETUP_CAPABILITY, SETUP_ENV, TORCH, TORCH_AVX2,  # noqa: F401
+                          TORCH_COMPILE, TORCH_CUDA, TORCH_DEVICES, TORCH_SSE41, BundleInfo, Decoded, Encoded,
+                          Setup, environment_in_effect, streams_of)
+from .torch_coder import TorchCoder  # noqa: F401 - re-exported
 
 
 def describe_precision(manifest) -> str:
@@ -100,32 +57,6 @@ def bundle_infos(paths: list[str]) -> list[BundleInfo]:
 
 
 # ---- the coders ---------------------------------------------------------------------
-
-@dataclass
-class Encoded:
-    data: bytes  # the file: .dcae (runtime) or upstream .bin (torch)
-    suffix: str
-    height: int
-    width: int
-    indexes: np.ndarray  # int32 (1, M, h, w)
-    symbols: np.ndarray  # int32 (1, M, h, w)
-
-
-@dataclass
-class Decoded:
-    x: np.ndarray | None  # uint8 (H, W, 3); None from decode(..., synthesize=False)
-    symbols: np.ndarray  # int32 (1, M, h, w): what the decoder read from the stream
-    warnings: list = field(default_factory=list)
-
-
-def streams_of(data: bytes) -> tuple[bytes, bytes, int, int]:
-    """(y, z, height, width) of a .dcae or .bin (CorruptStreamError if neither)."""
-    if sniff(data) == "bin":
-        parsed = unpack_bin(data)
-        return parsed.y, parsed.z, parsed.height, parsed.width
-    parsed = unpack(data)
-    return parsed.y, parsed.z, parsed.header.height, parsed.header.width
-
 
 class RuntimeCoder:
     """A bundle on a runtime backend, through the product's own calls."""
@@ -156,71 +87,6 @@ class RuntimeCoder:
             warnings.simplefilter("always")
             result = self.codec.decode(data, force=force, synthesize=synthesize)
         return Decoded(result.x, result.symbols.reshape(result.y_hat.shape), [str(w.message) for w in caught])
-
-
-class TorchCoder:
-    """The PyTorch reference: writes portable .dcae (upstream .bin on a GPU);
-    decodes portable .dcae with the runtime's checks (`dcae.coding.decode_dcae`)
-    and .bin with compressai's decoder."""
-
-    def __init__(self, setup: Setup, threads: int | None, reference=None):
-        from .torch_reference import TorchReference
-
-        if setup.backend in SETUP_ENV:
-            _check_kernels(setup.backend)
-        self.reference = reference or TorchReference(setup.checkpoint, threads, TORCH_DEVICES[setup.backend],
-                                                     compile=setup.backend == TORCH_COMPILE)
-        self.numeric_class = self.reference.numeric_class
-        if setup.backend in SETUP_ENV:
-            self.numeric_class += "-" + setup.backend.removeprefix("torch-")
-        # torch.compile compiles at the first call of each piece: the measurement
-        # counts the first image's warm-up as load time (dcae_deploy.bench.measure)
-        self.compiles_on_first_call = bool(self.reference.compiled)
-        self.num_slices = self.reference.model.num_slices
-
-    @property
-    def timings(self) -> dict:
-        return self.reference.last_timings
-
-    def encode(self, pixels) -> Encoded:
-        result = self.reference.encode(pixels)
-        suffix = ".dcae" if sniff(result.data) == "dcae" else ".bin"
-        return Encoded(result.data, suffix, result.height, result.width, result.indexes, result.symbols)
-
-    def decompress(self, data: bytes) -> np.ndarray:
-        return self.decode(data).x
-
-    def decode(self, data: bytes, force: bool = False, synthesize: bool = True) -> Decoded:
-        if sniff(data) == "dcae":
-            # Portable files only (others are refused): the runtime's rANS
-            # decoder and side-stream checks, so a desync is an error.
-            pixels, symbols = self.reference.decode_portable(data, synthesize)
-            return Decoded(pixels, symbols.reshape(self._latent_shape(data)))
-        result = self.reference.decode_streams(*streams_of(data), synthesize=synthesize)
-        return Decoded(result.x, result.symbols)
-
-    def _latent_shape(self, data: bytes) -> tuple:
-        height, width = unpack(data).header.padded_size
-        return (1, self.reference.model.config.M, height // 16, width // 16)
-
-
-def environment_in_effect(env: dict[str, str]) -> bool:
-    return all(os.environ.get(k) == v for k, v in env.items())
-
-
-def _check_kernels(backend: str) -> None:
-    """torch-avx2 or torch-sse41 in this process: only if torch did pick those kernels."""
-    import torch
-
-    from dcae_deploy.runtime.errors import BackendUnavailableError
-
-    capability = torch.backends.cpu.get_cpu_capability()
-    wanted = SETUP_CAPABILITY[backend]
-    if not environment_in_effect(SETUP_ENV[backend]) or capability != wanted:
-        raise BackendUnavailableError(
-            f"{backend} unavailable: PyTorch runs its {capability} kernels in this process (the {wanted} ones need "
-            f"{' '.join(f'{k}={v}' for k, v in SETUP_ENV[backend].items())} at process start"
-            f"{', and a CPU with AVX2' if wanted == 'AVX2' else ''})")
 
 
 def open_setup(setup: Setup, threads: int | None, reference=None):

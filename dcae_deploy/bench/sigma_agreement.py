@@ -29,7 +29,7 @@ list of margins, the side stream's size and share of the file (the reference's
 portable files): the curve that sizes `dcae_deploy.runtime.portable.DEFAULT_MARGIN` and
 the backends' `sigma_error_bound`.
 
-  python -m dcae_deploy.bench.sigma_agreement --images ../shared/data/kodak --bundle B [--bundle B2] \\
+  python -m dcae_deploy.bench.sigma_agreement --images tests/data/kodak --bundle B [--bundle B2] \\
       [--backend onnxruntime --backend openvino] [--checkpoint C | --golden] [--limit N] [--compile]
       [--out benchmarks/results]
 """
@@ -52,7 +52,8 @@ from dcae_deploy.export.portable_margin import ANCHOR, collect_scales, near_boun
 from dcae_deploy.runtime import Codec
 from dcae_deploy.runtime.container import HEADER_SIZE
 from dcae_deploy.runtime.imaging import load_image
-from dcae_deploy.runtime.portable import DEFAULT_MARGIN, MAX_MARGIN, encode_portable, encode_side_stream, mark
+from dcae_deploy.runtime.portable import (DEFAULT_MARGIN, MAX_MARGIN, NO_SHIFTS, encode_portable, encode_side_stream,
+                                          mark)
 from dcae_deploy.runtime.rans import encode_with_indexes
 
 MARGINS = tuple(sorted({1e-6, 3e-6, 1e-5, DEFAULT_MARGIN, 3e-5, 1e-4, 3e-4, 1e-3}))
@@ -104,18 +105,16 @@ def measure(args) -> dict:
         compile_model(compiled)
     margins = tuple(sorted(set(MARGINS) | set(args.cost_margin)))
     costs = {m: {"side_bytes": 0, "marked": 0, "y_bytes_change": 0, "side_bytes_unshifted": 0,
-                 "marked_unshifted": 0, "side_bytes_upward": 0, "y_bytes_change_upward": 0, "indexes_shifted": 0,
-                 "shift_choices": {}} for m in margins}
+                 "marked_unshifted": 0, "indexes_shifted": 0, "shift_choices": {}} for m in margins}
     file_bytes, elements = 0, 0
     gc = model.gaussian_conditional
     tables = (gc.quantized_cdf.cpu().numpy(), gc.cdf_length.cpu().numpy(), gc.offset.cpu().numpy())
 
     def cost_of_portability(k, pixels, out):
         """The reference's own portable files at each margin: the side stream
-        the encoder writes (signed threshold shifts and marked list), the
-        change of the y stream its shifted indexes make, and for comparison
-        the same with upward shifts (side stream layout 2) and the marked
-        list alone (layout 1)."""
+        the encoder writes (threshold shifts and marked list), the change of
+        the y stream its shifted indexes make, and for comparison the side
+        stream without shifts (the marked list alone)."""
         nonlocal file_bytes, elements
         encoder_scales, indexes = out["scales"].numpy(), out["indexes"].numpy()
         symbols, y_bytes = out["symbols"].numpy().reshape(-1), len(out["strings"][0][0])
@@ -132,12 +131,9 @@ def measure(args) -> dict:
             costs[m]["shift_choices"][chosen] = costs[m]["shift_choices"].get(chosen, 0) + 1
             costs[m]["y_bytes_change"] += len(encode_with_indexes(symbols, encoding.indexes.reshape(-1),
                                                                   *tables)) - y_bytes
-            upward = encode_portable(encoder_scales, indexes, thresholds, m32, signed=False)
-            costs[m]["side_bytes_upward"] += len(upward.side)
-            costs[m]["y_bytes_change_upward"] += len(encode_with_indexes(symbols, upward.indexes.reshape(-1),
-                                                                         *tables)) - y_bytes
             positions, bits = mark(encoder_scales, indexes, thresholds, m32)
-            costs[m]["side_bytes_unshifted"] += len(encode_side_stream(positions, bits, encoder_scales.size))
+            costs[m]["side_bytes_unshifted"] += len(encode_side_stream(NO_SHIFTS, positions, bits,
+                                                                       encoder_scales.size))
             costs[m]["marked_unshifted"] += int(positions.size)
         print(f"[{k}/{len(images)}] {images[k - 1].name}", file=sys.stderr)
 
@@ -160,8 +156,6 @@ def measure(args) -> dict:
         "file_bytes_without_side": file_bytes,
         "margins": {f"{m:g}": {**costs[m], "share": _share(costs[m]["side_bytes"] + costs[m]["y_bytes_change"]),
                                "share_unshifted": _share(costs[m]["side_bytes_unshifted"]),
-                               "share_upward": _share(costs[m]["side_bytes_upward"]
-                                                      + costs[m]["y_bytes_change_upward"]),
                                "marked_fraction": costs[m]["marked"] / elements,
                                "marked_fraction_unshifted": costs[m]["marked_unshifted"] / elements}
                     for m in margins},
@@ -190,16 +184,15 @@ def to_markdown(r: dict) -> str:
     lines += ["", "Between setups, |ln sigma_a - ln sigma_b|:", "", "| pair | max | 99.99th pct |", "|---|---|---|"]
     lines += [f"| {n} | {s['max']:.2e} | {s['p99.99']:.2e} |" for n, s in r["pairs"].items()]
     lines += ["", "Cost of portability (the reference's portable files; all images together): the side stream "
-                  "with signed threshold shifts as the encoder writes it (layout 3), plus the change of the y "
-                  "stream's size that its shifted indexes make, as a share of the file; for comparison the same "
-                  "with upward shifts (layout 2), and the marked list alone (layout 1, no shifts):", "",
+                  "with threshold shifts as the encoder writes it, plus the change of the y stream's size that "
+                  "its shifted indexes make, as a share of the file; for comparison the side stream without "
+                  "shifts (the marked list alone):", "",
               "| margin | marked elements | share of y elements | side bytes | y stream bytes change | share of the "
-              "file | upward shifts: side bytes | y change | share | without shifts: marked | side bytes | share |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "file | without shifts: marked | side bytes | share |",
+              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {m}{' (default)' if float(m) == DEFAULT_MARGIN else ''} | {c['marked']} | "
               f"{c['marked_fraction']:.2e} | {c['side_bytes']} | {c['y_bytes_change']:+d} | "
-              f"**{100 * c['share']:.3f} %** | {c['side_bytes_upward']} | {c['y_bytes_change_upward']:+d} | "
-              f"{100 * c['share_upward']:.3f} % | {c['marked_unshifted']} | {c['side_bytes_unshifted']} | "
+              f"**{100 * c['share']:.3f} %** | {c['marked_unshifted']} | {c['side_bytes_unshifted']} | "
               f"{100 * c['share_unshifted']:.3f} % |"
               for m, c in r["margins"].items()]
     if any("shift_choices" in c for c in r["margins"].values()):
@@ -234,7 +227,10 @@ def main(argv=None) -> int:
         if getattr(args, option):
             setattr(args, option, str(Path(getattr(args, option)).resolve()))
     args.bundle = [str(Path(b).resolve()) for b in args.bundle]
-    result = {"command": "python -m dcae_deploy.bench.sigma_agreement " + " ".join(argv), **measure(args)}
+    from .report import relative_paths
+
+    result = relative_paths({"command": "python -m dcae_deploy.bench.sigma_agreement " + " ".join(argv),
+                             **measure(args)})
     text = to_markdown(result)
     print(text)
     if args.out:

@@ -33,7 +33,7 @@ from dcae_deploy.runtime.errors import BackendUnavailableError
 from dcae_deploy.runtime.geometry import z_shape_for
 from dcae_deploy.runtime.imaging import crop_to_uint8, load_image, pad_image
 from dcae_deploy.runtime.manifest import sha256_file
-from dcae_deploy.runtime.portable import DEFAULT_MARGIN
+from dcae_deploy.runtime.portable import MODEL_MARGIN
 from dcae_deploy.runtime.timing import timed
 
 # compressai's RansDecoder reads its stream without bounds checks. A decoder
@@ -132,9 +132,9 @@ class TorchReference:
         self.model = load_checkpoint(self.checkpoint).to(self.device)
         self.compiled = compile_model(self.model) if compile else []
         self.preset = getattr(self.model, "preset", None)
-        # The margin of its portable files: the embedded model's until a
-        # bundle of this model (`check_matches`) gives the one measured for it.
-        self.margin = DEFAULT_MARGIN
+        # The margin of its portable files: the model's own (`dcae.margin`), which
+        # a bundle of this model (`check_matches`) records too.
+        self.margin = MODEL_MARGIN
         self.last_timings: dict[str, float] = {}
 
     @property
@@ -147,7 +147,7 @@ class TorchReference:
     def check_matches(self, manifest) -> str | None:
         """Refuse a bundle exported from another model; return a note when the
         bundle does not record its source checkpoint (weights unverifiable).
-        A matching bundle's measured margin becomes this encoder's."""
+        A matching bundle's margin (the model's own, recorded at export) becomes this encoder's."""
         if manifest.model.get("config") != self.config:
             differing = sorted(k for k in self.config if manifest.model["config"].get(k) != self.config[k])
             raise ReferenceMismatchError(

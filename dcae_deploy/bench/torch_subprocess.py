@@ -11,7 +11,7 @@ coding pass (every setup in one process) therefore talks to a worker started
 with them (`RemoteTorchCoder`), while the speed measurement, a fresh process
 per setup anyway, starts that process with them and codes in it directly.
 
-`RemoteTorchCoder` has the interface of `setups.TorchCoder` (encode, decode,
+`RemoteTorchCoder` has the interface of `torch_coder.TorchCoder` (encode, decode,
 decompress, timings, numeric_class, num_slices, reference.checkpoint and
 reference.check_matches); an error in the worker is raised again here with
 its class (`DesyncError`, `MarginError`, `ReferenceMismatchError`, ...), so
@@ -31,8 +31,10 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
+from dcae_deploy import IMPORT_ROOT
+
 _LENGTH = struct.Struct("<Q")
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = IMPORT_ROOT
 
 
 def _write(stream, message) -> None:
@@ -84,7 +86,7 @@ class _RemoteReference:
 
 
 class RemoteTorchCoder:
-    """A `setups.TorchCoder` in a worker process started with `env` added to this one's environment."""
+    """A `torch_coder.TorchCoder` in a worker process started with `env` added to this one's environment."""
 
     def __init__(self, setup, threads: int | None, env: dict[str, str]):
         self._stderr = tempfile.TemporaryFile()
@@ -151,7 +153,8 @@ class RemoteTorchCoder:
 
 def serve(requests, replies) -> None:
     """The worker's loop: (op, args) in, ("ok", result, timings) or ("error", (module, class, message), timings) out."""
-    from .setups import Setup, open_setup
+    from .setup_types import SETUP_ENV, Setup, environment_in_effect
+    from .torch_coder import TorchCoder
 
     coder = None
     while (request := _read(requests)) is not None:
@@ -159,9 +162,10 @@ def serve(requests, replies) -> None:
         try:
             if op == "open":
                 setup, threads = args
-                coder = open_setup(Setup(**setup), threads)
-                if isinstance(coder, RemoteTorchCoder):  # the environment did not take: never recurse
+                setup = Setup(**setup)
+                if not environment_in_effect(SETUP_ENV.get(setup.backend, {})):
                     raise WorkerError("the worker's environment does not select the setup's kernels")
+                coder = TorchCoder(setup, threads)
                 result = {"numeric_class": coder.numeric_class, "num_slices": coder.num_slices,
                           "checkpoint": str(coder.reference.checkpoint)}
             elif op == "check_matches":

@@ -38,7 +38,7 @@ table `POLICIES`):
 
 Calibration methods (`--calib-method`), measured on the small model (a step-200
 training snapshot, biases then still int8-scaled int32), 16 calibration crops
-from ../shared/data/train, held-out SQNR of y / x_hat:
+from TRAIN_DIR, held-out SQNR of y / x_hat:
 minmax 36.6 / 39.2 dB, percentile (99.999) 36.9 / 40.4 dB, entropy (KL, 512
 bins searched for a 255-level window) 33.3 / 34.6 dB. KL picks ranges that
 clip the largest values, which a classifier tolerates and a codec, whose

@@ -15,7 +15,7 @@ and write a bundle directory that the `dcae` runtime (or a C++ host) loads.
 
   dcae-export -o bundle/                       embedded default (small) model, fp32
   dcae-export official.pth.tar -o b16/ --precision fp16
-  dcae-export -o b8/ --precision int8 --calib ../shared/data/train
+  dcae-export -o b8/ --precision int8 --calib TRAIN_DIR
 
 INT8: g_a, h_a and g_s become QDQ graphs (per-channel int8 weights; activations
 in the form --int8-target names: onnxruntime's integer kernels by default, or
@@ -34,7 +34,6 @@ def _cache_dir_argument(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from dcae_deploy.calibration import CALIBRATION_METHODS, DEFAULT_METHOD
     from dcae_deploy.export import TRANSFORM_TARGETS
-    from dcae_deploy.runtime.portable import DEFAULT_MARGIN, MARGIN_HEADROOM
 
     # Paths are made absolute where they are parsed, so that what the bundle's
     # int8 report records (the calibration folder) names the same place from
@@ -88,16 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "form TensorRT's explicit quantisation takes (onnxruntime then runs its convs "
                         "dequantised as float kernels: slower than fp32)")
     p.add_argument("--tensorrt", action="store_true",
-                   help="also build TensorRT engines (needs TensorRT and a CUDA GPU)")
+                   help="also build TensorRT engines (needs TensorRT and a CUDA GPU; never run on a GPU: "
+                        "built and tested against a simulated TensorRT API only)")
     p.add_argument("--margin-images", metavar="DIR", default=None,
-                   help="images to measure the portable margin on (default: the export's check image): how "
-                        "far the model's scales differ between the reference (default and AVX2 kernels), "
-                        f"onnxruntime and OpenVINO; the bundle's portable files get {MARGIN_HEADROOM:g}x that, "
-                        f"at least {DEFAULT_MARGIN:g} (dcae_deploy.export.portable_margin)")
+                   help="images to check the model's portable margin on (default: the export's check image). The "
+                        "bundle records the model's margin (dcae.margin: computed by the reference from its float32 "
+                        "and float64 scales); the export then measures how far the scales of the reference (default "
+                        "and AVX2 kernels), onnxruntime and OpenVINO stray from float64 here, records it, and fails "
+                        "if one strays half the margin or more (dcae_deploy.export.portable_margin)")
     p.add_argument("--no-margin-measure", action="store_true",
-                   help=f"skip that measurement: portable files then get the embedded model's margin, "
-                        f"{DEFAULT_MARGIN:g}, which other models' setups may not keep within (their files are then refused, "
-                        "never decoded wrongly)")
+                   help="skip that check (the bundle still records the model's margin)")
     p.add_argument("--quiet", action="store_true", help="print only errors")
     return p
 

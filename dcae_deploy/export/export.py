@@ -23,6 +23,7 @@ import onnx
 import torch
 
 from dcae.coding import entropy_model_fingerprint
+from dcae.margin import MARGIN_IMAGE, margin_record
 from dcae.model import DCAE
 from dcae_deploy.runtime.imaging import load_image, pad_image
 from dcae_deploy.runtime.manifest import (
@@ -42,7 +43,8 @@ from .rewrites import ENTROPY_REWRITES, export_rewrites, quality_rewrites
 
 FP32_TOLERANCE = 1e-4  # max |ort - torch| / max |torch|
 DEFAULT_OPSET = 17
-SAMPLE_IMAGE = Path(__file__).resolve().parent.parent / "runtime" / "samples" / "kodim23_crop_384x256.png"
+# The shipped sample photo, also the image the model's portable margin is computed on.
+SAMPLE_IMAGE = MARGIN_IMAGE
 # (height, width) of the two check sizes: the export trace and a second shape
 CHECK_SIZES = ((256, 256), (384, 256))
 INT8_REPORT_NAME = "int8_report.json"
@@ -193,7 +195,8 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
                   preset: str | None = None, check_image=None, threads: int | None = None,
                   progress=print, quantize=None, winograd: bool = True, measure_margin: bool = True,
                   margin_images: list[np.ndarray] | None = None,
-                  transforms_for: str = "onnxruntime") -> tuple[Manifest, list[GraphReport]]:
+                  transforms_for: str = "onnxruntime",
+                  measure_memory: bool = True) -> tuple[Manifest, list[GraphReport]]:
     """Write a bundle to `out_dir` (created; must not exist or be empty).
 
     `quantize(name, fp32_path, out_path)` is called for graphs whose policy is
@@ -201,13 +204,18 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
     `report_json()`, that is stored in the bundle as int8_report.json. The bundle is built in a
     temporary sibling directory and renamed into place, so a failed export
     leaves nothing behind. `winograd=False` keeps the fp32 entropy graphs'
-    wide convs plain (dcae_deploy.export.winograd). With `measure_margin` (and fp32
-    entropy graphs), how far the model's scales differ between the setups that
-    run here is measured on `margin_images` (default: the check image) and
-    recorded with the default portable margin it gives (dcae_deploy.export.portable_margin).
+    wide convs plain (dcae_deploy.export.winograd). A bundle with fp32 entropy
+    graphs records the model's portable margin (`dcae.margin.model_margin`),
+    the default of its encoders. With `measure_margin`, how far the scales of
+    the setups that run here stray is measured on `margin_images` (default:
+    the check image) and recorded beside it, and the export fails if one strays
+    half that margin or more (dcae_deploy.export.portable_margin).
     `transforms_for` ("onnxruntime" or "openvino") picks the image transforms'
     graph form for that runtime (`dcae_deploy.export.rewrites.quality_rewrites`); any
-    backend runs either, the entropy graphs are the same in both."""
+    backend runs either, the entropy graphs are the same in both. With
+    `measure_memory`, the image transforms' working memory per pixel is
+    measured (fresh onnxruntime processes, `dcae_deploy.runtime.memory`) and
+    recorded, so runtimes size their tiles without measuring it themselves."""
     out_dir = Path(out_dir)
     quality_rewrites(transforms_for)  # an unknown target fails here, before any work
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -270,23 +278,46 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
             int8_weight_bits=getattr(quantize, "weight_bits", None) if "int8" in policy.values() else None,
         )
         manifest.entropy_fingerprint = manifest.compute_entropy_fingerprint()
+        margin = None
         if not manifest.reduced_precision_entropy:
-            manifest.entropy_model_fingerprint = entropy_model_fingerprint(model).hex()
+            fingerprint = entropy_model_fingerprint(model)
+            manifest.entropy_model_fingerprint = fingerprint.hex()
+            # The model's own margin, as the reference computes it: the same
+            # on every export of this model here, whatever is installed.
+            computed = margin_record(model, fingerprint)
+            margin = computed.pop("margin", None)
+            manifest.portable = {"margin": margin, "model_margin": computed} if margin else {"model_margin": computed}
+            progress(f"portable margin: the model's simulated float32 scales stray up to {computed['error']:.2e} "
+                     f"(ln) from float64: " + (f"files get margin {margin:g}" if margin else
+                                     "no margin covers that; files are refused elsewhere"))
         manifest.validate()
         manifest.write(staging)
-        if measure_margin and not manifest.reduced_precision_entropy:
-            # The measurement runs the staged bundle, so the manifest is
-            # written first and again with what it found.
-            from .portable_margin import measure
+        if measure_margin and margin:
+            # The check runs the staged bundle, so the manifest is written
+            # first and again with what it found.
+            from .portable_margin import measure, outside_margin
 
             images = margin_images if margin_images is not None else _check_images(check_image)[-1:]
-            manifest.portable = measure(model, staging, images, threads or 1, checkpoint=source_checkpoint,
-                                        progress=progress)
-            found = manifest.portable["measurement"]
-            progress(f"portable margin: setups differ by up to {found['largest_difference']:.2e} (ln, "
-                     f"{found['largest_pair']}): " + (f"files get margin {manifest.portable['margin']:g}"
-                                                      if "margin" in manifest.portable else
-                                                      "no margin covers that; files are refused elsewhere"))
+            found = manifest.portable["measurement"] = measure(model, staging, images, threads or 1,
+                                                               checkpoint=source_checkpoint, progress=progress)
+            outside = outside_margin(found, margin)
+            if outside:
+                raise ExportError(
+                    "setups here stray half the model's portable margin or more from float64 ("
+                    + ", ".join(f"{name} {error:.2e}" for name, error in outside.items())
+                    + f", margin {margin:g}): their portable files would be refused elsewhere; "
+                    "export with --no-margin-measure to write the bundle anyway")
+            progress(f"portable margin: this machine's setups stray up to {max(found['vs_float64'].values()):.2e} "
+                     f"(ln) from float64, within half the margin")
+            manifest.validate()
+            manifest.write(staging)
+        if measure_memory:
+            # Also run on the staged bundle, so after the manifest is written.
+            from dcae_deploy.runtime.memory import measure_bytes_per_pixel
+
+            manifest.bytes_per_pixel = measure_bytes_per_pixel(staging)
+            progress("image transforms' working memory: " + ", ".join(
+                f"{name} {value} bytes per pixel" for name, value in manifest.bytes_per_pixel.items()))
             manifest.validate()
             manifest.write(staging)
         (staging / "export_report.json").write_text(json.dumps(

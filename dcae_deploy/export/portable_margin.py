@@ -1,13 +1,13 @@
-"""How far a model's scales differ between setups, and the portable margin that follows.
+"""How far a model's scales differ between the setups installed here: the
+export's check of the model's portable margin.
 
-How far a setup's scales stray from a float64 evaluation depends on the
-backend and on the model: the embedded model's stay within ~5e-6 (ln) on
-every setup here, the official configuration with the golden weights strays
-up to 2.2e-4, an error about constant in sigma that is large in ln at small
-scales (docs/portable.md). So a bundle's default margin is measured on its own
-model when it is exported: for each image the reference encodes once, and each
-setup recomputes every slice's scales from that z_hat and those symbols (its
-own means and LRP feeding its later slices, as a decoder does):
+A bundle's portable margin is the model's own (`dcae.margin.model_margin`:
+computed by the reference from its simulated float32 and float64 scales,
+the same on every machine), and `dcae-export` records it in the manifest. Whether
+the setups of this machine keep within it is measured here: for each image the
+reference encodes once, and each setup recomputes every slice's scales from
+that z_hat and those symbols (its own means and LRP feeding its later slices,
+as a decoder does):
 
 - `torch-float64`: the reference in float64, the anchor;
 - `torch`: the reference in float32 on this CPU's default kernels;
@@ -17,9 +17,10 @@ own means and LRP feeding its later slices, as a decoder does):
   (OpenVINO where it is installed; the C++ host runs the same arithmetic).
 
 Over the elements whose float64 scale lies within `dcae_deploy.runtime.portable.MAX_MARGIN`
-of an index boundary (elsewhere no margin matters), the largest
-|ln sigma_a - ln sigma_b| between two setups gives the margin
-(`dcae_deploy.runtime.portable.margin_for`: 4x, never under `DEFAULT_MARGIN`).
+of an index boundary (elsewhere no margin matters), each setup's largest
+|ln sigma - ln sigma_float64| must stay under half the margin (a file with
+margin delta is for setups within delta / 2 of float64): `outside_margin`
+names those that do not, and the export fails on them.
 `dcae_deploy.bench.sigma_agreement` reports the same measurement in full.
 """
 from __future__ import annotations
@@ -36,30 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcae_deploy.runtime.cpu import AVX2_KERNELS_ENV
-from dcae_deploy.runtime.entropy import decompress_z
-from dcae_deploy.runtime.imaging import pad_image
-from dcae_deploy.runtime.portable import MAX_MARGIN, margin_for
+from dcae.margin import largest_ln_difference, near_boundaries, reference_encoding, torch_scales
+from dcae_deploy import IMPORT_ROOT
+from dcae_deploy.runtime.cpu import AVX2_KERNELS_ENV, cpu_description
 
 ANCHOR = "torch-float64"
-
-
-@torch.no_grad()
-def torch_scales(model, z_hat: np.ndarray, symbols: np.ndarray, dtype=torch.float32) -> np.ndarray:
-    """All slices' scales from the reference, given z_hat and every slice's symbols."""
-    model = model.to(dtype)
-    c = model.config.slice_channels
-    recorded = []
-
-    def decode_slice(i, scale):
-        recorded.append(scale.double().numpy())
-        return torch.from_numpy(symbols[:, c * i : c * (i + 1)])
-
-    try:
-        model.decode_slices(torch.from_numpy(z_hat).to(dtype), decode_slice)
-    finally:
-        model.float()
-    return np.concatenate(recorded, axis=1)
 
 
 def runtime_scales(codec, z_hat: np.ndarray, symbols: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -75,17 +57,6 @@ def runtime_scales(codec, z_hat: np.ndarray, symbols: np.ndarray, height: int, w
     return np.concatenate(recorded, axis=1)
 
 
-@torch.no_grad()
-def reference_encoding(model, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(z_hat as every decoder reads it, the y symbols, `DCAE.compress`'s output) of one image."""
-    x, _ = pad_image(pixels)
-    out = model.compress(torch.from_numpy(x), return_latents=True)
-    eb = model.entropy_bottleneck
-    z_hat = decompress_z(out["strings"][1][0], out["shape"], eb.quantiles[:, 0, 1].detach().numpy(),
-                         eb._quantized_cdf.numpy(), eb._cdf_length.numpy(), eb._offset.numpy())
-    return z_hat, out["symbols"].numpy().astype(np.int32), out
-
-
 def kernel_scales(checkpoint: str | Path, inputs: list[tuple[np.ndarray, np.ndarray]], threads: int,
                   env: dict[str, str] = AVX2_KERNELS_ENV) -> list[np.ndarray]:
     """The float32 reference's scales under the kernels `env` selects (a
@@ -99,7 +70,7 @@ def kernel_scales(checkpoint: str | Path, inputs: list[tuple[np.ndarray, np.ndar
         result = subprocess.run([sys.executable, "-m", "dcae_deploy.export.portable_margin", "--worker",
                                  str(Path(tmp) / "spec.json"), str(Path(tmp) / "scales.npz")],
                                 env={**os.environ, **env}, capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent.parent)
+                                cwd=IMPORT_ROOT)
         if result.returncode:
             tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"the reference worker ({' '.join(f'{k}={v}' for k, v in env.items())}) failed: {tail}")
@@ -116,18 +87,6 @@ def _worker(spec_path: str, out_path: str) -> None:
     inputs = np.load(spec["inputs"])
     np.savez(out_path, **{f"scales_{k}": torch_scales(model, inputs[f"z_hat_{k}"], inputs[f"symbols_{k}"])
                           for k in range(spec["count"])})
-
-
-def near_boundaries(model, anchor: np.ndarray) -> np.ndarray:
-    """Mask of the elements whose float64 scale is within `MAX_MARGIN` of an index boundary."""
-    from dcae.coding import scale_thresholds
-
-    return scale_thresholds(model).nearest(anchor)[1] <= MAX_MARGIN
-
-
-def largest_ln_difference(a: np.ndarray, b: np.ndarray, relevant: np.ndarray) -> float:
-    d = np.abs(np.log(a[relevant]) - np.log(b[relevant]))
-    return float(d.max()) if d.size else 0.0
 
 
 def collect_scales(model, codecs: dict, images, threads: int = 1, checkpoint: str | Path | None = None,
@@ -171,13 +130,13 @@ def collect_scales(model, codecs: dict, images, threads: int = 1, checkpoint: st
 def measure(model, bundle_dir: str | Path, images: list[np.ndarray], threads: int = 1,
             backends: tuple[str, ...] = ("onnxruntime", "openvino"), checkpoint: str | Path | None = None,
             progress=None) -> dict:
-    """Every setup's scales on `images` (uint8 H x W x 3 arrays) against each
-    other: the record a bundle's manifest keeps under `portable`, with the
-    margin it gives. `checkpoint` is the model's file for the AVX2 worker
-    (written to a temporary file when None). Backends that are not installed
-    are left out and named."""
+    """Every setup's scales on `images` (uint8 H x W x 3 arrays) against
+    float64 and against each other: the record a bundle's manifest keeps under
+    `portable.measurement`. `checkpoint` is the model's file for the AVX2
+    worker (written to a temporary file when None). Backends that are not
+    installed are left out and named."""
     from dcae_deploy.runtime import Codec
-    from dcae_deploy.runtime.errors import BackendUnavailableError, BadInputError
+    from dcae_deploy.runtime.errors import BackendUnavailableError
 
     progress = progress or (lambda message: None)
     codecs, unavailable = {}, []
@@ -198,28 +157,20 @@ def measure(model, bundle_dir: str | Path, images: list[np.ndarray], threads: in
     pairs = {f"{a} / {b}": largest_ln_difference(merged[a], merged[b], relevant)
              for a, b in combinations(merged, 2)}
     largest_pair = max(pairs, key=pairs.get)
-    try:
-        margin = margin_for(pairs[largest_pair])
-    except BadInputError:  # no margin covers this model's setups: files stay refused elsewhere
-        margin = None
-    record = {
-        "measurement": {
-            "setups": list(merged), "not_installed": unavailable,
-            "images": [f"{p.shape[0]}x{p.shape[1]}" for p in images], "elements_near_boundaries": int(relevant.sum()),
-            "vs_float64": {name: largest_ln_difference(v, anchor, relevant) for name, v in merged.items()},
-            "pairs": pairs, "largest_pair": largest_pair, "largest_difference": pairs[largest_pair],
-            "cpu": _cpu(),
-        },
+    return {
+        "setups": list(merged), "not_installed": unavailable,
+        "images": [f"{p.shape[0]}x{p.shape[1]}" for p in images], "elements_near_boundaries": int(relevant.sum()),
+        "vs_float64": {name: largest_ln_difference(v, anchor, relevant) for name, v in merged.items()},
+        "pairs": pairs, "largest_pair": largest_pair, "largest_difference": pairs[largest_pair],
+        "cpu": cpu_description(),
     }
-    if margin is not None:
-        record["margin"] = margin
-    return record
 
 
-def _cpu() -> str:
-    from dcae_deploy.bench.machine import cpu_description
-
-    return cpu_description()
+def outside_margin(measurement: dict, margin: float) -> dict[str, float]:
+    """{setup: its largest error against float64} for the setups of a
+    `measure` record that stray `margin` / 2 or more: another setup's files
+    with that margin may be refused there (never decoded wrongly)."""
+    return {name: error for name, error in measurement["vs_float64"].items() if error >= margin / 2}
 
 
 if __name__ == "__main__":

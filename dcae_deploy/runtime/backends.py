@@ -19,13 +19,14 @@ graph's precision.
 fingerprint of files written for one setup only (reduced-precision entropy
 graphs, `--not-portable`). `sigma_error_bound` states how far the backend's
 fp32 scales stay from a float64 evaluation on the embedded model, a floor for
-any model (each model's margin is measured at export: `dcae_deploy.runtime.portable`): with
+any model (each model has its own margin, at least twice it: `dcae.margin`): with
 it, the backend writes and reads portable files, which any other such setup
 decodes, also across CPU families; without it (never measured) it reads none.
 """
 from __future__ import annotations
 
 import functools
+import importlib
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import BackendUnavailableError, BundleError, DcaeError
-from .manifest import GraphSpec
+from .manifest import IMAGE_TRANSFORMS, GraphSpec
 
 
 class GraphRunError(DcaeError):
@@ -124,7 +125,7 @@ class Backend(ABC):
 # to back, so a pool left spinning takes a core from the next graph (on 2
 # cores: h_s 24 -> 47 ms, each slice_lrp 25 -> 40 ms at 768x512). Only the
 # two long image transforms keep spinning, which helps their many small ops.
-SPINNING_GRAPHS = ("g_a", "g_s")
+SPINNING_GRAPHS = IMAGE_TRANSFORMS
 
 
 @functools.cache
@@ -228,6 +229,15 @@ class OnnxRuntimeBackend(Backend):
             options.intra_op_num_threads = self.threads
         if graph_name not in SPINNING_GRAPHS:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if graph_name in IMAGE_TRANSFORMS:
+            # A tiled image runs g_a / g_s many times at one shape. From the
+            # second run on, a memory pattern makes onnxruntime allocate one
+            # planned block for the whole graph besides the arena chunks the
+            # first run left: the peak doubles (embedded model, 1152^2 px
+            # tiles: 766 -> 1115 MB), and the measured bytes per pixel that
+            # size the tiles would no longer hold. Without it every run reuses
+            # the first one's chunks (783 MB), at the same speed within noise.
+            options.enable_mem_pattern = False
         if _shared_cpu_arena(self._ort):
             options.add_session_config_entry("session.use_env_allocators", "1")
         options.log_severity_level = 3  # errors only: no warnings on the user's terminal
@@ -454,30 +464,21 @@ def _onnxruntime_openvino_bf16_backend(threads: int | None = None) -> Backend:
                         OpenVinoBackend(threads=threads, precision="bf16"))
 
 
-# ---- TensorRT (dcae_deploy/runtime/tensorrt_backend.py) ---------------------------------------
-
-def _tensorrt_backend(threads: int | None = None) -> Backend:
-    # Imported on use: tensorrt and cuda-python are optional, and the module
-    # says which is missing when constructed.
-    from .tensorrt_backend import TensorRTBackend
-
-    return TensorRTBackend(threads=threads)
-
-
-def _onnxruntime_trt_backend(threads: int | None = None) -> Backend:
-    from .tensorrt_backend import OnnxRuntimeTensorRTBackend
-
-    return OnnxRuntimeTensorRTBackend(threads=threads)
-
-
 # ---- registry ----------------------------------------------------------------------
 
-_REGISTRY: dict[str, Callable[..., Backend]] = {
+# A backend in a module of its own (optional libraries behind it) is listed
+# here by that module's name: `get_backend` imports the module on first use,
+# and the module registers its backends (`register_backend`) as it is
+# imported. So this module never imports them (they import it, one way), and
+# `backend_names()` lists them without loading tensorrt or cuda-python.
+TENSORRT_MODULE = "dcae_deploy.runtime.tensorrt_backend"
+
+_REGISTRY: dict[str, Callable[..., Backend] | str] = {
     "onnxruntime": OnnxRuntimeBackend,
     "onnxruntime-cpu": OnnxRuntimeBackend,
     "onnxruntime-cuda": OnnxRuntimeCudaBackend,
-    "onnxruntime-trt": _onnxruntime_trt_backend,
-    "tensorrt": _tensorrt_backend,
+    "onnxruntime-trt": TENSORRT_MODULE,
+    "tensorrt": TENSORRT_MODULE,
     "openvino": OpenVinoBackend,
     "openvino-bf16": _openvino_bf16_backend,
     "onnxruntime+openvino-bf16": _onnxruntime_openvino_bf16_backend,
@@ -489,8 +490,9 @@ _REGISTRY: dict[str, Callable[..., Backend]] = {
 BF16_TRANSFORM_BACKENDS = frozenset({"openvino-bf16", "onnxruntime+openvino-bf16"})
 
 
-def register_backend(name: str, factory: Callable[..., Backend]) -> None:
-    """Make `get_backend(name, threads)` call `factory(threads=threads)`."""
+def register_backend(name: str, factory: Callable[..., Backend] | str) -> None:
+    """Make `get_backend(name, threads)` call `factory(threads=threads)`; a
+    string names the module that registers the factory when imported."""
     _REGISTRY[name] = factory
 
 
@@ -506,4 +508,11 @@ def get_backend(name: str, threads: int | None = None) -> Backend:
     except KeyError:
         raise BackendUnavailableError(
             f"unknown backend {name!r}; known: {', '.join(_REGISTRY)}") from None
+    if isinstance(factory, str):
+        # Importing the module registers its backends; it imports no optional
+        # library itself (its backends say which is missing when constructed).
+        importlib.import_module(factory)
+        factory = _REGISTRY[name]
+        if isinstance(factory, str):
+            raise RuntimeError(f"module {factory} registers no backend {name!r}")
     return factory(threads=threads)

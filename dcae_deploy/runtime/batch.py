@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dcae_deploy import IMPORT_ROOT
 from .errors import BadInputError, DcaeError
 from .filejobs import FAILED, NOT_RUN, OK, SKIPPED, FileJob, code_one, expected_header_fields, one_line
 from .inputs import CODED_SUFFIXES, IMAGE_SUFFIXES, expand_inputs, plan_outputs, read_path_list
@@ -62,7 +63,7 @@ def import_ray():
 
 
 def _package_root() -> str:
-    return str(Path(__file__).resolve().parent.parent)
+    return str(IMPORT_ROOT)
 
 
 def start_local_ray(num_cpus: int | None = None, object_store_memory: int = LOCAL_OBJECT_STORE_BYTES, **kwargs):
@@ -206,14 +207,16 @@ def run_batch(mode: str, sources: list[str], output_dir: str, *, files_from: lis
               bundle: str, backend: str = "onnxruntime", threads: int = 1, workers=None,
               margin: float | str | None = MODEL_MARGIN, force: bool = False, redo: bool = False,
               results: str | None = None, address: str | None = None, num_cpus: int | None = None,
-              worker_memory: float | None = None, progress=None) -> BatchSummary:
+              worker_memory: float | None = None, memory_limit: int | None = None,
+              progress=None) -> BatchSummary:
     """Code every input to `output_dir` on Ray actors; the summary.
 
     `workers`: N actors, a (min, max) pair, or None (autoscale from 1 to the
     cluster's CPUs / `threads`). `address` joins a running Ray cluster;
     otherwise a Ray already started in this process is used, or a local one
     is started (`num_cpus`) and shut down at the end. `worker_memory`: bytes
-    Ray reserves per actor. `progress(record, summary)` is called on the
+    Ray reserves per actor; `memory_limit`: bytes each actor's image
+    transforms may take (`Codec`'s). `progress(record, summary)` is called on the
     driver for each results line as it arrives. Results lines go to
     `results` (default `output_dir/results.jsonl`), one per input, in the
     order inputs finish; inputs never tried (Ctrl-C, a Ray failure) are
@@ -224,7 +227,7 @@ def run_batch(mode: str, sources: list[str], output_dir: str, *, files_from: lis
     ray = import_ray()  # first: without Ray, say so before anything else
     pairs = list_jobs(mode, sources, output_dir, files_from)
     job = FileJob(mode, os.path.abspath(bundle), backend, threads, margin if mode == "compress" else None,
-                  force, redo)
+                  force, redo, memory_limit)
     _check_setup(job)
     results_path = Path(results or Path(output_dir) / RESULTS_NAME).absolute()
     summary = BatchSummary(mode, len(pairs), str(results_path))

@@ -48,6 +48,15 @@ def _margin(text: str) -> float | str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _memory_size(text: str) -> int:
+    from .memory import parse_size
+
+    try:
+        return parse_size(text)
+    except BadInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -69,9 +78,11 @@ def _open_codec(args):
         bundle = ensure_default_bundle(announce=lambda m: print(f"dcae: {m}", file=sys.stderr))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        codec = Codec(bundle, backend=args.backend, threads=args.threads)
+        codec = Codec(bundle, backend=args.backend, threads=args.threads, memory_limit=args.memory_limit)
     for warning in caught:
         print(f"dcae: warning: {_one_line(warning.message)}", file=sys.stderr)
+    # A bar over the tiles of a big image, on a terminal only.
+    codec.transforms.progress = sys.stderr.isatty()
     return codec
 
 
@@ -158,6 +169,7 @@ def _batch(args) -> int:
         margin=None if getattr(args, "not_portable", False) else getattr(args, "margin", MODEL_MARGIN),
         force=getattr(args, "force", False), redo=args.redo, results=args.results, address=args.address,
         num_cpus=args.cpus, worker_memory=args.worker_memory and int(args.worker_memory * 2**30),
+        memory_limit=args.memory_limit,
         progress=print_progress_factory(sys.stderr))
     for line in summary.lines():
         print(f"dcae: {line}")
@@ -195,16 +207,16 @@ def _demo(args) -> int:
 
 def describe(data: bytes) -> dict:
     """The header fields and stream facts of a `.dcae` or upstream `.bin`."""
-    from .container import sniff, unpack, unpack_bin
+    from .container import FORMAT_VERSION, sniff, unpack, unpack_bin
     from .geometry import padded_size, z_shape_for
-    from .portable import parse_side_stream
+    from .portable import decode_side_stream
 
     if sniff(data) == "bin":
         parsed = unpack_bin(data)
         height, width, y, z = parsed.height, parsed.width, parsed.y, parsed.z
-        info = {"format": "bin", "version": None, "flags": None, "reduced_precision_entropy": None,
-                "portable": False, "fingerprint": None, "margin": None, "side_bytes": 0, "side_marked": 0,
-                "side_layout": None, "threshold_shifts": None, "shift_block": None}
+        info = {"format": "bin", "version": None, "flags": None, "gain_code": None, "gain": None,
+                "reduced_precision_entropy": None, "portable": False, "fingerprint": None, "margin": None,
+                "side_bytes": 0, "side_marked": 0, "threshold_shifts": None, "shift_block": None}
     else:
         parsed = unpack(data)  # raises with a reason when this is not a sound .dcae
         header = parsed.header
@@ -213,13 +225,12 @@ def describe(data: bytes) -> dict:
         if header.portable:
             # The y latent's element count depends on the model, which inspect
             # does not load: the side stream is checked on its own terms.
-            side = parse_side_stream(parsed.side, None, header.side_layout)
-        info = {"format": "dcae", "version": header.version,
-                "flags": header.flags,
+            side = decode_side_stream(parsed.side, None)
+        info = {"format": "dcae", "version": FORMAT_VERSION, "flags": header.flags,
+                "gain_code": header.gain_code, "gain": header.gain,
                 "reduced_precision_entropy": header.reduced_precision_entropy, "portable": header.portable,
                 "fingerprint": header.fingerprint.hex(), "margin": header.margin,
                 "side_bytes": len(parsed.side), "side_marked": side.positions.size if side else 0,
-                "side_layout": header.side_layout if side else None,
                 "threshold_shifts": side.shifts.count if side else None,
                 "shift_block": side.shifts.block if side and side.shifts.count > 1 else None}
     (padded_height, padded_width), (z_height, z_width) = padded_size(height, width), z_shape_for(height, width)
@@ -249,6 +260,7 @@ def _inspect(args) -> int:
         ("file", f"{path} ({info['file_bytes']} bytes)"),
         ("format", kind),
         ("flags", flags),
+        ("gain", f"{info['gain']:g} (gain_code {info['gain_code']})" if info["gain_code"] is not None else "-"),
         ("image", f"{info['height']}x{info['width']} (padded {info['padded_height']}x{info['padded_width']})"),
         ("z shape", f"{info['z_height']}x{info['z_width']}"),
         ("fingerprint", info["fingerprint"] or "-"),
@@ -280,9 +292,21 @@ def _add_codec_options(parser: argparse.ArgumentParser) -> None:
                              "entropy graphs are fp32 are portable: any backend, CPU or host with a bundle of "
                              "the same model decodes them; others decode only on the setup that wrote them. "
                              "On CPUs with AMX, onnxruntime+openvino-bf16 (the image transforms in OpenVINO "
-                             "bf16, onnxruntime's files) is faster at the same quality")
+                             "bf16, onnxruntime's files) is faster at the same quality. onnxruntime-cuda and "
+                             "tensorrt have never run on a GPU (tensorrt is tested against a simulated TensorRT "
+                             "API only)")
     parser.add_argument("--threads", type=_positive_int, metavar="N",
                         help="threads per graph (default: one per CPU core); does not change the bitstream")
+    _add_memory_limit(parser)
+
+
+def _add_memory_limit(parser: argparse.ArgumentParser, default_help: str = "half the memory available") -> None:
+    parser.add_argument("--memory-limit", type=_memory_size, metavar="SIZE",
+                        help="memory for the image transforms (g_a, g_s), such as 2G or 500M: an image that "
+                             "needs more runs in tiles that fit (the file and its decoding stay valid for every "
+                             "decoder; tiles move pixels by at most a level). Refused, with the smallest size "
+                             f"that works, when not even one tile fits (default: {default_help}, measured when "
+                             "each image is coded)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,8 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--margin", type=_margin, default=MODEL_MARGIN, metavar="DELTA",
                           help=f"portable files decode on every setup whose scales differ from this encoder's "
                                f"by less than DELTA (natural log); larger costs more bytes (default: the margin "
-                               f"measured for the model when its bundle was exported, {DEFAULT_MARGIN:g} for "
-                               f"the embedded model and bundles that record none; at most {MAX_MARGIN:g})")
+                               f"its bundle records, the model's own (dcae.margin), {DEFAULT_MARGIN:g} for the embedded "
+                               f"model and bundles that record none; at most {MAX_MARGIN:g})")
     compress.add_argument("--not-portable", action="store_true",
                           help="write a file that only this bundle and backend decode (no side stream)")
     compress.set_defaults(run=_compress)
@@ -348,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "as `dcae compress`. " + BATCH_CONTRACT)
     _add_batch_options(batch_compress, "image files, directories (every image directly inside) or quoted globs")
     batch_compress.add_argument("--margin", type=_margin, default=MODEL_MARGIN, metavar="DELTA",
-                                help="as for dcae compress (default: the margin measured for the model)")
+                                help="as for dcae compress (default: the model's margin, as its bundle records it)")
     batch_compress.add_argument("--not-portable", action="store_true",
                                 help="as for dcae compress: files for this bundle and backend only")
     batch_decompress = batch_commands.add_parser(
@@ -425,6 +449,9 @@ def _add_batch_options(parser: argparse.ArgumentParser, inputs_help: str) -> Non
                         help="what runs the graphs in each actor (default: onnxruntime on the CPU)")
     parser.add_argument("--threads", type=_positive_int, default=1, metavar="N",
                         help="threads per graph in each actor, and CPUs Ray reserves for it (default: 1)")
+    # Several actors on one machine each take their default share of the
+    # memory available: give a limit (and --worker-memory) when they are many.
+    _add_memory_limit(parser, "in each actor, half the memory available")
     parser.add_argument("--workers", type=_workers, metavar="N|MIN:MAX",
                         help="number of Ray actors, each holding one loaded bundle; MIN:MAX lets Ray Data "
                              "scale the pool with the backlog (default: 1 up to the cluster's CPUs / --threads)")

@@ -38,14 +38,14 @@ import numpy as np
 
 from .backends import Backend, GraphRunError, GraphSession, get_backend
 from .bundle import Bundle
-from .container import DcaeHeader, pack, sniff, unpack, unpack_bin
+from .container import DcaeHeader, check_decodable_gain, pack, sniff, unpack, unpack_bin
 from .entropy import build_indexes, compress_z, decompress_z, dequantize, quantize_symbols
 from .errors import BadInputError, CorruptStreamError, FingerprintMismatchError
-from .portable import (LAYOUT_SIGNED_SHIFTS, MODEL_MARGIN, PortableDecoding, Thresholds, encode_portable,
-                       margin_covers)
+from .portable import MODEL_MARGIN, PortableDecoding, Thresholds, encode_portable, margin_covers
 from .geometry import Y_DOWNSAMPLE, check_dimensions, padded_size, z_shape_for
 from .imaging import crop_to_uint8, load_image, pad_image
 from .rans import RansStreamDecoder, encode_with_indexes
+from .tiling import ImageTransforms
 from .timing import timed
 
 
@@ -83,7 +83,7 @@ class Codec:
     """A bundle on a backend. Batch 1; not thread-safe (one codec per thread)."""
 
     def __init__(self, bundle: Bundle | str | os.PathLike, backend: str | Backend = "onnxruntime",
-                 threads: int | None = None):
+                 threads: int | None = None, memory_limit: int | None = None):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         self.backend = backend if isinstance(backend, Backend) else get_backend(backend, threads)
         self.manifest = self.bundle.manifest
@@ -98,6 +98,9 @@ class Codec:
         tables = self.bundle.entropy
         self.thresholds = Thresholds.from_table(tables.gaussian_scale_table, float(tables.gaussian_scale_bound))
         self._sessions: dict[str, GraphSession] = {}
+        # g_a and g_s, tiled where the image does not fit `memory_limit` bytes
+        # (None: a share of the memory available): dcae_deploy.runtime.tiling.
+        self.transforms = ImageTransforms(self._run, self.bundle, memory_limit)
         # Seconds per stage of the last compress / decompress call.
         self.last_timings: dict[str, float] = {}
 
@@ -180,7 +183,7 @@ class Codec:
         return f"margin {margin:g} is under twice the {self.backend.name} backend's scale error bound ({bound:g})"
 
     def resolve_margin(self, margin: float | str | None) -> float | None:
-        """`MODEL_MARGIN` -> the margin measured for this bundle's model."""
+        """`MODEL_MARGIN` -> the margin this bundle records for its model (the model's own)."""
         return self.manifest.portable_margin if margin == MODEL_MARGIN else margin
 
     def encode(self, image, margin: float | str | None = MODEL_MARGIN) -> EncodeResult:
@@ -189,7 +192,7 @@ class Codec:
         The file is portable, with a side stream for decoders within `margin`
         (natural log) of this encoder's scales, when the bundle's entropy path
         is fp32 and the backend states its error bound (`MODEL_MARGIN`: the
-        margin measured for the model at export); `margin=None` writes a file
+        model's margin, recorded in the bundle at export); `margin=None` writes a file
         for this setup only."""
         margin = self.resolve_margin(margin)
         if margin is not None and self.portable and (problem := self.margin_problem(margin)):
@@ -207,7 +210,7 @@ class Codec:
             height, width = pixels.shape[:2]
             x, _ = pad_image(pixels)
         latent_shape = self._latent_shape(height, width)
-        y = self._run("g_a", x=x)["y"]
+        y = self.transforms.analysis(x)
         self._expect_shape("g_a", y, latent_shape)
         z = self._run("h_a", y=y)["z"]
         self._expect_shape("h_a", z, (1, self.bundle.z_channels) + z_shape_for(height, width))
@@ -274,10 +277,9 @@ class Codec:
         return y_hat
 
     def decode_streams(self, y: bytes, z: bytes, height: int, width: int, side: bytes = b"",
-                       margin: float = 0.0, synthesize: bool = True,
-                       side_layout: int = LAYOUT_SIGNED_SHIFTS) -> DecodeResult:
+                       margin: float = 0.0, synthesize: bool = True) -> DecodeResult:
         """Decode raw y and z streams of a `height` x `width` image, with the
-        side stream (of `side_layout`) and margin of a portable file; without
+        side stream and margin of a portable file; without
         `synthesize`, stop once the y stream is read and checked (no g_s, no
         pixels).
 
@@ -297,8 +299,8 @@ class Codec:
         # image's size is allocated or run.
         with self._timed("z_coding"):
             z_hat = decompress_z(z, z_shape_for(height, width), *tables.z)
-            portable = (PortableDecoding(side, slice_size * self.bundle.num_slices, self.thresholds, margin,
-                                         side_layout) if margin else None)
+            portable = (PortableDecoding(side, slice_size * self.bundle.num_slices, self.thresholds, margin)
+                        if margin else None)
 
         decoder = RansStreamDecoder(y)
         symbols = []
@@ -317,7 +319,7 @@ class Codec:
             self.last_timings["total"] = time.perf_counter() - started
             return DecodeResult(None, y_hat, np.concatenate(symbols))
 
-        x_hat = self._run("g_s", y_hat=y_hat)["x_hat"]
+        x_hat = self.transforms.synthesis(y_hat)
         self._expect_shape("g_s", x_hat, (1, 3) + padded_size(height, width))
         with self._timed("crop"):
             np.clip(x_hat, 0.0, 1.0, out=x_hat)  # the reference clamps x_hat
@@ -358,6 +360,7 @@ class Codec:
         # Not a .bin: unpack checks it is a .dcae and says what it is if not.
         parsed = unpack(data)
         header = parsed.header
+        check_decodable_gain(header.gain_code)
         if header.portable:
             self._check_portable(header, force)
         elif header.fingerprint != self.fingerprint:
@@ -369,7 +372,7 @@ class Codec:
             warnings.warn("decoding a file written by another setup (forced): it may fail "
                           "with a desync", stacklevel=2)
         return self.decode_streams(parsed.y, parsed.z, header.height, header.width, parsed.side,
-                                   header.margin, synthesize, header.side_layout)
+                                   header.margin, synthesize)
 
     def _check_portable(self, header: DcaeHeader, force: bool) -> None:
         if self.model_fingerprint is None:

@@ -1,31 +1,31 @@
 """The `.dcae` container, and the upstream DCAE `.bin` format.
 
-`.dcae` version 2 (little-endian, 64-byte header, then the payload):
+`.dcae` format 3 (little-endian, 64-byte header, then the payload):
 
     offset size  field
          0    4  magic b"DCAE"
-         4    1  format version (2)
-         5    1  flags: bit 0 entropy path in reduced precision; bit 1 portable;
-                 bit 2 (portable files only) the side stream has threshold
-                 shifts (layout 2; without it layout 1)
-         6    2  reserved (0)
+         4    1  format version (3)
+         5    1  flags: bit 0 entropy path in reduced precision; bit 1
+                 portable; other bits 0
+         6    2  gain_code (uint16, 1..65535): the quantization gain
+                 a = float32(gain_code) / 4096 (`gain_of`)
          8    4  original height        12  4  original width
         16    4  padded height          20  4  padded width
         24    2  z height               26  2  z width
         28   16  fingerprint (raw bytes): of the entropy MODEL for a portable
                  file, of the setup (model, precision, backend) otherwise
         44    4  z stream length        48  4  y stream length
-        52    4  side stream length (0 unless portable)
+        52    4  side stream length (never 0 when portable, 0 otherwise)
         56    4  margin (float32, natural log; 0 < margin <= 0.01 when
                  portable, 0 otherwise)
         60    4  CRC32 (zlib) of bytes 0..59 followed by the payload
         64       payload: z stream, y stream, side stream
 
 A portable file decodes on any setup whose scales stay within the margin of
-the encoder's (the side stream lists the elements near an index boundary:
-`dcae_deploy.runtime.portable`); reduced-precision entropy paths are never portable.
-Version 1 is the same without the side stream length and the margin (a
-56-byte header, CRC at 52): it decodes on the setup that wrote it.
+the encoder's (the side stream's threshold shifts and its list of the
+elements near an index boundary: `dcae_deploy.runtime.portable`);
+reduced-precision entropy paths are never portable. Files of earlier format
+versions are refused: they are re-encoded, not read.
 
 The padded size and z shape follow from the original size; they are stored
 so that a host without `geometry` can allocate, and checked on reading.
@@ -45,27 +45,25 @@ import numpy as np
 
 from .errors import BadInputError, CorruptStreamError
 from .geometry import check_dimensions, padded_size, z_shape_for
-from .portable import LAYOUT_MARKED_LIST, LAYOUT_SHIFTED, LAYOUT_SIGNED_SHIFTS, MAX_MARGIN
+from .portable import MAX_MARGIN
 
 MAGIC = b"DCAE"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
 FINGERPRINT_SIZE = 16
 FLAG_REDUCED_PRECISION_ENTROPY = 0x01
 FLAG_PORTABLE = 0x02
-FLAG_SHIFTED_THRESHOLDS = 0x04
-FLAG_SIGNED_SHIFTS = 0x08  # with FLAG_SHIFTED_THRESHOLDS: side stream layout 3, else 2
-KNOWN_FLAGS = FLAG_REDUCED_PRECISION_ENTROPY | FLAG_PORTABLE | FLAG_SHIFTED_THRESHOLDS | FLAG_SIGNED_SHIFTS
-# A portable file's side stream layout by its flags (bits 2 and 3).
-_LAYOUT_FLAGS = {LAYOUT_MARKED_LIST: 0, LAYOUT_SHIFTED: FLAG_SHIFTED_THRESHOLDS,
-                 LAYOUT_SIGNED_SHIFTS: FLAG_SHIFTED_THRESHOLDS | FLAG_SIGNED_SHIFTS}
+KNOWN_FLAGS = FLAG_REDUCED_PRECISION_ENTROPY | FLAG_PORTABLE
+# The quantization gain a of the quality knob travels as gain_code = a * 4096:
+# a 16-bit integer over a power of two, so float32(gain_code) / 4096 is exact
+# in float32 in every language. 4096 is a = 1, the rate every encoder codes
+# at until the knob's loop lands; until then decoders refuse other gains.
+GAIN_CODE_ONE = 4096
+MAX_GAIN_CODE = 0xFFFF
 
 # Everything up to the CRC, which covers these bytes and the payload.
-_COMMON = "<4sBBHIIIIHH16sII"
-_HEADER_BEFORE_CRC = {1: struct.Struct(_COMMON), 2: struct.Struct(_COMMON + "If")}
+_HEADER_BEFORE_CRC = struct.Struct("<4sBBHIIIIHH16sIIIf")
 _CRC = struct.Struct("<I")
-HEADER_SIZES = {version: fields.size + _CRC.size for version, fields in _HEADER_BEFORE_CRC.items()}
-HEADER_SIZE = HEADER_SIZES[FORMAT_VERSION]  # 64
+HEADER_SIZE = _HEADER_BEFORE_CRC.size + _CRC.size  # 64
 _VERSION_OFFSET = 4
 
 _UINT32_MAX = 0xFFFFFFFF
@@ -80,6 +78,18 @@ _FOREIGN_MAGICS = (
 )
 
 
+def gain_of(gain_code: int) -> float:
+    """The quantization gain a header's `gain_code` stands for (4096: 1.0)."""
+    return float(np.float32(gain_code) / np.float32(GAIN_CODE_ONE))
+
+
+def check_decodable_gain(gain_code: int) -> None:
+    """Refuse a file this decoder cannot decode: it codes at gain 1 only."""
+    if gain_code != GAIN_CODE_ONE:
+        raise CorruptStreamError(f"this decoder codes only gain 1 (gain_code {GAIN_CODE_ONE}); the file's is "
+                                 f"{gain_of(gain_code):g} (gain_code {gain_code})")
+
+
 @dataclass(frozen=True)
 class DcaeHeader:
     """What a `.dcae` header says about its image; stream lengths come from the streams."""
@@ -90,25 +100,19 @@ class DcaeHeader:
     # Bit 0 of the flags: the entropy-parameter path ran in reduced precision,
     # so the file decodes only with the same bundle and backend.
     reduced_precision_entropy: bool = False
-    # > 0: a portable file (flag bit 1) whose side stream lists the elements
+    # > 0: a portable file (flag bit 1) whose side stream covers the elements
     # within this margin (natural log) of an index boundary.
     margin: float = 0.0
-    version: int = FORMAT_VERSION
-    # Of a portable file: the side stream's layout (`dcae_deploy.runtime.portable`): 3
-    # with signed threshold shifts (flag bits 2 and 3), 2 with upward ones
-    # (bit 2), 1 the marked list alone.
-    side_layout: int = LAYOUT_SIGNED_SHIFTS
+    gain_code: int = GAIN_CODE_ONE
 
     def __post_init__(self) -> None:
         check_dimensions(self.height, self.width)
         if not isinstance(self.fingerprint, bytes) or len(self.fingerprint) != FINGERPRINT_SIZE:
             raise ValueError(f"fingerprint must be {FINGERPRINT_SIZE} bytes, got {self.fingerprint!r}")
-        if self.version not in READABLE_VERSIONS:
-            raise ValueError(f"no .dcae format version {self.version}")
-        if self.margin and (self.version < 2 or self.reduced_precision_entropy):
-            raise ValueError("only version-2 files with a float32 entropy path are portable")
-        if self.side_layout not in _LAYOUT_FLAGS:
-            raise ValueError(f"no side stream layout {self.side_layout}")
+        if self.margin and self.reduced_precision_entropy:
+            raise ValueError("only files with a float32 entropy path are portable")
+        if not (isinstance(self.gain_code, int) and 1 <= self.gain_code <= MAX_GAIN_CODE):
+            raise ValueError(f"gain_code must be in 1..{MAX_GAIN_CODE}, got {self.gain_code!r}")
         # Stored as float32: keep the value a reader will see.
         object.__setattr__(self, "margin", float(np.float32(self.margin)))
 
@@ -117,10 +121,13 @@ class DcaeHeader:
         return self.margin > 0
 
     @property
+    def gain(self) -> float:
+        return gain_of(self.gain_code)
+
+    @property
     def flags(self) -> int:
         return ((FLAG_REDUCED_PRECISION_ENTROPY if self.reduced_precision_entropy else 0)
-                | (FLAG_PORTABLE if self.portable else 0)
-                | (_LAYOUT_FLAGS[self.side_layout] if self.portable else 0))
+                | (FLAG_PORTABLE if self.portable else 0))
 
     @property
     def padded_size(self) -> tuple[int, int]:
@@ -159,22 +166,19 @@ def _stream_length_problem(name: str, length: int) -> str | None:
 
 
 def pack(header: DcaeHeader, z: bytes, y: bytes, side: bytes = b"") -> bytes:
-    """The bytes of a `.dcae` file of `header.version` holding the streams."""
+    """The bytes of a `.dcae` file holding the streams."""
     for name, stream in (("z", z), ("y", y)):
         problem = _stream_length_problem(name, len(stream))
         if problem:
             # The coder produced it, not the user: a bug, not a bad input.
             raise ValueError(problem)
-    if side and not header.portable:
-        raise ValueError("only a portable file carries a side stream")
+    if bool(side) != header.portable:
+        raise ValueError("a portable file carries a side stream, and only a portable file")
     if len(side) > _UINT32_MAX:
         raise ValueError(f"side stream of {len(side)} bytes does not fit in 32 bits")
-    flags = header.flags
-    fields = [MAGIC, header.version, flags, 0, header.height, header.width, *header.padded_size,
-              *header.z_shape, header.fingerprint, len(z), len(y)]
-    if header.version >= 2:
-        fields += [len(side), header.margin]
-    before_crc = _HEADER_BEFORE_CRC[header.version].pack(*fields)
+    before_crc = _HEADER_BEFORE_CRC.pack(MAGIC, FORMAT_VERSION, header.flags, header.gain_code, header.height,
+                                         header.width, *header.padded_size, *header.z_shape, header.fingerprint,
+                                         len(z), len(y), len(side), header.margin)
     crc = zlib.crc32(side, zlib.crc32(y, zlib.crc32(z, zlib.crc32(before_crc))))
     return b"".join((before_crc, _CRC.pack(crc), z, y, side))
 
@@ -193,38 +197,32 @@ def unpack(data: bytes) -> DcaeFile:
     if len(view) <= _VERSION_OFFSET:
         raise CorruptStreamError(f"truncated .dcae file: {len(view)} bytes, no format version")
     version = view[_VERSION_OFFSET]
-    if version not in READABLE_VERSIONS:
-        raise CorruptStreamError(
-            f".dcae format version {version} is not supported (this build reads versions "
-            f"{', '.join(map(str, READABLE_VERSIONS))})"
-        )
-    fields, header_size = _HEADER_BEFORE_CRC[version], HEADER_SIZES[version]
-    if len(view) < header_size:
-        raise CorruptStreamError(
-            f"truncated .dcae file: {len(view)} bytes, the header alone is {header_size}"
-        )
+    if 0 < version < FORMAT_VERSION:
+        raise CorruptStreamError(f".dcae format version {version} predates this decoder's format "
+                                 f"{FORMAT_VERSION}; re-encode the image")
+    if version != FORMAT_VERSION:
+        raise CorruptStreamError(f".dcae format version {version} is not supported (this decoder reads format "
+                                 f"{FORMAT_VERSION})")
+    if len(view) < HEADER_SIZE:
+        raise CorruptStreamError(f"truncated .dcae file: {len(view)} bytes, the header alone is {HEADER_SIZE}")
 
-    (_, _, flags, reserved, height, width, padded_height, padded_width,
-     z_height, z_width, fingerprint, z_length, y_length, *version_2) = fields.unpack_from(view)
-    side_length, margin = version_2 if version >= 2 else (0, 0.0)
-    (stored_crc,) = _CRC.unpack_from(view, fields.size)
+    (_, _, flags, gain_code, height, width, padded_height, padded_width, z_height, z_width, fingerprint,
+     z_length, y_length, side_length, margin) = _HEADER_BEFORE_CRC.unpack_from(view)
+    (stored_crc,) = _CRC.unpack_from(view, _HEADER_BEFORE_CRC.size)
 
-    if flags & ~KNOWN_FLAGS or (version < 2 and flags & FLAG_PORTABLE):
+    if flags & ~KNOWN_FLAGS:
         raise CorruptStreamError(f"unknown .dcae flag bits 0x{flags & ~KNOWN_FLAGS:02x}")
     portable = bool(flags & FLAG_PORTABLE)
     if portable and flags & FLAG_REDUCED_PRECISION_ENTROPY:
         raise CorruptStreamError(".dcae flags say both portable and reduced-precision entropy")
     if portable and not (0.0 < margin <= MAX_MARGIN):  # also refuses NaN
         raise CorruptStreamError(f".dcae portable margin {margin} is outside (0, {MAX_MARGIN}]")
-    shift_flags = flags & (FLAG_SHIFTED_THRESHOLDS | FLAG_SIGNED_SHIFTS)
-    if not portable and (margin != 0.0 or side_length or shift_flags):
-        raise CorruptStreamError(".dcae file that is not portable has a margin, a side stream or threshold shifts")
-    if shift_flags == FLAG_SIGNED_SHIFTS:
-        raise CorruptStreamError(".dcae flags say signed threshold shifts without threshold shifts")
-    if shift_flags and not side_length:
-        raise CorruptStreamError(".dcae file with threshold shifts has no side stream")
-    if reserved:
-        raise CorruptStreamError(f".dcae reserved field is 0x{reserved:04x}, must be 0")
+    if portable and not side_length:
+        raise CorruptStreamError(".dcae portable file has no side stream")
+    if not portable and (margin != 0.0 or side_length):
+        raise CorruptStreamError(".dcae file that is not portable has a margin or a side stream")
+    if not gain_code:
+        raise CorruptStreamError(f".dcae gain_code 0 is not a gain (1..{MAX_GAIN_CODE})")
     try:
         check_dimensions(height, width)
     except BadInputError as e:
@@ -241,7 +239,7 @@ def unpack(data: bytes) -> DcaeFile:
             f"{_hxw(expected_z)} for a {height}x{width} image"
         )
 
-    payload = view[header_size:]
+    payload = view[HEADER_SIZE:]
     promised = z_length + y_length + side_length
     if promised > len(payload):
         raise CorruptStreamError(
@@ -253,16 +251,14 @@ def unpack(data: bytes) -> DcaeFile:
         problem = _stream_length_problem(name, length)
         if problem:
             raise CorruptStreamError(problem)
-    crc = zlib.crc32(payload, zlib.crc32(view[: fields.size]))
+    crc = zlib.crc32(payload, zlib.crc32(view[: _HEADER_BEFORE_CRC.size]))
     if crc != stored_crc:
         raise CorruptStreamError(
             f".dcae CRC mismatch (stored 0x{stored_crc:08x}, computed 0x{crc:08x}): the file is damaged"
         )
 
     header = DcaeHeader(height, width, fingerprint, bool(flags & FLAG_REDUCED_PRECISION_ENTROPY),
-                        margin if portable else 0.0, version,
-                        next(layout for layout, bits in _LAYOUT_FLAGS.items() if bits == shift_flags)
-                        if portable else LAYOUT_SIGNED_SHIFTS)
+                        margin if portable else 0.0, gain_code)
     y_end = z_length + y_length
     return DcaeFile(header, bytes(payload[:z_length]), bytes(payload[z_length:y_end]), bytes(payload[y_end:]))
 

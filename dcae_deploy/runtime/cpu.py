@@ -4,6 +4,8 @@ arithmetic saturates); its vendor and model name the machine in results."""
 from __future__ import annotations
 
 import functools
+import os
+import platform
 from pathlib import Path
 
 
@@ -48,6 +50,19 @@ def cpu_flags() -> frozenset[str]:
     """The flags of /proc/cpuinfo (e.g. "avx2", "avx512f", "avx512_vnni");
     empty where there is no such file."""
     return frozenset(_first_processor().get("flags", "").split())
+
+
+def cpu_model() -> str:
+    return cpu_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_description() -> str:
+    """The CPU model, its widest vector extension and core count: results (and
+    the margin measured at export) name it, since float rounding and speed
+    differ between CPU families."""
+    flags = cpu_flags()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{cpu_model()} ({isa}, {os.cpu_count()} cores)"
 
 
 def second_float_path() -> tuple[str, dict[str, str]]:

@@ -5,7 +5,7 @@ Its bundle is cached under `$DCAE_CACHE` (or `~/.cache/dcae-deploy`) in
 `bundles/default-fp32-<tag>`, where the tag changes whenever the checkpoint
 file does (its size and mtime) or, without a checkpoint file, the package
 version, and whenever the source of the code that writes the graphs does
-(the `exporter` and `dcae` packages): a bundle cached by an older exporter
+(the `dcae_deploy.export` and `dcae` packages): a bundle cached by an older exporter
 would otherwise be used forever, in its older (slower) graph form. A missing
 bundle is exported by running `dcae-export` in a
 subprocess: the exporter needs torch, and the runtime must never import it.
@@ -21,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from dcae_deploy import IMPORT_ROOT
 from .errors import BundleError
 from .manifest import MANIFEST_NAME
 
@@ -62,7 +63,10 @@ def _package_version() -> str:
 
 
 # the packages whose code decides what an exported bundle's graphs are
-GRAPH_SOURCE_PACKAGES = ("exporter", "dcae")
+GRAPH_SOURCE_PACKAGES = ("dcae_deploy.export", "dcae")
+# what `dcae-export` needs beyond this package's own dependencies: the
+# [reference] extra (dcae_deploy.export itself is always installed with the runtime)
+EXPORTER_NEEDS = ("torch", "compressai", "onnx")
 
 
 def _graph_source_digest(digest) -> None:
@@ -97,7 +101,7 @@ def _findable(name: str) -> bool:
 
 
 def exporter_available() -> bool:
-    return _findable("torch") and _findable("exporter")
+    return all(_findable(name) for name in EXPORTER_NEEDS) and _findable("dcae_deploy.export")
 
 
 def ensure_default_bundle(announce=None) -> Path:
@@ -134,7 +138,7 @@ def ensure_default_bundle(announce=None) -> Path:
 def _run_exporter(out: Path) -> None:
     # The exporter sits next to this package in a source checkout; make sure
     # the child can import it whatever the current directory is.
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(IMPORT_ROOT)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     command = [sys.executable, "-m", "dcae_deploy.export.cli", "-o", str(out), "--quiet"]

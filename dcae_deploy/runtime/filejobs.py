@@ -59,16 +59,15 @@ class InvalidOutput(Exception):
 def expected_header_fields(codec, margin: float | str | None) -> dict:
     """The header fields (besides the image size) of the files `codec` writes
     with `margin`, exactly as `Codec.encode` chooses them."""
-    from .container import FORMAT_VERSION, DcaeHeader
+    from .container import DcaeHeader
 
     margin = codec.resolve_margin(margin)
     if margin is not None and codec.portable:
         header = DcaeHeader(1, 1, codec.model_fingerprint, margin=margin)
     else:
         header = DcaeHeader(1, 1, codec.fingerprint, codec.manifest.reduced_precision_entropy)
-    assert header.version == FORMAT_VERSION
     return {"fingerprint": header.fingerprint, "reduced_precision_entropy": header.reduced_precision_entropy,
-            "margin": header.margin, "version": header.version}
+            "margin": header.margin, "gain_code": header.gain_code}
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -96,7 +95,7 @@ def check_dcae_output(source: Path, target: Path, expected: dict) -> tuple[int, 
     except CorruptStreamError as exc:
         raise InvalidOutput(one_line(exc)) from None
     found = {"fingerprint": header.fingerprint, "reduced_precision_entropy": header.reduced_precision_entropy,
-             "margin": header.margin, "version": header.version}
+             "margin": header.margin, "gain_code": header.gain_code}
     if found != expected:
         different = ", ".join(k for k in expected if found[k] != expected[k])
         raise InvalidOutput(f"written by another setup or with other options ({different} differ)")
@@ -151,11 +150,12 @@ class FileJob:
     margin: float | str | None = MODEL_MARGIN  # compress: None writes files that are not portable
     force: bool = False  # decompress: try files of another setup
     redo: bool = False  # code every input again, even where a valid output exists
+    memory_limit: int | None = None  # bytes for the image transforms (None: a share of what is available)
 
     def open_codec(self):
         from .codec import Codec
 
-        return Codec(self.bundle, backend=self.backend, threads=self.threads)
+        return Codec(self.bundle, backend=self.backend, threads=self.threads, memory_limit=self.memory_limit)
 
 
 def _bpp(nbytes: int, height: int, width: int) -> float:

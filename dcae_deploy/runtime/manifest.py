@@ -25,6 +25,11 @@ round(z - medians) coded with the factorised tables; per slice,
 index = build_indexes(scale), symbols = round(y_slice - mu) (half to even),
 y_hat_raw = symbols + mu, all coded in one rANS stream in slice order.
 
+`bytes_per_pixel` ({"g_a": int, "g_s": int}, optional) is the measured
+working memory of each image transform per padded image pixel, from which a
+host sizes the tiles it runs them on (`dcae_deploy.runtime.tiling`,
+`dcae_deploy.runtime.memory`).
+
 `engines` (empty until `dcae-export build-engines` runs) describes the
 TensorRT plans in `engines/` (ENGINES_DIR); a plan runs only on the GPU model
 and TensorRT version it was built with, so a runtime refuses it elsewhere:
@@ -71,6 +76,11 @@ ENTROPY_ARRAYS = (
     "z_cdf_lengths",  # (Z,)
     "z_offsets",  # (Z,)
 )
+
+
+# The image transforms: the large graphs that run on tiles of a big image
+# (dcae_deploy.runtime.tiling) and whose bytes per pixel the manifest records.
+IMAGE_TRANSFORMS = ("g_a", "g_s")
 
 
 def graph_order(num_slices: int) -> list[str]:
@@ -145,11 +155,19 @@ class Manifest:
     # fingerprint of portable `.dcae` files. Empty for bundles whose entropy
     # graphs are not fp32, which write files for their own setup only.
     entropy_model_fingerprint: str = ""
-    # How far this model's scales differ between the setups that ran at
-    # export, and the margin portable files get by default from it:
-    # {"margin": float, "measurement": {...}} (`dcae_deploy.export.portable_margin`).
-    # Empty: not measured; encoders then use `dcae_deploy.runtime.portable.DEFAULT_MARGIN`.
+    # The margin this model's portable files get by default, the model's own
+    # (`dcae.margin.model_margin`), how it was computed, and how far the
+    # setups that ran at export strayed from float64:
+    # {"margin": float, "model_margin": {...}, "measurement": {...}}
+    # (`dcae_deploy.export.export_bundle`). No margin: encoders use
+    # `dcae_deploy.runtime.portable.DEFAULT_MARGIN`.
     portable: dict = field(default_factory=dict)
+    # The image transforms' working memory per padded image pixel, measured
+    # at export through onnxruntime: {"g_a": int, "g_s": int} (bytes; see
+    # `dcae_deploy.runtime.memory`). The runtime sizes its tiles from it
+    # (`dcae_deploy.runtime.tiling`). Empty: not measured; the runtime
+    # measures it on first use.
+    bytes_per_pixel: dict = field(default_factory=dict)
 
     @property
     def portable_margin(self) -> float:
@@ -222,6 +240,11 @@ class Manifest:
             margin = self.portable["margin"]
             if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin <= MAX_MARGIN:
                 raise BundleError(f"manifest portable margin must be a number in (0, {MAX_MARGIN}], got {margin!r}")
+        if not isinstance(self.bytes_per_pixel, dict) or not all(
+                name in IMAGE_TRANSFORMS and isinstance(v, int) and not isinstance(v, bool) and v > 0
+                for name, v in self.bytes_per_pixel.items()):
+            raise BundleError(f"manifest bytes_per_pixel must map g_a and g_s to positive whole numbers, "
+                              f"got {self.bytes_per_pixel!r}")
 
     def write(self, bundle_dir: str | Path) -> None:
         from .fileio import write_atomically

@@ -12,8 +12,45 @@ marked elements take the listed side, unmarked ones are at least delta away
 from every critical value for the encoder, so rounding cannot carry them
 across one.
 
-Side stream bytes (empty when nothing is marked):
+A file with margin delta is for setups whose |ln s - ln s_float64| stays
+under delta / 2: any two of them differ by less than delta. How far a setup's
+scales stray depends on the backend AND on the model (an error about constant
+in s, large in ln at small scales, with some weights), so the margin encoders
+write by default is the model's: the reference computes it from its own
+float32 and float64 scales (`dcae.margin.model_margin`), and the exporter
+records it in the bundle's manifest. `DEFAULT_MARGIN` is its floor (the
+embedded model's), and the default for bundles that record none. Each backend also declares `sigma_error_bound`, the error its fp32
+arithmetic gives on the embedded model: a floor (no model does better), so a
+decoder refuses files whose margin is under twice it, and states no bound
+(reads no portable file) where it was never measured. The decoder checks, for
+every element, that its own scales agree with the side stream within delta / 2
+(`apply_side_stream`): a damaged side stream or a setup outside the margin is
+an error, not noise. The rANS end-of-stream check stays as the backstop.
 
+Threshold shifts: most of the listed elements are avoidable. The encoder
+moves every critical value of a BLOCK of elements (B consecutive offsets of
+the flattened latent) by o = step(k) * 2 delta (ln), for a choice k in
+0..K-1 (K up to 16) that it picks per block and writes in the side stream,
+with step(k) = 0, +1, -1, +2, -2, ..., -7, +8 for k = 0..15 (the smallest
+|shift| first, so that a K reaches no farther than it must).
+An element whose ln s lies between ln c and ln c + o then takes the index on
+the other side of c. The K windows of width 2 delta around the shifted values
+do not overlap, so a block with an element near a boundary under k = 0
+usually has none under another k; the encoder picks the k with the fewest,
+and the block length and K with the smallest side stream. The shifts give
+some elements the neighbouring coding table, which changes the y stream's
+size, by about the largest |o|: see benchmarks/results/sigma_agreement_amd.md
+and sigma_agreement_golden_amd.md for the embedded model and the official
+configuration (golden weights).
+
+Side stream bytes (never empty: a portable file always carries one):
+
+    byte 0      log2 K (0..4)
+    if K > 1:   uint32 LE block length B (1 .. number of y elements), uint32
+                LE block count m (= ceil(elements / B)), then the m choices,
+                log2 K bits each, most significant bit first, zero padding
+                to the byte
+    then        the marked list, nothing when no element is marked:
     byte 0      Rice parameter k (0..30)
     bytes 1..4  uint32 LE count n (1..number of y elements)
     bits        per marked element, positions increasing (offsets in the y
@@ -22,51 +59,6 @@ Side stream bytes (empty when nothing is marked):
                 g >> k one-bits and a zero-bit, then the k low bits of g,
                 then the side bit; most significant bit of a byte first;
                 zero padding to the byte; nothing after it.
-
-A file with margin delta is for setups whose |ln s - ln s_float64| stays
-under delta / 2: any two of them differ by less than delta. How far a setup's
-scales stray depends on the backend AND on the model (an error about constant
-in s, large in ln at small scales, with some weights), so the margin a bundle's
-encoders write by default is measured per model when it is exported
-(`dcae_deploy.export.portable_margin`, recorded in the manifest) as four times the
-largest difference between the setups that run there; `DEFAULT_MARGIN` is the
-one measured for the embedded model, and the default for bundles that record
-none. Each backend also declares `sigma_error_bound`, the error its fp32
-arithmetic gives on the embedded model: a floor (no model does better), so a
-decoder refuses files whose margin is under twice it, and states no bound
-(reads no portable file) where it was never measured. The decoder checks, for
-every element, that its own scales agree with the side stream within delta / 2
-(`apply_side_stream`): a damaged side stream or a setup outside the margin is
-an error, not noise. The rANS end-of-stream check stays as the backstop.
-
-Threshold shifts (side stream layouts 2 and 3): most of the listed elements
-are avoidable. The encoder may move every critical value of a BLOCK of
-elements (B consecutive offsets of the flattened latent) by o = step(k) *
-2 delta (ln), for a choice k in 0..K-1 that it picks per block and writes in
-the side stream. Layout 3 (signed shifts, K up to 16) takes step(k) = 0, +1,
--1, +2, -2, ..., -7, +8 for k = 0..15; layout 2 (upward shifts, K up to 8,
-still read) step(k) = k.
-An element whose ln s lies between ln c and ln c + o then takes the index on
-the other side of c. The K windows of width 2 delta around the shifted values
-do not overlap, so a block with an element near a boundary under k = 0
-usually has none under another k; the encoder picks the k with the fewest,
-and the block length and K with the smallest side stream. The shifts give
-some elements the neighbouring coding table, which changes the y stream's
-size, by about the largest |o| (signed shifts halve it for the same K):
-see benchmarks/results/sigma_agreement_amd.md and
-sigma_agreement_golden_amd.md for the embedded model and the official
-configuration (golden weights).
-
-Side stream layouts 2 and 3 (flag bit 2 of the container, and bit 3 for
-layout 3; layout 1 is the marked list alone):
-
-    byte 0      log2 K (0..4 in layout 3, 0..3 in layout 2)
-    if K > 1:   uint32 LE block length B (1 .. number of y elements), uint32
-                LE block count m (= ceil(elements / B)), then the m choices,
-                log2 K bits each, most significant bit first, zero padding
-                to the byte
-    then        the marked list in layout 1 (nothing when no element is
-                marked)
 """
 from __future__ import annotations
 
@@ -92,26 +84,23 @@ MAX_MARGIN = 0.01
 # setup's own error against float64 is at most 7.9e-6 on either CPU, so
 # delta / 2 covers every setup 2.6x and any two, on the same machine or not,
 # 1.3x. It lists about 6.4e-4 of the y elements (0.86 % of a Kodak file).
-# Other models measure their own at export: the official configuration with
-# the golden weights differs by up to 3.1e-4 between setups (docs/portable.md).
+# It is the floor of every model's margin (`dcae.margin.model_margin`): the
+# official configuration with the golden weights differs by up to 3.1e-4
+# between setups and gets 1.1e-3 (docs/portable.md).
 DEFAULT_MARGIN = 4.1e-5
-# Stands for "the margin measured for the model" (a bundle's manifest,
-# `DEFAULT_MARGIN` where it records none) wherever a margin is passed.
+# Stands for "the model's margin" (`dcae.margin.model_margin` in the
+# reference; a bundle's manifest in the runtime, `DEFAULT_MARGIN` where it
+# records none) wherever a margin is passed.
 MODEL_MARGIN = "model"
 MAX_RICE_PARAMETER = 30
-# Threshold shifts: at most 16 choices per block (4 bits) with signed shifts,
-# 8 with upward ones. On Kodak 16 signed shifts took the side stream of the
-# embedded model at the default margin from 0.27 % of the file (8 upward) to
-# 0.24 %, and of the official configuration (golden weights) at its margin
-# from 0.41 % to 0.27 % (benchmarks/results/sigma_agreement_amd.md,
-# sigma_agreement_golden_amd.md).
+# Threshold shifts: at most 16 choices per block (4 bits). On Kodak they take
+# the side stream of the embedded model at the default margin to 0.24 % of
+# the file (0.27 % with at most 8 shifts, all upward), and of the official
+# configuration (golden weights) at its margin to 0.27 % (0.41 %)
+# (benchmarks/results/sigma_agreement_amd.md, sigma_agreement_golden_amd.md).
 MAX_SHIFTS = 16
-MAX_UPWARD_SHIFTS = 8
 _COUNT = struct.Struct("<I")
-SIDE_HEADER_SIZE = 1 + _COUNT.size
-# A measured margin is this many times the largest difference measured
-# between two setups.
-MARGIN_HEADROOM = 4.0
+LIST_HEADER_SIZE = 1 + _COUNT.size  # the marked list's: Rice parameter, count
 
 # Decoder kernel status codes.
 _OK = 0
@@ -139,17 +128,6 @@ def check_margin(margin: float) -> float:
         raise BadInputError(f"portable margin must be in (0, {MAX_MARGIN}], got {margin}")
     return margin
 
-
-def margin_for(largest_difference: float) -> float:
-    """The margin for a model whose setups' scales differ by at most
-    `largest_difference` (|ln|, measured): `MARGIN_HEADROOM` times that, never
-    under `DEFAULT_MARGIN`, rounded up to two significant digits."""
-    wanted = max(DEFAULT_MARGIN, MARGIN_HEADROOM * float(largest_difference))
-    if not np.isfinite(wanted) or wanted > MAX_MARGIN:
-        raise BadInputError(f"this model's setups differ by up to {largest_difference:.3g} (ln) in their "
-                            f"scales: no portable margin up to {MAX_MARGIN} covers that {MARGIN_HEADROOM:g} times")
-    digits = 10.0 ** (np.floor(np.log10(wanted)) - 1)
-    return min(MAX_MARGIN, float(f"{np.ceil(wanted / digits * (1 - 1e-9)) * digits:.2g}"))
 
 
 @dataclass(frozen=True)
@@ -193,14 +171,14 @@ class Thresholds:
         distance = np.where(valid, np.minimum(d_lower, d_upper), np.inf)
         return nearest, distance
 
-    def largest_shift_count(self, margin: float, signed: bool) -> int:
-        """The largest K (a power of two, at most the layout's count) whose largest
+    def largest_shift_count(self, margin: float) -> int:
+        """The largest K (a power of two, at most `MAX_SHIFTS`) whose largest
         shift, max |step(k)| * 2 margin for k < K, stays under half the
         smallest spacing of the critical values (ln), so that a shifted value
         never comes near the next one."""
         spacing = float(np.min(np.diff(self.log_critical))) if self.log_critical.size > 1 else np.inf
-        count = most_shifts(signed)
-        while count > 1 and largest_step(count, signed) * 2 * margin >= spacing / 2:
+        count = MAX_SHIFTS
+        while count > 1 and largest_step(count) * 2 * margin >= spacing / 2:
             count //= 2
         return count
 
@@ -272,7 +250,7 @@ def apply_side_stream(scales: np.ndarray, indexes: np.ndarray, positions: np.nda
     flat[positions] = np.where(bits.astype(bool), thresholds.above[k], thresholds.below[k])
 
 
-# ---- the side stream's bytes ----------------------------------------------------------
+# ---- the marked list's bytes --------------------------------------------------------------
 
 def _rice_size_bits(gaps: np.ndarray, k: int) -> int:
     return int(np.sum(gaps >> k)) + gaps.size * (k + 2)
@@ -332,8 +310,8 @@ def _rice_decode(data, start, n, k, total, positions, bits):
     return _OK, pos
 
 
-def encode_side_stream(positions: np.ndarray, bits: np.ndarray, total: int) -> bytes:
-    """The side stream of marked `positions` (increasing, < total) and their side bits."""
+def _encode_marked_list(positions: np.ndarray, bits: np.ndarray, total: int) -> bytes:
+    """The marked list of `positions` (increasing, < total) and their side bits; empty when none."""
     positions = np.asarray(positions, dtype=np.int64)
     if positions.size == 0:
         return b""
@@ -348,25 +326,15 @@ def encode_side_stream(positions: np.ndarray, bits: np.ndarray, total: int) -> b
     return bytes([k]) + _COUNT.pack(positions.size) + out.tobytes()
 
 
-@dataclass(frozen=True)
-class SideStream:
-    positions: np.ndarray  # int64, increasing offsets in the flattened y latent
-    bits: np.ndarray  # uint8, 1: the index above the critical value
-    rice_parameter: int
-    shifts: "ThresholdShifts" = None  # layouts 2 and 3; None stands for no shifts
-
-    def __post_init__(self):
-        if self.shifts is None:
-            object.__setattr__(self, "shifts", NO_SHIFTS)
-
-
-def decode_side_stream(data: bytes, total: int) -> SideStream:
-    """Parse a side stream for a y latent of `total` elements; every way it can
-    be malformed raises `CorruptStreamError` with a one-line reason."""
+def _decode_marked_list(data: bytes, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, side bits) of a marked list for a y latent of `total`
+    elements; every way it can be malformed raises `CorruptStreamError` with
+    a one-line reason."""
     if not data:
-        return SideStream(np.zeros(0, np.int64), np.zeros(0, np.uint8), 0)
-    if len(data) < SIDE_HEADER_SIZE:
-        raise CorruptStreamError(f"side stream of {len(data)} bytes is shorter than its {SIDE_HEADER_SIZE}-byte head")
+        return np.zeros(0, np.int64), np.zeros(0, np.uint8)
+    if len(data) < LIST_HEADER_SIZE:
+        raise CorruptStreamError(f"side stream's marked list of {len(data)} bytes is shorter than its "
+                                 f"{LIST_HEADER_SIZE}-byte head")
     k = data[0]
     (n,) = _COUNT.unpack_from(data, 1)
     if k > MAX_RICE_PARAMETER:
@@ -375,12 +343,12 @@ def decode_side_stream(data: bytes, total: int) -> SideStream:
         raise CorruptStreamError(f"side stream lists {n} elements of a latent of {total}")
     # Each entry takes at least k + 2 bits: a count the bytes cannot hold is
     # refused before anything of its size is allocated.
-    if n * (k + 2) > (len(data) - SIDE_HEADER_SIZE) * 8:
-        raise CorruptStreamError(f"side stream of {len(data)} bytes cannot hold {n} entries")
+    if n * (k + 2) > (len(data) - LIST_HEADER_SIZE) * 8:
+        raise CorruptStreamError(f"side stream's marked list of {len(data)} bytes cannot hold {n} entries")
     buffer = np.frombuffer(data, np.uint8)
     positions = np.empty(n, np.int64)
     bits = np.empty(n, np.uint8)
-    status, end = _rice_decode(buffer, SIDE_HEADER_SIZE, n, k, total, positions, bits)
+    status, end = _rice_decode(buffer, LIST_HEADER_SIZE, n, k, total, positions, bits)
     if status == _ERR_RUN:
         raise CorruptStreamError("side stream has a gap longer than the latent")
     if status == _ERR_END:
@@ -392,39 +360,19 @@ def decode_side_stream(data: bytes, total: int) -> SideStream:
         raise CorruptStreamError(f"side stream has {len(data) - used_bytes} bytes after its entries")
     if end % 8 and buffer[-1] & ((1 << (8 - end % 8)) - 1):
         raise CorruptStreamError("side stream padding bits are not zero")
-    return SideStream(positions, bits, k)
+    return positions, bits
 
 
-# ---- threshold shifts (side stream layouts 2 and 3) ------------------------------------------
+# ---- threshold shifts ------------------------------------------------------------------------
 
-LAYOUT_MARKED_LIST = 1  # the marked list alone
-LAYOUT_SHIFTED = 2  # upward threshold shifts per block, then the marked list
-LAYOUT_SIGNED_SHIFTS = 3  # the same bytes; the shifts go either way
-SHIFTED_LAYOUTS = (LAYOUT_SHIFTED, LAYOUT_SIGNED_SHIFTS)
-# step(k) of choice k, in units of 2 margin: signed steps take the smallest
-# |shift| first, so a K reaches half as far (and moves half as many indexes to
-# the neighbouring table entry) as with upward steps.
-_UPWARD_STEPS = np.arange(MAX_UPWARD_SHIFTS, dtype=np.float64)
-_SIGNED_STEPS = np.array([(k + 1) // 2 if k % 2 else -(k // 2) for k in range(MAX_SHIFTS)], dtype=np.float64)
-SHIFT_COUNTS = (1, 2, 4, 8, MAX_SHIFTS)  # the Ks a layout may write, up to its largest
+# step(k) of choice k, in units of 2 margin: 0, +1, -1, +2, -2, ..., -7, +8.
+SHIFT_STEPS = np.array([(k + 1) // 2 if k % 2 else -(k // 2) for k in range(MAX_SHIFTS)], dtype=np.float64)
+SHIFT_COUNTS = (1, 2, 4, 8, MAX_SHIFTS)  # the Ks a side stream may carry
 
 
-def layout_of(shifts: "ThresholdShifts") -> int:
-    return LAYOUT_SIGNED_SHIFTS if shifts.signed else LAYOUT_SHIFTED
-
-
-def shift_steps(signed: bool) -> np.ndarray:
-    return _SIGNED_STEPS if signed else _UPWARD_STEPS
-
-
-def most_shifts(signed: bool) -> int:
-    """The largest K a layout allows: 16 with signed steps, 8 with upward ones."""
-    return shift_steps(signed).size
-
-
-def largest_step(count: int, signed: bool) -> float:
+def largest_step(count: int) -> float:
     """max |step(k)| for k < count."""
-    return float(np.max(np.abs(shift_steps(signed)[:count])))
+    return float(np.max(np.abs(SHIFT_STEPS[:count])))
 
 
 _SHIFT_HEAD = struct.Struct("<II")  # block length, block count
@@ -447,17 +395,23 @@ class ThresholdShifts:
     count: int  # K, a power of two; 1: no shifts
     block: int = 0
     choices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
-    signed: bool = True  # layout 3's steps; False: layout 2's
 
     def offsets(self, start: int, stop: int, margin: float):
         """The ln shift of the elements at offsets start..stop-1 (0.0 without shifts)."""
         if self.count == 1:
             return 0.0
-        steps = shift_steps(self.signed)[self.choices[np.arange(start, stop, dtype=np.int64) // self.block]]
+        steps = SHIFT_STEPS[self.choices[np.arange(start, stop, dtype=np.int64) // self.block]]
         return steps * (2.0 * margin)
 
 
-NO_SHIFTS = ThresholdShifts(1)  # signed: written as layout 3
+NO_SHIFTS = ThresholdShifts(1)
+
+
+@dataclass(frozen=True)
+class SideStream:
+    positions: np.ndarray  # int64, increasing offsets in the flattened y latent
+    bits: np.ndarray  # uint8, 1: the index above the critical value
+    shifts: ThresholdShifts = NO_SHIFTS
 
 
 def _choice_bits(count: int) -> int:
@@ -475,14 +429,15 @@ def _marked_list_size(positions: np.ndarray) -> int:
         return 0
     gaps = np.diff(positions, prepend=-1) - 1
     bits = min(_rice_size_bits(gaps, k) for k in range(MAX_RICE_PARAMETER + 1))
-    return SIDE_HEADER_SIZE + (bits + 7) // 8
+    return LIST_HEADER_SIZE + (bits + 7) // 8
 
 
-def encode_shifted_side_stream(shifts: ThresholdShifts, positions: np.ndarray, bits: np.ndarray, total: int) -> bytes:
-    """Side stream layout 3 (2 where not `shifts.signed`): the shifts, then the marked list."""
+def encode_side_stream(shifts: ThresholdShifts, positions: np.ndarray, bits: np.ndarray, total: int) -> bytes:
+    """The side stream of a y latent of `total` elements: the shifts, then the
+    marked `positions` (increasing) and their side bits."""
     width = _choice_bits(shifts.count)
-    if shifts.count not in SHIFT_COUNTS or shifts.count > most_shifts(shifts.signed):
-        raise ValueError(f"no shift count {shifts.count} in layout {layout_of(shifts)}")
+    if shifts.count not in SHIFT_COUNTS:
+        raise ValueError(f"no shift count {shifts.count} (a side stream carries one of {SHIFT_COUNTS})")
     head = bytes([width])
     if shifts.count > 1:
         blocks = -(-total // shifts.block)
@@ -490,20 +445,19 @@ def encode_shifted_side_stream(shifts: ThresholdShifts, positions: np.ndarray, b
             raise ValueError("one choice under the shift count per block is needed")
         choice_bits = ((shifts.choices[:, None] >> np.arange(width - 1, -1, -1)) & 1).astype(np.uint8)
         head += _SHIFT_HEAD.pack(shifts.block, blocks) + np.packbits(choice_bits.reshape(-1)).tobytes()
-    return head + encode_side_stream(positions, bits, total)
+    return head + _encode_marked_list(positions, bits, total)
 
 
-def decode_shifted_side_stream(data: bytes, total: int | None, signed: bool = True) -> SideStream:
-    """Parse side stream layout 3 (`signed`) or 2 for a y latent of `total`
-    elements (None: not known, as for `dcae inspect`); every way it can be
-    malformed raises `CorruptStreamError` with a one-line reason."""
+def decode_side_stream(data: bytes, total: int | None) -> SideStream:
+    """Parse a side stream for a y latent of `total` elements (None: not
+    known, as for `dcae inspect`); every way it can be malformed raises
+    `CorruptStreamError` with a one-line reason."""
     if not data:
-        raise CorruptStreamError("side stream is empty (its layout starts with the shift count)")
+        raise CorruptStreamError("side stream is empty (it starts with the shift count)")
     width = data[0]
-    most = most_shifts(signed)
-    if width > _choice_bits(most):
-        raise CorruptStreamError(f"side stream shift count 2**{width} is over {most}")
-    shifts, start = ThresholdShifts(1, signed=signed), 1
+    if width > _choice_bits(MAX_SHIFTS):
+        raise CorruptStreamError(f"side stream shift count 2**{width} is over {MAX_SHIFTS}")
+    shifts, start = NO_SHIFTS, 1
     if width:
         if len(data) < 1 + _SHIFT_HEAD.size:
             raise CorruptStreamError(f"side stream of {len(data)} bytes is shorter than its shift head")
@@ -522,12 +476,12 @@ def decode_shifted_side_stream(data: bytes, total: int | None, signed: bool = Tr
         if np.any(packed[blocks * width:]):
             raise CorruptStreamError("side stream shift choices' padding bits are not zero")
         choices = packed[: blocks * width].reshape(blocks, width) @ (1 << np.arange(width - 1, -1, -1))
-        shifts = ThresholdShifts(1 << width, block, choices.astype(np.uint8), signed)
+        shifts = ThresholdShifts(1 << width, block, choices.astype(np.uint8))
         start += size
         if total is None:
             total = block * blocks
-    listed = decode_side_stream(data[start:], _LARGEST_LATENT if total is None else total)
-    return SideStream(listed.positions, listed.bits, listed.rice_parameter, shifts)
+    positions, bits = _decode_marked_list(data[start:], _LARGEST_LATENT if total is None else total)
+    return SideStream(positions, bits, shifts)
 
 
 def _block_lengths(total: int, plane: int) -> list[int]:
@@ -542,32 +496,29 @@ def _block_lengths(total: int, plane: int) -> list[int]:
 @dataclass(frozen=True)
 class PortableEncoding:
     indexes: np.ndarray  # the indexes to code the y symbols with (shifts applied)
-    side: bytes  # side stream layout 3, or 2 when not `shifts.signed`
+    side: bytes  # the side stream
     listed: int  # elements in the marked list
     shifts: ThresholdShifts
 
 
-def encode_portable(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresholds, margin: float,
-                    signed: bool = True) -> PortableEncoding:
+def encode_portable(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresholds, margin: float) -> PortableEncoding:
     """The encoder's side of a portable file: of the (1, C, H, W) `scales` and
     their unshifted `indexes`, the threshold shifts (block length, K and
     choices) that give the smallest side stream, the indexes they give, and
-    the side stream (layout 3; layout 2 where not `signed`)."""
+    the side stream."""
     scales = np.asarray(scales)
     total, plane = scales.size, int(np.prod(scales.shape[2:])) if scales.ndim == 4 else scales.size
-    shift_count = thresholds.largest_shift_count(margin, signed)
-    steps = shift_steps(signed)
+    shift_count = thresholds.largest_shift_count(margin)
     # An element farther than the largest shift plus the margin from every
     # unshifted critical value is near no shifted one (the slack is far above
     # float64 rounding): only the others are tested per shift.
-    reach = largest_step(shift_count, signed) * 2.0 * margin + margin + 1e-9
+    reach = largest_step(shift_count) * 2.0 * margin + margin + 1e-9
     candidates = np.flatnonzero(thresholds.nearest(scales)[1] <= reach)
     candidate_scales = scales.reshape(-1)[candidates]
     # near[k]: the positions within margin of a critical value shifted by step(k) * 2 margin, increasing
-    near = [candidates[thresholds.nearest(candidate_scales, steps[k] * 2.0 * margin)[1] <= margin]
+    near = [candidates[thresholds.nearest(candidate_scales, SHIFT_STEPS[k] * 2.0 * margin)[1] <= margin]
             for k in range(shift_count)]
-    unshifted = ThresholdShifts(1, signed=signed)
-    best = (_choices_size(unshifted) + _marked_list_size(near[0]), unshifted)
+    best = (_choices_size(NO_SHIFTS) + _marked_list_size(near[0]), NO_SHIFTS)
     for block in _block_lengths(total, plane) if shift_count > 1 else []:
         blocks = -(-total // block)
         counts = np.stack([np.bincount(positions // block, minlength=blocks) for positions in near])
@@ -577,7 +528,7 @@ def encode_portable(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresho
             choices = np.argmin(counts[:count], axis=0).astype(np.uint8)  # the first of equal counts
             chosen = np.sort(np.concatenate([positions[choices[positions // block] == k]
                                              for k, positions in enumerate(near[:count])]))
-            shifts = ThresholdShifts(count, block, choices, signed)
+            shifts = ThresholdShifts(count, block, choices)
             size = _choices_size(shifts) + _marked_list_size(chosen)
             if size < best[0]:
                 best = (size, shifts)
@@ -587,27 +538,20 @@ def encode_portable(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresho
     if shifts.count > 1:
         thresholds.shift_indexes(scales, shifted, offsets)
     positions, bits = mark(scales, shifted, thresholds, margin, offsets)
-    side = encode_shifted_side_stream(shifts, positions, bits, total)
+    side = encode_side_stream(shifts, positions, bits, total)
     assert len(side) == best[0]
     return PortableEncoding(shifted, side, int(positions.size), shifts)
-
-
-def parse_side_stream(data: bytes, total: int | None, layout: int) -> SideStream:
-    """A side stream of any layout (`total`: see `decode_shifted_side_stream`)."""
-    if layout in SHIFTED_LAYOUTS:
-        return decode_shifted_side_stream(data, total, signed=layout == LAYOUT_SIGNED_SHIFTS)
-    return decode_side_stream(data, _LARGEST_LATENT if total is None else total)
 
 
 class PortableDecoding:
     """The decoder's side: gives each slice's indexes the file's shifts and
     listed sides, and checks its scales against the margin."""
 
-    def __init__(self, side: bytes, total: int, thresholds: Thresholds, margin: float, layout: int):
+    def __init__(self, side: bytes, total: int, thresholds: Thresholds, margin: float):
         self.thresholds, self.margin = thresholds, margin
-        self.side = parse_side_stream(side, total, layout)
+        self.side = decode_side_stream(side, total)
         count = self.side.shifts.count
-        if count > thresholds.largest_shift_count(margin, self.side.shifts.signed):
+        if count > thresholds.largest_shift_count(margin):
             raise CorruptStreamError(f"side stream has {count} threshold shifts: more than the margin {margin:g} "
                                      f"allows with this scale table")
 

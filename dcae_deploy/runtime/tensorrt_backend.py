@@ -44,7 +44,8 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
-from .backends import Backend, GraphRunError, GraphSession, OnnxRuntimeBackend, _one_line
+from .backends import (Backend, GraphRunError, GraphSession, OnnxRuntimeBackend, OrtSession, _one_line,
+                       register_backend)
 from .errors import BackendUnavailableError, BadInputError, BundleError
 from .gpu import INSTALL_HINT, DeviceBuffer, Stream, check, cuda_runtime_version, cudart, gpu_unavailable_reason, probe_gpu
 from .manifest import ENGINES_DIR, GraphSpec, Manifest
@@ -400,8 +401,6 @@ class OnnxRuntimeTensorRTBackend(OnnxRuntimeBackend):
         return path
 
     def load(self, graph: GraphSpec, path: str | Path) -> GraphSession:
-        from .backends import OrtSession
-
         path = Path(path)
         cache = str(self._cache_dir(graph))
         options = {
@@ -423,3 +422,8 @@ class OnnxRuntimeTensorRTBackend(OnnxRuntimeBackend):
                                           "did not load (TensorRT libraries missing or mismatched)")
         self._check_session(session, graph, path)
         return OrtSession(graph, self.timings, session)
+
+
+# `backends.get_backend` imports this module by name on first use of these.
+register_backend("tensorrt", TensorRTBackend)
+register_backend("onnxruntime-trt", OnnxRuntimeTensorRTBackend)

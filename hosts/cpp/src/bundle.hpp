@@ -40,7 +40,7 @@ struct Bundle {
   // (bundles written before the field had 8-bit weights)
   int int8_weight_bits = 0;
   // The margin portable files of this model get by default: manifest
-  // "portable"."margin", measured at export (dcae_deploy.export.portable_margin).
+  // "portable"."margin": the model's own, recorded at export (dcae.margin.model_margin).
   double portable_margin = 0.0;
   ScaleTable scale_table;
   CdfTables gaussian;

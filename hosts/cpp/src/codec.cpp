@@ -303,7 +303,6 @@ struct Codec::Impl {
     header.portable = portable;
     header.fingerprint = portable ? from_hex16(bundle.entropy_model_fingerprint) : setup_fingerprint;
     header.margin = margin;
-    header.side_layout = kLayoutSignedShifts;
     result.file = pack_dcae(header, z_stream, y_stream, side_stream);
     add_timing("total", seconds_since(started));
     return result;
@@ -348,7 +347,6 @@ struct Codec::Impl {
     bool portable = false;
     double margin = 0;
     ByteSpan side;
-    int side_layout = kLayoutSignedShifts;
   };
 
   DecodeResult decode_streams(const Streams& streams, bool synthesize) {
@@ -365,8 +363,7 @@ struct Codec::Impl {
     std::optional<PortableDecoding> portable;
     if (streams.portable)
       timed("side_stream", [&] {
-        portable.emplace(streams.side.data, streams.side.size, g.latent_size(), critical, streams.margin,
-                         streams.side_layout);
+        portable.emplace(streams.side.data, streams.side.size, g.latent_size(), critical, streams.margin);
       });
     const auto [scales, means] = hyper_synthesis(g, z_hat);
 
@@ -408,6 +405,7 @@ struct Codec::Impl {
       // Not a .bin: unpack checks it is a .dcae and says what it is if not.
       const DcaeFile parsed = unpack_dcae(file.data(), file.size());
       const FileHeader& header = parsed.header;
+      check_decodable_gain(header.gain_code);
       check_fingerprint(header, force);
       streams.y = parsed.y;
       streams.z = parsed.z;
@@ -416,7 +414,6 @@ struct Codec::Impl {
       streams.portable = header.portable;
       streams.margin = header.margin;
       streams.side = parsed.side;
-      streams.side_layout = header.side_layout;
     }
     if (const std::string problem = dimension_problem(streams.height, streams.width); !problem.empty())
       fail(ErrorKind::corrupt_stream, "stream header has an impossible image size: " + problem);

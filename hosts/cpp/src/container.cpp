@@ -16,8 +16,7 @@ namespace dcae {
 namespace {
 
 constexpr uint8_t kMagic[4] = {'D', 'C', 'A', 'E'};
-constexpr size_t kV1HeaderSize = 56;
-constexpr size_t kV2HeaderSize = 64;
+constexpr size_t kHeaderSize = 64;
 // The coder emits whole 32-bit words and flushes a 64-bit state.
 constexpr uint64_t kStreamWord = 4;
 constexpr uint64_t kMinStreamLength = 8;
@@ -101,24 +100,28 @@ std::string not_dcae_reason(const uint8_t* data, size_t size) {
 
 }  // namespace
 
+void check_decodable_gain(uint16_t gain_code) {
+  if (gain_code == kGainCodeOne) return;
+  char text[96];
+  std::snprintf(text, sizeof text, "; the file's is %g (gain_code %u)", static_cast<double>(gain_of(gain_code)),
+                static_cast<unsigned>(gain_code));
+  corrupt("this decoder codes only gain 1 (gain_code " + std::to_string(kGainCodeOne) + ")" + text);
+}
+
 std::vector<uint8_t> pack_dcae(const FileHeader& header, const std::vector<uint8_t>& z, const std::vector<uint8_t>& y,
                                const std::vector<uint8_t>& side) {
   // The coder produced these: a problem is a bug, not a bad input.
   for (const std::string& problem :
        {stream_length_problem("z", z.size()), stream_length_problem("y", y.size()), dimension_problem(header.height, header.width)})
     if (!problem.empty()) throw std::logic_error(problem);
-  if (header.version != 1 && header.version != 2) throw std::logic_error("unknown .dcae version");
-  if (header.version == 1 && (header.portable || !side.empty())) throw std::logic_error("version 1 has no side stream");
+  if (header.portable == side.empty())
+    throw std::logic_error("a portable file carries a side stream, and only a portable file");
+  if (header.gain_code == 0) throw std::logic_error("gain_code 0 is not a gain");
   std::vector<uint8_t> out(kMagic, kMagic + 4);
-  out.push_back(header.version);
-  if (header.side_layout < 1 || header.side_layout > 3) throw std::logic_error("unknown side stream layout");
-  const bool shifted = header.portable && header.side_layout >= 2;
-  const bool signed_shifts = header.portable && header.side_layout == 3;
-  if (shifted && side.empty()) throw std::logic_error("a side stream with threshold shifts is never empty");
+  out.push_back(kFormatVersion);
   out.push_back(static_cast<uint8_t>((header.reduced_precision_entropy ? kFlagReducedPrecisionEntropy : 0) |
-                                     (header.portable ? kFlagPortable : 0) |
-                                     (shifted ? kFlagShiftedThresholds : 0) | (signed_shifts ? kFlagSignedShifts : 0)));
-  put_u16(out, 0);
+                                     (header.portable ? kFlagPortable : 0)));
+  put_u16(out, header.gain_code);
   put_u32(out, header.height);
   put_u32(out, header.width);
   put_u32(out, padded_side(header.height));
@@ -128,12 +131,10 @@ std::vector<uint8_t> pack_dcae(const FileHeader& header, const std::vector<uint8
   out.insert(out.end(), header.fingerprint.begin(), header.fingerprint.end());
   put_u32(out, static_cast<uint32_t>(z.size()));
   put_u32(out, static_cast<uint32_t>(y.size()));
-  if (header.version == 2) {
-    put_u32(out, static_cast<uint32_t>(side.size()));
-    uint32_t margin_bits;
-    std::memcpy(&margin_bits, &header.margin, 4);
-    put_u32(out, margin_bits);
-  }
+  put_u32(out, static_cast<uint32_t>(side.size()));
+  uint32_t margin_bits;
+  std::memcpy(&margin_bits, &header.margin, 4);
+  put_u32(out, margin_bits);
   uint32_t crc = crc32_of(0, out.data(), out.size());
   for (const std::vector<uint8_t>* stream : {&z, &y, &side}) crc = crc32_of(crc, stream->data(), stream->size());
   put_u32(out, crc);
@@ -144,37 +145,44 @@ std::vector<uint8_t> pack_dcae(const FileHeader& header, const std::vector<uint8
 DcaeFile unpack_dcae(const uint8_t* data, size_t size) {
   // A few bytes that could still become "DCAE" count as truncated.
   if (size == 0 || std::memcmp(data, kMagic, std::min<size_t>(size, 4)) != 0) corrupt(not_dcae_reason(data, size));
-  if (size < 5)
-    corrupt("truncated .dcae file: " + std::to_string(size) + " bytes, the header alone is " +
-            std::to_string(kV1HeaderSize));
+  if (size < 5) corrupt("truncated .dcae file: " + std::to_string(size) + " bytes, no format version");
   const uint8_t version = data[4];
-  if (version != 1 && version != 2)
-    corrupt(".dcae format version " + std::to_string(version) + " is not supported (this build reads versions 1 and 2)");
-  const size_t header_size = version == 1 ? kV1HeaderSize : kV2HeaderSize;
-  if (size < header_size)
-    corrupt("truncated .dcae file: " + std::to_string(size) + " bytes, the header alone is " + std::to_string(header_size));
+  if (version > 0 && version < kFormatVersion)
+    corrupt(".dcae format version " + std::to_string(version) + " predates this decoder's format " +
+            std::to_string(kFormatVersion) + "; re-encode the image");
+  if (version != kFormatVersion)
+    corrupt(".dcae format version " + std::to_string(version) + " is not supported (this decoder reads format " +
+            std::to_string(kFormatVersion) + ")");
+  if (size < kHeaderSize)
+    corrupt("truncated .dcae file: " + std::to_string(size) + " bytes, the header alone is " +
+            std::to_string(kHeaderSize));
 
   DcaeFile file;
   FileHeader& h = file.header;
-  h.version = version;
   const uint8_t flags = data[5];
-  const uint8_t known = version == 1 ? kFlagReducedPrecisionEntropy
-                                     : (kFlagReducedPrecisionEntropy | kFlagPortable | kFlagShiftedThresholds |
-                                        kFlagSignedShifts);
-  if (flags & ~known) {
+  constexpr uint8_t kKnown = kFlagReducedPrecisionEntropy | kFlagPortable;
+  if (flags & ~kKnown) {
     char bits[8];
-    std::snprintf(bits, sizeof bits, "0x%02x", flags & ~known);
+    std::snprintf(bits, sizeof bits, "0x%02x", flags & ~kKnown);
     corrupt(std::string("unknown .dcae flag bits ") + bits);
   }
   h.reduced_precision_entropy = flags & kFlagReducedPrecisionEntropy;
   h.portable = flags & kFlagPortable;
   if (h.reduced_precision_entropy && h.portable)
     corrupt(".dcae flags mark the file both portable and reduced-precision, which no encoder writes");
-  if (const uint32_t reserved = get_u16(data + 6)) {
-    char field[8];
-    std::snprintf(field, sizeof field, "0x%04x", reserved);
-    corrupt(std::string(".dcae reserved field is ") + field + ", must be 0");
+  const uint64_t side_length = get_u32(data + 52);
+  const uint32_t margin_bits = get_u32(data + 56);
+  std::memcpy(&h.margin, &margin_bits, 4);
+  if (h.portable) {
+    if (!std::isfinite(h.margin) || !(h.margin > 0.0f) || h.margin > kMaxPortableMargin)
+      corrupt(".dcae portable margin " + std::to_string(h.margin) + " is outside (0, 0.01]");
+    if (!side_length) corrupt(".dcae portable file has no side stream");
+  } else {
+    if (h.margin != 0.0f) corrupt(".dcae margin must be 0 in a file that is not portable");
+    if (side_length) corrupt(".dcae file that is not portable has a side stream");
   }
+  h.gain_code = static_cast<uint16_t>(get_u16(data + 6));
+  if (h.gain_code == 0) corrupt(".dcae gain_code 0 is not a gain (1..65535)");
   h.height = get_u32(data + 8);
   h.width = get_u32(data + 12);
   if (const std::string problem = dimension_problem(h.height, h.width); !problem.empty())
@@ -189,32 +197,8 @@ DcaeFile unpack_dcae(const uint8_t* data, size_t size) {
             hxw(padded_h / kZDownsample, padded_w / kZDownsample) + " for a " + hxw(h.height, h.width) + " image");
   std::memcpy(h.fingerprint.data(), data + 28, 16);
   const uint64_t z_length = get_u32(data + 44), y_length = get_u32(data + 48);
-  uint64_t side_length = 0;
-  const uint8_t shift_flags = flags & (kFlagShiftedThresholds | kFlagSignedShifts);
-  if (version == 2) {
-    side_length = get_u32(data + 52);
-    const uint32_t margin_bits = get_u32(data + 56);
-    std::memcpy(&h.margin, &margin_bits, 4);
-    if (h.portable) {
-      if (!std::isfinite(h.margin) || !(h.margin > 0.0f) || h.margin > kMaxPortableMargin)
-        corrupt(".dcae portable margin " + std::to_string(h.margin) + " is outside (0, 0.01]");
-    } else {
-      if (h.margin != 0.0f) corrupt(".dcae margin must be 0 in a file that is not portable");
-      if (side_length) corrupt(".dcae file that is not portable has a side stream");
-      if (shift_flags) corrupt(".dcae file that is not portable has threshold shifts");
-    }
-    if (shift_flags == kFlagSignedShifts) corrupt(".dcae flags say signed threshold shifts without threshold shifts");
-    if (shift_flags && !side_length) corrupt(".dcae file with threshold shifts has no side stream");
-  }
-  // Of a file that is not portable the layout means nothing: 3, as writers write.
-  if (h.portable && shift_flags == 0)
-    h.side_layout = 1;
-  else if (h.portable && shift_flags == kFlagShiftedThresholds)
-    h.side_layout = 2;
-  else
-    h.side_layout = 3;
 
-  const uint64_t payload = size - header_size;
+  const uint64_t payload = size - kHeaderSize;
   const uint64_t promised = z_length + y_length + side_length;
   if (promised > payload)
     corrupt("truncated .dcae file: header promises " + std::to_string(promised) + " payload bytes, found " +
@@ -222,15 +206,15 @@ DcaeFile unpack_dcae(const uint8_t* data, size_t size) {
   if (promised < payload) corrupt(".dcae file has " + std::to_string(payload - promised) + " bytes after its payload");
   for (const std::string& problem : {stream_length_problem("z", z_length), stream_length_problem("y", y_length)})
     if (!problem.empty()) corrupt(problem);
-  const size_t crc_at = header_size - 4;
+  const size_t crc_at = kHeaderSize - 4;
   const uint32_t stored = get_u32(data + crc_at);
-  const uint32_t computed = crc32_of(crc32_of(0, data, crc_at), data + header_size, payload);
+  const uint32_t computed = crc32_of(crc32_of(0, data, crc_at), data + kHeaderSize, payload);
   if (stored != computed) {
     char both[64];
     std::snprintf(both, sizeof both, "stored 0x%08x, computed 0x%08x", stored, computed);
     corrupt(std::string(".dcae CRC mismatch (") + both + "): the file is damaged");
   }
-  const uint8_t* p = data + header_size;
+  const uint8_t* p = data + kHeaderSize;
   file.z = {p, static_cast<size_t>(z_length)};
   file.y = {p + z_length, static_cast<size_t>(y_length)};
   file.side = {p + z_length + y_length, static_cast<size_t>(side_length)};

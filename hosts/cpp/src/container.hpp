@@ -1,16 +1,15 @@
-// The .dcae file (dcae_deploy/runtime/container.py, docs/dcae-format.md), versions 1 and 2,
-// and the upstream DCAE .bin. Little-endian; version 1 has a 56-byte header,
-// version 2 a 64-byte one with a side-stream length and the portable margin:
+// The .dcae file (dcae_deploy/runtime/container.py, docs/dcae-format.md),
+// format 3, and the upstream DCAE .bin. Little-endian, a 64-byte header:
 //
-//   0 magic "DCAE"   4 version   5 flags   6 reserved   8 height   12 width
-//   16 padded height   20 padded width   24 z height (u16)   26 z width (u16)
-//   28 fingerprint (16)   44 z length   48 y length
-//   v1: 52 CRC32, 56 payload (z, y)
-//   v2: 52 side length   56 margin (f32)   60 CRC32   64 payload (z, y, side)
+//   0 magic "DCAE"   4 version (3)   5 flags   6 gain_code (u16)   8 height
+//   12 width   16 padded height   20 padded width   24 z height (u16)
+//   26 z width (u16)   28 fingerprint (16)   44 z length   48 y length
+//   52 side length   56 margin (f32)   60 CRC32   64 payload (z, y, side)
 //
 // The CRC (zlib) covers the header bytes before it and the payload. The
 // reader checks every field against the others and the CRC before anything
-// of the image's size is allocated.
+// of the image's size is allocated; files of earlier format versions are
+// refused (re-encoded, not read).
 #pragma once
 
 #include <array>
@@ -20,27 +19,27 @@
 
 namespace dcae {
 
+constexpr uint8_t kFormatVersion = 3;
 constexpr uint8_t kFlagReducedPrecisionEntropy = 0x01;
 constexpr uint8_t kFlagPortable = 0x02;
-// Version 2, portable files only: the side stream has threshold shifts
-// (layout 2 or 3, never empty); without it, layout 1 (the marked list alone).
-constexpr uint8_t kFlagShiftedThresholds = 0x04;
-// Only with kFlagShiftedThresholds: the shifts are signed (layout 3).
-constexpr uint8_t kFlagSignedShifts = 0x08;
 // Portable margins are natural-log distances in (0, kMaxPortableMargin].
 constexpr float kMaxPortableMargin = 0.01f;
+// The quantization gain a of the quality knob travels as gain_code = a * 4096
+// (uint16, 1..65535): float(gain_code) / 4096 is exact in float32. 4096 is
+// a = 1, the rate every encoder codes at until the knob's loop lands; until
+// then decoders refuse other gains (check_decodable_gain).
+constexpr uint16_t kGainCodeOne = 4096;
+inline float gain_of(uint16_t gain_code) { return static_cast<float>(gain_code) / static_cast<float>(kGainCodeOne); }
+// Error(corrupt_stream), one line, for a gain this decoder does not code.
+void check_decodable_gain(uint16_t gain_code);
 
 struct FileHeader {
-  uint8_t version = 2;
   uint32_t height = 0, width = 0;
   bool reduced_precision_entropy = false;
   bool portable = false;
   std::array<uint8_t, 16> fingerprint{};
-  float margin = 0.0f;  // version 2: the portable margin, 0 for other files
-  // Of a portable file: the side stream's layout (portable.hpp): 3 with
-  // signed threshold shifts (flag bits 2 and 3), 2 with upward ones (bit 2),
-  // 1 the marked list alone. Writers write 3.
-  int side_layout = 3;
+  float margin = 0.0f;  // the portable margin, 0 for other files
+  uint16_t gain_code = kGainCodeOne;
 };
 
 struct ByteSpan {

@@ -44,11 +44,11 @@ CriticalValues::Nearest CriticalValues::nearest_log(double log_s) const {
   return best;
 }
 
-unsigned CriticalValues::largest_shift_count(double margin, bool signed_steps) const {
+unsigned CriticalValues::largest_shift_count(double margin) const {
   double spacing = std::numeric_limits<double>::infinity();
   for (size_t i = 1; i < logs_.size(); ++i) spacing = std::min(spacing, logs_[i] - logs_[i - 1]);
-  unsigned count = max_shift_count(signed_steps);
-  while (count > 1 && largest_step(count, signed_steps) * 2 * margin >= spacing / 2) count /= 2;
+  unsigned count = kMaxShifts;
+  while (count > 1 && largest_step(count) * 2 * margin >= spacing / 2) count /= 2;
   return count;
 }
 
@@ -100,7 +100,7 @@ void mark_slice(const float* scales, const int32_t* indexes, size_t count, uint6
 namespace {
 
 constexpr unsigned kMaxRiceParameter = 30;
-constexpr size_t kSideHeadBytes = 5;    // Rice parameter, then the count (uint32)
+constexpr size_t kListHeadBytes = 5;    // the marked list's: Rice parameter, then the count (uint32)
 constexpr size_t kShiftHeadBytes = 9;   // log2 K, then block length and block count (uint32 each)
 constexpr uint64_t kLargestLatent = (uint64_t{1} << 31) - 1;  // positions' bound when the latent is not known
 
@@ -176,13 +176,13 @@ std::pair<unsigned, uint64_t> best_rice_parameter(const std::vector<uint64_t>& g
   return {best_k, best_bits};
 }
 
-// dcae_deploy.runtime.portable._marked_list_size: the bytes of layout 1 for these gaps.
+// dcae_deploy.runtime.portable._marked_list_size: the marked list's bytes for these gaps.
 uint64_t marked_list_size(const std::vector<uint64_t>& gaps) {
   if (gaps.empty()) return 0;
-  return kSideHeadBytes + (best_rice_parameter(gaps).second + 7) / 8;
+  return kListHeadBytes + (best_rice_parameter(gaps).second + 7) / 8;
 }
 
-// dcae_deploy.runtime.portable._choices_size: the bytes of layouts 2 and 3 before the marked list.
+// dcae_deploy.runtime.portable._choices_size: the side stream's bytes before the marked list.
 uint64_t choices_size(unsigned count, uint64_t blocks) {
   if (count == 1) return 1;
   return kShiftHeadBytes + (blocks * choice_bits(count) + 7) / 8;
@@ -204,9 +204,8 @@ std::vector<uint64_t> block_lengths(uint64_t latent_size, uint64_t plane) {
   return lengths;
 }
 
-}  // namespace
-
-std::vector<uint8_t> encode_side_stream(const SideInfo& side) {
+// The marked list's bytes (empty when nothing is marked).
+std::vector<uint8_t> encode_marked_list(const SideInfo& side) {
   std::vector<uint8_t> out;
   const size_t n = side.positions.size();
   if (n == 0) return out;
@@ -228,46 +227,26 @@ std::vector<uint8_t> encode_side_stream(const SideInfo& side) {
   return out;
 }
 
-std::vector<uint8_t> encode_shifted_side_stream(const SideInfo& side, uint64_t latent_size) {
-  const ThresholdShifts& shifts = side.shifts;
-  if (shifts.count == 0 || (shifts.count & (shifts.count - 1)) || shifts.count > max_shift_count(shifts.signed_steps))
-    throw std::logic_error("no such shift count in this side stream layout");
-  const unsigned width = choice_bits(shifts.count);
-  std::vector<uint8_t> out = {static_cast<uint8_t>(width)};
-  if (shifts.count > 1) {
-    const uint64_t blocks = shifts.block ? (latent_size + shifts.block - 1) / shifts.block : 0;
-    if (!blocks || shifts.choices.size() != blocks ||
-        std::any_of(shifts.choices.begin(), shifts.choices.end(), [&](uint8_t c) { return c >= shifts.count; }))
-      throw std::logic_error("one choice under the shift count per block is needed");
-    put_u32(out, shifts.block);
-    put_u32(out, blocks);
-    BitWriter writer(&out);
-    for (uint8_t choice : shifts.choices)
-      for (unsigned b = width; b-- > 0;) writer.put((choice >> b) & 1u);
-  }
-  const std::vector<uint8_t> listed = encode_side_stream(side);
-  out.insert(out.end(), listed.begin(), listed.end());
-  return out;
-}
-
-SideInfo decode_side_stream(const uint8_t* data, size_t size, uint64_t latent_size) {
-  SideInfo side;
-  if (size == 0) return side;
-  if (latent_size == kLatentSizeUnknown) latent_size = kLargestLatent;
-  if (size < kSideHeadBytes) refuse("of " + std::to_string(size) + " bytes is shorter than its 5-byte head");
+// The marked list's positions and bits, into `side`.
+void decode_marked_list(const uint8_t* data, size_t size, uint64_t latent_size, SideInfo* side) {
+  if (size == 0) return;
+  if (size < kListHeadBytes)
+    fail(ErrorKind::corrupt_stream, "side stream's marked list of " + std::to_string(size) +
+                                        " bytes is shorter than its 5-byte head");
   const unsigned k = data[0];
   const uint64_t n = get_u32(data + 1);
   if (k > kMaxRiceParameter) refuse("has Rice parameter " + std::to_string(k) + ", over 30");
-  if (n == 0) refuse("is not empty but lists no element");
+  if (n == 0) refuse("lists no element");
   if (n > latent_size)
     refuse("lists " + std::to_string(n) + " elements, the latent has " + std::to_string(latent_size));
   // Every entry takes at least k + 2 bits: a count the bytes cannot hold is
   // refused before anything of its size is allocated.
-  if (n * (k + 2) > 8 * uint64_t{size - kSideHeadBytes})
-    refuse("of " + std::to_string(size) + " bytes cannot hold " + std::to_string(n) + " entries");
-  side.positions.reserve(n);
-  side.bits.reserve(n);
-  BitReader reader(data + kSideHeadBytes, size - kSideHeadBytes);
+  if (n * (k + 2) > 8 * uint64_t{size - kListHeadBytes})
+    fail(ErrorKind::corrupt_stream, "side stream's marked list of " + std::to_string(size) + " bytes cannot hold " +
+                                        std::to_string(n) + " entries");
+  side->positions.reserve(n);
+  side->bits.reserve(n);
+  BitReader reader(data + kListHeadBytes, size - kListHeadBytes);
   const uint64_t longest_run = latent_size >> k;
   uint64_t next = 0;  // the smallest position the next entry can have, <= latent_size
   for (uint64_t entry = 0; entry < n; ++entry) {
@@ -285,22 +264,43 @@ SideInfo decode_side_stream(const uint8_t* data, size_t size, uint64_t latent_si
       refuse("marks position " + std::to_string(next) + " + " + std::to_string(gap) + ", past the latent's " +
              std::to_string(latent_size));
     const uint64_t position = next + gap;
-    side.positions.push_back(position);
-    side.bits.push_back(static_cast<uint8_t>(need_bit()));
+    side->positions.push_back(position);
+    side->bits.push_back(static_cast<uint8_t>(need_bit()));
     next = position + 1;
   }
   if (!reader.only_padding_left()) refuse("has nonzero padding bits or bytes after its entries");
-  return side;
 }
 
-SideInfo decode_shifted_side_stream(const uint8_t* data, size_t size, uint64_t latent_size, bool signed_steps) {
-  if (size == 0) refuse("is empty (its layout starts with the shift count)");
+}  // namespace
+
+std::vector<uint8_t> encode_side_stream(const SideInfo& side, uint64_t latent_size) {
+  const ThresholdShifts& shifts = side.shifts;
+  if (shifts.count == 0 || (shifts.count & (shifts.count - 1)) || shifts.count > kMaxShifts)
+    throw std::logic_error("no such shift count in a side stream");
+  const unsigned width = choice_bits(shifts.count);
+  std::vector<uint8_t> out = {static_cast<uint8_t>(width)};
+  if (shifts.count > 1) {
+    const uint64_t blocks = shifts.block ? (latent_size + shifts.block - 1) / shifts.block : 0;
+    if (!blocks || shifts.choices.size() != blocks ||
+        std::any_of(shifts.choices.begin(), shifts.choices.end(), [&](uint8_t c) { return c >= shifts.count; }))
+      throw std::logic_error("one choice under the shift count per block is needed");
+    put_u32(out, shifts.block);
+    put_u32(out, blocks);
+    BitWriter writer(&out);
+    for (uint8_t choice : shifts.choices)
+      for (unsigned b = width; b-- > 0;) writer.put((choice >> b) & 1u);
+  }
+  const std::vector<uint8_t> listed = encode_marked_list(side);
+  out.insert(out.end(), listed.begin(), listed.end());
+  return out;
+}
+
+SideInfo decode_side_stream(const uint8_t* data, size_t size, uint64_t latent_size) {
+  if (size == 0) refuse("is empty (it starts with the shift count)");
   const unsigned width = data[0];
-  const unsigned most = max_shift_count(signed_steps);
-  if (width > choice_bits(most))
-    refuse("shift count 2**" + std::to_string(width) + " is over " + std::to_string(most));
-  ThresholdShifts shifts;
-  shifts.signed_steps = signed_steps;
+  if (width > choice_bits(kMaxShifts))
+    refuse("shift count 2**" + std::to_string(width) + " is over " + std::to_string(kMaxShifts));
+  SideInfo side;
   size_t start = 1;
   if (width) {
     if (size < kShiftHeadBytes) refuse("of " + std::to_string(size) + " bytes is shorter than its shift head");
@@ -316,6 +316,7 @@ SideInfo decode_shifted_side_stream(const uint8_t* data, size_t size, uint64_t l
     if (size - start < choice_bytes)
       refuse("of " + std::to_string(size) + " bytes cannot hold " + std::to_string(blocks) + " shift choices");
     BitReader reader(data + start, static_cast<size_t>(choice_bytes));
+    ThresholdShifts& shifts = side.shifts;
     shifts.count = 1u << width;
     shifts.block = block;
     shifts.choices.resize(blocks);
@@ -328,20 +329,14 @@ SideInfo decode_shifted_side_stream(const uint8_t* data, size_t size, uint64_t l
     start += static_cast<size_t>(choice_bytes);
     if (latent_size == kLatentSizeUnknown) latent_size = block * blocks;
   }
-  SideInfo side = decode_side_stream(data + start, size - start, latent_size);
-  side.shifts = std::move(shifts);
+  decode_marked_list(data + start, size - start, latent_size == kLatentSizeUnknown ? kLargestLatent : latent_size,
+                     &side);
   return side;
 }
 
-SideInfo parse_side_stream(const uint8_t* data, size_t size, uint64_t latent_size, int layout) {
-  if (layout == kLayoutShifted || layout == kLayoutSignedShifts)
-    return decode_shifted_side_stream(data, size, latent_size, layout == kLayoutSignedShifts);
-  return decode_side_stream(data, size, latent_size);
-}
-
 PortableEncoding encode_portable(const float* scales, int32_t* indexes, size_t latent_size, size_t plane,
-                                 double margin, const CriticalValues& critical, bool signed_steps) {
-  const unsigned most = critical.largest_shift_count(margin, signed_steps);
+                                 double margin, const CriticalValues& critical) {
+  const unsigned most = critical.largest_shift_count(margin);
   // Per element its ln scale (NaN: not listed, not shifted) and, bit k, near_k:
   // within the margin of a critical value shifted by step(k) * 2 margin.
   std::vector<double> logs(latent_size);
@@ -350,12 +345,12 @@ PortableEncoding encode_portable(const float* scales, int32_t* indexes, size_t l
   // An element farther than this from every unshifted critical value is near
   // none of the shifted ones (the slack is far above float64 rounding), so
   // most elements skip the test per shift; the result is the same.
-  const double reach = largest_step(most, signed_steps) * 2.0 * margin + margin + 1e-9;
+  const double reach = largest_step(most) * 2.0 * margin + margin + 1e-9;
   for (size_t i = 0; i < latent_size; ++i) {
     logs[i] = log_scale(scales[i]);
     if (std::isnan(logs[i]) || critical.nearest_log(logs[i]).distance > reach) continue;
     for (unsigned k = 0; k < most; ++k)
-      if (critical.nearest_log(logs[i] - shift_step(k, signed_steps) * (2.0 * margin)).distance <= margin)
+      if (critical.nearest_log(logs[i] - shift_step(k) * (2.0 * margin)).distance <= margin)
         near[i] = static_cast<uint16_t>(near[i] | (1u << k));
   }
   std::vector<uint64_t> gaps;
@@ -372,7 +367,6 @@ PortableEncoding encode_portable(const float* scales, int32_t* indexes, size_t l
   };
 
   ThresholdShifts best;  // no shifts, the first candidate
-  best.signed_steps = signed_steps;
   uint64_t best_size = choices_size(1, 0) + list_size([&](size_t i) { return near[i] & 1u; });
   for (uint64_t block : most > 1 ? block_lengths(latent_size, plane) : std::vector<uint64_t>{}) {
     const uint64_t blocks = (latent_size + block - 1) / block;
@@ -389,7 +383,7 @@ PortableEncoding encode_portable(const float* scales, int32_t* indexes, size_t l
                             list_size([&](size_t i) { return (near[i] >> choices[i / block]) & 1u; });
       if (size < best_size) {
         best_size = size;
-        best = {count, block, std::move(choices), signed_steps};
+        best = {count, block, std::move(choices)};
       }
     }
   }
@@ -402,7 +396,7 @@ PortableEncoding encode_portable(const float* scales, int32_t* indexes, size_t l
     if (side.shifts.count > 1 && !std::isnan(logs[i])) indexes[i] = critical.shifted_index(logs[i], shift, indexes[i]);
     mark_element(logs[i], shift, indexes[i], i, margin, critical, &side);
   }
-  encoding.side = encode_shifted_side_stream(side, latent_size);
+  encoding.side = encode_side_stream(side, latent_size);
   if (encoding.side.size() != best_size) throw std::logic_error("the side stream's size is not the one chosen");
   encoding.listed = side.positions.size();
   encoding.shifts = std::move(side.shifts);
@@ -410,9 +404,9 @@ PortableEncoding encode_portable(const float* scales, int32_t* indexes, size_t l
 }
 
 PortableDecoding::PortableDecoding(const uint8_t* data, size_t size, uint64_t latent_size,
-                                   const CriticalValues& critical, double margin, int layout)
-    : critical_(critical), margin_(margin), side_(parse_side_stream(data, size, latent_size, layout)) {
-  if (side_.shifts.count > critical.largest_shift_count(margin, side_.shifts.signed_steps)) {
+                                   const CriticalValues& critical, double margin)
+    : critical_(critical), margin_(margin), side_(decode_side_stream(data, size, latent_size)) {
+  if (side_.shifts.count > critical.largest_shift_count(margin)) {
     char text[32];
     std::snprintf(text, sizeof text, "%g", margin);
     refuse("has " + std::to_string(side_.shifts.count) + " threshold shifts: more than the margin " + text +

@@ -1,18 +1,16 @@
-// The portable side stream of .dcae version 2 (docs/dcae-format.md,
+// The portable side stream of a .dcae file (docs/dcae-format.md,
 // dcae_deploy/runtime/portable.py): the encoder marks every element whose scale lies
 // within a margin (natural log) of a value where the scale-table index
 // changes, and records on which side its index fell; a decoder whose scales
 // differ from the encoder's by less than the margin then recovers the
 // encoder's indexes exactly, whatever backend computed them.
 //
-// Threshold shifts (side stream layouts 2 and 3, container flag bits 2 and
-// 3): the encoder may move the critical values of each block of B
-// consecutive elements by step(k) * 2 margin (ln), k < K chosen per block, so
-// that fewer elements lie near one. Layout 3 takes signed steps (0, +1, -1,
-// +2, -2, ..., -7, +8: K up to 16), layout 2 upward ones (step(k) = k, K up
-// to 8). With a shift o > 0 the index of an element whose ln s lies in
+// Threshold shifts: the encoder moves the critical values of each block of B
+// consecutive elements by step(k) * 2 margin (ln), k < K chosen per block
+// (K up to 16, steps 0, +1, -1, +2, -2, ..., -7, +8), so that fewer elements
+// lie near one. With a shift o > 0 the index of an element whose ln s lies in
 // (ln c, ln c + o] is below(c); with o < 0 one in (ln c + o, ln c] takes
-// above(c). Layout 1 is the marked list alone.
+// above(c). The side stream holds the shifts, then the marked list.
 #pragma once
 
 #include <cstddef>
@@ -39,9 +37,9 @@ class CriticalValues {
   Nearest nearest_log(double log_s) const;
 
   // Thresholds.largest_shift_count: the largest K (a power of two, at most
-  // the layout's count) whose largest shift, max |step(k)| * 2 margin for
-  // k < K, stays under half the smallest spacing of the critical values' logs.
-  unsigned largest_shift_count(double margin, bool signed_steps) const;
+  // kMaxShifts) whose largest shift, max |step(k)| * 2 margin for k < K,
+  // stays under half the smallest spacing of the critical values' logs.
+  unsigned largest_shift_count(double margin) const;
 
   // Thresholds.shift_indexes for one element (log_s finite): for shift > 0,
   // when the largest critical value c with ln c < log_s has
@@ -63,28 +61,19 @@ class CriticalValues {
 // (dcae_deploy.runtime.portable._log_scales).
 double log_scale(float s);
 
-constexpr unsigned kMaxShifts = 16;       // layout 3 (signed steps)
-constexpr unsigned kMaxUpwardShifts = 8;  // layout 2
-constexpr int kLayoutMarkedList = 1;      // the marked list alone (flag bit 2 clear)
-constexpr int kLayoutShifted = 2;         // upward threshold shifts, then the marked list (flag bit 2)
-constexpr int kLayoutSignedShifts = 3;    // the same bytes, signed shifts (flag bits 2 and 3)
+constexpr unsigned kMaxShifts = 16;
 
-// The most choices a block may have in a shifted layout: 16 signed, 8 upward.
-constexpr unsigned max_shift_count(bool signed_steps) { return signed_steps ? kMaxShifts : kMaxUpwardShifts; }
-
-// step(k) of choice k, in units of 2 margin (dcae_deploy.runtime.portable.shift_steps):
-// signed steps take the smallest |shift| first (0, +1, -1, +2, ...), so a K
-// reaches half as far as with upward ones (k).
-constexpr double shift_step(unsigned k, bool signed_steps) {
-  if (!signed_steps) return static_cast<double>(k);
+// step(k) of choice k, in units of 2 margin (dcae_deploy.runtime.portable.SHIFT_STEPS):
+// the smallest |shift| first, 0, +1, -1, +2, ..., -7, +8.
+constexpr double shift_step(unsigned k) {
   return k % 2 ? static_cast<double>((k + 1) / 2) : -static_cast<double>(k / 2);
 }
 
 // dcae_deploy.runtime.portable.largest_step: max |step(k)| for k < count.
-constexpr double largest_step(unsigned count, bool signed_steps) {
+constexpr double largest_step(unsigned count) {
   double largest = 0.0;
   for (unsigned k = 0; k < count; ++k) {
-    const double step = shift_step(k, signed_steps);
+    const double step = shift_step(k);
     const double size = step < 0 ? -step : step;
     if (size > largest) largest = size;
   }
@@ -96,59 +85,52 @@ struct ThresholdShifts {
   unsigned count = 1;  // K, a power of two; 1: no shifts
   uint64_t block = 0;
   std::vector<uint8_t> choices;
-  bool signed_steps = true;  // layout 3's steps; false: layout 2's
 
   // The ln shift of the critical values at a latent position: step(choice) * (2.0 * margin).
   double offset(uint64_t position, double margin) const {
-    return count == 1 ? 0.0 : shift_step(choices[position / block], signed_steps) * (2.0 * margin);
+    return count == 1 ? 0.0 : shift_step(choices[position / block]) * (2.0 * margin);
   }
 };
 
 // Marked elements in increasing latent position (C order over (1, M, h, w)),
-// and the shifts of layouts 2 and 3 (count 1 for layout 1).
+// and the shifts (count 1: none).
 struct SideInfo {
   std::vector<uint64_t> positions;
   std::vector<uint8_t> bits;  // 0: the encoder's index was below(c), 1: above(c)
   ThresholdShifts shifts;
 };
 
-// Encoder, layout 1 (no shifts): mark the elements of one slice (latent
-// positions base..base+count).
+// Encoder without shifts: mark the elements of one slice (latent positions
+// base..base+count).
 void mark_slice(const float* scales, const int32_t* indexes, size_t count, uint64_t base, double margin,
                 const CriticalValues& critical, SideInfo* side);
 
-// The marked list's bytes, layout 1 (empty when nothing is marked). The Rice
+// The side stream's bytes: the shifts, then the marked list, whose Rice
 // parameter is the one giving the fewest bits (the smallest such, as
 // dcae_deploy.runtime.portable).
-std::vector<uint8_t> encode_side_stream(const SideInfo& side);
-// Layouts 2 and 3 (side.shifts.signed_steps): the shifts, then the marked list.
-std::vector<uint8_t> encode_shifted_side_stream(const SideInfo& side, uint64_t latent_size);
+std::vector<uint8_t> encode_side_stream(const SideInfo& side, uint64_t latent_size);
 
-// The latent's size when the model is not known (dcae-host inspect): layout 1
-// positions are then bounded by the format's limit, layout 2 and 3 ones by the
-// shifts' blocks (dcae_deploy.runtime.portable.parse_side_stream with total None).
+// The latent's size when the model is not known (dcae-host inspect): the
+// positions are then bounded by the shifts' blocks, or without shifts by the
+// format's limit (dcae_deploy.runtime.portable.decode_side_stream with total None).
 constexpr uint64_t kLatentSizeUnknown = 0;
-// Parse and check a side stream of a layout for a latent of `latent_size`
-// elements; Error(corrupt_stream), one line starting "side stream", for
-// anything dcae_deploy.runtime.portable refuses. Nothing larger than the bytes can hold
-// is allocated.
+// Parse and check a side stream for a latent of `latent_size` elements;
+// Error(corrupt_stream), one line starting "side stream", for anything
+// dcae_deploy.runtime.portable refuses. Nothing larger than the bytes can
+// hold is allocated.
 SideInfo decode_side_stream(const uint8_t* data, size_t size, uint64_t latent_size);
-// Layout 3 (`signed_steps`) or 2.
-SideInfo decode_shifted_side_stream(const uint8_t* data, size_t size, uint64_t latent_size, bool signed_steps);
-SideInfo parse_side_stream(const uint8_t* data, size_t size, uint64_t latent_size, int layout);
 
 // dcae_deploy.runtime.portable.encode_portable: of the (1, C, h, w) latent's scales
 // (`plane` = h * w) and their unshifted indexes, the threshold shifts whose
-// side stream (layout 3, or 2 where not `signed_steps`) is the smallest,
-// deterministically as the spec says; `indexes` become the shifted ones the
-// y symbols are coded with.
+// side stream is the smallest, deterministically as the spec says; `indexes`
+// become the shifted ones the y symbols are coded with.
 struct PortableEncoding {
-  std::vector<uint8_t> side;  // layout 3, or 2 where not shifts.signed_steps
-  uint64_t listed = 0;        // elements in the marked list
+  std::vector<uint8_t> side;
+  uint64_t listed = 0;  // elements in the marked list
   ThresholdShifts shifts;
 };
 PortableEncoding encode_portable(const float* scales, int32_t* indexes, size_t latent_size, size_t plane,
-                                 double margin, const CriticalValues& critical, bool signed_steps = true);
+                                 double margin, const CriticalValues& critical);
 
 // dcae_deploy.runtime.portable.PortableDecoding: parses the side stream up front (and
 // refuses more shifts than the margin allows with this table), then gives
@@ -159,7 +141,7 @@ PortableEncoding encode_portable(const float* scales, int32_t* indexes, size_t l
 class PortableDecoding {
  public:
   PortableDecoding(const uint8_t* data, size_t size, uint64_t latent_size, const CriticalValues& critical,
-                   double margin, int layout);
+                   double margin);
   // In place: the indexes of the elements at latent positions start..start+count-1.
   void apply(uint64_t start, const float* scales, int32_t* indexes, size_t count);
   const SideInfo& side() const { return side_; }

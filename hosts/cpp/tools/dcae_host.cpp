@@ -375,24 +375,24 @@ int decompress(const Arguments& args) {
 
 // The header fields and stream lengths of a .dcae; needs no bundle. A
 // portable file's side stream is parsed and checked on its own terms (the
-// latent's size depends on the model): the elements it lists, its layout,
-// and its threshold shifts, as dcae_deploy.runtime.cli's describe.
+// latent's size depends on the model): the elements it lists and its
+// threshold shifts, as dcae_deploy.runtime.cli's describe.
 int inspect(const Arguments& args) {
   const std::vector<uint8_t> data = dcae::read_file(args.inputs[0]);
   const dcae::DcaeFile file = dcae::unpack_dcae(data.data(), data.size());
   const dcae::FileHeader& h = file.header;
-  std::string side_fields = ", \"side_marked\": 0, \"side_layout\": null, \"threshold_shifts\": null, \"shift_block\": null";
+  std::string side_fields = ", \"side_marked\": 0, \"threshold_shifts\": null, \"shift_block\": null";
   if (h.portable) {
-    const dcae::SideInfo side =
-        dcae::parse_side_stream(file.side.data, file.side.size, dcae::kLatentSizeUnknown, h.side_layout);
+    const dcae::SideInfo side = dcae::decode_side_stream(file.side.data, file.side.size, dcae::kLatentSizeUnknown);
     side_fields = ", \"side_marked\": " + std::to_string(side.positions.size()) +
-                  ", \"side_layout\": " + std::to_string(h.side_layout) +
                   ", \"threshold_shifts\": " + std::to_string(side.shifts.count) + ", \"shift_block\": " +
                   (side.shifts.count > 1 ? std::to_string(side.shifts.block) : std::string("null"));
   }
-  char margin[32];
+  char margin[32], gain[32];
   std::snprintf(margin, sizeof margin, "%.9g", static_cast<double>(h.margin));
-  std::cout << "{\"file\": " << json_string(args.inputs[0]) << ", \"version\": " << int{h.version}
+  std::snprintf(gain, sizeof gain, "%.9g", static_cast<double>(dcae::gain_of(h.gain_code)));
+  std::cout << "{\"file\": " << json_string(args.inputs[0]) << ", \"version\": " << int{dcae::kFormatVersion}
+            << ", \"gain_code\": " << h.gain_code << ", \"gain\": " << gain
             << ", \"portable\": " << (h.portable ? "true" : "false")
             << ", \"reduced_precision_entropy\": " << (h.reduced_precision_entropy ? "true" : "false")
             << ", \"height\": " << h.height << ", \"width\": " << h.width << ", \"fingerprint\": \""

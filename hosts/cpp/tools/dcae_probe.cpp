@@ -6,17 +6,15 @@
 //   dcae-probe rans-decode IN.npz STREAM OUT.npy    indexes, cdfs, cdf_lengths, offsets
 //   dcae-probe indexes IN.npz OUT.npy               scales, scale_table, scale_bound
 //   dcae-probe side-mark IN.npz MARGIN OUT.bin      scales, scale_table, scale_bound: the side stream
-//                                                   of layout 1 (no shifts)
-//   dcae-probe side-decode STREAM LATENT_SIZE OUT.npy   layout 1: (n, 2) int32: position, bit
-//   dcae-probe portable-encode IN.npz MARGIN INDEXES.npy SIDE.bin [LAYOUT]
+//                                                   without shifts of the marked elements
+//   dcae-probe portable-encode IN.npz MARGIN INDEXES.npy SIDE.bin
 //        scales ((1, C, h, w); the plane is h * w), scale_table, scale_bound, and the unshifted
 //        indexes (build_indexes of the scales where absent): encode_portable's shifted indexes
-//        (flat int32) and side stream (LAYOUT 3, the default, or 2); prints "K BLOCK LISTED"
-//        (BLOCK 0 when K is 1)
-//   dcae-probe side-parse LAYOUT STREAM LATENT_SIZE MARKS.npy CHOICES.npy
-//        any layout (LATENT_SIZE "-": not known, as for inspect): (n, 2) int32 position, bit;
+//        (flat int32) and side stream; prints "K BLOCK LISTED" (BLOCK 0 when K is 1)
+//   dcae-probe side-parse STREAM LATENT_SIZE MARKS.npy CHOICES.npy
+//        (LATENT_SIZE "-": not known, as for inspect): (n, 2) int32 position, bit;
 //        the shift choices (int32); prints "K BLOCK"
-//   dcae-probe portable-decode IN.npz MARGIN LAYOUT SLICES SIDE OUT.npy
+//   dcae-probe portable-decode IN.npz MARGIN SLICES SIDE OUT.npy
 //        scales ((1, C, h, w), the decoder's), scale_table, scale_bound: the indexes (flat int32)
 //        PortableDecoding gives, slice by slice (SLICES equal channel blocks)
 //   dcae-probe png IN.png OUT.npy                   (H, W, 3) int32 pixels; warnings on stderr
@@ -120,15 +118,8 @@ int run(const std::vector<std::string>& a) {
     dcae::SideInfo side;
     dcae::mark_slice(scales.data(), indexes.data(), scales.size(), 0, number(a[2]),
                      dcae::CriticalValues(table), &side);
-    write(a[3], dcae::encode_side_stream(side));
-  } else if (command == "side-decode" && a.size() == 4) {
-    const std::vector<uint8_t> stream = dcae::read_file(a[1]);
-    const dcae::SideInfo side = dcae::decode_side_stream(stream.data(), stream.size(), whole_number(a[2]));
-    write(a[3], marks_npy(side));
-  } else if (command == "portable-encode" && (a.size() == 5 || a.size() == 6)) {
-    const uint64_t layout = a.size() == 6 ? whole_number(a[5]) : dcae::kLayoutSignedShifts;
-    if (layout != dcae::kLayoutShifted && layout != dcae::kLayoutSignedShifts)
-      dcae::fail(dcae::ErrorKind::bad_input, "LAYOUT must be 2 or 3");
+    write(a[3], dcae::encode_side_stream(side, scales.size()));
+  } else if (command == "portable-encode" && a.size() == 5) {
     const Arrays in = dcae::read_npz(a[1], "input");
     const std::vector<float> scales = floats(in, "scales");
     const std::vector<size_t>& shape = get(in, "scales").shape;
@@ -143,39 +134,36 @@ int run(const std::vector<std::string>& a) {
     }
     const dcae::CriticalValues critical(table);
     const dcae::PortableEncoding encoding =
-        dcae::encode_portable(scales.data(), indexes.data(), scales.size(), plane, number(a[2]), critical,
-                              layout == dcae::kLayoutSignedShifts);
+        dcae::encode_portable(scales.data(), indexes.data(), scales.size(), plane, number(a[2]), critical);
     write(a[3], dcae::npy_bytes({indexes.size()}, indexes.data()));
     write(a[4], encoding.side);
     std::cout << encoding.shifts.count << " " << encoding.shifts.block << " " << encoding.listed << "\n";
-  } else if (command == "side-parse" && a.size() == 6) {
-    const std::vector<uint8_t> stream = dcae::read_file(a[2]);
-    const uint64_t latent_size = a[3] == "-" ? dcae::kLatentSizeUnknown : whole_number(a[3]);
-    if (latent_size == dcae::kLatentSizeUnknown && a[3] != "-")
+  } else if (command == "side-parse" && a.size() == 5) {
+    const std::vector<uint8_t> stream = dcae::read_file(a[1]);
+    const uint64_t latent_size = a[2] == "-" ? dcae::kLatentSizeUnknown : whole_number(a[2]);
+    if (latent_size == dcae::kLatentSizeUnknown && a[2] != "-")
       dcae::fail(dcae::ErrorKind::bad_input, "a latent has at least one element");
-    const dcae::SideInfo side =
-        dcae::parse_side_stream(stream.data(), stream.size(), latent_size, static_cast<int>(whole_number(a[1])));
-    write(a[4], marks_npy(side));
+    const dcae::SideInfo side = dcae::decode_side_stream(stream.data(), stream.size(), latent_size);
+    write(a[3], marks_npy(side));
     const std::vector<int32_t> choices(side.shifts.choices.begin(), side.shifts.choices.end());
-    write(a[5], dcae::npy_bytes({choices.size()}, choices.data()));
+    write(a[4], dcae::npy_bytes({choices.size()}, choices.data()));
     std::cout << side.shifts.count << " " << side.shifts.block << "\n";
-  } else if (command == "portable-decode" && a.size() == 7) {
+  } else if (command == "portable-decode" && a.size() == 6) {
     const Arrays in = dcae::read_npz(a[1], "input");
     const std::vector<float> scales = floats(in, "scales");
     const dcae::ScaleTable table = scale_table(in);
-    const uint64_t slices = whole_number(a[4]);
+    const uint64_t slices = whole_number(a[3]);
     if (!slices || scales.size() % slices) dcae::fail(dcae::ErrorKind::bad_input, "SLICES must divide the latent");
-    const std::vector<uint8_t> stream = dcae::read_file(a[5]);
+    const std::vector<uint8_t> stream = dcae::read_file(a[4]);
     const dcae::CriticalValues critical(table);
-    dcae::PortableDecoding decoding(stream.data(), stream.size(), scales.size(), critical, number(a[2]),
-                                    static_cast<int>(whole_number(a[3])));
+    dcae::PortableDecoding decoding(stream.data(), stream.size(), scales.size(), critical, number(a[2]));
     const size_t slice = scales.size() / slices;
     std::vector<int32_t> indexes(scales.size());
     for (size_t start = 0; start < scales.size(); start += slice) {
       dcae::build_indexes(scales.data() + start, slice, table, indexes.data() + start);
       decoding.apply(start, scales.data() + start, indexes.data() + start, slice);
     }
-    write(a[6], dcae::npy_bytes({indexes.size()}, indexes.data()));
+    write(a[5], dcae::npy_bytes({indexes.size()}, indexes.data()));
   } else if (command == "png" && a.size() == 3) {
     std::vector<std::string> warnings;
     const dcae::Image image = dcae::read_png(a[1], &warnings);

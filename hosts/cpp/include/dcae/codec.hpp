@@ -60,7 +60,7 @@ extern const double kDefaultPortableMargin;
 struct Options {
   std::string backend = "openvino";  // or "openvino-bf16": g_a, h_a, g_s in bf16
   int threads = 0;                   // threads per graph; 0: one per core
-  bool portable = true;              // write portable version-2 files
+  bool portable = true;              // write portable files
   // 0: the margin measured for the model when its bundle was exported
   // (manifest "portable"), kDefaultPortableMargin where it records none.
   double margin = 0.0;

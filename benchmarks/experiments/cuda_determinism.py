@@ -1,6 +1,6 @@
 """Does the PyTorch reference on a CUDA GPU decode its own bitstreams?
 
-    python -m dcae_deploy.bench.cuda_determinism --images DIR [--limit N] [--checkpoint C]
+    python benchmarks/experiments/cuda_determinism.py --images DIR [--limit N] [--checkpoint C]
 
 For each image: encode and decode with `TorchReference(device="cuda")` (the
 reference's own compress/decompress steps), count the symbols the decoder read
@@ -23,7 +23,7 @@ import torch
 from dcae_deploy.runtime.errors import BackendUnavailableError
 from dcae_deploy.runtime.imaging import load_image, pad_image
 
-from .torch_reference import TorchReference
+from dcae_deploy.bench.torch_reference import TorchReference
 
 
 def _settings(deterministic: bool) -> None:

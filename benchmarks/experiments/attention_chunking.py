@@ -1,7 +1,7 @@
 """How much the stage-1 window attention gains from running on a few windows
 at a time (so that its score matrices stay in cache).
 
-    python -m dcae_deploy.bench.attention_chunking [--size 512x768] [--threads 2] [--repeats 5]
+    python benchmarks/experiments/attention_chunking.py [--size 512x768] [--threads 2] [--repeats 5]
 
 Builds the chain the image graphs run for one block (q @ k^T * scale + relative
 bias -> Softmax -> @ v; window-pixel-major inputs as `dcae_deploy.export.rewrites` traces
@@ -81,7 +81,7 @@ def _size_argument(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dcae_deploy.bench.attention_chunking", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python benchmarks/experiments/attention_chunking.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=_size_argument, default=(512, 768),
                    help="padded image size HEIGHTxWIDTH (default 512x768)")
     p.add_argument("--heads", type=int, default=12, help="heads of the stage-1 block (official: 12)")
