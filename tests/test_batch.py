@@ -85,6 +85,7 @@ def files_in(directory: Path) -> list[str]:
 
 # ---- compress ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_batch_compress_writes_the_cli_bytes_and_reports_the_corrupt_input(batch_coded, reference, images):
     out, code, stdout, stderr = batch_coded
     assert code == 1  # one input failed
@@ -159,6 +160,7 @@ def test_other_options_do_not_reuse_an_output(ray_local, tmp_path, batch_coded, 
 
 # ---- decompress ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_batch_decompress_writes_the_cli_bytes_and_resumes(ray_local, tmp_path, reference, tiny_bundle):
     from dcae_deploy.runtime.batch import run_batch
 

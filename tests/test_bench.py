@@ -71,6 +71,7 @@ def setup_named(report: dict, name: str) -> dict:
 
 # ---- the report -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_report_lists_every_setup_and_says_why_tensorrt_is_missing(bench):
     code, out, report = bench
     assert code == 0
@@ -261,6 +262,7 @@ def test_usage_errors(tiny_bundle, images_dir, tmp_path, capsys, args, message):
     assert code == cli.EXIT_USAGE and message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_matrix_images_bounds_the_cross_decodes_but_not_the_rate_distortion(tiny_bundle, fp16_bundle, images_dir,
                                                                           tmp_path):
     out = tmp_path / "out"
@@ -306,6 +308,7 @@ def test_matrix_pixels_reads_later_files_symbols_only_and_identical_files_are_de
         assert len(setup["rd"]["images"]) == len(IMAGES)
 
 
+@pytest.mark.slow
 def test_a_silent_wrong_runtime_decode_fails_the_run_loudly(tiny_bundle, images_dir, tmp_path, capsys,
                                                            monkeypatch):
     import dcae_deploy.bench.matrix as matrix
@@ -327,6 +330,7 @@ def test_a_silent_wrong_runtime_decode_fails_the_run_loudly(tiny_bundle, images_
     assert json.loads((out / "report.json").read_text())["silent_wrong"]["checked"] == 1
 
 
+@pytest.mark.slow
 def test_a_refused_portable_file_fails_the_run(tiny_bundle, images_dir, tmp_path, capsys, monkeypatch):
     """Two setups that write portable files must decode each other's: a
     refusal between them is exit 5 and a line at the top of the report."""
@@ -362,6 +366,7 @@ def headline_speeds(report_md: str, setup: str) -> tuple[str, str]:
     return cells[2], cells[3]
 
 
+@pytest.mark.slow
 def test_relative_paths_from_another_directory(tiny_bundle, tiny_checkpoint, images_dir, tmp_path, monkeypatch):
     """Relative --bundle, --images, --checkpoint, --out and --files, from a
     directory that is not the repository: the measuring processes run in the
@@ -564,6 +569,7 @@ def _has_avx512() -> bool:
     return "avx512f" in cpu_flags()
 
 
+@pytest.mark.slow
 def test_torch_on_other_kernels_is_a_setup_of_the_matrix_and_of_the_timing(tiny_bundle, tiny_checkpoint,
                                                                            images_dir, tmp_path):
     """torch-avx2 and torch-sse41 encode and decode in worker processes (the
@@ -592,6 +598,7 @@ def test_torch_on_other_kernels_is_a_setup_of_the_matrix_and_of_the_timing(tiny_
         " ".join((out / "report.md").read_text().split())
 
 
+@pytest.mark.slow
 def test_torch_avx2_worker_codes_like_the_reference_and_raises_its_errors(tiny_checkpoint, tiny_bundle,
                                                                          kodak_crop):
     from dcae_deploy.bench.setups import TorchCoder, open_setup

@@ -204,6 +204,7 @@ def _optimized_ops(path, tmp_path) -> dict[str, int]:
 
 @pytest.mark.parametrize("graph,target", [("g_a", "onnxruntime"), ("slice_params_1", "onnxruntime"),
                                           ("g_a", "tensorrt")])
+@pytest.mark.slow
 def test_int8_graph_is_qdq_keeps_the_policy_float_and_runs_at_other_sizes(graph, target, recorded, tiny_bundle,
                                                                           tmp_path):
     fp32 = tiny_bundle / f"{graph}.onnx"
@@ -253,6 +254,7 @@ def test_int8_graph_is_qdq_keeps_the_policy_float_and_runs_at_other_sizes(graph,
         assert all(np.isfinite(g).all() for g in got)
 
 
+@pytest.mark.slow
 def test_linear_layers_run_as_int8_matmuls_with_their_bias_fused(recorded, tiny_bundle, tmp_path, monkeypatch):
     """onnxruntime form: every Linear of g_a with a bias becomes one
     MatMulIntegerToFloat that adds it (no separate Add over its output),
@@ -393,6 +395,7 @@ def int8_tensorrt_bundle(tiny_model, recorded, tmp_path_factory):
     return _export_int8(tiny_model, recorded, tmp_path_factory.mktemp("int8trt") / "bundle", "tensorrt")
 
 
+@pytest.mark.slow
 def test_int8_bundle_policy_report_and_error_bound(int8_bundle):
     from dcae_deploy.runtime.bundle import Bundle
 
@@ -437,6 +440,7 @@ def test_int8_onnxruntime_weights_fit_7_bits_and_its_kernels_compute_exact_integ
         assert abs(fused - exact) < 0.5, f"{name}: {fused:.1f} dB with integer kernels, {exact:.1f} dB exact"
 
 
+@pytest.mark.slow
 def test_int8_tensorrt_bundle_passes_the_static_tensorrt_check(int8_tensorrt_bundle):
     """Q/DQ as TensorRT takes them: INT8 with zero points 0, per-channel
     scales on weights only, no INT32 (bias) dequantisation."""
@@ -552,6 +556,7 @@ def test_int8_bundles_record_their_weight_bits_and_warn_where_onnxruntime_would_
     assert warnings_of(int8_tensorrt_bundle) == []
 
 
+@pytest.mark.slow
 def test_cli_int8_with_entropy_precision_same(tiny_model, calib_dir, tmp_path, kodak_crop, capsys, monkeypatch):
     """dcae-export --precision int8 --entropy-precision same --int8-target tensorrt: every graph int8,
     the manifest marks reduced-precision entropy, the report covers all graphs

@@ -703,6 +703,7 @@ def test_files_inspect_and_are_refused_as_in_python(host, tiny_bundle, openvino_
         assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_both_hosts_write_the_margin_recorded_for_the_model(host, tiny_bundle, tiny_model, kodak_crop, tmp_path):
     """The export recorded the model's margin (as the reference computes it)
     and checked that every setup here strays under half of it; both hosts'
@@ -851,6 +852,7 @@ def test_missing_or_damaged_bundles_are_one_line_errors(host, tiny_bundle, kodak
     assert _leftovers(out) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weight_bits", [7, 8, None])
 def test_both_hosts_warn_alike_of_int8_weights_this_cpu_saturates(host, tiny_bundle, kodak_crop, tmp_path, weight_bits):
     """OpenVINO's int8 kernels saturate on 8-bit weights (the TensorRT form, and
@@ -1002,6 +1004,7 @@ def _assert_allowed_shifts(counts: list[int], margins: list[float], codec: Codec
         assert count in SHIFT_COUNTS and count <= codec.thresholds.largest_shift_count(margin), (count, margin)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("margin", INTEROP_MARGINS)
 def test_python_runtime_files_decode_in_the_host_to_the_same_symbols(host, tiny_bundle, interop_images, tmp_path,
                                                                      margin):
@@ -1036,6 +1039,7 @@ def test_python_runtime_files_decode_in_the_host_to_the_same_symbols(host, tiny_
         assert np.abs(host_pixels.astype(int) - python_pixels).max() <= 1, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("margin", INTEROP_MARGINS)
 def test_host_files_decode_in_the_python_runtime_and_the_reference(host, tiny_bundle, tiny_model, interop_images,
                                                                    tmp_path, margin):
@@ -1071,6 +1075,7 @@ def test_host_files_decode_in_the_python_runtime_and_the_reference(host, tiny_bu
         assert np.abs(np.asarray(reference_pixels).astype(int) - host_pixels).max() <= 1, name
 
 
+@pytest.mark.slow
 def test_files_for_one_setup_decode_only_there(host, tiny_bundle, openvino_codec, kodak_crop, tmp_path):
     """A file that is not portable decodes only on its own setup: dcae-host
     reads the Python openvino backend's, refuses onnxruntime's by fingerprint

@@ -55,6 +55,7 @@ def _rel_error(got, expected):
     return float(np.max(np.abs(got.astype(np.float64) - expected)) / max(np.max(np.abs(expected)), 1e-12))
 
 
+@pytest.mark.slow
 def test_fp32_graphs_match_pytorch_on_a_kodak_crop(bundles, kodak_io):
     manifest = Manifest.read(bundles["fp32"])
     for name in graph_order(5):
@@ -80,6 +81,7 @@ def test_fp16_policy_and_error(bundles, kodak_io):
     assert manifest.entropy_fingerprint == Manifest.read(bundles["fp32"]).entropy_fingerprint
 
 
+@pytest.mark.slow
 def test_entropy_precision_same_marks_the_bundle(small_model, tmp_path):
     manifest, _ = export_bundle(small_model, tmp_path / "b", precision="fp16", entropy_precision="same",
                                 progress=lambda *a: None)
@@ -389,6 +391,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "dcae_deploy.export.cli", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_refusals_are_one_line(tmp_path):
     result = _cli("-o", str(tmp_path / "b"), "--precision", "int8")
     assert result.returncode == 1
@@ -408,6 +411,7 @@ def test_cli_help_explains_options():
         assert option in result.stdout
 
 
+@pytest.mark.slow
 def test_official_configuration_exports_end_to_end(golden_bundle):
     """The official size, from the golden deterministic weights (an official-layout
     state dict): every graph exported and checked against PyTorch at two sizes."""
@@ -432,6 +436,7 @@ def _transposes(path) -> list[tuple]:
             if n.op_type == "Transpose"]
 
 
+@pytest.mark.slow
 def test_openvino_transforms_form_keeps_head_major_attention_and_the_same_entropy_graphs(
         tiny_model, tiny_bundle, kodak_crop, tmp_path):
     """--transforms-for openvino: g_a / g_s with upstream's head-major window

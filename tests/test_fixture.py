@@ -35,6 +35,7 @@ def test_shipped_file_is_small_and_is_the_small_preset(fixture_model):
     assert fixture_model.gaussian_conditional.quantized_cdf.numel() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["kodim04.png", "kodim23.png"])
 def test_kodak_round_trip_matches_the_measured_point(fixture_model, measured, name):
     from dcae_deploy.runtime.imaging import load_image

@@ -56,6 +56,7 @@ def golden_runs(golden_model):
     return runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", GOLDEN_CASES)
 def test_z_stream_is_byte_identical(golden_runs, case):
     z_bytes = golden_runs[case]["out"]["strings"][1][0]
@@ -98,6 +99,7 @@ def test_entropy_coding_reproduces_golden_y_bytes(golden_model, case):
     assert decoded == order(symbols)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", GOLDEN_CASES)
 def test_decompress_matches_forward_and_golden_reconstruction(golden_model, golden_runs, case):
     run = golden_runs[case]

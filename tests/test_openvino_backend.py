@@ -33,6 +33,7 @@ def test_round_trip_is_exact_and_files_are_portable(codec, tiny_bundle, kodak_cr
     assert np.array_equal(codec.decode(other.data).symbols, other.symbols.reshape(-1))
 
 
+@pytest.mark.slow
 def test_thread_count_and_other_sizes_in_between_do_not_change_the_bits(tiny_bundle, codec, kodak_crop):
     """OpenVINO compiles per input size and keeps the two most recent: after
     three other sizes the first is compiled again, and computes the same."""

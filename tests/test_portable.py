@@ -405,6 +405,7 @@ def encoded(model, bundles, image_dir, other_kernels_encoded):
     return out
 
 
+@pytest.mark.slow
 def test_every_setup_decodes_every_setups_files_to_the_encoders_symbols(encoded, model, bundles, tmp_path):
     """Encoders x decoders over {reference, reference on other kernels in a
     subprocess (AVX2, or SSE4.1 on an AVX2-only CPU), runtime fp32 bundle,
@@ -532,6 +533,7 @@ def test_files_of_an_earlier_format_or_another_gain_are_refused_by_every_decoder
             assert str(info.value) == message, (decoder, name)
 
 
+@pytest.mark.slow
 def test_files_written_on_other_machines_decode_here_to_their_encoders_symbols(bundles, model, tmp_path):
     """Every checked-in set of portable files (tests/data/portable/<cpu>/,
     written by `python -m tests.portable_files write` on a machine of that

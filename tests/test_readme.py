@@ -81,6 +81,7 @@ def help_text(program: str, subcommand: str | None) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_every_documented_option_exists():
     invocations = documented_invocations()
     programs = {program for _, program, _ in invocations}
@@ -134,6 +135,7 @@ def section(text: str, heading: str) -> str:
     return text[start:end if end != -1 else None]
 
 
+@pytest.mark.slow
 def test_readme_commands_run_as_written(tmp_path, kodak_crop):
     """The "Run the codec" commands and Python snippets, and the demo, in a fresh
     folder with the files they name; the default bundle is exported by the first

@@ -16,6 +16,7 @@ from dcae_deploy.runtime.errors import BadInputError
 from dcae_deploy.runtime.imaging import crop_to_uint8, load_image, pad_image
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(1, 1), (17, 300), (129, 257), (512, 768)])
 def test_round_trip_any_size_equals_forward(small_random_model, kodak_image, size):
     h, w = size

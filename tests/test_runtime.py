@@ -570,6 +570,7 @@ def test_fuzzed_files_raise_only_codec_errors(codec, kodak_crop):
     assert shift_outcomes.get("decoded", 0) <= 4, shift_outcomes
 
 
+@pytest.mark.slow
 def test_official_configuration_round_trips_exactly_and_matches_the_reference(golden_bundle, golden_model,
                                                                               kodak_image):
     """The official configuration (golden weights), whose slice heads run as
@@ -602,6 +603,7 @@ KODAK_DIR = Path(__file__).parent / "data" / "kodak"
 @pytest.mark.parametrize("path", sorted(KODAK_DIR.glob("*.png")) + [
     Path(__file__).parent / "data" / "golden" / f"{case}_input.png" for case in ("seed0_256x256", "seed0_384x256")],
     ids=lambda p: p.stem)
+@pytest.mark.slow
 def test_every_kodak_image_and_golden_input_round_trips_exactly(codec, tiny_model, path):
     """Full-size Kodak images and the golden inputs: the decoder's y_hat is the
     encoder's bit for bit, and the reference agrees on z, size and quality."""

@@ -58,6 +58,7 @@ def fp32_copy(bundles, tmp_path):
 
 # ---- the static check ------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_exported_bundles_pass_the_static_check(bundles, precision):
     results = check_bundle(bundles[precision])
@@ -66,6 +67,7 @@ def test_exported_bundles_pass_the_static_check(bundles, precision):
     assert "all 14 graphs pass" in summary(results)
 
 
+@pytest.mark.slow
 def test_official_bundle_with_winograd_slice_heads_passes_the_static_check(golden_bundle):
     """The official configuration's fp32 entropy graphs carry the Winograd convs
     (dcae_deploy.export.winograd: a conv with channels as batch, batched MatMuls on a
@@ -255,6 +257,7 @@ def test_simulated_build_records_engines_in_the_manifest(fp32_copy, monkeypatch)
     assert all(fake_tensorrt.BuilderFlag.TF32 in c.cleared for c in fake_tensorrt.built_configs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cuda_graphs", [False, True])
 def test_simulated_backend_codes_like_onnxruntime(fp32_copy, monkeypatch, kodak_crop, cuda_graphs):
     """Through the tensorrt backend's buffers and copies the streams are those

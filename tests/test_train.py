@@ -76,6 +76,7 @@ def test_a_new_run_starts_from_init_weights_and_logs(tmp_path, capsys):
         train(_args(tmp_path / "c", 1, init=Path(__file__).parent.parent / "dcae" / "weights" / "fixture.pth.tar"))
 
 
+@pytest.mark.slow
 def test_sigterm_stops_with_a_saved_checkpoint_and_one_line(tmp_path):
     """`kill` ends a run like Ctrl-C: the checkpoint of the last finished step
     is saved, the process says where on one line (no traceback), exit 130."""

@@ -61,7 +61,8 @@ def measure(bundles: dict, images: list[Path], threads: int, setups: tuple = ())
     from dcae_deploy.runtime.codec import Codec
     from dcae_deploy.runtime.imaging import load_image
 
-    codecs = {tag: Codec(path, threads=threads) for tag, path in bundles.items()}
+    # fp32 and int8 on onnxruntime always; other bundles (fp16) only as `setups` name them
+    codecs = {tag: Codec(bundles[tag], threads=threads) for tag in ("fp32", "int8")}
     for setup in setups:
         bundle, backend = setup.split(":", 1)
         codecs[setup] = Codec(bundles[bundle], backend=backend, threads=threads)

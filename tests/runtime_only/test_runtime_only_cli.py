@@ -54,6 +54,7 @@ def coded(tmp_path_factory, photo, bundle) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_compress_then_decompress_gives_back_the_image(photo, coded, bundle, codec, tmp_path):
     """`dcae compress` writes a portable .dcae of the photo; `dcae decompress`
     writes a PNG of the photo's size at the model's quality, the very pixels

@@ -57,6 +57,7 @@ def test_checked_in_files_decode_to_their_encoders_symbols_and_to_the_image(code
 
 @pytest.mark.parametrize("name, size", [("kodim23", None), ("kodim05", (131, 203, 17, 29)),
                                         ("kodim19", (64, 64, 300, 200)), ("kodim07", (1, 5, 10, 10))])
+@pytest.mark.slow
 def test_round_trip_gives_back_the_encoders_latent_and_the_image(codec, kodak, name, size):
     """compress -> decompress: the decoder reads exactly the encoder's symbols
     and rebuilds its y_hat bit for bit; the image comes back at its size, at
