@@ -42,15 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from dcae_deploy import IMPORT_ROOT
-
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+from dcae_deploy.runtime.memory import peak_rss, proc_field_kib
 
 
 def _reset_peak_rss() -> bool:
@@ -61,18 +53,9 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_kb() -> int:
-    peak = _status_kb("VmHWM")
-    if peak is None:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return peak
-
-
 def _memory_record(reset: bool, rss_before_kb: int) -> dict:
     """Peak RSS now and its rise over `rss_before_kb`, in MB, and how it was taken."""
-    peak = _peak_rss_kb()
+    peak = peak_rss() // 1024
     return {
         "rss_before_load_mb": rss_before_kb / 1024,
         "peak_rss_mb": peak / 1024,
@@ -117,7 +100,7 @@ def measure(spec: dict) -> dict:
     _import_reference_first(setup)
 
     reset = _reset_peak_rss()
-    rss_before = _status_kb("VmRSS") or 0
+    rss_before = proc_field_kib("/proc/self/status", "VmRSS") or 0
     t0 = time.perf_counter()
     coder = open_setup(setup, threads)
     load_seconds = time.perf_counter() - t0
@@ -174,7 +157,7 @@ def measure_decode_memory(spec: dict) -> dict:
     files = [Path(p).read_bytes() for p in spec["decode_files"]]
     _import_reference_first(setup)
     reset = _reset_peak_rss()
-    rss_before = _status_kb("VmRSS") or 0
+    rss_before = proc_field_kib("/proc/self/status", "VmRSS") or 0
     t0 = time.perf_counter()
     coder = open_setup(setup, spec.get("threads"))
     shapes = [list(coder.decompress(files[0]).shape)] if files else []

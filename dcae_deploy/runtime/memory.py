@@ -70,16 +70,25 @@ def format_size(size: float) -> str:
     return f"{int(-(-size // 1))}"
 
 
+def proc_field_kib(path: str, field: str) -> int | None:
+    """A "Field:  N kB" line of a /proc file (meminfo, self/status), in KiB;
+    None where the file or the field is missing."""
+    try:
+        with open(path) as lines:
+            for line in lines:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def available_memory() -> int | None:
     """Bytes the machine can give without swapping (MemAvailable), or the
     free physical memory where /proc/meminfo is missing; None if unknown."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    kib = proc_field_kib("/proc/meminfo", "MemAvailable")
+    if kib is not None:
+        return kib * 1024
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -182,13 +191,9 @@ def peak_rss() -> int:
     VmHWM, the high-water mark of the process's own address space, where
     /proc has it: ru_maxrss survives exec, so a process started from a
     large one (an exporter holding torch) would report its parent's size."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    kib = proc_field_kib("/proc/self/status", "VmHWM")
+    if kib is not None:
+        return kib * 1024
     import resource
 
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
