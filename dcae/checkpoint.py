@@ -111,6 +111,9 @@ def load_checkpoint(path: str | Path | None = None) -> DCAE:
     preset, config = infer_config(state, hint)
     model = model_from_state_dict(state, config)
     model.preset = obj.get("preset", preset)
+    # A variable-rate checkpoint's levels (`dcae.train.RateLevels.summary`),
+    # which the quality knob maps qualities onto; None: one rate.
+    model.rate_levels = obj.get("rate_levels")
     return model
 
 

@@ -17,13 +17,15 @@ import contextlib
 import numpy as np
 import torch
 
-from dcae_deploy.runtime.container import DcaeHeader, check_decodable_gain, pack, pack_bin, sniff, unpack, unpack_bin
+from dcae_deploy.runtime.container import (GAIN_CODE_ONE, DcaeHeader, gain_of, pack, pack_bin, sniff, unpack,
+                                            unpack_bin)
 from dcae_deploy.runtime.entropy import build_indexes, decompress_z
 from dcae_deploy.runtime.errors import BadInputError, FingerprintMismatchError
 from dcae_deploy.runtime.geometry import z_shape_for
 from dcae_deploy.runtime.imaging import crop_to_uint8, load_image, pad_image
 from dcae_deploy.runtime.portable import (MODEL_MARGIN, PortableDecoding, PortableEncoding, encode_portable,
                               margin_covers)
+from dcae_deploy.runtime.quality import RateChoice, RateLevels, search_gain_code
 from dcae_deploy.runtime.rans import RansStreamDecoder, encode_with_indexes
 
 from .entropy_model import entropy_model_fingerprint, scale_thresholds  # noqa: F401  (re-exported)
@@ -53,38 +55,73 @@ def sigma_error_bound(model: DCAE) -> float:
     return TORCH_CPU_SIGMA_ERROR_BOUND
 
 
-def compress_image(model: DCAE, image, format: str = "bin", margin: float | str = MODEL_MARGIN) -> bytes:
+def compress_image(model: DCAE, image, format: str = "bin", margin: float | str = MODEL_MARGIN,
+                   quality: float | None = None, max_bytes: int | None = None,
+                   target_bpp: float | None = None) -> bytes:
     """Image -> upstream `.bin` bytes, or a portable `.dcae` with `format="dcae"`
     whose side stream covers decoders within `margin` (natural log) of these
     scales. The default, `MODEL_MARGIN`, is the model's own margin
     (`dcae.margin.model_margin`: computed once per model, the one its bundles
-    record); a number overrides it."""
-    return encode_image(model, image, format, margin)[0]
+    record); a number overrides it.
+
+    The rate of a `.dcae`: at most one of `quality` (0..100; default 50, the
+    model's reference rate), `max_bytes` and `target_bpp` (rate control), as
+    in the runtime (`dcae_deploy.runtime.quality`). Upstream's `.bin` has no
+    gain field: it is coded at the reference rate only."""
+    return encode_image(model, image, format, margin, quality, max_bytes, target_bpp)[0]
 
 
-def encode_image(model: DCAE, image, format: str = "bin", margin: float | str = MODEL_MARGIN) -> tuple[bytes, dict]:
+def rate_levels(model: DCAE) -> RateLevels:
+    """The model's quality knob: its trained rate levels, or the untrained rule."""
+    return RateLevels.from_record(getattr(model, "rate_levels", None))
+
+
+def encode_image(model: DCAE, image, format: str = "bin", margin: float | str = MODEL_MARGIN,
+                 quality: float | None = None, max_bytes: int | None = None,
+                 target_bpp: float | None = None) -> tuple[bytes, dict]:
     """`compress_image`, also returning `DCAE.compress`'s output with the latents
-    (y_hat, indexes, symbols, scales)."""
+    (y_hat, indexes, symbols, scales) and the gain code it was coded at."""
     if format not in FORMATS:
         raise BadInputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    rate = RateChoice(quality, max_bytes, target_bpp)
     pixels = load_image(image)
     height, width = pixels.shape[:2]
+    target = rate.target(height, width)
+    levels = rate_levels(model)
+    if format == "bin" and (target is not None or rate.gain_code(levels) != GAIN_CODE_ONE):
+        raise BadInputError("upstream's .bin codes the reference rate only: use format='dcae' for another quality")
     x, _ = pad_image(pixels)
-    out = model.compress(torch.from_numpy(x).to(_device_of(model)), return_latents=True)
-    y_stream, z_stream = out["strings"][0][0], out["strings"][1][0]
+    analysis = model.analyse(torch.from_numpy(x).to(_device_of(model)))
     if format == "bin":
-        return pack_bin(height, width, y_stream, z_stream), out
-    return pack_portable(model, height, width, z_stream, out["symbols"].cpu().numpy(),
-                         out["scales"].float().cpu().numpy(), out["indexes"].cpu().numpy(), margin), out
+        out = model.code_slices(analysis, return_latents=True)
+        return pack_bin(height, width, out["strings"][0][0], out["strings"][1][0]), out
+    if isinstance(margin, str) and margin == MODEL_MARGIN:
+        margin = model_margin(model, entropy_model_fingerprint(model))  # once, not per rate-control try
+    coded: dict[int, tuple[bytes, dict]] = {}
+
+    def code(gain_code: int) -> int:
+        out = model.code_slices(analysis, return_latents=True, gain=gain_of(gain_code))
+        out["gain_code"] = gain_code
+        data = pack_portable(model, height, width, out["strings"][1][0], out["symbols"].cpu().numpy(),
+                             out["scales"].float().cpu().numpy(), out["indexes"].cpu().numpy(), margin, gain_code)
+        coded[gain_code] = (data, out)
+        return len(data)
+
+    if target is None:
+        gain_code = rate.gain_code(levels)
+        code(gain_code)
+    else:
+        gain_code = search_gain_code(code, target, levels.code_range()).gain_code
+    return coded[gain_code]
 
 
 def pack_portable(model: DCAE, height: int, width: int, z_stream: bytes, symbols: np.ndarray, scales: np.ndarray,
-                  indexes: np.ndarray, margin: float | str = MODEL_MARGIN) -> bytes:
+                  indexes: np.ndarray, margin: float | str = MODEL_MARGIN, gain_code: int = GAIN_CODE_ONE) -> bytes:
     """A portable `.dcae` of the reference's y `symbols` and z stream: the y
     stream coded with the indexes of the threshold shifts that `scales` (the
-    encoder's) call for, and the side stream of the elements within `margin`
-    of an index boundary."""
-    header, portable = portable_encoding(model, height, width, scales, indexes, margin)
+    encoder's, times the gain) call for, and the side stream of the elements
+    within `margin` of an index boundary."""
+    header, portable = portable_encoding(model, height, width, scales, indexes, margin, gain_code)
     gc = model.gaussian_conditional
     y_stream = encode_with_indexes(symbols.reshape(-1), portable.indexes.reshape(-1), gc.quantized_cdf.cpu().numpy(),
                                    gc.cdf_length.cpu().numpy(), gc.offset.cpu().numpy())
@@ -92,7 +129,8 @@ def pack_portable(model: DCAE, height: int, width: int, z_stream: bytes, symbols
 
 
 def portable_encoding(model: DCAE, height: int, width: int, scales: np.ndarray, indexes: np.ndarray,
-                      margin: float | str = MODEL_MARGIN) -> tuple[DcaeHeader, PortableEncoding]:
+                      margin: float | str = MODEL_MARGIN,
+                      gain_code: int = GAIN_CODE_ONE) -> tuple[DcaeHeader, PortableEncoding]:
     """The header of a portable `.dcae` and, from the encoder's `scales` and
     unshifted `indexes`, the indexes to code y with and the side stream
     (`dcae_deploy.runtime.portable.encode_portable`). `MODEL_MARGIN` stands
@@ -103,7 +141,7 @@ def portable_encoding(model: DCAE, height: int, width: int, scales: np.ndarray, 
         if margin != MODEL_MARGIN:
             raise BadInputError(f"margin must be a number or {MODEL_MARGIN!r}, got {margin!r}")
         margin = model_margin(model, fingerprint)
-    header = DcaeHeader(height, width, fingerprint, margin=margin)
+    header = DcaeHeader(height, width, fingerprint, margin=margin, gain_code=gain_code)
     if not margin_covers(header.margin, error_bound):
         raise BadInputError(f"margin {margin:g} is under twice this encoder's scale error bound")
     return header, encode_portable(scales, indexes, scale_thresholds(model), header.margin)
@@ -130,7 +168,6 @@ def decode_dcae(model: DCAE, data: bytes, timer=None,
     timer = timer or (lambda stage: contextlib.nullcontext())
     parsed = unpack(data)
     header = parsed.header
-    check_decodable_gain(header.gain_code)
     if not header.portable:
         raise FingerprintMismatchError("this .dcae file is not portable: it decodes only with the runtime "
                                        "setup that wrote it")
@@ -162,7 +199,7 @@ def decode_dcae(model: DCAE, data: bytes, timer=None,
         symbols.append(decoder.decode(indexes.reshape(-1), *tables))
         return torch.from_numpy(symbols[-1])
 
-    y_hat = model.decode_slices(torch.from_numpy(z_hat).to(_device_of(model)), decode_slice, timer)
+    y_hat = model.decode_slices(torch.from_numpy(z_hat).to(_device_of(model)), decode_slice, timer, header.gain)
     with timer("y_coding"):
         decoder.finish()
     if not synthesize:

@@ -200,11 +200,19 @@ class DCAE(CompressionModel):
         )
 
     @torch.no_grad()
-    def compress(self, x: Tensor, return_latents: bool = False) -> dict:
+    def compress(self, x: Tensor, return_latents: bool = False, gain: float = 1.0) -> dict:
         """x: (1, 3, H, W) in [0, 1], H and W padded. Returns upstream's
         {"strings": [[y_string], [z_string]], "shape": z size}; with
         `return_latents`, also the encoder's y_hat (after LRP), scale-table
-        indexes and quantised symbols."""
+        indexes, quantised symbols and the scales they were coded with.
+        `gain`: the quality knob's quantization gain a (a float32 value; 1:
+        upstream's coding)."""
+        return self.code_slices(self.analyse(x), return_latents, gain)
+
+    @torch.no_grad()
+    def analyse(self, x: Tensor) -> dict:
+        """The part of `compress` that no gain changes: g_a, h_a, the z stream
+        and h_s's scales and means."""
         if x.shape[0] != 1:
             raise ValueError(f"compress codes one image at a time (batch 1), got batch {x.shape[0]}")
         check_padded_size(x.shape[-2], x.shape[-1])
@@ -213,23 +221,38 @@ class DCAE(CompressionModel):
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         latent_scales, latent_means = self.hyper_synthesis(z_hat)
-        cdf, cdf_lengths, offsets = self._gaussian_tables()
+        return {"y": y, "z_strings": z_strings, "shape": z.shape[-2:], "latent_scales": latent_scales,
+                "latent_means": latent_means}
 
+    @torch.no_grad()
+    def code_slices(self, analysis: dict, return_latents: bool = False, gain: float = 1.0) -> dict:
+        """The rest of `compress`: the slice loop and the y stream at gain a.
+        At a != 1 each slice is coded as round((y - mu) * a) with the indexes
+        of sigma * a, and y_hat = q / a + mu goes on, as in `forward`."""
+        cdf, cdf_lengths, offsets = self._gaussian_tables()
+        gc = self.gaussian_conditional
         symbols, indexes, y_hat_slices, index_maps, symbol_maps, scale_maps = [], [], [], [], [], []
-        for i, y_slice in enumerate(y.chunk(self.num_slices, 1)):
-            mu, scale, support = self.slice_params(i, latent_scales, latent_means, y_hat_slices)
-            index = self.gaussian_conditional.build_indexes(scale)
-            y_q = self.gaussian_conditional.quantize(y_slice, "symbols", mu)
+        for i, y_slice in enumerate(analysis["y"].chunk(self.num_slices, 1)):
+            mu, scale, support = self.slice_params(i, analysis["latent_scales"], analysis["latent_means"],
+                                                   y_hat_slices)
+            if gain == 1.0:
+                y_q = gc.quantize(y_slice, "symbols", mu)
+                y_hat_raw = y_q + mu
+            else:
+                scale = scale * gain
+                y_q = torch.round((y_slice - mu) * gain).int()
+                y_hat_raw = y_q.to(mu.dtype) / gain + mu
+            index = gc.build_indexes(scale)
             symbols.extend(y_q.reshape(-1).tolist())
             indexes.extend(index.reshape(-1).tolist())
             index_maps.append(index)
             symbol_maps.append(y_q)
             scale_maps.append(scale)
-            y_hat_slices.append(self.slice_refine(i, support, y_q + mu))
+            y_hat_slices.append(self.slice_refine(i, support, y_hat_raw))
 
         encoder = BufferedRansEncoder()
         encoder.encode_with_indexes(symbols, indexes, cdf, cdf_lengths, offsets)
-        out = {"strings": [[encoder.flush()], z_strings], "shape": z.shape[-2:]}
+        out = {"strings": [[encoder.flush()], analysis["z_strings"]], "shape": analysis["shape"]}
         if return_latents:
             out["y_hat"] = torch.cat(y_hat_slices, dim=1)
             out["indexes"] = torch.cat(index_maps, dim=1)
@@ -238,10 +261,11 @@ class DCAE(CompressionModel):
         return out
 
     @torch.no_grad()
-    def decode_slices(self, z_hat: Tensor, decode_slice, timer=None) -> Tensor:
+    def decode_slices(self, z_hat: Tensor, decode_slice, timer=None, gain: float = 1.0) -> Tensor:
         """The decoder's slice loop: y_hat (after LRP) from z_hat, where
         `decode_slice(i, scale)` returns slice i's integer symbols (a tensor
-        shaped like `scale`) given the scales this model computed for it.
+        shaped like `scale`) given the scales this model computed for it,
+        times the quantization gain a (symbols / a + mu go on).
         Entropy decoding, the portable side stream and measurements of the
         scales all plug in here, so the loop exists once. `timer(stage)`, a
         context manager, times the stages (h_s, slice_params_i,
@@ -254,8 +278,12 @@ class DCAE(CompressionModel):
             with timer(f"slice_params_{i}"):
                 mu, scale, support = self.slice_params(i, latent_scales, latent_means, y_hat_slices)
             with timer(f"slice_coding_{i}"):
-                y_q = decode_slice(i, scale).to(dtype=mu.dtype, device=mu.device).reshape(mu.shape)
-                y_hat_raw = self.gaussian_conditional.dequantize(y_q, mu)
+                if gain == 1.0:
+                    y_q = decode_slice(i, scale).to(dtype=mu.dtype, device=mu.device).reshape(mu.shape)
+                    y_hat_raw = self.gaussian_conditional.dequantize(y_q, mu)
+                else:
+                    y_q = decode_slice(i, scale * gain).to(dtype=mu.dtype, device=mu.device).reshape(mu.shape)
+                    y_hat_raw = y_q / gain + mu
             with timer(f"slice_lrp_{i}"):
                 y_hat_slices.append(self.slice_refine(i, support, y_hat_raw))
         return torch.cat(y_hat_slices, dim=1)

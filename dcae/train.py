@@ -113,8 +113,12 @@ class RateLevels(torch.nn.Module):
         return float(log_lambda.exp()), log_gain.exp()
 
     def summary(self) -> dict:
+        """The checkpoint's and the bundle's record of the levels
+        (`dcae_deploy.runtime.quality.RateLevels`): the quality knob puts
+        quality 50 on the level nearest the fixed-rate model's lambda."""
+        reference = int(torch.argmin((self.log_lambdas - math.log(REFERENCE_LAMBDA)).abs()))
         return {"lambdas": [round(float(v), 6) for v in self.log_lambdas.exp()],
-                "gains": [float(v) for v in self.log_gains.detach().exp()]}
+                "gains": [float(v) for v in self.log_gains.detach().exp()], "reference": reference}
 
 
 def split_parameters(model: DCAE):

@@ -19,6 +19,7 @@ from PIL import Image
 
 import dcae
 from dcae_deploy.bench import cli
+from dcae_deploy.bench.codecs import CODECS
 from dcae_deploy.bench.matrix import Outcomes, _attempt, silent_wrong_totals
 from dcae_deploy.bench.report import stage_order
 from dcae_deploy.bench.setups import Decoded, Encoded, RuntimeCoder, Setup
@@ -197,6 +198,108 @@ def test_plots_are_valid_pngs(bench):
         assert f"]({name})" in (out / "report.md").read_text()
 
 
+# ---- at several qualities ----------------------------------------------------------------
+
+QUALITIES = (20, 50, 80)
+
+
+@pytest.fixture(scope="module")
+def bench_qualities(tiny_bundle, tiny_checkpoint, images_dir, tmp_path_factory):
+    """--qualities on the reference and the runtime, no timing, JPEG's curve only."""
+    out = tmp_path_factory.mktemp("bench_qualities")
+    code = cli.main(["--bundle", str(tiny_bundle), "--images", str(images_dir), "--backends", "torch,onnxruntime",
+                     "--checkpoint", str(tiny_checkpoint), "--qualities", "80,20,50", "--codecs", "jpeg",
+                     "--no-speed", "--threads", "1", "--out", str(out), "--quiet"])
+    return code, out, json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.slow
+def test_every_qualitys_files_decode_on_every_setup_to_the_encoders_symbols(bench_qualities, tiny_bundle,
+                                                                           tiny_model, images_dir):
+    from dcae_deploy.runtime import Codec
+    from dcae_deploy.runtime.container import unpack
+
+    code, out, report = bench_qualities
+    assert code == 0
+    assert report["options"]["qualities"] == list(QUALITIES) and report["options"]["headline_quality"] == 50
+    matrix = report["matrix"]
+    names = matrix["setups"]
+    assert names == ["torch", "onnxruntime:bundle"] and matrix["qualities"] == list(QUALITIES)
+    cells = {(c["quality"], c["encoder"], c["decoder"]): c for c in matrix["cells"]}
+    assert set(cells) == {(q, e, d) for q in QUALITIES for e in names for d in names}
+    for c in cells.values():
+        assert c["images"] == c["identical"] + c["decoded"] == len(IMAGES), c
+        assert c["wrong_silent"] == 0 and c["refused_total"] == 0, c
+    assert report["silent_wrong"]["checked"] == 0
+    codec = Codec(tiny_bundle, threads=1)
+    for s in report["setups"]:
+        by_quality = s["rd_by_quality"]
+        assert [e["quality"] for e in by_quality] == list(QUALITIES)
+        for entry in by_quality:
+            for row in entry["images"]:
+                data = Path(row["file"]).read_bytes()
+                assert row["quality"] == entry["quality"]
+                assert unpack(data).header.gain_code == row["gain_code"] == codec.rate_levels.gain_code(row["quality"])
+                if row["quality"] == 50:  # quality 50: the bytes the bench writes without --qualities
+                    pixels = np.asarray(Image.open(images_dir / row["image"]).convert("RGB"))
+                    default = (codec.compress(pixels) if s["kind"] == "runtime" else
+                               dcae.compress_image(tiny_model, pixels, format="dcae"))
+                    assert data == default
+        rates = [entry["mean"]["bpp"] for entry in by_quality]
+        assert rates[0] < rates[1] < rates[2], rates
+        assert s["rd"]["images"] == by_quality[1]["images"]  # the headline and the per-image table: quality 50
+    text = (out / "report.md").read_text()
+    assert all(f"### Quality {q}\n" in text for q in QUALITIES) and "qualities coded: 20, 50, 80" in text
+
+
+@pytest.mark.slow
+def test_qualities_give_curves_against_the_codecs_with_bd_rates(bench_qualities):
+    code, out, report = bench_qualities
+    curves = report["rd_curves"]
+    assert set(curves["setups"]) == {"torch", "onnxruntime:bundle"}
+    for curve in curves["setups"].values():
+        assert [p["quality"] for p in curve["points"]] == list(QUALITIES)
+        assert [p["images"] for p in curve["points"]] == [len(IMAGES)] * len(QUALITIES)
+        rates = [p["bpp"] for p in curve["points"]]
+        assert rates == sorted(rates)
+    assert list(curves["codecs"]) == ["JPEG"] and "libjpeg" in curves["codecs"]["JPEG"]["library"]
+    assert [p["setting"] for p in curves["codec_curves"]["jpeg"]["points"]] == list(CODECS["jpeg"].qualities)
+    assert {name: set(table) for name, table in curves["bd_rate"].items()} == {
+        "torch": {"JPEG"}, "onnxruntime:bundle": {"JPEG"}}
+    assert set(curves["bd_rate"]["torch"]["JPEG"]) == {"psnr", "ms_ssim"}
+    assert report["plots"]["rd_curves"] == "rd_curves.png"
+    assert (out / "rd_curves.png").read_bytes()[:8] == PNG_SIGNATURE
+    text = (out / "report.md").read_text()
+    assert "### Curves over the qualities" in text and "](rd_curves.png)" in text
+    assert "BD-rate against each codec, on PSNR" in text and "BD-rate against each codec, on MS-SSIM in dB" in text
+
+
+def test_a_setup_that_writes_the_reference_rate_only_decodes_every_quality(tiny_bundle, kodak_crop, tmp_path):
+    """The C++ host (its C interface takes no quality) and the reference on a
+    GPU code quality 50 alone: no row at the other qualities, a column at all."""
+    from dcae_deploy.bench.matrix import coding_pass
+
+    class ReferenceRateOnly(RuntimeCoder):
+        codes_qualities = False
+
+        def encode(self, pixels, quality=None):
+            assert quality in (None, 50)
+            return super().encode(pixels)
+
+    Image.fromarray(kodak_crop("kodim05", 64, 96)).save(tmp_path / "a.png")
+    a = Setup("onnxruntime:a", "runtime", "onnxruntime", "fp32", bundle_path=str(tiny_bundle))
+    b = Setup("only50:b", "runtime", "onnxruntime", "fp32", bundle_path=str(tiny_bundle))
+    coders = {a.name: RuntimeCoder(a, threads=1), b.name: ReferenceRateOnly(b, threads=1)}
+    passed = coding_pass([a, b], coders, [tmp_path / "a.png"], tmp_path / "files", with_jpeg=False,
+                         progress=lambda *args: None, qualities=[30, 50])
+    cells = {(c["quality"], c["encoder"], c["decoder"]): c for c in passed["cells"]}
+    assert set(cells) == {(30, a.name, a.name), (30, a.name, b.name)} | {
+        (50, e, d) for e in (a.name, b.name) for d in (a.name, b.name)}
+    assert all(c["images"] == c["identical"] == 1 for c in cells.values())
+    assert [e["quality"] for e in passed["rd_by_quality"][b.name]] == [50]
+    assert [e["quality"] for e in passed["rd_by_quality"][a.name]] == [30, 50]
+
+
 # ---- refusals of the command line ----------------------------------------------------
 
 def test_checkpoint_of_another_configuration_is_refused(tiny_bundle, images_dir, tmp_path, capsys):
@@ -256,6 +359,8 @@ def test_rounds_measure_each_setup_in_turn(tmp_path, monkeypatch):
     (["--backends", "onnxruntime,nope"], "unknown backend"),
     (["--limit", "0"], "no images"),
     (["--backends", "torch", "--checkpoint", "missing.pth.tar"], "checkpoint not found"),
+    (["--qualities", "20,120"], "--qualities: quality must be from 0 to 100"),
+    (["--qualities", "50", "--codecs", "jpeg,bpg"], "--codecs: unknown codec(s) bpg"),
 ])
 def test_usage_errors(tiny_bundle, images_dir, tmp_path, capsys, args, message):
     code = cli.main(["--bundle", str(tiny_bundle), "--images", str(images_dir), "--out", str(tmp_path), *args])
@@ -467,6 +572,22 @@ def test_torch_reference_writes_and_reads_what_the_model_does(tiny_model, tiny_c
     assert np.array_equal(pixels_read, decoded.x) and np.array_equal(symbols, encoded.symbols.reshape(-1))
     assert {"z_coding", "h_s", "y_coding", "g_s", "crop", "total"} | {
         f"slice_{k}_{i}" for k in ("params", "coding", "lrp") for i in range(5)} == set(reference.last_timings)
+
+
+def test_torch_reference_codes_at_a_quality_as_the_model_does(tiny_model, tiny_checkpoint, kodak_crop):
+    from dcae.coding import rate_levels
+    from dcae_deploy.runtime.container import unpack
+
+    pixels = kodak_crop("kodim13", 100, 140, 10, 20)
+    reference = TorchReference(tiny_checkpoint, threads=1)
+    low, high = reference.encode(pixels, quality=10), reference.encode(pixels, quality=90)
+    for quality, encoded in ((10, low), (90, high)):
+        assert encoded.data == dcae.compress_image(tiny_model, pixels, format="dcae", quality=quality)
+        assert unpack(encoded.data).header.gain_code == encoded.gain_code == rate_levels(tiny_model).gain_code(quality)
+        pixels_read, symbols = reference.decode_portable(encoded.data)  # the gain comes from the header
+        assert np.array_equal(symbols, encoded.symbols.reshape(-1))
+        assert np.array_equal(pixels_read, dcae.decompress_image(tiny_model, encoded.data))
+    assert len(low.data) < len(high.data)
 
 
 def test_runtime_coder_returns_the_symbols_its_decoder_read(tiny_bundle, kodak_crop):

@@ -640,9 +640,10 @@ def test_files_inspect_and_are_refused_as_in_python(host, tiny_bundle, openvino_
     """`dcae-host inspect` reports the header and the side stream (format,
     gain, elements listed, shifts) as `dcae inspect` does, and refuses the
     same damaged files; `dcae-host decompress` refuses, in the same words as
-    the Python decoder, files of an earlier format, a gain other than 1,
-    unknown flag bits (bits 2 and 3 included), a portable file without a
-    side stream and more than 16 shifts."""
+    the Python decoder, files of an earlier format, unknown flag bits (bits 2
+    and 3 included), a portable file without a side stream and more than 16
+    shifts. Every gain code decodes: a file relabelled with another gain is
+    refused by both decoders by its side stream, not by its gain."""
     from dcae_deploy.runtime.cli import describe
     from dcae_deploy.runtime.container import DcaeHeader, pack
     from dcae_deploy.runtime.portable import NO_SHIFTS, encode_side_stream, mark
@@ -692,14 +693,16 @@ def test_files_inspect_and_are_refused_as_in_python(host, tiny_bundle, openvino_
         assert np.float32(info["margin"]) == np.float32(python["margin"]), name
         described.add(name)
     assert described == {"portable", "own", "gain 2", "gain 1/4096", "no shifts", "no shifts, listed"}
-    # Decoders refuse a gain they do not code, in the same words.
-    refusals["gain 2"] = "this decoder codes only gain 1 (gain_code 4096); the file's is 2 (gain_code 8192)"
+    # The relabelled file's scales times 2 miss the encoder's index
+    # boundaries: the side stream's margin check catches it.
+    refusals["gain 2"] = "margin"
     for name in ("format 2", "gain 2", "flag bit 3", "no side stream"):
         (tmp_path / "x.dcae").write_bytes(files[name])
         done = run(host, "decompress", "-b", tiny_bundle, tmp_path / "x.dcae", "-o", tmp_path / "x.png")
         with pytest.raises(DcaeError, match=re.escape(refusals[name])):
             openvino_codec.decompress(files[name])
         assert_refused(done, refusals[name])
+        assert "gain" not in done.stderr
         assert not (tmp_path / "x.png").exists()
 
 
@@ -846,6 +849,10 @@ def test_missing_or_damaged_bundles_are_one_line_errors(host, tiny_bundle, kodak
             b, lambda m: m.update(entropy_fingerprint="0" * 64))), "fingerprint"),
         "absurd margin": (damaged("b8", lambda b: rewrite_manifest(
             b, lambda m: m.update(portable={"margin": 0.5}))), "portable margin"),
+        "bad bytes_per_pixel": (damaged("b9", lambda b: rewrite_manifest(
+            b, lambda m: m.update(bytes_per_pixel={"g_a": -1, "g_s": 100}))), "bytes_per_pixel"),
+        "bytes_per_pixel of h_s": (damaged("b10", lambda b: rewrite_manifest(
+            b, lambda m: m.update(bytes_per_pixel={"h_s": 5}))), "bytes_per_pixel"),
     }
     for name, (bundle, words) in bundles.items():
         assert_refused(run(host, "compress", "-b", bundle, image, "-o", out / "x.dcae"), words)
@@ -1142,3 +1149,503 @@ def test_dcae_bench_runs_the_host_as_a_setup(host, tiny_bundle, openvino_codec, 
     assert "y_coding" in coder.timings and "g_s" not in coder.timings
     with pytest.raises(CorruptStreamError, match="truncated"):
         coder.decode(encoded.data[:-3], synthesize=False)
+
+
+# ---- tiled image transforms (--memory-limit) ------------------------------------------------------
+
+def _plan_record(plan) -> dict:
+    """A TilePlan as dcae-probe tile-plan prints it."""
+    return {"tile": list(plan.tile), "rows": [[s.origin, s.start, s.end] for s in plan.rows],
+            "cols": [[s.origin, s.start, s.end] for s in plan.cols]}
+
+
+def _probe_plans(probe, source, queries: list[str]) -> list[dict]:
+    done = subprocess.run([str(probe), "tile-plan", str(source)], input="\n".join(queries) + "\n",
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(answers) == len(queries)
+    return answers
+
+
+def test_host_tile_plans_are_the_python_planners(probe, tiny_bundle):
+    """The host's planner gives the Python runtime's plans: the same tile
+    shape, origins and interiors, or the same refusal in the same words, for
+    the bundle's g_a and g_s over a grid of latent sizes and memory limits
+    (from under the smallest tile to the whole image), and for
+    plan_for_budget itself over random bytes per pixel, halos and periods."""
+    from dcae_deploy.runtime.bundle import Bundle
+    from dcae_deploy.runtime.tiling import ImageTransforms, MemoryBudgetError, plan_for_budget
+
+    bundle = Bundle.open(tiny_bundle)
+    per_pixel = bundle.manifest.bytes_per_pixel
+    assert set(per_pixel) == {"g_a", "g_s"}
+    rng = np.random.default_rng(29)
+    sides = (16, 24, 32, 40, 48, 64, 96, 136, 256, 512)
+    queries, expected = [], []
+    for graph in ("g_a", "g_s"):
+        for h in sides:
+            for w in sides:
+                whole = per_pixel[graph] * h * w * 256
+                limits = {1, whole, whole - 1, *np.geomspace(whole / 40, whole, 6).astype(int).tolist()}
+                for limit in sorted(limits):
+                    try:
+                        answer = _plan_record(ImageTransforms(None, bundle, limit).plan(graph, h, w))
+                    except MemoryBudgetError as refused:
+                        answer = {"error": str(refused)}
+                        # the smallest limit that works gives the smallest tiles
+                        limits_needed = refused.needed
+                        queries.append(f"{graph} {h} {w} {limits_needed}")
+                        expected.append(_plan_record(ImageTransforms(None, bundle, limits_needed).plan(graph, h, w)))
+                    queries.append(f"{graph} {h} {w} {limit}")
+                    expected.append(answer)
+    # 0: half the memory available, which a small image fits whole.
+    queries.append("g_a 16 24 0")
+    expected.append(_plan_record(ImageTransforms(None, bundle, None).plan("g_a", 16, 24)))
+    answers = _probe_plans(probe, tiny_bundle, queries)
+    tiled = sum(len(e.get("rows", ())) * len(e.get("cols", ())) > 1 for e in expected)
+    refused = sum("error" in e for e in expected)
+    assert tiled > 300 and refused > 100, (tiled, refused)
+    mismatches = [(q, a, e) for q, a, e in zip(queries, answers, expected) if a != e]
+    assert not mismatches, mismatches[:5]
+
+    queries, expected = [], []
+    for _ in range(3000):
+        period = int(rng.choice([2, 4, 8]))
+        h, w = (int(v) for v in rng.choice(sides, 2))
+        halo = int(rng.integers(0, 13))
+        bpp = int(rng.choice([1, 169, 1120, int(rng.integers(2, 5000))]))
+        io = float(rng.choice([0.0, 4 * (3 + 40 / 256), 4 * (3 + 320 / 256), rng.uniform(0, 100)]))
+        budget = int(np.exp(rng.uniform(np.log(bpp * h * w * 256 / 50), np.log(bpp * h * w * 256 * 1.2))))
+        try:
+            answer = _plan_record(plan_for_budget(h, w, bpp, io, budget, halo, period))
+        except MemoryBudgetError as refused:
+            answer = {"needed": refused.needed}
+        queries.append(f"{h} {w} {bpp} {io!r} {budget} {halo} {period}")
+        expected.append(answer)
+    answers = _probe_plans(probe, "-", queries)
+    mismatches = [(q, a, e) for q, a, e in zip(queries, answers, expected) if a != e]
+    assert not mismatches, mismatches[:5]
+    outcomes = [sum("needed" in e for e in expected),
+                sum(len(e.get("rows", ())) * len(e.get("cols", ())) > 1 for e in expected)]
+    assert outcomes[0] > 100 and outcomes[1] > 1000, outcomes
+
+
+@pytest.fixture(scope="module")
+def tiling_budget(tiny_bundle) -> int:
+    """Bytes that let g_a and g_s run kodim23 (768x512, latent 32 x 48) in
+    tiles of 24 x 24 latent pixels, not whole."""
+    from dcae_deploy.runtime.bundle import Bundle
+
+    bundle = Bundle.open(tiny_bundle)
+    io = 4 * (3 + bundle.latent_channels / 256) * 768 * 512
+    return int(max(bundle.manifest.bytes_per_pixel.values()) * (24 * 16) ** 2 + io) + 1
+
+
+@pytest.mark.slow
+def test_tiled_host_codes_as_the_python_runtime_tiles(host, tiny_bundle, tiling_budget, tmp_path):
+    """dcae-host with a memory limit that forces tiles: its file is the
+    Python runtime's on the openvino backend at the same limit byte for byte
+    (the same plan, the same graphs on the same tiles), it decodes in the
+    Python runtime (onnxruntime, whole) to the host encoder's symbols, and
+    its tiled decode is within a level of its whole-image decode."""
+    from tests.conftest import DATA
+
+    image = DATA / "kodak" / "kodim23.png"
+    limit = ["--memory-limit", tiling_budget, "--threads", 2]
+    done = run(host, "compress", "-b", tiny_bundle, image, "-o", tmp_path / "tiled.dcae", "--json",
+               "--save-latents", tmp_path / "enc", *limit)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["tiles"] == 8 and report["tile"] == [24, 24], report
+    data = (tmp_path / "tiled.dcae").read_bytes()
+
+    python = Codec(tiny_bundle, backend="openvino", threads=2, memory_limit=tiling_budget)
+    assert python.encode(image).data == data
+    assert python.transforms.last_plan["g_a"].tile == (24, 24) and python.transforms.last_plan["g_a"].count == 8
+    decoded = Codec(tiny_bundle, backend="onnxruntime", threads=2, memory_limit=1 << 40).decode(data)
+    assert np.array_equal(decoded.symbols, np.load(tmp_path / "enc" / "kodim23.symbols.npy").reshape(-1))
+
+    pixels = {}
+    for name, options in (("tiled", limit), ("whole", ["--memory-limit", "1T", "--threads", 2])):
+        done = run(host, "decompress", "-b", tiny_bundle, tmp_path / "tiled.dcae", "-o", tmp_path / f"{name}.png",
+                   "--json", *options)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["tiles"] == (8 if name == "tiled" else 1), report
+        pixels[name] = _read_png(tmp_path / f"{name}.png").astype(np.int16)
+    diff = np.abs(pixels["tiled"] - pixels["whole"])
+    assert diff.mean() <= 0.01 and diff.max() <= 1, (diff.mean(), diff.max())
+
+    # A bundle exported before bytes_per_pixel runs whole without a limit.
+    older = tmp_path / "older"
+    shutil.copytree(tiny_bundle, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["bytes_per_pixel"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    done = run(host, "decompress", "-b", older, tmp_path / "tiled.dcae", "-o", tmp_path / "older.png", "--json",
+               "--threads", 2)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tiles"] == 1
+    assert np.array_equal(_read_png(tmp_path / "older.png"), pixels["whole"])
+
+
+def test_too_small_memory_limit_is_one_line_in_pythons_words_and_writes_nothing(host, tiny_bundle, kodak_crop,
+                                                                                 tmp_path):
+    """A limit under the smallest tile: one line naming the smallest limit
+    that works, in the Python runtime's words (sizes parsed and printed as it
+    does them), exit 1, nothing written, for both directions; the size
+    syntax's mistakes are command-line errors (exit 2)."""
+    from dcae_deploy.runtime.bundle import Bundle
+    from dcae_deploy.runtime.memory import parse_size
+    from dcae_deploy.runtime.tiling import ImageTransforms, MemoryBudgetError
+
+    bundle = Bundle.open(tiny_bundle)
+    image = _write_png(tmp_path / "in.png", kodak_crop("kodim12", 64, 300))  # padded 256 x 384: latent 16 x 24
+    out = tmp_path / "out"
+    out.mkdir()
+    done = run(host, "compress", "-b", tiny_bundle, image, "-o", tmp_path / "in.dcae", "--memory-limit", "1T")
+    assert done.returncode == 0, done.stderr
+
+    def python_refusal(graph: str, limit: int) -> str:
+        with pytest.raises(MemoryBudgetError) as refused:
+            ImageTransforms(None, bundle, limit).plan(graph, 16, 24)
+        return str(refused.value)
+
+    for text in ("1M", " 1.5m ", "3k", "1048576", "64KB", "2.25MiB", "7", "0.01G"):
+        for command, source, graph in (("compress", image, "g_a"), ("decompress", tmp_path / "in.dcae", "g_s")):
+            target = out / ("x.dcae" if command == "compress" else "x.png")
+            done = run(host, command, "-b", tiny_bundle, source, "-o", target, "--memory-limit", text)
+            line = assert_refused(done, "needs at least")
+            assert line == f"dcae-host: error: {source}: {python_refusal(graph, parse_size(text))}", line
+    for text in ("lots", "0", "-2G", "0.1", "1e9", "2 G B", ""):
+        for command, source in (("compress", image), ("decompress", tmp_path / "in.dcae")):
+            assert_refused(run(host, command, "-b", tiny_bundle, source, "-o", out / "x", "--memory-limit", text),
+                           "--memory-limit", status=2)
+    # A bundle exported before bytes_per_pixel: the host cannot measure it,
+    # so a limit is refused (the default runs whole, as before tiling).
+    older = tmp_path / "older"
+    shutil.copytree(tiny_bundle, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["bytes_per_pixel"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    assert_refused(run(host, "compress", "-b", older, image, "-o", out / "x.dcae", "--memory-limit", "1G"),
+                   "no bytes_per_pixel for g_a")
+    assert _leftovers(out) == []
+    help_text = run(host, "--help").stdout
+    assert "--memory-limit SIZE" in help_text and "half the memory available" in help_text
+
+
+# ---- the quality knob (--quality, --target-bpp, --max-bytes) ----------------------------------------
+
+QUALITY_CROP = ("kodim21", 80, 120, 300, 200)
+QUALITIES = (20, 50, 85)
+
+
+def test_gain_codes_of_qualities_are_the_python_rules(probe):
+    """The host maps qualities onto rate levels as RateLevels.gain_code does,
+    to the same code, for the untrained rule and random sets of levels, at
+    the ends, around the reference and in between."""
+    from dcae_deploy.runtime.quality import UNTRAINED_LEVELS, RateLevels
+
+    rng = np.random.default_rng(31)
+    levels = [UNTRAINED_LEVELS, RateLevels((0.3, 0.55, 1.0, 1.9, 3.7), 2), RateLevels((1e-4, 1.0, 20.0), 1)]
+    while len(levels) < 24:
+        gains = np.sort(np.exp(rng.uniform(-3, 3, int(rng.integers(3, 8)))))
+        levels.append(RateLevels(tuple(gains.tolist()), int(rng.integers(1, gains.size - 1))))
+    qualities = [0, 100, 50, 49.999, 50.001, 12.5, 87.5, 1e-9, 99.99, *rng.uniform(0, 100, 60).tolist()]
+    queries, expected = [], []
+    for level in levels:
+        for quality in qualities:
+            queries.append(" ".join(map(repr, [level.reference, *level.gains, float(quality)])))
+            expected.append(level.gain_code(quality))
+    # A quality alone: the host's own untrained levels.
+    for quality in qualities:
+        queries.append(repr(float(quality)))
+        expected.append(UNTRAINED_LEVELS.gain_code(quality))
+    done = subprocess.run([str(probe), "gain-codes"], input="\n".join(queries) + "\n", capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [int(code) for code in done.stdout.split()] == expected
+    assert len(set(expected)) > 1000
+
+
+def test_rate_control_tries_the_python_searchs_codes(probe, tmp_path):
+    """search_gain_code in C++ on file sizes given per gain code (growing as
+    a power of the gain, with noise, so not strictly at every code): the same
+    tries in the same order, the same code kept, or the same one-line error,
+    for caps and exact targets, in the untrained range and in others."""
+    from dcae_deploy.runtime.quality import UNTRAINED_LEVELS, RateTarget, search_gain_code
+
+    rng = np.random.default_rng(37)
+    codes = np.arange(65536)
+    outcomes = {"kept": 0, "refused": 0}
+    longest = 0
+    for trial in range(60):
+        base = 1000 * (np.maximum(codes, 1) / 4096) ** rng.uniform(0.3, 1.5)
+        noise = rng.normal(0, rng.uniform(0, 0.01), codes.size) * base + rng.integers(0, 3, codes.size)
+        sizes = np.maximum(base + noise, 64).astype(np.int32)
+        np.savez(tmp_path / "sizes.npz", sizes=sizes)
+        low, high = (UNTRAINED_LEVELS.code_range() if trial % 2 else
+                     (int(rng.integers(1, 3000)), int(rng.integers(5000, 65536))))
+        max_bytes, exact = int(np.exp(rng.uniform(np.log(50), np.log(40000)))), trial % 3 == 0
+        tries = []
+
+        def size_at(code: int) -> int:
+            tries.append(f"{code} {sizes[code]}")
+            return int(sizes[code])
+
+        done = run(probe, "rate-search", tmp_path / "sizes.npz", low, high, max_bytes, int(exact))
+        try:
+            kept = search_gain_code(size_at, RateTarget(max_bytes, exact, f"--max-bytes {max_bytes}"), (low, high))
+        except DcaeError as error:
+            line = assert_refused(done)
+            assert line == f"dcae-probe: error: {error}" and done.stdout.splitlines() == tries, trial
+            outcomes["refused"] += 1
+        else:
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.splitlines() == tries + [f"kept {kept.gain_code}"], trial
+            outcomes["kept"] += 1
+        longest = max(longest, len(tries))
+    assert min(outcomes.values()) >= 10 and longest >= 4, (outcomes, longest)
+
+
+@pytest.fixture(scope="module")
+def quality_image(kodak_crop, tmp_path_factory) -> tuple[np.ndarray, Path]:
+    pixels = kodak_crop(*QUALITY_CROP)
+    return pixels, _write_png(tmp_path_factory.mktemp("quality") / "in.png", pixels)
+
+
+@pytest.mark.slow
+def test_host_files_at_qualities_are_the_python_openvino_backends(host, tiny_bundle, openvino_codec, quality_image,
+                                                                  tmp_path):
+    """At qualities 20, 50 and 85 dcae-host writes byte for byte the file of
+    the Python runtime on the openvino backend at the same quality, with the
+    gain code of the untrained rule in its header; quality 50 is the file
+    without options (gain 1)."""
+    pixels, image = quality_image
+    sizes = []
+    for quality in QUALITIES:
+        target = tmp_path / f"q{quality}.dcae"
+        done = run(host, "compress", "-b", tiny_bundle, image, "-o", target, "--quality", quality, "--threads", 2,
+                   "--json")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        data = target.read_bytes()
+        assert data == openvino_codec.compress(pixels, quality=quality), quality
+        gain_code = openvino_codec.rate_levels.gain_code(quality)
+        assert unpack(data).header.gain_code == report["gain_code"] == gain_code, quality
+        assert report["rate_tries"] is None
+        sizes.append(len(data))
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    done = run(host, "compress", "-b", tiny_bundle, image, "-o", tmp_path / "default.dcae", "--threads", 2)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "default.dcae").read_bytes() == (tmp_path / "q50.dcae").read_bytes()
+    assert unpack((tmp_path / "q50.dcae").read_bytes()).header.gain_code == 4096
+
+
+@pytest.mark.slow
+def test_files_at_qualities_decode_in_the_other_runtime(host, tiny_bundle, quality_image, tmp_path):
+    """dcae-host's portable files at qualities 20, 50 and 85 decode in the
+    Python runtime (onnxruntime) to the host encoder's symbols, and the
+    Python runtime's files at those qualities decode in dcae-host to the
+    Python encoder's symbols; the images agree within one level."""
+    pixels, image = quality_image
+    codec = Codec(tiny_bundle, backend="onnxruntime", threads=2)
+    python_files = tmp_path / "python"
+    python_files.mkdir()
+    python_encoded = {}
+    for quality in QUALITIES:
+        done = run(host, "compress", "-b", tiny_bundle, image, "-o", tmp_path / f"host{quality}.dcae", "--quality",
+                   quality, "--threads", 2, "--save-latents", tmp_path / f"enc{quality}")
+        assert done.returncode == 0, done.stderr
+        python_encoded[quality] = codec.encode(pixels, quality=quality)
+        (python_files / f"py{quality}.dcae").write_bytes(python_encoded[quality].data)
+    done = run(host, "decompress", "-b", tiny_bundle, python_files, "-o", tmp_path / "decoded", "--threads", 2,
+               "--save-latents", tmp_path / "dec")
+    assert done.returncode == 0, done.stderr
+    for quality in QUALITIES:
+        host_data = (tmp_path / f"host{quality}.dcae").read_bytes()
+        header = unpack(host_data).header
+        assert header.portable and header.gain_code == codec.rate_levels.gain_code(quality), quality
+        decoded = codec.decode(host_data)
+        host_symbols = np.load(tmp_path / f"enc{quality}" / "in.symbols.npy")
+        assert np.array_equal(decoded.symbols.reshape(-1), host_symbols.reshape(-1)), quality
+
+        encoded = python_encoded[quality]
+        assert np.array_equal(np.load(tmp_path / "dec" / f"py{quality}.symbols.npy"), encoded.symbols), quality
+        host_pixels = _read_png(tmp_path / "decoded" / f"py{quality}.png")
+        assert np.abs(host_pixels.astype(int) - codec.decompress(encoded.data)).max() <= 1, quality
+
+
+@pytest.mark.slow
+def test_size_targets_give_the_python_runtimes_gain_code(host, tiny_bundle, openvino_codec, quality_image,
+                                                         tmp_path):
+    """--max-bytes and --target-bpp search the gain as Codec.encode(max_bytes=...,
+    target_bpp=...) does on the openvino backend: the same tries, the same
+    gain code and file; never over the cap, and within 3 % under a target."""
+    pixels, image = quality_image
+    height, width = pixels.shape[:2]
+    smallest, largest = (len(openvino_codec.compress(pixels, quality=q)) for q in (0, 100))
+    cases = [("--max-bytes", int(smallest + 0.3 * (largest - smallest))),
+             ("--max-bytes", int(smallest + 0.8 * (largest - smallest))),
+             ("--target-bpp", round(8 * (smallest + 0.5 * (largest - smallest)) / (height * width), 3))]
+    for option, value in cases:
+        keyword = {"--max-bytes": "max_bytes", "--target-bpp": "target_bpp"}[option]
+        target = tmp_path / "x.dcae"
+        done = run(host, "compress", "-b", tiny_bundle, image, "-o", target, option, value, "--threads", 2, "--json")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        expected = openvino_codec.encode(pixels, **{keyword: value})
+        search = openvino_codec.last_rate_search
+        data = target.read_bytes()
+        assert [tuple(t) for t in report["rate_tries"]] == search.tries and len(search.tries) >= 2, (option, value)
+        assert unpack(data).header.gain_code == report["gain_code"] == search.gain_code, (option, value)
+        assert data == expected.data, (option, value)
+        limit = value if option == "--max-bytes" else int(value * height * width / 8)
+        assert len(data) <= limit
+        if option == "--target-bpp":
+            assert len(data) >= 0.97 * limit
+    # Without --json the line names the gain kept and the number of tries.
+    done = run(host, "compress", "-b", tiny_bundle, image, "-o", tmp_path / "y.dcae", "--max-bytes", cases[0][1])
+    assert done.returncode == 0 and re.search(r"bpp \(gain [0-9.]+, \d+ tries\)$", done.stdout.strip()), done.stdout
+
+
+def test_rate_options_out_of_range_or_together_are_refused(host, tiny_bundle, kodak_crop, tmp_path):
+    """Values out of range are usage errors in the Python runtime's words,
+    and so is more than one of --quality, --target-bpp and --max-bytes."""
+    image = _write_png(tmp_path / "in.png", kodak_crop("kodim05", 32, 48, top=100, left=100))
+    out = tmp_path / "out"
+    out.mkdir()
+    usage = {("--quality", "101"): "quality must be from 0 to 100, got '101'",
+             ("--quality", "-1"): "quality must be from 0 to 100, got '-1'",
+             ("-q", "nan"): "quality must be from 0 to 100, got 'nan'",
+             ("--quality", "best"): "quality must be a number from 0 to 100, got 'best'",
+             ("--target-bpp", "0"): "target_bpp must be above 0 and under 64, got '0'",
+             ("--target-bpp", "64"): "target_bpp must be above 0 and under 64, got '64'",
+             ("--target-bpp", "x"): "target_bpp must be above 0 and under 64, got 'x'",
+             ("--max-bytes", "0"): "must be at least 1, got 0",
+             ("--max-bytes", "1.5"): "expected a whole number, got '1.5'",
+             ("--quality", "50", "--max-bytes", "900"): "not --quality and --max-bytes",
+             ("--target-bpp", "2", "-q", "50"): "not --target-bpp and --quality",
+             ("--max-bytes", "900", "--target-bpp", "2"): "not --max-bytes and --target-bpp",
+             ("-q", "20", "--quality", "30", "--max-bytes", "900"): "not --quality and --max-bytes"}
+    for options, words in usage.items():
+        assert_refused(run(host, "compress", "-b", tiny_bundle, image, "-o", out / "x.dcae", *options), words,
+                       status=2)
+    assert_refused(run(host, "decompress", "-b", tiny_bundle, image, "-o", out / "x.png", "--quality", "50"),
+                   "unknown option", status=2)
+    assert _leftovers(out) == []
+    help_text = run(host, "--help").stdout
+    assert all(option in help_text for option in ("--quality Q", "--target-bpp B", "--max-bytes N"))
+
+
+@pytest.mark.slow
+def test_sizes_out_of_reach_are_one_line_errors_and_write_nothing(host, tiny_bundle, kodak_crop, tmp_path):
+    """A size the image cannot reach is a one-line error in Codec.encode's
+    words, naming the nearest size it can (the smallest for a cap under it,
+    the largest for a target over it), with exit 1 and no file written."""
+    pixels = kodak_crop("kodim05", 32, 48, top=100, left=100)
+    image = _write_png(tmp_path / "in.png", pixels)
+    out = tmp_path / "out"
+    out.mkdir()
+    codec = Codec(tiny_bundle, backend="openvino", threads=1)
+    for option, value, keyword in (("--max-bytes", 10, "max_bytes"), ("--target-bpp", 63, "target_bpp")):
+        with pytest.raises(DcaeError) as python:
+            codec.encode(pixels, **{keyword: value})
+        done = run(host, "compress", "-b", tiny_bundle, image, "-o", out / "x.dcae", option, value)
+        line = assert_refused(done, "out of reach")
+        assert line == f"dcae-host: error: {image}: {python.value}", line
+        assert ("smallest file this image codes to" if option == "--max-bytes" else "highest quality gives") in line
+    assert _leftovers(out) == []
+
+
+@pytest.mark.slow
+def test_rate_levels_from_the_manifest(host, tiny_bundle, kodak_crop, tmp_path):
+    """A bundle whose manifest records trained rate levels: the host maps
+    qualities onto them as the Python runtime does (the same gain codes, the
+    same files); levels that are not a set of levels are refused by both."""
+    from dcae_deploy.runtime.errors import BundleError
+
+    def with_levels(name: str, levels) -> Path:
+        bundle = tmp_path / name
+        shutil.copytree(tiny_bundle, bundle)
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest["rate_levels"] = levels
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        return bundle
+
+    trained = with_levels("trained", {"gains": [0.35, 0.6, 1.0, 1.7, 2.9], "reference": 2,
+                                      "lambdas": [0.001, 0.002, 0.004, 0.008, 0.016]})
+    pixels = kodak_crop("kodim05", 32, 48, top=100, left=100)
+    image = _write_png(tmp_path / "in.png", pixels)
+    codec = Codec(trained, backend="openvino", threads=1)
+    for quality in (10, 70):
+        done = run(host, "compress", "-b", trained, image, "-o", tmp_path / "x.dcae", "-q", quality, "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["gain_code"] == codec.rate_levels.gain_code(quality) != 4096
+        assert (tmp_path / "x.dcae").read_bytes() == codec.compress(pixels, quality=quality)
+    for name, levels in (("reference at the end", {"gains": [0.5, 1.0, 2.0], "reference": 2}),
+                         ("decreasing", {"gains": [2.0, 1.0, 0.5], "reference": 1}),
+                         ("no reference", {"gains": [0.5, 1.0, 2.0]}), ("not an object", [0.5, 1.0])):
+        bundle = with_levels(name.replace(" ", "_"), levels)
+        with pytest.raises(BundleError, match="rate_levels"):
+            Codec(bundle, backend="openvino", threads=1)
+        assert_refused(run(host, "compress", "-b", bundle, image, "-o", tmp_path / "y.dcae"), "rate_levels")
+    assert not (tmp_path / "y.dcae").exists()
+
+
+@pytest.mark.slow
+def test_c_interface_codes_at_a_quality_and_a_size_target(host, tiny_bundle, openvino_codec, kodak_crop):
+    """dcae_encode_rate in libdcae-host.so: the openvino backend's file at a
+    quality or a size target, its gain code, and refusals with the runtime's
+    error kind and words."""
+    import ctypes
+
+    lib = ctypes.CDLL(str(BUILD / "libdcae-host.so"))
+    lib.dcae_open.restype = ctypes.c_void_p
+    lib.dcae_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+    lib.dcae_close.argtypes = [ctypes.c_void_p]
+    lib.dcae_free.argtypes = [ctypes.c_void_p]
+    u8p = ctypes.POINTER(ctypes.c_uint8)
+    lib.dcae_encode_rate.argtypes = [ctypes.c_void_p, u8p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_double,
+                                     ctypes.c_uint64, ctypes.c_double, ctypes.POINTER(ctypes.c_uint16),
+                                     ctypes.POINTER(u8p), ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p,
+                                     ctypes.c_void_p, ctypes.c_void_p]
+    for name in ("dcae_error", "dcae_error_kind"):
+        getattr(lib, name).restype = ctypes.c_char_p
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+    error = ctypes.create_string_buffer(512)
+    handle = lib.dcae_open(str(tiny_bundle).encode(), b"openvino", 2, error, len(error))
+    assert handle, error.value
+    pixels = kodak_crop("kodim05", 32, 48, top=100, left=100)
+    rgb = np.ascontiguousarray(pixels)
+
+    def encode(quality=-1.0, max_bytes=0, target_bpp=0.0):
+        file, size, gain_code = u8p(), ctypes.c_size_t(), ctypes.c_uint16()
+        status = lib.dcae_encode_rate(handle, rgb.ctypes.data_as(u8p), 32, 48, quality, max_bytes, target_bpp,
+                                      ctypes.byref(gain_code), ctypes.byref(file), ctypes.byref(size), None, None,
+                                      None)
+        if status:
+            return lib.dcae_error_kind(handle).decode(), lib.dcae_error(handle).decode()
+        data = ctypes.string_at(file, size.value)
+        lib.dcae_free(file)
+        return data, gain_code.value
+
+    try:
+        data, gain_code = encode(quality=85)
+        assert data == openvino_codec.compress(pixels, quality=85)
+        assert gain_code == unpack(data).header.gain_code == openvino_codec.rate_levels.gain_code(85)
+        assert encode()[0] == openvino_codec.compress(pixels)
+        cap = len(openvino_codec.compress(pixels, quality=30))
+        data, gain_code = encode(max_bytes=cap)
+        assert data == openvino_codec.compress(pixels, max_bytes=cap)
+        assert gain_code == openvino_codec.last_rate_search.gain_code and len(data) <= cap
+        assert encode(quality=101) == ("bad_input", "quality must be from 0 to 100, got 101")
+        assert encode(quality=20, max_bytes=cap) == ("bad_input",
+                                                     "give one of quality, max_bytes and target_bpp, not quality "
+                                                     "and max_bytes")
+        kind, message = encode(max_bytes=10)
+        assert kind == "bad_input" and message.startswith("--max-bytes 10 is out of reach"), message
+    finally:
+        lib.dcae_close(handle)

@@ -1,5 +1,5 @@
 """dcae_deploy.bench.codecs and rd_curves: the codecs people use, BD-rate, and a
-bundle placed against their curves."""
+bundle's curve over its quality knob against theirs."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dcae_deploy.bench.codecs import CODECS, unavailable_reason
-from dcae_deploy.bench.rd_curves import bd_rate, main
+from dcae_deploy.bench.rd_curves import bd_rate, bd_rates, main, msssim_db, parse_codecs, parse_qualities
 
 
 @pytest.mark.parametrize("key", list(CODECS))
@@ -27,15 +27,42 @@ def test_each_codec_round_trips_and_rate_rises_with_quality(key, kodak_crop):
     assert psnr(pixels, decoded) > psnr(pixels, codec.decode(small)) > 18
 
 
-def test_bd_rate_of_a_curve_against_itself_and_at_half_the_rate():
+def test_bd_rate_of_a_curve_against_itself_and_at_scaled_rates():
     anchor = [(0.25, 28.0), (0.5, 31.0), (1.0, 34.0), (2.0, 37.0)]
     assert bd_rate(anchor, anchor) == pytest.approx(0.0, abs=1e-9)
     assert bd_rate(anchor, [(r / 2, q) for r, q in anchor]) == pytest.approx(-50.0, abs=1e-6)
+    assert bd_rate(anchor, [(r * 0.9, q) for r, q in anchor]) == pytest.approx(-10.0, abs=1e-6)
     assert bd_rate(anchor, [(r * 1.1, q) for r, q in anchor]) == pytest.approx(10.0, abs=1e-6)
     assert bd_rate(anchor, [(0.1, 10.0), (0.2, 12.0)]) is None  # no common quality range
+    assert bd_rate(anchor, [(0.5, 31.0)]) is None  # one point is no curve
 
 
-def test_report_places_a_bundle_against_the_curves(tiny_bundle, tmp_path, kodak_crop):
+def test_bd_rates_compare_psnr_and_msssim_in_db():
+    curve = {"points": [{"bpp": b, "psnr": p, "ms_ssim": m}
+                        for b, p, m in ((0.25, 28.0, 0.90), (0.5, 31.0, 0.95), (1.0, 34.0, 0.98), (2.0, 37.0, 0.99))]}
+    cheaper = {"points": [dict(p, bpp=p["bpp"] * 0.9) for p in curve["points"]]}
+    assert bd_rates(curve, curve) == pytest.approx({"psnr": 0.0, "ms_ssim": 0.0}, abs=1e-9)
+    assert bd_rates(curve, cheaper) == pytest.approx({"psnr": -10.0, "ms_ssim": -10.0}, abs=1e-6)
+    assert msssim_db(0.99) == pytest.approx(20.0) and msssim_db(None) is None and msssim_db(float("nan")) is None
+    # MS-SSIM missing (images under 161 px a side): no MS-SSIM BD-rate, the PSNR one stands
+    small = {"points": [dict(p, ms_ssim=None) for p in curve["points"]]}
+    assert bd_rates(curve, small) == {"psnr": pytest.approx(0.0, abs=1e-9), "ms_ssim": None}
+
+
+def test_qualities_and_codecs_are_parsed_and_checked():
+    import argparse
+
+    assert parse_qualities("80, 0,50,50,12.5") == [0, 12.5, 50, 80]
+    for bad in ("101", "-1", "x", ","):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_qualities(bad)
+    assert parse_codecs("webp,JPEG,webp") == ["webp", "jpeg"] and parse_codecs("none") == []
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown codec"):
+        parse_codecs("jpeg,bpg")
+
+
+@pytest.mark.slow
+def test_report_gives_the_bundles_curve_over_its_qualities(tiny_bundle, tmp_path, kodak_crop):
     from PIL import Image
 
     from dcae_deploy.runtime import Codec
@@ -44,13 +71,34 @@ def test_report_places_a_bundle_against_the_curves(tiny_bundle, tmp_path, kodak_
     images.mkdir()
     pixels = kodak_crop("kodim23", 128, 128)
     Image.fromarray(pixels).save(images / "a.png")
-    bundle = tiny_bundle
     out = tmp_path / "out"
-    assert main(["--images", str(images), "--bundle", str(bundle), "--codecs", "jpeg", "--out", str(out)]) == 0
+    assert main(["--images", str(images), "--bundle", str(tiny_bundle), "--qualities", "80,20,50", "--codecs", "jpeg",
+                 "--threads", "1", "--out", str(out)]) == 0
     result = json.loads((out / "rd_curves.json").read_text())
-    data = Codec(bundle).compress(pixels)
-    assert result["dcae"]["bpp"] == pytest.approx(8 * len(data) / pixels[..., 0].size)
+    codec = Codec(tiny_bundle, threads=1)
+    points = result["dcae"]["points"]
+    assert [p["quality"] for p in points] == [20, 50, 80]
+    for p in points:  # each point is the file Codec.encode writes at that quality
+        data = codec.encode(pixels, quality=p["quality"]).data
+        assert p["bpp"] == pytest.approx(8 * len(data) / pixels[..., 0].size)
+        assert p["gain_code"] == codec.rate_levels.gain_code(p["quality"])
+    assert points[1]["bpp"] == pytest.approx(8 * len(codec.compress(pixels)) / pixels[..., 0].size)  # 50: default
+    assert points[0]["bpp"] < points[1]["bpp"] < points[2]["bpp"]
+    assert set(result["bd_rate"]) == {"JPEG"} and set(result["bd_rate"]["JPEG"]) == {"psnr", "ms_ssim"}
+    assert set(result["against"]) == {"20", "50", "80"}
     jpeg = result["curves"]["jpeg"]["points"]
     assert [p["setting"] for p in jpeg] == list(CODECS["jpeg"].qualities)
-    assert (out / "rd_curves.png").stat().st_size > 0 and "JPEG" in (out / "rd_curves.md").read_text()
+    text = (out / "rd_curves.md").read_text()
+    assert (out / "rd_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## BD-rate of DCAE against each codec" in text and "libjpeg" in text
+    assert "Command: `python -m dcae_deploy.bench.rd_curves --images" in text and "CPU: " in text
+    assert result["created"] and result["cpu"]
+    # One quality: the bundle's reference rate as a single point
+    single = tmp_path / "single"
+    assert main(["--images", str(images), "--bundle", str(tiny_bundle), "--qualities", "50", "--codecs", "jpeg",
+                 "--threads", "1", "--out", str(single)]) == 0
+    result = json.loads((single / "rd_curves.json").read_text())
+    [point] = result["dcae"]["points"]
+    assert point["bpp"] == pytest.approx(points[1]["bpp"])
+    assert result["bd_rate"]["JPEG"] == {"psnr": None, "ms_ssim": None}
     assert main(["--images", str(tmp_path / "none"), "--codecs", "jpeg"]) == 2

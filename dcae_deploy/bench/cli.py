@@ -4,7 +4,7 @@ cross-backend decodability matrix.
     dcae-bench --bundle B [--bundle B2 ...] --images DIR --out DIR
                [--backends torch,torch-compile,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt] [--limit N]
                [--repeats R] [--rounds N] [--threads T] [--checkpoint C] [--speed-only | --no-matrix | --no-speed]
-               [--matrix-images N] [--matrix-pixels N]
+               [--matrix-images N] [--matrix-pixels N] [--qualities Q1,Q2,... [--codecs jpeg,webp,avif,jxl]]
 
 Setups: the PyTorch reference ("torch" on the CPU, "torch-avx2" and
 "torch-sse41" on the CPU with the AVX2 or SSE4.1 kernels of other CPU
@@ -18,6 +18,17 @@ count (dcae_deploy/bench/roofline.py). Writes to --out:
 report.json, report.md, latency_by_stage.png, rate_distortion.png; the coded
 files and decoded images go to --files (default OUT/files). Relative paths
 are taken from the current directory.
+
+--qualities codes every image at each quality (0..100, the runtime's and the
+reference's quality knob; 50 = the model's reference rate, what the bench
+codes without it): the decodability matrix then has a cell per quality,
+encoder and decoder, and the report adds each setup's rate-distortion curve
+(rd_curves.png, PSNR and MS-SSIM against bpp) with those of the --codecs
+(dcae_deploy.bench.codecs, measured on the same images) and the BD-rate of
+each setup against each codec. A setup that writes the reference rate only
+(the reference on a GPU, the C++ host) codes quality 50 alone and decodes
+every quality's files. Timing, the headline and the per-image table stay at
+one quality: 50, or the given one nearest to it.
 
 Exit status: 0 (also when a setup cannot run here, e.g. no GPU: the report
 lists it with the reason); 2 for a usage error (no images, a checkpoint that
@@ -103,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "its pixels; those of later images read the symbols and check the stream's end only, "
                         "skipping g_s, which cannot change a symbol and is most of a decode's time "
                         "(default: every image)")
+    p.add_argument("--qualities", default=None, metavar="Q1,Q2,...",
+                   help="code every image at each of these qualities (0..100; 50: the model's reference rate): "
+                        "a decodability matrix per quality, and rate-distortion curves against --codecs with "
+                        "BD-rates (default: quality 50 only, no curves)")
+    p.add_argument("--codecs", default="jpeg,webp,avif,jxl", metavar="LIST",
+                   help="with --qualities: the codecs whose curves (their whole quality sweep on the same images) "
+                        "the setups' curves are compared with: a comma-separated subset of jpeg,webp,avif,jxl, or "
+                        "none (default: all four; those this Pillow lacks are listed as not available)")
     p.add_argument("--no-jpeg", action="store_true", help="skip the JPEG comparison")
     p.add_argument("--note", action="append", default=[], metavar="TEXT",
                    help="a line for the report's 'not available' list (e.g. why a bundle is missing)")
@@ -238,12 +257,20 @@ def _speedups(setup_dicts: list[dict]) -> None:
                 s[key] = None
 
 
+def _reference_rate_only(setup) -> str:
+    from .cpp_host import CPP_BACKENDS
+
+    if setup.backend in CPP_BACKENDS:
+        return "the C++ host's C interface, dcae_encode, takes no quality"
+    return "upstream's .bin format, written on a GPU, has no gain field"
+
+
 def run(args, say) -> int:
     from dcae_deploy.runtime.errors import DcaeError
 
     from .machine import load_average, machine_facts
-    from .matrix import coding_pass, silent_wrong_totals
-    from .rd import rd_mean
+    from .matrix import DEFAULT_QUALITY, coding_pass, silent_wrong_totals
+    from .rd import rd_mean, setup_curves
     from .report import portable_totals, relative_paths, write_report_files
     from .roofline import best_peaks, roofline
     from .setups import bundle_infos
@@ -281,32 +308,47 @@ def run(args, say) -> int:
             shutil.rmtree(inductor_cache, ignore_errors=True)
 
     available = [s for s in setups if s.available]
+    notes = list(args.note)
     passed = None
     if not args.speed_only and available:
+        if args.qualities:
+            notes += [f"{s.name} writes the reference rate only ({_reference_rate_only(s)}): it codes quality 50 "
+                      f"alone{'' if DEFAULT_QUALITY in args.qualities else ', not among --qualities'}, and "
+                      f"decodes the other setups' files at every quality"
+                      for s in available if not getattr(coders[s.name], "codes_qualities", True)]
         passed = coding_pass(available, coders, images, files_dir, matrix=not args.no_matrix,
                              matrix_images=args.matrix_images, pixel_images=args.matrix_pixels,
-                             with_jpeg=not args.no_jpeg, progress=say)
+                             with_jpeg=not args.no_jpeg, progress=say, qualities=args.qualities)
     coders.clear()
 
+    headline = passed["headline_quality"] if passed else None
     setup_dicts = []
     for s in setups:
         d = s.to_dict()
         d.update(speed=speeds.get(s.name), speed_error=speed_errors.get(s.name), rd=None)
         if passed and s.name in passed["rd"]:
             rows = passed["rd"][s.name]
-            per_image = (d["speed"] or {}).get("per_image_ms", {})
+            # the speed is measured at the reference rate: its times go beside those rows only
+            per_image = (d["speed"] or {}).get("per_image_ms", {}) if headline in (None, DEFAULT_QUALITY) else {}
             for row in rows:  # CompressAI's eval_model reports seconds
                 times = per_image.get(row["image"])
                 row["encoding_time"] = times["encode"] / 1e3 if times else None
                 row["decoding_time"] = times["decode"] / 1e3 if times else None
             d["rd"] = {"images": rows, "mean": rd_mean(rows)}
+        if passed and passed.get("rd_by_quality"):
+            d["rd_by_quality"] = [{**entry, "mean": rd_mean(entry["images"])}
+                                  for entry in passed["rd_by_quality"].get(s.name, [])]
         setup_dicts.append(d)
     _speedups(setup_dicts)
+    curves = None
+    if passed and args.qualities:
+        curves = setup_curves(setup_dicts, args.qualities, args.codecs, images, say)
 
     machine["load_average_end"] = load_average()
     matrix = None
     if passed and not args.no_matrix:
-        matrix = {"setups": [s.name for s in available], "cells": passed["cells"], "portable": passed["portable"],
+        matrix = {"setups": [s.name for s in available], "qualities": passed["qualities"],
+                  "cells": passed["cells"], "portable": passed["portable"],
                   "images": passed["matrix_images"], "of_images": len(images),
                   "pixel_images": passed["pixel_images"], "decodes_run": passed["decodes_run"],
                   "decodes_counted": passed["decodes_counted"]}
@@ -317,6 +359,8 @@ def run(args, say) -> int:
         "options": {"images_dir": str(args.images), "images": [p.name for p in images], "repeats": args.repeats,
                     "rounds": args.rounds, "threads": args.threads, "limit": args.limit,
                     "matrix_images": args.matrix_images, "matrix_pixels": args.matrix_pixels,
+                    "qualities": args.qualities, "headline_quality": headline,
+                    "codecs": args.codecs if args.qualities else None,
                     "no_speed": args.no_speed, "backends": backends,
                     "checkpoint": args.checkpoint, "speed_only": args.speed_only, "files": str(files_dir),
                     "inductor_cache": args.inductor_cache},
@@ -324,12 +368,13 @@ def run(args, say) -> int:
         "setups": setup_dicts,
         "not_available": [{"setup": s.name, "reason": s.reason} for s in setups if not s.available],
         "measurement_failed": [{"setup": name, "reason": reason} for name, reason in speed_errors.items()],
-        "notes": list(args.note),
+        "notes": notes,
         "memory_method": next((s["memory"]["method"] for s in speeds.values()), None),
         "matrix": matrix,
         "silent_wrong": silent_wrong_totals(passed["cells"]) if matrix else None,
         "symbol_differences": passed["symbol_differences"] if passed else None,
         "roofline": roofline(setup_dicts, bundles, images, best_peaks(peaks)),
+        "rd_curves": curves,
     }
     report = relative_paths(report)
     write_report_files(report, out)  # adds report["plots"]
@@ -365,6 +410,15 @@ def main(argv=None) -> int:
         value = getattr(args, option)
         if value is not None and value < 1:
             print(f"dcae-bench: error: --{option.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return EXIT_USAGE
+    from .rd_curves import parse_codecs, parse_qualities
+
+    for option, parse in (("qualities", parse_qualities), ("codecs", parse_codecs)):
+        try:
+            if getattr(args, option) is not None:
+                setattr(args, option, parse(getattr(args, option)))
+        except argparse.ArgumentTypeError as exc:
+            print(f"dcae-bench: error: --{option}: {exc}", file=sys.stderr)
             return EXIT_USAGE
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

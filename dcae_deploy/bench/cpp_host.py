@@ -46,6 +46,10 @@ def _load_library() -> ctypes.CDLL:
     lib.dcae_encode.argtypes = [ctypes.c_void_p, _u8p, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(_u8p),
                                 ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(_i32p), ctypes.POINTER(_i32p),
                                 ctypes.POINTER(ctypes.c_size_t)]
+    lib.dcae_encode_rate.argtypes = [ctypes.c_void_p, _u8p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_double,
+                                     ctypes.c_uint64, ctypes.c_double, ctypes.POINTER(ctypes.c_uint16),
+                                     ctypes.POINTER(_u8p), ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(_i32p),
+                                     ctypes.POINTER(_i32p), ctypes.POINTER(ctypes.c_size_t)]
     lib.dcae_decode.argtypes = [ctypes.c_void_p, _u8p, ctypes.c_size_t, ctypes.c_int, ctypes.POINTER(_u8p),
                                 ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32),
                                 ctypes.POINTER(_i32p), ctypes.POINTER(ctypes.c_size_t)]
@@ -99,13 +103,19 @@ class CppHostCoder:
         ph, pw = padded_size(height, width)
         return (1, self._latent_channels, ph // 16, pw // 16)
 
-    def encode(self, pixels) -> Encoded:
+    codes_qualities = True
+
+    def encode(self, pixels, quality: float | None = None) -> Encoded:
+        from dcae_deploy.runtime.quality import DEFAULT_QUALITY, check_quality
+
+        quality = DEFAULT_QUALITY if quality is None else check_quality(quality)
         pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
         height, width = pixels.shape[:2]
         file, size, symbols, indexes, count = _u8p(), ctypes.c_size_t(), _i32p(), _i32p(), ctypes.c_size_t()
-        self._check(self._lib.dcae_encode(self._handle, pixels.ctypes.data_as(_u8p), height, width, ctypes.byref(file),
-                                          ctypes.byref(size), ctypes.byref(symbols), ctypes.byref(indexes),
-                                          ctypes.byref(count)))
+        gain_code = ctypes.c_uint16()
+        self._check(self._lib.dcae_encode_rate(self._handle, pixels.ctypes.data_as(_u8p), height, width, quality, 0,
+                                               0.0, ctypes.byref(gain_code), ctypes.byref(file), ctypes.byref(size),
+                                               ctypes.byref(symbols), ctypes.byref(indexes), ctypes.byref(count)))
         data = self._take(file, size.value, np.uint8).tobytes()
         shape = self._latent_shape(height, width)
         return Encoded(data, ".dcae", height, width, self._take(indexes, count.value, np.int32).reshape(shape),

@@ -28,6 +28,12 @@ runtime's are recorded by a hook on its slice loop (setups.py). Where the
 runtime refuses by fingerprint, the same file is also decoded with
 force=True, which shows what the end-of-stream desync check alone would do.
 
+With qualities (dcae-bench --qualities), every setup codes every image at
+each quality and the matrix has a cell per (quality, encoder, decoder): every
+quality's files are decoded by every setup. A setup that writes the reference
+rate only (`codes_qualities` False: the reference on a GPU)
+encodes at quality 50 alone, and decodes the others' files at every quality.
+
 A decoder is deterministic: when two encoders wrote byte-identical files
 (the C++ host and the Python runtime on the same bundle and backend often
 do), the decoder decodes the bytes once per image and the result counts for
@@ -51,7 +57,9 @@ from dcae_deploy.runtime.imaging import load_image, save_image
 from dcae.metrics import psnr
 
 from .rd import finite_or_none, rd_row
-from .setups import TORCH_DEVICES
+from .setup_types import TORCH_DEVICES, file_gain_code
+
+DEFAULT_QUALITY = 50  # the reference rate: what every encoder writes without a quality
 
 @dataclass
 class Outcomes:
@@ -81,9 +89,10 @@ class Cell:
     decoder_detects_desync: bool
     outcomes: Outcomes = field(default_factory=Outcomes)
     forced: Outcomes | None = None  # runtime decoders, files refused by fingerprint
+    quality: float | None = None  # the encoder's quality (None: not given, the reference rate)
 
     def to_dict(self) -> dict:
-        return {"encoder": self.encoder, "decoder": self.decoder,
+        return {"quality": self.quality, "encoder": self.encoder, "decoder": self.decoder,
                 "decoder_detects_desync": self.decoder_detects_desync, **self.outcomes.to_dict(),
                 "forced": self.forced.to_dict() if self.forced else None}
 
@@ -187,27 +196,52 @@ def safe_name(setup_name: str) -> str:
     return setup_name.replace(":", "_").replace("/", "_")
 
 
+def headline_quality(qualities) -> float | None:
+    """The quality of the headline, the per-image table and the encoders'
+    disagreement: 50 (the reference rate) if among `qualities`, else the
+    nearest to it; None without qualities."""
+    given = [q for q in qualities or () if q is not None]
+    if not given:
+        return None
+    return min(given, key=lambda q: (abs(q - DEFAULT_QUALITY), q))
+
+
+def codes_at(coder, quality: float | None) -> bool:
+    """Whether `coder` writes files at `quality` (every coder writes the reference rate)."""
+    return quality is None or quality == DEFAULT_QUALITY or getattr(coder, "codes_qualities", True)
+
+
+def quality_label(quality: float | None) -> str:
+    return "" if quality is None else f"{quality:g}"
+
+
 def coding_pass(setups: list, coders: dict, images: list[Path], files_dir: Path, matrix: bool = True,
                 with_jpeg: bool = True, progress=print, matrix_images: int | None = None,
-                pixel_images: int | None = None) -> dict:
-    """Encode every image with every setup, decode (own and, with `matrix`, all pairs,
-    for the first `matrix_images` images or every one; the pairs' decodes of
-    the first `pixel_images` images synthesize pixels, later ones read the
-    symbols only).
+                pixel_images: int | None = None, qualities=None) -> dict:
+    """Encode every image with every setup (at each of `qualities`, 0..100;
+    None: as without a quality, the reference rate), decode (own and, with
+    `matrix`, all pairs, for the first `matrix_images` images or every one;
+    the pairs' decodes of the first `pixel_images` images synthesize pixels,
+    later ones read the symbols only).
 
-    `setups`: the available `Setup`s; `coders`: name -> coder (`open_setup`). Returns {"rd": {setup: [rows]}, "cells": [...],
-    "symbol_differences": [...], "portable": [the setups whose every file was a portable .dcae],
-    "matrix_images": how many images' files were cross-decoded, "pixel_images": of which how many
-    with pixels, "decodes_run" / "decodes_counted": cross-decodes run / counted in the cells}.
+    `setups`: the available `Setup`s; `coders`: name -> coder (`open_setup`). Returns {"rd": {setup: [rows at
+    the headline quality]}, "rd_by_quality": {setup: [{"quality", "images": [rows]}]} (with qualities),
+    "cells": [...], "symbol_differences": [... at the headline quality], "portable": [the setups whose every
+    file was a portable .dcae], "qualities", "headline_quality", "matrix_images": how many images' files
+    were cross-decoded, "pixel_images": of which how many with pixels, "decodes_run" / "decodes_counted":
+    cross-decodes run / counted in the cells}.
     """
+    qualities = list(qualities) if qualities else [None]
+    headline = headline_quality(qualities)
     names = [s.name for s in setups]
-    kinds = {s.name: s.kind for s in setups}
+    # Who writes files at each quality; every setup decodes every quality's files.
+    encoders = {q: [n for n in names if codes_at(coders[n], q)] for q in qualities}
     # Every decoder checks the stream's end but the reference on the GPU,
     # whose files are upstream .bin (compressai's decoder).
     on_gpu = {s.name for s in setups if s.kind == "torch" and TORCH_DEVICES[s.backend] != "cpu"}
-    cells = {(e, d): Cell(e, d, decoder_detects_desync=d not in on_gpu)
-             for e in names for d in names if matrix or e == d}
-    rd: dict[str, list] = {n: [] for n in names}
+    cells = {(q, e, d): Cell(e, d, decoder_detects_desync=d not in on_gpu, quality=q)
+             for q in qualities for e in encoders[q] for d in names if matrix or e == d}
+    rd: dict[str, dict] = {n: {q: [] for q in qualities if n in encoders[q]} for n in names}
     differences = SymbolDifferences()
     portable = dict.fromkeys(names, True)
     cross_decoded = min(len(images), matrix_images or len(images)) if matrix else 0
@@ -217,50 +251,76 @@ def coding_pass(setups: list, coders: dict, images: list[Path], files_dir: Path,
         t0 = time.perf_counter()
         pixels = load_image(path)
         image = path.name
-        encoded = {n: coders[n].encode(pixels) for n in names}
-        for n in names:
-            portable[n] = portable[n] and _is_portable(encoded[n].data)
-        own = {}
-        for n in names:
-            folder = files_dir / safe_name(n)
-            folder.mkdir(parents=True, exist_ok=True)
-            file = folder / (path.stem + encoded[n].suffix)
-            file.write_bytes(encoded[n].data)
-            # The setup's own decode is the diagonal of the matrix (it must read
-            # back exactly the symbols it wrote) and the right image for its row.
-            diagonal = cells[(n, n)].outcomes
-            decoded = _own_decode(coders[n], encoded[n], diagonal, image)
-            if decoded is None:
-                continue
-            own[n] = decoded.x
-            png = folder / (path.stem + ".decoded.png")
-            save_image(decoded.x, png)
-            y, z = _stream_bytes(encoded[n].data)
-            row = rd_row(image, pixels, decoded.x, len(encoded[n].data), y + z, with_jpeg)
-            row.update(file=str(file), decoded=str(png))
-            rd[n].append(row)
-        checked = len(names)
-        decode = DecodeOnce(coders, synthesize=k <= with_pixels)
-        for (e, d), cell in cells.items():
-            if e == d or e not in own or k > cross_decoded:
-                continue
-            checked += 1
-            data = encoded[e].data
-            error = _attempt(lambda: decode(d, data), encoded[e], own[e], cell.outcomes, image)
-            if isinstance(error, FingerprintMismatchError):
-                cell.forced = cell.forced or Outcomes()
-                _attempt(lambda: decode(d, data, force=True), encoded[e], own[e], cell.forced, image)
-        decodes_run += decode.run
-        decodes_counted += decode.counted
-        for a, b in itertools.combinations(names, 2):
-            differences.add(a, b, encoded[a], encoded[b], coders[a].num_slices)
-        progress(f"[{k}/{len(images)}] {image}: coded by {len(names)} setups, "
-                 f"{checked} decodes checked{'' if decode.run == decode.counted else f' ({decode.run} cross-decodes run)'}"
-                 f"{'' if k > cross_decoded or decode.synthesize else ', symbols only'} ({time.perf_counter() - t0:.1f} s)")
-    return {"rd": rd, "cells": [c.to_dict() for c in cells.values()],
-            "symbol_differences": differences.to_list(), "portable": [n for n in names if portable[n]],
-            "matrix_images": cross_decoded, "pixel_images": with_pixels, "decodes_run": decodes_run,
-            "decodes_counted": decodes_counted}
+        checked = run = counted = coded = 0
+        synthesize = k <= with_pixels
+        for q in qualities:
+            writers = encoders[q]
+            encoded = {n: coders[n].encode(pixels) if q is None else coders[n].encode(pixels, quality=q)
+                       for n in writers}
+            coded += len(writers)
+            for n in writers:
+                portable[n] = portable[n] and _is_portable(encoded[n].data)
+            own = {}
+            for n in writers:
+                folder = files_dir / safe_name(n)
+                folder.mkdir(parents=True, exist_ok=True)
+                stem = path.stem + (f".q{quality_label(q)}" if q is not None else "")
+                file = folder / (stem + encoded[n].suffix)
+                file.write_bytes(encoded[n].data)
+                # The setup's own decode is the diagonal of the matrix (it must read
+                # back exactly the symbols it wrote) and the right image for its row.
+                diagonal = cells[(q, n, n)].outcomes
+                decoded = _own_decode(coders[n], encoded[n], diagonal, image)
+                checked += 1
+                if decoded is None:
+                    continue
+                own[n] = decoded.x
+                png = folder / (stem + ".decoded.png")
+                save_image(decoded.x, png)
+                y, z = _stream_bytes(encoded[n].data)
+                # JPEG at the same rate beside the headline quality's rows only:
+                # the curves compare the other qualities with whole codec sweeps.
+                row = rd_row(image, pixels, decoded.x, len(encoded[n].data), y + z, with_jpeg and q == headline)
+                row.update(file=str(file), decoded=str(png), gain_code=file_gain_code(encoded[n].data))
+                if q is not None:
+                    row["quality"] = q
+                rd[n][q].append(row)
+            decode = DecodeOnce(coders, synthesize=synthesize)
+            if k <= cross_decoded:
+                for e in writers:
+                    if e not in own:
+                        continue
+                    data = encoded[e].data
+                    for d in names:
+                        cell = cells.get((q, e, d))
+                        if e == d or cell is None:
+                            continue
+                        checked += 1
+                        error = _attempt(lambda: decode(d, data), encoded[e], own[e], cell.outcomes, image)
+                        if isinstance(error, FingerprintMismatchError):
+                            cell.forced = cell.forced or Outcomes()
+                            _attempt(lambda: decode(d, data, force=True), encoded[e], own[e], cell.forced, image)
+            run += decode.run
+            counted += decode.counted
+            if q == headline:
+                for a, b in itertools.combinations(writers, 2):
+                    differences.add(a, b, encoded[a], encoded[b], coders[a].num_slices)
+        decodes_run += run
+        decodes_counted += counted
+        files = f"{coded} files coded by {len(names)} setups at {len(qualities)} qualities" \
+            if headline is not None else f"coded by {len(names)} setups"
+        progress(f"[{k}/{len(images)}] {image}: {files}, "
+                 f"{checked} decodes checked{'' if run == counted else f' ({run} cross-decodes run)'}"
+                 f"{'' if k > cross_decoded or synthesize else ', symbols only'} ({time.perf_counter() - t0:.1f} s)")
+    result = {"rd": {n: rd[n][headline] for n in names if headline in rd[n]},
+              "cells": [c.to_dict() for c in cells.values()],
+              "symbol_differences": differences.to_list(), "portable": [n for n in names if portable[n]],
+              "qualities": None if headline is None else qualities, "headline_quality": headline,
+              "matrix_images": cross_decoded, "pixel_images": with_pixels, "decodes_run": decodes_run,
+              "decodes_counted": decodes_counted}
+    if headline is not None:
+        result["rd_by_quality"] = {n: [{"quality": q, "images": rows} for q, rows in rd[n].items()] for n in names}
+    return result
 
 
 def _is_portable(data: bytes) -> bool:

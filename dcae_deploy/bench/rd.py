@@ -6,6 +6,11 @@ bpp counts every byte of the file the setup wrote (its header included:
 `bpp_streams` is the y + z streams alone, as upstream's eval counts.
 JPEG is Pillow's 4:2:0 at the quality whose rate is closest to the setup's
 (`dcae_deploy.bench.kodak_rd.jpeg_at_rate`).
+
+With qualities (dcae-bench --qualities), `setup_curves` makes each setup's
+curve (the means over images at each quality) and compares it with the
+codecs' curves of `dcae_deploy.bench.rd_curves`: BD-rate on PSNR and on
+MS-SSIM in dB.
 """
 from __future__ import annotations
 
@@ -55,3 +60,39 @@ def rd_mean(rows: list[dict]) -> dict:
         mean["jpeg_bpp"] = _mean(rows, lambda r: r["jpeg"]["bpp"])
         mean["jpeg_psnr-rgb"] = _mean(rows, lambda r: r["jpeg"]["psnr-rgb"])
     return mean
+
+
+def setup_curves(setup_dicts: list[dict], qualities: list, codec_keys: list[str], images: list, say) -> dict:
+    """The report's "rd_curves": per setup that coded at the qualities, its
+    points (quality, gain code, mean bpp / PSNR / MS-SSIM over images); the
+    curves of the codecs of `codec_keys` that run here, on the same `images`
+    (paths), with their versions and settings; and each setup's BD-rate
+    against each codec on PSNR and on MS-SSIM (dB)."""
+    from dcae_deploy.runtime.imaging import load_image
+
+    from .codecs import CODECS, describe, unavailable_reason
+    from .rd_curves import bd_rates, measure_codecs
+
+    curves = {}
+    for s in setup_dicts:
+        points = []
+        for entry in s.get("rd_by_quality") or []:
+            rows, mean = entry["images"], entry["mean"]
+            if not rows:
+                continue
+            codes = sorted({r["gain_code"] for r in rows})
+            points.append({"quality": entry["quality"], "gain_code": codes[0] if len(codes) == 1 else codes,
+                           "bpp": mean["bpp"], "psnr": mean["psnr-rgb"], "ms_ssim": mean["ms-ssim-rgb"],
+                           "images": len(rows)})
+        if points:
+            curves[s["name"]] = {"label": s["name"], "points": points}
+    missing = {CODECS[k].name: reason for k in codec_keys if (reason := unavailable_reason(k))}
+    runnable = [k for k in codec_keys if not unavailable_reason(k)]
+    codec_curves = {}
+    if runnable and curves:
+        pixels = [load_image(path) for path in images]
+        codec_curves = measure_codecs(runnable, pixels, [p.name for p in images], say)
+    return {"qualities": qualities, "setups": curves, "codecs": describe(runnable), "codec_curves": codec_curves,
+            "codecs_not_available": missing,
+            "bd_rate": {name: {c["label"]: bd_rates(c, curve) for c in codec_curves.values()}
+                        for name, curve in curves.items()}}

@@ -1,30 +1,45 @@
 """Rate-distortion curves of JPEG, WebP, AVIF and JPEG XL on a folder of
-images, and where a DCAE bundle stands against them.
+images, and a DCAE bundle's curve over its quality knob against them.
 
     python -m dcae_deploy.bench.rd_curves --images tests/data/kodak [--bundle B] \\
-        [--codecs jpeg,webp,avif,jxl] [--out DIR]
+        [--qualities 0,10,20,30,40,50,60,70,80,90,100] [--codecs jpeg,webp,avif,jxl] [--out DIR]
 
 Each codec runs its quality sweep (`dcae_deploy.bench.codecs`) on every image;
 a curve is the mean bpp (whole files) and the mean PSNR / MS-SSIM (RGB) over
 the images at each setting, the usual way Kodak curves are drawn. A bundle
-codes at its one rate: each codec's PSNR is interpolated (linearly in bpp,
-per image) at the bpp of DCAE's file of that image, and the report gives the
-mean difference. `bd_rate` (Bjontegaard, with monotone piecewise-cubic
-interpolation of log rate over the quality range both curves cover) compares
-two curves. Writes rd_curves.json, rd_curves.md and rd_curves.png under --out.
+codes every image at each of --qualities (the runtime's quality knob, 0..100,
+50 = the model's reference rate: `dcae_deploy.runtime.quality`): g_a, h_a and
+h_s run once per image (`Codec.analyse`), the slice loop and entropy coding
+once per quality (`Codec.code` at the quality's gain code: the bytes
+`Codec.encode(quality=Q)` writes), and each file is decoded as a user would
+(`Codec.decompress`). The report gives DCAE's curve, its BD-rate against each
+codec on PSNR and on MS-SSIM (in dB, -10 log10(1 - MS-SSIM)), and per quality
+the mean PSNR difference at the same bpp (each codec's PSNR interpolated
+linearly in bpp, per image, at the bpp of DCAE's file of that image).
+`--qualities 50` places the bundle's one reference rate against the curves.
+`bd_rate` (Bjontegaard, with monotone piecewise-cubic interpolation of log
+rate over the quality range both curves cover) compares two curves. Writes
+rd_curves.json, rd_curves.md and rd_curves.png under --out.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-import time
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from .codecs import CODECS, describe, unavailable_reason
+
+PLOT = "rd_curves.png"
+# The quality knob's whole range, every tenth: Q = 0 and 100 are the model's
+# lowest and highest rate levels, 50 its reference rate.
+DEFAULT_QUALITIES = tuple(range(0, 101, 10))
+METRICS = ("psnr", "ms_ssim")  # what the BD-rates compare on
 
 
 def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) -> float | None:
@@ -40,10 +55,14 @@ def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) 
         keep = np.concatenate([[True], np.diff(quality) > 0])  # strictly increasing for the fit
         return quality[keep], log_rate[keep]
 
+    if len(anchor) < 2 or len(test) < 2:
+        return None
     qa, ra = log_rate_of_quality(anchor)
     qt, rt = log_rate_of_quality(test)
+    if len(qa) < 2 or len(qt) < 2:
+        return None
     low, high = max(qa[0], qt[0]), min(qa[-1], qt[-1])
-    if len(qa) < 2 or len(qt) < 2 or high <= low:
+    if high <= low:
         return None
     grid = np.linspace(low, high, 200)
     integrate = getattr(np, "trapezoid", None) or np.trapz  # NumPy 2 renamed it
@@ -51,43 +70,101 @@ def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) 
     return float((np.exp(difference) - 1) * 100)
 
 
+def msssim_db(value: float | None) -> float | None:
+    """MS-SSIM as -10 log10(1 - MS-SSIM): the scale its curves and BD-rates use."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(-10 * math.log10(max(1 - value, 1e-9)))
+
+
+def _finite(value) -> float | None:
+    """JSON has no NaN: MS-SSIM of an image under 161 px a side, PSNR of an exact copy."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def metric_points(curve: dict, metric: str) -> list[tuple[float, float]]:
+    """(bpp, metric) of a curve's points; MS-SSIM in dB; points without the metric left out."""
+    points = []
+    for p in curve["points"]:
+        value = msssim_db(p.get("ms_ssim")) if metric == "ms_ssim" else p.get(metric)
+        if value is not None and p.get("bpp"):
+            points.append((p["bpp"], value))
+    return points
+
+
+def bd_rates(anchor: dict, test: dict) -> dict:
+    """{"psnr": %, "ms_ssim": %}: `test`'s BD-rate against `anchor` (curves
+    with "points" of "bpp", "psnr", "ms_ssim"); negative: `test` needs fewer
+    bits for the same quality. None where they share no quality range."""
+    return {m: bd_rate(metric_points(anchor, m), metric_points(test, m)) for m in METRICS}
+
+
+def _point(setting, rows: list[dict], **extra) -> dict:
+    return {"setting": setting, **extra, **{key: _mean(r[key] for r in rows) for key in ("bpp", "psnr", "ms_ssim")},
+            "images": rows}
+
+
+def _measure_row(name: str, pixels: np.ndarray, data: bytes, decoded: np.ndarray) -> dict:
+    from dcae.metrics import ms_ssim, psnr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
+        return {"image": name, "bpp": 8 * len(data) / (pixels.shape[0] * pixels.shape[1]),
+                "psnr": _finite(psnr(pixels, decoded)), "ms_ssim": _finite(ms_ssim(pixels, decoded))}
+
+
+def _say_point(say, label: str, setting, point: dict) -> None:
+    psnr = f"{point['psnr']:.2f} dB" if point["psnr"] is not None else "PSNR –"
+    say(f"{label} {setting}: {point['bpp']:.3f} bpp, {psnr}")
+
+
 def measure_codec(code, settings, images: list[np.ndarray], names: list[str], label: str, say) -> dict:
     """Per setting: every image's bpp, PSNR and MS-SSIM, and their means.
     `code(pixels, setting)` returns (file bytes, decoded pixels)."""
-    from dcae.metrics import ms_ssim, psnr
-
     points = []
     for setting in settings:
         rows = []
         for name, pixels in zip(names, images):
             data, decoded = code(pixels, setting)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                rows.append({"image": name, "bpp": 8 * len(data) / (pixels.shape[0] * pixels.shape[1]),
-                             "psnr": psnr(pixels, decoded), "ms_ssim": ms_ssim(pixels, decoded)})
-        mean = {key: float(np.mean([r[key] for r in rows])) for key in ("bpp", "psnr", "ms_ssim")}
-        points.append({"setting": setting, **mean, "images": rows})
-        say(f"{label} {setting}: {mean['bpp']:.3f} bpp, {mean['psnr']:.2f} dB")
+            rows.append(_measure_row(name, pixels, data, decoded))
+        points.append(_point(setting, rows))
+        _say_point(say, label, setting, points[-1])
     return {"label": label, "points": points}
 
 
-def dcae_coder(bundle: str, threads: int | None):
-    """The runtime on a bundle, at the bundle's one rate: (file bytes, decoded)."""
+def measure_dcae(bundle: str, qualities, images: list[np.ndarray], names: list[str], say,
+                 threads: int | None = None, label: str = "DCAE") -> dict:
+    """A bundle's curve over `qualities` (the runtime on onnxruntime, the
+    default backend): per quality, every image's bpp, PSNR and MS-SSIM, and
+    their means, with the gain code the quality codes at."""
     from dcae_deploy.runtime import Codec
 
     codec = Codec(bundle, threads=threads)
-
-    def code(pixels: np.ndarray, setting):
-        data = codec.compress(pixels)
-        return data, codec.decompress(data)
-
-    return code
+    codes = {q: codec.rate_levels.gain_code(q) for q in qualities}
+    rows: dict = {q: [] for q in qualities}
+    for name, pixels in zip(names, images):
+        analysis = codec.analyse(pixels)  # g_a, h_a, h_s once; each quality's slice loop below
+        for q in qualities:
+            data = codec.code(analysis, codes[q]).data
+            rows[q].append(_measure_row(name, pixels, data, codec.decompress(data)))
+    points = []
+    for q in qualities:
+        points.append(_point(q, rows[q], quality=q, gain_code=codes[q]))
+        _say_point(say, label, f"quality {q:g}", points[-1])
+    return {"label": label, "bundle": bundle, "rate_levels": codec.rate_levels.to_record(), "points": points}
 
 
 def psnr_at_rate(curve: dict, image: str, rate: float) -> float | None:
     """A codec's PSNR on one image, interpolated linearly at `rate` bpp (None
     outside the rates its sweep reached)."""
-    rows = sorted(((r["bpp"], r["psnr"]) for p in curve["points"] for r in p["images"] if r["image"] == image))
+    rows = sorted((r["bpp"], r["psnr"]) for p in curve["points"] for r in p["images"]
+                  if r["image"] == image and r["psnr"] is not None)
     rates = [r for r, _ in rows]
     if not rows or not rates[0] <= rate <= rates[-1]:
         return None
@@ -99,69 +176,145 @@ def against_codecs(curves: dict, point: dict) -> dict:
     the same bpp, per image, over the images where the codec reaches that rate."""
     table = {}
     for curve in curves.values():
-        deltas = [row["psnr"] - other for row in point["images"]
-                  if (other := psnr_at_rate(curve, row["image"], row["bpp"])) is not None]
+        deltas = [row["psnr"] - other for row in point["images"] if row["psnr"] is not None
+                  and (other := psnr_at_rate(curve, row["image"], row["bpp"])) is not None]
         table[curve["label"]] = {"psnr_delta_db": float(np.mean(deltas)) if deltas else None,
                                  "images": len(deltas)}
     return table
 
 
-def plot(curves: dict, dcae: dict | None, path: Path) -> None:
+def plot(curves: dict, dcae_curves: list[dict], path: Path, title: str | None = None) -> None:
+    """PSNR and MS-SSIM (dB) against bpp: the codecs' curves dashed, each DCAE
+    curve solid (a single point: a star), up to a little past DCAE's highest rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for curve in curves.values():
-        bpp = [p["bpp"] for p in curve["points"]]
-        axes[0].plot(bpp, [p["psnr"] for p in curve["points"]], marker=".", label=curve["label"])
-        axes[1].plot(bpp, [-10 * np.log10(max(1 - p["ms_ssim"], 1e-9)) for p in curve["points"]], marker=".",
-                     label=curve["label"])
-    if dcae:
-        axes[0].plot([dcae["bpp"]], [dcae["psnr"]], "k*", markersize=12, label="DCAE (one rate)")
-        axes[1].plot([dcae["bpp"]], [-10 * np.log10(max(1 - dcae["ms_ssim"], 1e-9))], "k*", markersize=12,
-                     label="DCAE (one rate)")
-    for ax, ylabel in zip(axes, ("PSNR (dB, RGB)", "MS-SSIM (dB: -10 log10(1 - MS-SSIM))")):
-        ax.set_xlabel("bpp")
+    dcae_rates = [p["bpp"] for c in dcae_curves for p in c["points"] if p.get("bpp")]
+    high = 1.25 * max(dcae_rates) if dcae_rates else 1.6
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    styles = [(curve, {"linestyle": "--", "marker": ".", "alpha": 0.8}) for curve in curves.values()]
+    styles += [(curve, {"linestyle": "-", "marker": "*" if len(curve["points"]) == 1 else "o",
+                        "markersize": 12 if len(curve["points"]) == 1 else 5, "linewidth": 2})
+               for curve in dcae_curves]
+    for k, (curve, style) in enumerate(styles):
+        for ax, metric in zip(axes, METRICS):
+            points = [(r, v) for r, v in metric_points(curve, metric) if r <= high]
+            if points:
+                ax.plot(*zip(*points), color=f"C{k % 10}", label=curve["label"], **style)
+    for ax, ylabel in zip(axes, ("PSNR (dB, RGB)", "MS-SSIM (dB: -10 log10(1 - MS-SSIM), RGB)")):
+        ax.set_xlabel("bpp (whole files)")
         ax.set_ylabel(ylabel)
-        ax.set_xlim(0, 1.6)
+        ax.set_xlim(0, high)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # no MS-SSIM for images under 161 px a side
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _pct(value) -> str:
+    return "no common range" if value is None else f"{value:+.1f} %"
+
+
+def _num(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def codec_lines(codecs: dict) -> list[str]:
+    """One line per codec: library version, settings, quality sweep (`codecs.describe`)."""
+    return [f"- {name}: {info['library']}, settings {info['settings'] or 'defaults'}, qualities "
+            f"{', '.join(map(str, info['qualities']))}" for name, info in codecs.items()]
+
+
+def curve_table(curve: dict) -> list[str]:
+    lines = ["| quality | gain code | bpp | PSNR (dB) | MS-SSIM | MS-SSIM (dB) |", "|---|---|---|---|---|---|"]
+    for p in curve["points"]:
+        lines.append(f"| {p['quality']:g} | {p['gain_code']} | {_num(p['bpp'], '.4f')} | {_num(p['psnr'], '.2f')} | "
+                     f"{_num(p['ms_ssim'], '.4f')} | {_num(msssim_db(p['ms_ssim']), '.2f')} |")
+    return lines
+
+
 def markdown(result: dict) -> str:
     lines = ["# Rate-distortion curves", "", f"Command: `{result['command']}`  ",
-             f"CPU: {result['cpu']}; date: {result['date']}; images: {result['images']} from `{result['images_dir']}`",
-             "", "Codecs and settings:", ""]
-    for name, info in result["codecs"].items():
-        lines.append(f"- {name}: {info['library']}, settings {info['settings'] or 'defaults'}, "
-                     f"qualities {info['qualities'][0]}..{info['qualities'][-1]}")
-    if result.get("dcae"):
-        point = result["dcae"]
-        lines.append(f"- DCAE: bundle `{point['bundle']}` at its one rate: {point['bpp']:.4f} bpp, "
-                     f"{point['psnr']:.2f} dB, MS-SSIM {point['ms_ssim']:.4f}")
-    lines += ["", "![RD curves](rd_curves.png)", ""]
+             f"Run: {result['created']}; CPU: {result['cpu']}; threads: {result['threads'] or 'library default'}  ",
+             f"Images: {result['images']} from `{result['images_dir']}`", "", "Codecs and settings:", ""]
+    lines += codec_lines(result["codecs"])
+    dcae = result.get("dcae")
+    if dcae:
+        levels = dcae["rate_levels"]
+        lines.append(f"- DCAE: bundle `{dcae['bundle']}` on onnxruntime, qualities "
+                     f"{', '.join(format(p['quality'], 'g') for p in dcae['points'])} (rate levels: gains "
+                     f"{', '.join(format(g, 'g') for g in levels['gains'])}, quality 50 = level {levels['reference']})")
+    lines += ["", f"![RD curves]({PLOT})", "",
+              "Curves: mean bpp (whole files) and mean PSNR / MS-SSIM (RGB) over the images at each setting."]
+    if dcae and result.get("bd_rate"):
+        lines += ["", "## BD-rate of DCAE against each codec", "",
+                  "Bjontegaard delta rate (monotone cubic interpolation of log bpp over the quality range both "
+                  "curves cover); negative: DCAE needs that many fewer bits for the same quality. MS-SSIM in dB.", "",
+                  "| codec | BD-rate, PSNR | BD-rate, MS-SSIM |", "|---|---|---|"]
+        for name, values in result["bd_rate"].items():
+            lines.append(f"| {name} | {_pct(values['psnr'])} | {_pct(values['ms_ssim'])} |")
+    if dcae:
+        lines += ["", "## DCAE's curve", ""] + curve_table(dcae)
     if result.get("against"):
-        lines += ["DCAE against each codec at the same bpp, per image (positive: DCAE is better):", "",
-                  "| codec | PSNR difference (dB) | images |", "|---|---|---|"]
-        for name, values in result["against"].items():
-            delta = values["psnr_delta_db"]
-            lines.append(f"| {name} | {f'{delta:+.2f}' if delta is not None else 'rate not reached'} | "
-                         f"{values['images']} |")
-        lines.append("")
-    lines += ["Mean points:", "", "| codec | setting | bpp | PSNR (dB) | MS-SSIM |", "|---|---|---|---|---|"]
+        names = list(next(iter(result["against"].values())))
+        lines += ["", "## PSNR difference at the same bpp", "",
+                  "Per quality, the mean over images of DCAE's PSNR minus the codec's at the bpp of DCAE's file of "
+                  "that image (interpolated in the codec's sweep on that image; positive: DCAE is better; in "
+                  "brackets the images where the codec reaches that rate).", "",
+                  "| quality | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for quality, table in result["against"].items():
+            cells = [f"{v['psnr_delta_db']:+.2f} dB ({v['images']})" if v["psnr_delta_db"] is not None
+                     else "rate not reached" for v in table.values()]
+            lines.append(f"| {quality} | " + " | ".join(cells) + " |")
+    lines += ["", "## Codec points", "", "| codec | setting | bpp | PSNR (dB) | MS-SSIM |", "|---|---|---|---|---|"]
     for curve in result["curves"].values():
         for p in curve["points"]:
-            lines.append(f"| {curve['label']} | {p['setting']} | {p['bpp']:.4f} | {p['psnr']:.2f} | {p['ms_ssim']:.4f} |")
+            lines.append(f"| {curve['label']} | {p['setting']} | {_num(p['bpp'], '.4f')} | {_num(p['psnr'], '.2f')} | "
+                         f"{_num(p['ms_ssim'], '.4f')} |")
     return "\n".join(lines) + "\n"
 
 
 def parse_list(text: str, kind=str) -> list:
-    return [kind(v) for v in text.split(",") if v.strip()]
+    return [kind(v.strip()) for v in text.split(",") if v.strip()]
+
+
+def parse_qualities(text: str) -> list[float]:
+    """'0,50,100' -> [0, 50, 100]: sorted, distinct, each 0..100 (integers kept as int)."""
+    from dcae_deploy.runtime.quality import check_quality
+
+    try:
+        values = {check_quality(v) for v in parse_list(text)}
+    except Exception as exc:  # noqa: BLE001 - BadInputError: a usage error
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one quality")
+    return [int(q) if q == int(q) else q for q in sorted(values)]
+
+
+def parse_codecs(text: str) -> list[str]:
+    """'jpeg,webp' -> ["jpeg", "webp"]; 'none' -> []."""
+    keys = [] if text.strip().lower() == "none" else parse_list(text.lower())
+    unknown = [k for k in keys if k not in CODECS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown codec(s) {', '.join(unknown)}; choose from {', '.join(CODECS)} "
+                                         f"or none")
+    return list(dict.fromkeys(keys))
+
+
+def measure_codecs(keys: list[str], images: list[np.ndarray], names: list[str], say) -> dict:
+    """{key: curve} of each codec's sweep on `images`."""
+    curves = {}
+    for key in keys:
+        codec = CODECS[key]
+        curves[key] = measure_codec(lambda px, q, c=codec: (data := c.encode(px, q), c.decode(data)),
+                                    codec.qualities, images, names, codec.name, say)
+    return curves
 
 
 def main(argv=None) -> int:
@@ -170,9 +323,13 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", required=True, help="folder of test images (e.g. tests/data/kodak)")
     p.add_argument("--limit", type=int, default=None, help="the first N images, sorted")
-    p.add_argument("--bundle", default=None, help="a DCAE bundle to place against the curves (default: none)")
-    p.add_argument("--codecs", type=parse_list, default=list(CODECS), help="comma-separated subset of "
-                   f"{','.join(CODECS)} (default: all)")
+    p.add_argument("--bundle", default=None, help="a DCAE bundle to draw against the curves (default: none)")
+    p.add_argument("--qualities", type=parse_qualities, default=list(DEFAULT_QUALITIES), metavar="Q1,Q2,...",
+                   help="the bundle's qualities, 0..100 (default: "
+                        f"{','.join(map(str, DEFAULT_QUALITIES))}); one quality (50: the reference rate) places a "
+                        "single point")
+    p.add_argument("--codecs", type=parse_codecs, default=list(CODECS), help="comma-separated subset of "
+                   f"{','.join(CODECS)}, or none (default: all)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="folder for rd_curves.{json,md,png}")
     args = p.parse_args(argv)
@@ -181,9 +338,7 @@ def main(argv=None) -> int:
     from dcae_deploy.runtime.cpu import cpu_description
     from dcae_deploy.runtime.imaging import load_image
 
-    unknown = [k for k in args.codecs if k not in CODECS]
-    if unknown:
-        p.error(f"unknown codec(s) {', '.join(unknown)}; choose from {', '.join(CODECS)}")
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     missing = {k: r for k in args.codecs if (r := unavailable_reason(k))}
     if missing:
         print("rd_curves: error: " + "; ".join(f"{CODECS[k].name}: {r}" for k, r in missing.items()), file=sys.stderr)
@@ -196,27 +351,25 @@ def main(argv=None) -> int:
     images = [load_image(path) for path in paths]
     names = [path.name for path in paths]
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    curves = {}
-    dcae = measure_codec(dcae_coder(args.bundle, args.threads), ["bundle"], images, names, "DCAE", say)["points"][0] \
-        if args.bundle else None
-    for key in args.codecs:
-        codec = CODECS[key]
-        curves[key] = measure_codec(lambda px, q, c=codec: (data := c.encode(px, q), c.decode(data)),
-                                    codec.qualities, images, names, codec.name, say)
+    dcae = measure_dcae(args.bundle, args.qualities, images, names, say, args.threads) if args.bundle else None
+    curves = measure_codecs(args.codecs, images, names, say)
     from .report import relative_paths
 
     result = relative_paths({
-        "command": "python -m dcae_deploy.bench.rd_curves " + " ".join(argv), "cpu": cpu_description(),
-        "date": time.strftime("%Y-%m-%d"), "images_dir": args.images, "images": len(paths),
-        "codecs": describe(args.codecs),
-        "dcae": {"bundle": args.bundle, **dcae} if dcae else None,
-        "against": against_codecs(curves, dcae) if dcae else None, "curves": curves})
+        "command": "python -m dcae_deploy.bench.rd_curves " + " ".join(argv), "created": started,
+        "date": started[:10], "cpu": cpu_description(), "threads": args.threads,
+        "images_dir": args.images, "images": len(paths), "image_names": names,
+        "codecs": describe(args.codecs), "dcae": dcae,
+        "bd_rate": {c["label"]: bd_rates(c, dcae) for c in curves.values()} if dcae else None,
+        "against": {format(pt["quality"], "g"): against_codecs(curves, pt) for pt in dcae["points"]}
+        if dcae and curves else None,
+        "curves": curves})
     text = markdown(result)
     print(text)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        plot(curves, dcae, out / "rd_curves.png")
+        plot(curves, [dcae] if dcae else [], out / PLOT, title=f"{len(paths)} images from {result['images_dir']}")
         (out / "rd_curves.md").write_text(text)
         (out / "rd_curves.json").write_text(json.dumps(result, indent=1))
     return 0

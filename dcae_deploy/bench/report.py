@@ -5,6 +5,7 @@ from pathlib import Path
 
 LATENCY_PLOT = "latency_by_stage.png"
 RD_PLOT = "rate_distortion.png"
+CURVES_PLOT = "rd_curves.png"  # with --qualities: every setup's curve and the codecs
 # Stage groups of the stacked bars: slices summed, in pipeline order.
 STAGE_GROUPS = [("load / pad", ("load",)), ("g_a", ("g_a",)), ("h_a", ("h_a",)), ("z coding", ("z_coding",)),
                 ("h_s", ("h_s",)), ("slice params", ("slice_params_",)), ("slice coding", ("slice_coding_",)),
@@ -16,11 +17,12 @@ def _timing_plan(options: dict) -> str:
     if options.get("no_speed"):
         return "no timing (--no-speed): rate-distortion and the decodability matrix only."
     rounds = options.get("rounds", 1)
+    at = " Timing at quality 50, the reference rate." if options.get("qualities") else ""
     if rounds == 1:
-        return f"warm-up 1 run per image, then {options['repeats']} timed runs."
+        return f"warm-up 1 run per image, then {options['repeats']} timed runs.{at}"
     return (f"{rounds} rounds, the setups in turn, each setup in a fresh process per round: warm-up 1 run per "
             f"image, then {options['repeats']} timed runs ({rounds * options['repeats']} per image in all, pooled; "
-            f"stages: mean over rounds of each round's median).")
+            f"stages: mean over rounds of each round's median).{at}")
 
 
 def stage_order(names) -> list[str]:
@@ -151,6 +153,19 @@ def plot_rate_distortion(report: dict, path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
+
+
+def plot_curves(report: dict, path: Path) -> bool:
+    """Every setup's curve over the qualities with the codecs' (rd_curves.png)."""
+    from .rd_curves import plot
+
+    curves = report["rd_curves"]
+    if not curves["setups"]:
+        return False
+    images = len(report["options"]["images"])
+    plot(curves["codec_curves"], list(curves["setups"].values()), path,
+         title=f"{images} image(s) from {report['options']['images_dir']}")
     return True
 
 
@@ -326,12 +341,49 @@ def _outcome_text(o: dict) -> str:
     return text + (f" ({o['warned']} with a warning)" if o.get("warned") else "")
 
 
+def _quality_text(quality) -> str:
+    return "–" if quality is None else format(quality, "g")
+
+
+def _matrix_table(names: list[str], cells: dict, no_check: set) -> list[str]:
+    """Encoders (rows) x decoders (columns) of one quality; `cells`: (encoder, decoder) -> cell."""
+    header = [f"{n} (no desync check)" if n in no_check else n for n in names]
+    lines = ["| encoder ↓ / decoder → | " + " | ".join(header) + " |", "|---|" + "---|" * len(names)]
+    for e in names:
+        row = []
+        for d in names:
+            c = cells.get((e, d))
+            if not c:
+                row.append("–")
+                continue
+            text = _outcome_text(c)
+            if c["forced"]:
+                text += f"; forced: {_outcome_text(c['forced'])}"
+            row.append(text)
+        lines.append(f"| **{e}** | " + " | ".join(row) + " |")
+    return lines
+
+
+def _quality_summary(matrix: dict) -> list[str]:
+    """Per quality: the files written and the cross-setup decodes, by outcome."""
+    lines = ["| quality | files | cross-setup decodes | to the encoder's symbols | refused | WRONG without error |",
+             "|---|---|---|---|---|---|"]
+    for q in matrix["qualities"]:
+        cells = [c for c in matrix["cells"] if c.get("quality") == q]
+        own = sum(c["images"] for c in cells if c["encoder"] == c["decoder"])
+        cross = [c for c in cells if c["encoder"] != c["decoder"]]
+        exact = sum(c["identical"] + c["decoded"] + c.get("symbols_exact", 0) for c in cross)
+        wrong = sum(c["wrong_silent"] for c in cells)
+        lines.append(f"| {_quality_text(q)} | {own} | {sum(c['images'] for c in cross)} | {exact} | "
+                     f"{sum(c['refused_total'] for c in cross)} | {f'**{wrong}**' if wrong else 0} |")
+    return lines
+
+
 def _matrix(report: dict) -> list[str]:
     matrix = report.get("matrix")
     if not matrix:
         return ["Not run (--speed-only or --no-matrix)."]
     names = matrix["setups"]
-    cells = {(c["encoder"], c["decoder"]): c for c in matrix["cells"]}
     lines = []
     if matrix.get("images") is not None and matrix["images"] < matrix["of_images"]:
         lines += [f"Off the diagonal: the files of the first {matrix['images']} of the {matrix['of_images']} "
@@ -348,20 +400,16 @@ def _matrix(report: dict) -> list[str]:
                   f"decodes each distinct file of an image once, and the result counts for every encoder that "
                   f"wrote those same bytes.", ""]
     no_check = {c["decoder"] for c in matrix["cells"] if not c["decoder_detects_desync"]}
-    header = [f"{n} (no desync check)" if n in no_check else n for n in names]
-    lines += ["| encoder ↓ / decoder → | " + " | ".join(header) + " |", "|---|" + "---|" * len(names)]
-    for e in names:
-        row = []
-        for d in names:
-            c = cells.get((e, d))
-            if not c:
-                row.append("–")
-                continue
-            text = _outcome_text(c)
-            if c["forced"]:
-                text += f"; forced: {_outcome_text(c['forced'])}"
-            row.append(text)
-        lines.append(f"| **{e}** | " + " | ".join(row) + " |")
+    qualities = matrix.get("qualities")
+    if qualities:
+        lines += [f"Every setup's files at each of the {len(qualities)} qualities, decoded by every setup (a "
+                  f"setup that writes the reference rate only has no row at the other qualities: see the "
+                  f"notes). Per quality:", ""] + _quality_summary(matrix)
+        for q in qualities:
+            cells = {(c["encoder"], c["decoder"]): c for c in matrix["cells"] if c.get("quality") == q}
+            lines += ["", f"### Quality {_quality_text(q)}", ""] + _matrix_table(names, cells, no_check)
+    else:
+        lines += _matrix_table(names, {(c["encoder"], c["decoder"]): c for c in matrix["cells"]}, no_check)
     examples = {}
     for c in matrix["cells"]:
         for o in (c, c["forced"] or {}):
@@ -370,11 +418,12 @@ def _matrix(report: dict) -> list[str]:
     if examples:
         lines += ["", "Refusal messages (one example per error class):", ""]
         lines += [f"- `{name}`: {message}" for name, message in examples.items()]
-    wrong = [(c["encoder"], c["decoder"], w) for c in matrix["cells"] for w in c["wrong"]]
+    wrong = [(c["encoder"], c["decoder"], c.get("quality"), w) for c in matrix["cells"] for w in c["wrong"]]
     if wrong:
         lines += ["", "Silently wrong decodes:", ""]
-        lines += [f"- {e} → {d}, {w['image']}: {w['symbols_wrong']} of {w['symbols']} symbols wrong, "
-                  f"PSNR against the right decode {_fmt(w['psnr_vs_right_decode'])} dB" for e, d, w in wrong]
+        lines += [f"- {e} → {d}, {w['image']}{'' if q is None else f' at quality {q:g}'}: {w['symbols_wrong']} "
+                  f"of {w['symbols']} symbols wrong, PSNR against the right decode "
+                  f"{_fmt(w['psnr_vs_right_decode'])} dB" for e, d, q, w in wrong]
     return lines
 
 
@@ -413,6 +462,42 @@ def _rd_per_image(report: dict) -> list[str]:
         lines.append(f"| {s['name']} | {_fmt(m['bpp'], '.4f')} | {_fmt(m['psnr-rgb'])} | "
                      f"{_fmt(m['ms-ssim-rgb'], '.4f')} | {_fmt(m.get('jpeg_bpp'), '.4f')} | "
                      f"{_fmt(m.get('jpeg_psnr-rgb'))} |")
+    return lines
+
+
+def _rd_curves(report: dict) -> list[str]:
+    from .rd_curves import codec_lines, msssim_db
+
+    curves = report["rd_curves"]
+    setups = curves["setups"]
+    if not setups:
+        return ["No setup coded at the qualities."]
+    n = max(p["images"] for c in setups.values() for p in c["points"])
+    lines = [f"Each setup codes every image at each quality; a point is the mean bpp (whole files) and the mean "
+             f"PSNR / MS-SSIM (RGB) over the {n} images. The codecs run their quality sweeps on the same images "
+             f"(dcae_deploy.bench.codecs):", ""]
+    lines += codec_lines(curves["codecs"]) or [
+        "- none" + ("" if curves["codecs_not_available"] else " (--codecs none)")]
+    lines += [f"- {name}: not available: {reason}" for name, reason in curves["codecs_not_available"].items()]
+    lines += ["", "| setup | quality | gain code | bpp | PSNR (dB) | MS-SSIM | MS-SSIM (dB) |",
+              "|---|---|---|---|---|---|---|"]
+    for name, curve in setups.items():
+        for p in curve["points"]:
+            lines.append(f"| {name} | {_quality_text(p['quality'])} | {p['gain_code']} | {_fmt(p['bpp'], '.4f')} | "
+                         f"{_fmt(p['psnr'])} | {_fmt(p['ms_ssim'], '.4f')} | {_fmt(msssim_db(p['ms_ssim']))} |")
+    if report["plots"].get("rd_curves"):
+        lines += ["", f"![rate-distortion curves]({report['plots']['rd_curves']})"]
+    codecs = [c["label"] for c in curves["codec_curves"].values()]
+    if codecs:
+        for metric, title in (("psnr", "PSNR"), ("ms_ssim", "MS-SSIM in dB")):
+            lines += ["", f"BD-rate against each codec, on {title} (negative: the setup needs that many fewer bits "
+                          f"for the same quality; Bjontegaard, monotone cubic interpolation of log bpp over the "
+                          f"quality range both curves cover):", "",
+                      "| setup | " + " | ".join(codecs) + " |", "|---|" + "---|" * len(codecs)]
+            for name, table in curves["bd_rate"].items():
+                cells = [table[c][metric] for c in codecs]
+                lines.append(f"| {name} | " + " | ".join("no common range" if v is None else f"{v:+.1f} %"
+                                                          for v in cells) + " |")
     return lines
 
 
@@ -460,10 +545,12 @@ def markdown(report: dict) -> str:
               f"Images: {len(report['options']['images'])} from `{report['options']['images_dir']}` "
               f"({', '.join(report['options']['images'][:6])}{', …' if len(report['options']['images']) > 6 else ''}); "
               + _timing_plan(report['options']), ""]
+    headline_quality = report["options"].get("headline_quality")
+    at = "" if headline_quality is None else f" at quality {headline_quality:g}"
     lines += ["## Headline", ""] + _headline(report) + [
         "", "encode / decode ms: median over all timed runs of all images; speed-up: the torch setup's median "
-        "divided by this setup's. bpp counts the whole file (header included); PSNR and MS-SSIM on RGB, "
-        "means over images.", ""]
+        f"divided by this setup's. bpp counts the whole file (header included); PSNR and MS-SSIM on RGB, "
+        f"means over images{at}.", ""]
     unavailable = [s for s in report["setups"] if not s["available"]]
     if unavailable or report.get("notes"):
         lines += ["## Not available, and notes", ""]
@@ -474,9 +561,16 @@ def markdown(report: dict) -> str:
         lines += ["## Speed and memory", "", "Not measured (--no-speed)."]
     else:
         lines += _speed_sections(report)
-    lines += ["", "## Rate-distortion", ""] + _rd_per_image(report)
+    lines += ["", "## Rate-distortion", ""]
+    if headline_quality is not None:
+        lines += [f"At quality {headline_quality:g} (qualities coded: "
+                  f"{', '.join(format(q, 'g') for q in report['options']['qualities'])}; every quality in the "
+                  f"curves below).", ""]
+    lines += _rd_per_image(report)
     if report["plots"].get("rate_distortion"):
         lines += ["", f"![rate-distortion]({report['plots']['rate_distortion']})"]
+    if report.get("rd_curves"):
+        lines += ["", "### Curves over the qualities", ""] + _rd_curves(report)
     lines += ["", "## Decodability matrix", "",
               "Each file encoded by the row's setup, decoded by the column's. *identical*: the encoder's exact "
               "symbols and the encoder setup's own pixels; *decoded*: the exact symbols, pixels differing by "
@@ -488,7 +582,7 @@ def markdown(report: dict) -> str:
               "decodes a .dcae's streams with DCAE.decompress.", ""] + _matrix(report)
     lines += ["", "## Encoder disagreement per slice", "",
               "Fraction of scale-table indexes / of round(y - mu) symbols that differ between two setups' "
-              "encoders on the same image. A difference in slice i changes the context of later slices, so "
+              f"encoders on the same image{at}. A difference in slice i changes the context of later slices, so "
               "later slices inherit it; between setups with different g_a / h_a precision the latents "
               "themselves differ, so these fractions measure that, not numeric noise.", ""] + \
         _symbol_differences(report)
@@ -534,4 +628,32 @@ def write_report_files(report: dict, out: Path) -> None:
         "latency": LATENCY_PLOT if plot_latency(report, out / LATENCY_PLOT) else None,
         "rate_distortion": RD_PLOT if plot_rate_distortion(report, out / RD_PLOT) else None,
     }
+    if report.get("rd_curves"):
+        report["plots"]["rd_curves"] = CURVES_PLOT if plot_curves(report, out / CURVES_PLOT) else None
     (out / "report.md").write_text(markdown(report))
+
+
+def run_facts(module: str, argv) -> dict:
+    """What every standalone benchmark's report states about its run: the
+    command as typed, the CPU, the date and the load average at the start."""
+    import datetime
+    import shlex
+    import sys
+
+    from .machine import cpu_description, load_average
+
+    return {"command": shlex.join(["python", "-m", module] + list(argv if argv is not None else sys.argv[1:])),
+            "cpu": cpu_description(), "date": datetime.date.today().isoformat(), "load_before": load_average()}
+
+
+def emit_report(result: dict, render, out: Path | None, json_path: Path | None) -> None:
+    """Write a standalone benchmark's Markdown (`render(result)`) to `out` and
+    its numbers to `json_path` where given, and print the Markdown."""
+    import json
+
+    text = render(result)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=1))
+    if out:
+        out.write_text(text)
+    print(text)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from dcae_deploy.runtime.container import sniff, unpack, unpack_bin
+from dcae_deploy.runtime.container import GAIN_CODE_ONE, sniff, unpack, unpack_bin
 from dcae_deploy.runtime.cpu import AVX2_KERNELS_ENV, SSE41_KERNELS_ENV
 
 TORCH = "torch"
@@ -88,6 +88,11 @@ def streams_of(data: bytes) -> tuple[bytes, bytes, int, int]:
         return parsed.y, parsed.z, parsed.height, parsed.width
     parsed = unpack(data)
     return parsed.y, parsed.z, parsed.header.height, parsed.header.width
+
+
+def file_gain_code(data: bytes) -> int:
+    """The quality knob's gain code a file was coded at (upstream .bin: the reference rate)."""
+    return GAIN_CODE_ONE if sniff(data) == "bin" else unpack(data).header.gain_code
 
 
 def environment_in_effect(env: dict[str, str]) -> bool:

@@ -9,7 +9,10 @@ setup asked for is listed in the report; one that cannot run here carries the
 reason instead of results, so a missing TensorRT is visible, not dropped.
 
 `open_setup` gives a `SetupCoder` with the same few calls for both kinds:
-`encode(pixels)` (file bytes, streams, the encoder's indexes and symbols),
+`encode(pixels, quality=None)` (file bytes, streams, the encoder's indexes
+and symbols; `quality` 0..100 as `Codec.encode` takes it, None: 50, the
+reference rate), `codes_qualities` (False where the setup writes the
+reference rate only: the reference on a GPU, the C++ host),
 `decode(data, force)` (pixels and the symbols the decoder read), `timings`
 (seconds per stage of the last call, the keys of `Codec.last_timings`).
 This module imports torch only when a torch setup is opened, so a runtime
@@ -71,8 +74,10 @@ class RuntimeCoder:
     def timings(self) -> dict:
         return self.codec.last_timings
 
-    def encode(self, pixels) -> Encoded:
-        result = self.codec.encode(pixels)
+    codes_qualities = True
+
+    def encode(self, pixels, quality: float | None = None) -> Encoded:
+        result = self.codec.encode(pixels, quality=quality)
         return Encoded(result.data, ".dcae", result.height, result.width, result.indexes, result.symbols)
 
     def decompress(self, data: bytes) -> np.ndarray:

@@ -21,9 +21,7 @@ Writes a Markdown report (command, CPU, date, timings) to --out.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -33,7 +31,9 @@ import numpy as np
 
 def mosaic(images: list[Path], height: int, width: int) -> np.ndarray:
     """uint8 (height, width, 3): the images, landscape (portrait ones turned),
-    row by row in name order, cropped to the size."""
+    row by row in name order, cropped to the size; where they do not cover
+    it, they come round again mirrored (left-right, then top-bottom), so no
+    two cells hold the same pixels."""
     from dcae_deploy.runtime.imaging import load_image
 
     cells = []
@@ -43,8 +43,11 @@ def mosaic(images: list[Path], height: int, width: int) -> np.ndarray:
     ch, cw = min(c.shape[0] for c in cells), min(c.shape[1] for c in cells)
     cells = [c[:ch, :cw] for c in cells]
     rows, cols = -(-height // ch), -(-width // cw)
-    if rows * cols > len(cells):
-        raise SystemExit(f"tiling_halo: {len(cells)} images of {cw}x{ch} do not cover {width}x{height}")
+    base = len(cells)
+    if rows * cols > 4 * base:
+        raise SystemExit(f"mosaic: {base} images of {cw}x{ch} do not cover {width}x{height} even mirrored")
+    mirrors = (lambda c: c, lambda c: c[:, ::-1], lambda c: c[::-1], lambda c: c[::-1, ::-1])
+    cells = [mirrors[i // base](cells[i % base]) for i in range(rows * cols)]
     grid = np.concatenate([np.concatenate(cells[r * cols:(r + 1) * cols], axis=1) for r in range(rows)], axis=0)
     return np.ascontiguousarray(grid[:height, :width])
 
@@ -211,15 +214,14 @@ def report(result: dict) -> str:
 
 
 def _measure_and_describe(args, argv) -> dict:
-    from dcae_deploy.bench.machine import cpu_description, load_average
+    from dcae_deploy.bench.machine import load_average
+    from dcae_deploy.bench.report import run_facts
     from dcae_deploy.runtime.default_bundle import ensure_default_bundle
 
     width, height = (int(v) for v in args.size.lower().split("x"))
     bundle = args.bundle or str(ensure_default_bundle(announce=lambda m: print(m, file=sys.stderr)))
     images = [p for p in args.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff")]
-    facts = {"command": shlex.join(["python", "-m", "dcae_deploy.bench.tiling_halo"]
-                                   + (argv if argv is not None else sys.argv[1:])),
-             "cpu": cpu_description(), "date": datetime.date.today().isoformat(), "load_before": load_average()}
+    facts = run_facts("dcae_deploy.bench.tiling_halo", argv)
     result = measure(bundle, images, height, width, args.tile, [int(h) for h in args.halos.split(",")], args.threads)
     return {**facts, **result, "load_after": load_average()}
 
@@ -245,12 +247,9 @@ def main(argv=None) -> int:
         from .report import relative_paths
 
         result = relative_paths(_measure_and_describe(args, argv))
-    text = report(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    from .report import emit_report
+
+    emit_report(result, report, args.out, args.json)
     return 0
 
 

@@ -39,8 +39,12 @@ class TorchCoder:
     def timings(self) -> dict:
         return self.reference.last_timings
 
-    def encode(self, pixels) -> Encoded:
-        result = self.reference.encode(pixels)
+    @property
+    def codes_qualities(self) -> bool:
+        return self.reference.codes_qualities
+
+    def encode(self, pixels, quality: float | None = None) -> Encoded:
+        result = self.reference.encode(pixels, quality)
         suffix = ".dcae" if sniff(result.data) == "dcae" else ".bin"
         return Encoded(result.data, suffix, result.height, result.width, result.indexes, result.symbols)
 

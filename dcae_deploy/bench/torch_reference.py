@@ -27,13 +27,14 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 
 from dcae.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from dcae.coding import decode_dcae, portable_encoding
-from dcae_deploy.runtime.container import pack, pack_bin
-from dcae_deploy.runtime.errors import BackendUnavailableError
+from dcae.coding import decode_dcae, portable_encoding, rate_levels
+from dcae_deploy.runtime.container import GAIN_CODE_ONE, gain_of, pack, pack_bin
+from dcae_deploy.runtime.errors import BackendUnavailableError, BadInputError
 from dcae_deploy.runtime.geometry import z_shape_for
 from dcae_deploy.runtime.imaging import crop_to_uint8, load_image, pad_image
 from dcae_deploy.runtime.manifest import sha256_file
 from dcae_deploy.runtime.portable import MODEL_MARGIN
+from dcae_deploy.runtime.quality import RateChoice
 from dcae_deploy.runtime.timing import timed
 
 # compressai's RansDecoder reads its stream without bounds checks. A decoder
@@ -100,7 +101,8 @@ class ReferenceEncoded:
     width: int
     y_hat: np.ndarray  # float32 (1, M, h, w)
     indexes: np.ndarray  # int32 (1, M, h, w)
-    symbols: np.ndarray  # int32 (1, M, h, w): round(y - mu)
+    symbols: np.ndarray  # int32 (1, M, h, w): round((y - mu) * a)
+    gain_code: int = GAIN_CODE_ONE  # the quality knob's gain a, as the header carries it
 
 
 @dataclass
@@ -135,6 +137,7 @@ class TorchReference:
         # The margin of its portable files: the model's own (`dcae.margin`), which
         # a bundle of this model (`check_matches`) records too.
         self.margin = MODEL_MARGIN
+        self.rate_levels = rate_levels(self.model)
         self.last_timings: dict[str, float] = {}
 
     @property
@@ -177,10 +180,23 @@ class TorchReference:
     def _tables(self):
         return self.model._gaussian_tables()
 
+    @property
+    def codes_qualities(self) -> bool:
+        """Whether this encoder writes other rates than the reference one:
+        upstream's .bin (on a GPU) has no gain field."""
+        return self.device.type == "cpu"
+
     # ---- encoder: DCAE.compress with timers --------------------------------------------
 
     @torch.no_grad()
-    def encode(self, image) -> ReferenceEncoded:
+    def encode(self, image, quality: float | None = None) -> ReferenceEncoded:
+        """`DCAE.compress` at `quality` (0..100, default 50), as
+        `dcae.coding.encode_image(..., format="dcae", quality=...)` codes it:
+        `DCAE.code_slices`' arithmetic at the gain a of the model's rate levels."""
+        gain_code = RateChoice(quality).gain_code(self.rate_levels)
+        if gain_code != GAIN_CODE_ONE and not self.codes_qualities:
+            raise BadInputError("upstream's .bin (the reference on a GPU) codes the reference rate only")
+        gain = gain_of(gain_code)
         self.last_timings = {}
         started = time.perf_counter()
         model, gc = self.model, self.model.gaussian_conditional
@@ -205,13 +221,18 @@ class TorchReference:
             with timed(f"slice_params_{i}"):
                 mu, scale, support = model.slice_params(i, latent_scales, latent_means, y_hat_slices)
             with timed(f"slice_coding_{i}"):
+                if gain == 1.0:
+                    y_q = gc.quantize(y_slice, "symbols", mu)
+                    y_hat_raw = y_q + mu
+                else:  # DCAE.code_slices' expressions, so that the bytes are the model's
+                    scale = scale * gain
+                    y_q = torch.round((y_slice - mu) * gain).int()
+                    y_hat_raw = y_q.to(mu.dtype) / gain + mu
                 index = gc.build_indexes(scale)
-                y_q = gc.quantize(y_slice, "symbols", mu)
                 symbols.extend(y_q.reshape(-1).tolist())
                 index_maps.append(index)
                 symbol_maps.append(y_q)
                 scale_maps.append(scale)
-                y_hat_raw = y_q + mu
             with timed(f"slice_lrp_{i}"):
                 y_hat_slices.append(model.slice_refine(i, support, y_hat_raw))
 
@@ -221,7 +242,7 @@ class TorchReference:
             with timed("side_stream"):
                 header, portable = portable_encoding(model, height, width,
                                                      torch.cat(scale_maps, 1).float().cpu().numpy(), index_map,
-                                                     self.margin)
+                                                     self.margin, gain_code)
                 index_map, side = portable.indexes, portable.side
         with timed("y_coding"):
             encoder = BufferedRansEncoder()
@@ -234,10 +255,10 @@ class TorchReference:
         self.last_timings["total"] = time.perf_counter() - started
         return ReferenceEncoded(
             data, y_string, z_strings[0], height, width, torch.cat(y_hat_slices, 1).cpu().numpy(),
-            index_map, torch.cat(symbol_maps, 1).cpu().numpy().astype(np.int32))
+            index_map, torch.cat(symbol_maps, 1).cpu().numpy().astype(np.int32), gain_code)
 
-    def compress(self, image) -> bytes:
-        return self.encode(image).data
+    def compress(self, image, quality: float | None = None) -> bytes:
+        return self.encode(image, quality).data
 
     # ---- decoders -----------------------------------------------------------------------
 

@@ -127,8 +127,10 @@ class RemoteTorchCoder:
         lines = [line.strip() for line in self._stderr.read().decode(errors="replace").splitlines() if line.strip()]
         return lines[-1] if lines else "no error output"
 
-    def encode(self, pixels):
-        return self._call("encode", pixels)
+    codes_qualities = True  # the worker's reference runs on the CPU
+
+    def encode(self, pixels, quality: float | None = None):
+        return self._call("encode", pixels, quality)
 
     def decode(self, data: bytes, force: bool = False, synthesize: bool = True):
         return self._call("decode", bytes(data), force, synthesize)

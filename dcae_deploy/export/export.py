@@ -276,6 +276,7 @@ def export_bundle(model: DCAE, out_dir: str | Path, precision: str = "fp32", ent
             precision=precision, entropy_precision=entropy_precision, tools={**tool_versions(), "opset": opset},
             int8_target=getattr(quantize, "target", None) if "int8" in policy.values() else None,
             int8_weight_bits=getattr(quantize, "weight_bits", None) if "int8" in policy.values() else None,
+            rate_levels=dict(getattr(model, "rate_levels", None) or {}),
         )
         manifest.entropy_fingerprint = manifest.compute_entropy_fingerprint()
         margin = None

@@ -35,6 +35,7 @@ from .errors import BadInputError, DcaeError
 from .filejobs import FAILED, NOT_RUN, OK, SKIPPED, FileJob, code_one, expected_header_fields, one_line
 from .inputs import CODED_SUFFIXES, IMAGE_SUFFIXES, expand_inputs, plan_outputs, read_path_list
 from .portable import MODEL_MARGIN
+from .quality import RateChoice
 
 RAY_INSTALL_HINT = "pip install 'dcae-deploy[ray]' (in a source checkout: pip install -e '.[ray]')"
 RESULTS_NAME = "results.jsonl"
@@ -96,7 +97,7 @@ class BatchWorker:
     def __init__(self, job: FileJob):
         self.job = job
         self.codec = job.open_codec()
-        self.expected = expected_header_fields(self.codec, job.margin) if job.mode == "compress" else None
+        self.expected = expected_header_fields(self.codec, job.margin, job.rate) if job.mode == "compress" else None
 
     def __call__(self, row: dict) -> dict:
         record = code_one(self.codec, self.job, row["input"], row["output"], self.expected)
@@ -208,7 +209,7 @@ def run_batch(mode: str, sources: list[str], output_dir: str, *, files_from: lis
               margin: float | str | None = MODEL_MARGIN, force: bool = False, redo: bool = False,
               results: str | None = None, address: str | None = None, num_cpus: int | None = None,
               worker_memory: float | None = None, memory_limit: int | None = None,
-              progress=None) -> BatchSummary:
+              rate: RateChoice | None = None, progress=None) -> BatchSummary:
     """Code every input to `output_dir` on Ray actors; the summary.
 
     `workers`: N actors, a (min, max) pair, or None (autoscale from 1 to the
@@ -216,7 +217,8 @@ def run_batch(mode: str, sources: list[str], output_dir: str, *, files_from: lis
     otherwise a Ray already started in this process is used, or a local one
     is started (`num_cpus`) and shut down at the end. `worker_memory`: bytes
     Ray reserves per actor; `memory_limit`: bytes each actor's image
-    transforms may take (`Codec`'s). `progress(record, summary)` is called on the
+    transforms may take (`Codec`'s); `rate`: compress's quality or size
+    target (None: quality 50). `progress(record, summary)` is called on the
     driver for each results line as it arrives. Results lines go to
     `results` (default `output_dir/results.jsonl`), one per input, in the
     order inputs finish; inputs never tried (Ctrl-C, a Ray failure) are
@@ -227,7 +229,7 @@ def run_batch(mode: str, sources: list[str], output_dir: str, *, files_from: lis
     ray = import_ray()  # first: without Ray, say so before anything else
     pairs = list_jobs(mode, sources, output_dir, files_from)
     job = FileJob(mode, os.path.abspath(bundle), backend, threads, margin if mode == "compress" else None,
-                  force, redo, memory_limit)
+                  force, redo, memory_limit, rate or RateChoice())
     _check_setup(job)
     results_path = Path(results or Path(output_dir) / RESULTS_NAME).absolute()
     summary = BatchSummary(mode, len(pairs), str(results_path))

@@ -16,6 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from .container import gain_of
 from .errors import BadInputError, DcaeError
 from .fileio import absolute_path
 from .filejobs import one_line as _one_line, os_error_message as _os_error_message
@@ -55,6 +56,45 @@ def _memory_size(text: str) -> int:
         return parse_size(text)
     except BadInputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _quality(text: str) -> float:
+    from .quality import check_quality
+
+    try:
+        return check_quality(text)
+    except BadInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _target_bpp(text: str) -> float:
+    from .quality import RateChoice
+
+    try:
+        return RateChoice(target_bpp=text).target_bpp
+    except BadInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_rate_options(parser: argparse.ArgumentParser) -> None:
+    from .quality import DEFAULT_QUALITY, TARGET_TOLERANCE
+
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--quality", "-q", type=_quality, metavar="Q",
+                      help=f"quality from 0 to 100, higher is better (default {DEFAULT_QUALITY}: the model's "
+                           f"reference rate)")
+    rate.add_argument("--target-bpp", type=_target_bpp, metavar="B",
+                      help=f"the largest file of at most B bits per pixel, and within {100 * TARGET_TOLERANCE:.0f} "
+                           f"%% of it; the image transforms run once, the entropy path once per try")
+    rate.add_argument("--max-bytes", type=_positive_int, metavar="N",
+                      help="the largest file of at most N bytes (never over); an image that cannot be "
+                           "coded that small is an error naming the smallest size it can reach")
+
+
+def _rate_choice(args):
+    from .quality import RateChoice
+
+    return RateChoice(args.quality, args.max_bytes, args.target_bpp)
 
 
 def _positive_int(text: str) -> int:
@@ -128,10 +168,15 @@ def _compress(args) -> int:
     targets = _plan_outputs(inputs, single, args.output, ".dcae")
     codec = _open_codec(args)
 
+    rate = _rate_choice(args)
+
     def work(source: Path, target: Path) -> str:
-        result = compress_file(codec, source, target, None if args.not_portable else args.margin)
+        result = compress_file(codec, source, target, None if args.not_portable else args.margin, rate)
         bpp = 8 * len(result.data) / (result.height * result.width)
-        return f"{source} -> {target}: {len(result.data)} bytes, {bpp:.4f} bpp"
+        line = f"{source} -> {target}: {len(result.data)} bytes, {bpp:.4f} bpp"
+        if codec.last_rate_search is not None:
+            line += f" (gain {gain_of(codec.last_rate_search.gain_code):g}, {len(codec.last_rate_search.tries)} tries)"
+        return line
 
     return _for_each(list(zip(inputs, targets)), work)
 
@@ -169,7 +214,7 @@ def _batch(args) -> int:
         margin=None if getattr(args, "not_portable", False) else getattr(args, "margin", MODEL_MARGIN),
         force=getattr(args, "force", False), redo=args.redo, results=args.results, address=args.address,
         num_cpus=args.cpus, worker_memory=args.worker_memory and int(args.worker_memory * 2**30),
-        memory_limit=args.memory_limit,
+        memory_limit=args.memory_limit, rate=_rate_choice(args) if args.batch_command == "compress" else None,
         progress=print_progress_factory(sys.stderr))
     for line in summary.lines():
         print(f"dcae: {line}")
@@ -328,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
                                f"model and bundles that record none; at most {MAX_MARGIN:g})")
     compress.add_argument("--not-portable", action="store_true",
                           help="write a file that only this bundle and backend decode (no side stream)")
+    _add_rate_options(compress)
     compress.set_defaults(run=_compress)
 
     decompress = commands.add_parser(
@@ -375,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="as for dcae compress (default: the model's margin, as its bundle records it)")
     batch_compress.add_argument("--not-portable", action="store_true",
                                 help="as for dcae compress: files for this bundle and backend only")
+    _add_rate_options(batch_compress)
     batch_decompress = batch_commands.add_parser(
         "decompress", help=".dcae / .bin files -> PNG images, on Ray actors",
         description="Decompress .dcae (or upstream .bin) files to PNG images on a pool of Ray actors: the same "

@@ -38,12 +38,13 @@ import numpy as np
 
 from .backends import Backend, GraphRunError, GraphSession, get_backend
 from .bundle import Bundle
-from .container import DcaeHeader, check_decodable_gain, pack, sniff, unpack, unpack_bin
-from .entropy import build_indexes, compress_z, decompress_z, dequantize, quantize_symbols
+from .container import GAIN_CODE_ONE, DcaeHeader, gain_of, pack, sniff, unpack, unpack_bin
+from .entropy import build_indexes, coded_scales, compress_z, decompress_z, dequantize, quantize_symbols
 from .errors import BadInputError, CorruptStreamError, FingerprintMismatchError
 from .portable import MODEL_MARGIN, PortableDecoding, Thresholds, encode_portable, margin_covers
 from .geometry import Y_DOWNSAMPLE, check_dimensions, padded_size, z_shape_for
 from .imaging import crop_to_uint8, load_image, pad_image
+from .quality import RateChoice, RateLevels, RateSearch, search_gain_code
 from .rans import RansStreamDecoder, encode_with_indexes
 from .tiling import ImageTransforms
 from .timing import timed
@@ -68,8 +69,23 @@ class EncodeResult:
     indexes: np.ndarray  # int32 (1, M, h, w): the scale-table index each symbol was coded with
     symbols: np.ndarray  # int32 (1, M, h, w): round(y - mu)
     z_symbols: np.ndarray  # int32 (1, Z, zh, zw): round(z - medians)
-    scales: np.ndarray  # float32 (1, M, h, w): the slice graphs' scale outputs
+    scales: np.ndarray  # float32 (1, M, h, w): the scales coded with, sigma * gain
     side: bytes = b""  # the portable side stream
+
+
+@dataclass
+class Analysis:
+    """An image analysed for coding at any gain (`Codec.analyse`)."""
+
+    height: int
+    width: int
+    y: np.ndarray  # float32 (1, M, h, w): g_a's latent
+    z_stream: bytes
+    z_symbols: np.ndarray
+    scales: np.ndarray  # h_s's latent scales and means, the slice graphs' inputs
+    means: np.ndarray
+    margin: float | None  # the portable files' margin (None: files for this setup)
+    started: float  # perf_counter at the start of the encode
 
 
 @dataclass
@@ -103,6 +119,10 @@ class Codec:
         self.transforms = ImageTransforms(self._run, self.bundle, memory_limit)
         # Seconds per stage of the last compress / decompress call.
         self.last_timings: dict[str, float] = {}
+        # The quality knob's rate levels (the model's trained gains, or the
+        # untrained rule) and the tries of the last rate-controlled encode.
+        self.rate_levels = RateLevels.from_record(self.manifest.rate_levels)
+        self.last_rate_search: RateSearch | None = None
 
     # ---- graphs ----------------------------------------------------------------------
 
@@ -186,25 +206,54 @@ class Codec:
         """`MODEL_MARGIN` -> the margin this bundle records for its model (the model's own)."""
         return self.manifest.portable_margin if margin == MODEL_MARGIN else margin
 
-    def encode(self, image, margin: float | str | None = MODEL_MARGIN) -> EncodeResult:
+    def encode(self, image, margin: float | str | None = MODEL_MARGIN, quality: float | None = None,
+               max_bytes: int | None = None, target_bpp: float | None = None) -> EncodeResult:
         """Image (path, PIL image or array) -> `.dcae` bytes and the encoder's latents.
 
         The file is portable, with a side stream for decoders within `margin`
         (natural log) of this encoder's scales, when the bundle's entropy path
         is fp32 and the backend states its error bound (`MODEL_MARGIN`: the
         model's margin, recorded in the bundle at export); `margin=None` writes a file
-        for this setup only."""
+        for this setup only.
+
+        At most one of `quality` (0..100, default 50: the model's reference
+        rate), `max_bytes` (the largest file that fits) and `target_bpp` (a
+        file within 3 % under that many bits per pixel): see
+        `dcae_deploy.runtime.quality`. Rate control runs the image transforms
+        once and the slice loop once per try (`last_rate_search`)."""
+        rate = RateChoice(quality, max_bytes, target_bpp)
+        analysis = self.analyse(image, margin)
+        target = rate.target(analysis.height, analysis.width)
+        if target is None:
+            return self.code(analysis, rate.gain_code(self.rate_levels))
+        results: dict[int, EncodeResult] = {}
+
+        def size_at(code: int) -> int:
+            results[code] = self.code(analysis, code)
+            return len(results[code].data)
+
+        self.last_rate_search = search_gain_code(size_at, target, self.rate_levels.code_range())
+        return results[self.last_rate_search.gain_code]
+
+    def compress(self, image, margin: float | str | None = MODEL_MARGIN, quality: float | None = None,
+                 max_bytes: int | None = None, target_bpp: float | None = None) -> bytes:
+        """Image -> `.dcae` bytes (portable where the setup allows; the rate
+        from `quality`, `max_bytes` or `target_bpp`: see `encode`)."""
+        return self.encode(image, margin, quality, max_bytes, target_bpp).data
+
+    def analyse(self, image, margin: float | str | None = MODEL_MARGIN) -> "Analysis":
+        """What an encode computes once whatever the gain: the image through
+        g_a and h_a, the z stream, and h_s's scales and means."""
         margin = self.resolve_margin(margin)
         if margin is not None and self.portable and (problem := self.margin_problem(margin)):
             # before any graph runs
             raise FingerprintMismatchError(f"{problem}: its scales could cross an index boundary the encoder "
                                            "did not list")
         self.last_timings = {}
+        self.last_rate_search = None
         self.backend.clear_timings()
         started = time.perf_counter()
         tables = self.bundle.entropy
-        c, n_slices = self.bundle.slice_channels, self.bundle.num_slices
-
         with self._timed("load"):
             pixels = load_image(image)
             height, width = pixels.shape[:2]
@@ -222,64 +271,72 @@ class Codec:
             # also proves the stream decodes.
             z_hat = decompress_z(z_stream, z.shape[-2:], *tables.z)
         scales, means = self._hyper_synthesis(z_hat, latent_shape)
+        return Analysis(height, width, y, z_stream, z_symbols, scales, means, margin, started)
 
+    def code(self, analysis: "Analysis", gain_code: int = GAIN_CODE_ONE) -> EncodeResult:
+        """The slice loop and the entropy coding of an analysed image at a gain code."""
+        tables = self.bundle.entropy
+        c, n_slices = self.bundle.slice_channels, self.bundle.num_slices
+        gain = gain_of(gain_code)
+        y, latent_shape, margin = analysis.y, analysis.y.shape, analysis.margin
         y_hat = np.empty(latent_shape, np.float32)
         symbols = np.empty(latent_shape, np.int32)
         indexes = np.empty(latent_shape, np.int32)
         slice_scales = np.empty(latent_shape, np.float32)
         for i in range(n_slices):
-            mu, scale, support = self._slice_params(i, scales, means, y_hat)
+            mu, scale, support = self._slice_params(i, analysis.scales, analysis.means, y_hat)
             with self._timed(f"slice_coding_{i}"):
                 block = slice(c * i, c * (i + 1))
-                slice_scales[:, block] = scale
-                indexes[:, block] = self._indexes(scale)
-                symbols[:, block] = quantize_symbols(y[:, block], mu)
-                y_hat_raw = dequantize(symbols[:, block], mu)
+                slice_scales[:, block] = coded_scales(scale, gain)
+                indexes[:, block] = self._indexes(slice_scales[:, block])
+                symbols[:, block] = quantize_symbols(y[:, block], mu, gain)
+                y_hat_raw = dequantize(symbols[:, block], mu, gain)
             self._slice_refine(i, support, y_hat_raw, y_hat)
 
         side = b""
+        height, width = analysis.height, analysis.width
         if margin is not None and self.portable:
-            header = DcaeHeader(height, width, self.model_fingerprint, margin=margin)
+            header = DcaeHeader(height, width, self.model_fingerprint, margin=margin, gain_code=gain_code)
             with self._timed("side_stream"):
                 portable = encode_portable(slice_scales, indexes, self.thresholds, header.margin)
                 indexes, side = portable.indexes, portable.side
         else:
-            header = DcaeHeader(height, width, self.fingerprint, self.manifest.reduced_precision_entropy)
+            header = DcaeHeader(height, width, self.fingerprint, self.manifest.reduced_precision_entropy,
+                                gain_code=gain_code)
         with self._timed("y_coding"):
             # Slices are channel blocks, so C-order flattening of the whole
             # latent is slice order with each slice flattened C, H, W.
             y_stream = encode_with_indexes(symbols.reshape(-1), indexes.reshape(-1), *tables.gaussian)
-        data = pack(header, z_stream, y_stream, side)
-        self.last_timings["total"] = time.perf_counter() - started
-        return EncodeResult(data, y_stream, z_stream, height, width, y_hat, indexes, symbols, z_symbols,
-                            slice_scales, side)
-
-    def compress(self, image, margin: float | str | None = MODEL_MARGIN) -> bytes:
-        """Image -> `.dcae` bytes (portable where the setup allows: see `encode`)."""
-        return self.encode(image, margin).data
+        data = pack(header, analysis.z_stream, y_stream, side)
+        self.last_timings["total"] = time.perf_counter() - analysis.started
+        return EncodeResult(data, y_stream, analysis.z_stream, height, width, y_hat, indexes, symbols,
+                            analysis.z_symbols, slice_scales, side)
 
     # ---- decoder ----------------------------------------------------------------------
 
-    def decode_slices(self, z_hat: np.ndarray, height: int, width: int, decode_slice) -> np.ndarray:
+    def decode_slices(self, z_hat: np.ndarray, height: int, width: int, decode_slice,
+                      gain_code: int = GAIN_CODE_ONE) -> np.ndarray:
         """The decoder's slice loop: y_hat (after LRP) from z_hat, where
         `decode_slice(i, scale)` returns slice i's integer symbols given the
-        scales this codec computed for it (entropy decoding, or given symbols
-        when the scales themselves are measured)."""
-        c = self.bundle.slice_channels
+        scales this codec computed for it, times the gain (entropy decoding,
+        or given symbols when the scales themselves are measured)."""
+        gain = gain_of(gain_code)
         latent_shape = self._latent_shape(height, width)
         scales, means = self._hyper_synthesis(z_hat, latent_shape)
         y_hat = np.empty(latent_shape, np.float32)
         for i in range(self.bundle.num_slices):
             mu, scale, support = self._slice_params(i, scales, means, y_hat)
             with self._timed(f"slice_coding_{i}"):
-                y_hat_raw = dequantize(np.asarray(decode_slice(i, scale)).reshape(mu.shape), mu)
+                symbols = np.asarray(decode_slice(i, coded_scales(scale, gain))).reshape(mu.shape)
+                y_hat_raw = dequantize(symbols, mu, gain)
             self._slice_refine(i, support, y_hat_raw, y_hat)
         return y_hat
 
     def decode_streams(self, y: bytes, z: bytes, height: int, width: int, side: bytes = b"",
-                       margin: float = 0.0, synthesize: bool = True) -> DecodeResult:
-        """Decode raw y and z streams of a `height` x `width` image, with the
-        side stream and margin of a portable file; without
+                       margin: float = 0.0, synthesize: bool = True,
+                       gain_code: int = GAIN_CODE_ONE) -> DecodeResult:
+        """Decode raw y and z streams of a `height` x `width` image coded at
+        `gain_code`, with the side stream and margin of a portable file; without
         `synthesize`, stop once the y stream is read and checked (no g_s, no
         pixels).
 
@@ -312,7 +369,7 @@ class Codec:
             symbols.append(decoder.decode(index.reshape(-1), *tables.gaussian))
             return symbols[-1]
 
-        y_hat = self.decode_slices(z_hat, height, width, decode_slice)
+        y_hat = self.decode_slices(z_hat, height, width, decode_slice, gain_code)
         with self._timed("y_coding"):
             decoder.finish()
         if not synthesize:
@@ -360,7 +417,6 @@ class Codec:
         # Not a .bin: unpack checks it is a .dcae and says what it is if not.
         parsed = unpack(data)
         header = parsed.header
-        check_decodable_gain(header.gain_code)
         if header.portable:
             self._check_portable(header, force)
         elif header.fingerprint != self.fingerprint:
@@ -372,7 +428,7 @@ class Codec:
             warnings.warn("decoding a file written by another setup (forced): it may fail "
                           "with a desync", stacklevel=2)
         return self.decode_streams(parsed.y, parsed.z, header.height, header.width, parsed.side,
-                                   header.margin, synthesize)
+                                   header.margin, synthesize, header.gain_code)
 
     def _check_portable(self, header: DcaeHeader, force: bool) -> None:
         if self.model_fingerprint is None:

@@ -55,8 +55,8 @@ FLAG_PORTABLE = 0x02
 KNOWN_FLAGS = FLAG_REDUCED_PRECISION_ENTROPY | FLAG_PORTABLE
 # The quantization gain a of the quality knob travels as gain_code = a * 4096:
 # a 16-bit integer over a power of two, so float32(gain_code) / 4096 is exact
-# in float32 in every language. 4096 is a = 1, the rate every encoder codes
-# at until the knob's loop lands; until then decoders refuse other gains.
+# in float32 in every language. 4096 is a = 1, the fixed-rate model's rate
+# (`dcae_deploy.runtime.quality`).
 GAIN_CODE_ONE = 4096
 MAX_GAIN_CODE = 0xFFFF
 
@@ -81,13 +81,6 @@ _FOREIGN_MAGICS = (
 def gain_of(gain_code: int) -> float:
     """The quantization gain a header's `gain_code` stands for (4096: 1.0)."""
     return float(np.float32(gain_code) / np.float32(GAIN_CODE_ONE))
-
-
-def check_decodable_gain(gain_code: int) -> None:
-    """Refuse a file this decoder cannot decode: it codes at gain 1 only."""
-    if gain_code != GAIN_CODE_ONE:
-        raise CorruptStreamError(f"this decoder codes only gain 1 (gain_code {GAIN_CODE_ONE}); the file's is "
-                                 f"{gain_of(gain_code):g} (gain_code {gain_code})")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 - `build_indexes`: GaussianConditional.build_indexes (scale -> table index).
 - `quantize_symbols` / `dequantize`: EntropyModel.quantize(..., "symbols") and
-  EntropyModel.dequantize with means.
+  EntropyModel.dequantize with means; with the quality knob's gain a
+  (`dcae_deploy.runtime.quality`), round((y - means) * a) and symbols / a +
+  means, and `coded_scales` gives the scales sigma * a the indexes come from.
 - `compress_z` / `decompress_z`: EntropyBottleneck.compress / .decompress for
   batch 1, with the bottleneck's tables passed in as arrays.
 
@@ -39,9 +41,18 @@ def build_indexes(scales, scale_table, scale_bound: float = DEFAULT_SCALE_BOUND)
     return np.searchsorted(table[:-1], bounded, side="left").astype(np.int32)
 
 
-def quantize_symbols(y, means) -> np.ndarray:
-    """round(y - means) as int32, rounding halves to even like torch.round."""
+def coded_scales(scales, gain: float = 1.0) -> np.ndarray:
+    """The scales a slice's symbols are coded with at gain a: float32(sigma * a)."""
+    scales = np.asarray(scales, dtype=np.float32)
+    return scales if gain == 1.0 else scales * np.float32(gain)
+
+
+def quantize_symbols(y, means, gain: float = 1.0) -> np.ndarray:
+    """round((y - means) * gain) as int32 in float32, rounding halves to even
+    like torch.round."""
     centred = np.asarray(y, dtype=np.float32) - np.asarray(means, dtype=np.float32)
+    if gain != 1.0:
+        centred *= np.float32(gain)
     rounded = np.round(centred)
     # One pass over the data; NaN fails the comparison too.
     if not np.all(np.abs(rounded) < _MAX_ABS_SYMBOL):
@@ -49,9 +60,12 @@ def quantize_symbols(y, means) -> np.ndarray:
     return rounded.astype(np.int32)
 
 
-def dequantize(symbols, means) -> np.ndarray:
-    """symbols + means in float32."""
-    return np.asarray(symbols).astype(np.float32) + np.asarray(means, dtype=np.float32)
+def dequantize(symbols, means, gain: float = 1.0) -> np.ndarray:
+    """symbols / gain + means in float32."""
+    values = np.asarray(symbols).astype(np.float32)
+    if gain != 1.0:
+        values /= np.float32(gain)
+    return values + np.asarray(means, dtype=np.float32)
 
 
 def _channel_indexes(n_channels: int, plane_size: int) -> np.ndarray:

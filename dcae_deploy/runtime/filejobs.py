@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import DcaeError
 from .fileio import write_atomically, writing_to
 from .portable import MODEL_MARGIN
+from .quality import RateChoice
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -32,9 +33,11 @@ def os_error_message(exc: OSError) -> str:
     return f"{reason}: {exc.filename}" if exc.filename else reason
 
 
-def compress_file(codec, source: Path, target: Path, margin: float | str | None = MODEL_MARGIN):
-    """Image file -> `.dcae` file (written atomically); the `EncodeResult`."""
-    result = codec.encode(source, margin)
+def compress_file(codec, source: Path, target: Path, margin: float | str | None = MODEL_MARGIN,
+                  rate: RateChoice = RateChoice()):
+    """Image file -> `.dcae` file (written atomically) at the `rate` asked
+    for; the `EncodeResult`."""
+    result = codec.encode(source, margin, rate.quality, rate.max_bytes, rate.target_bpp)
     with writing_to(target):
         write_atomically(target, result.data)
     return result
@@ -56,9 +59,10 @@ class InvalidOutput(Exception):
     """An existing output that must be written again; the message says why."""
 
 
-def expected_header_fields(codec, margin: float | str | None) -> dict:
+def expected_header_fields(codec, margin: float | str | None, rate: RateChoice = RateChoice()) -> dict:
     """The header fields (besides the image size) of the files `codec` writes
-    with `margin`, exactly as `Codec.encode` chooses them."""
+    with `margin` at `rate`, exactly as `Codec.encode` chooses them (no
+    gain_code under rate control, whose gain depends on the image)."""
     from .container import DcaeHeader
 
     margin = codec.resolve_margin(margin)
@@ -66,8 +70,11 @@ def expected_header_fields(codec, margin: float | str | None) -> dict:
         header = DcaeHeader(1, 1, codec.model_fingerprint, margin=margin)
     else:
         header = DcaeHeader(1, 1, codec.fingerprint, codec.manifest.reduced_precision_entropy)
-    return {"fingerprint": header.fingerprint, "reduced_precision_entropy": header.reduced_precision_entropy,
-            "margin": header.margin, "gain_code": header.gain_code}
+    fields = {"fingerprint": header.fingerprint, "reduced_precision_entropy": header.reduced_precision_entropy,
+              "margin": header.margin}
+    if not rate.controlled:
+        fields["gain_code"] = rate.gain_code(codec.rate_levels)
+    return fields
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -81,11 +88,12 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise InvalidOutput(f"cannot read the input's size ({one_line(exc)})") from None
 
 
-def check_dcae_output(source: Path, target: Path, expected: dict) -> tuple[int, int, int]:
+def check_dcae_output(source: Path, target: Path, expected: dict,
+                      rate: RateChoice = RateChoice()) -> tuple[int, int, int]:
     """(bytes, height, width) of `target` if it is a sound `.dcae` of
     `source` (header fields and CRC checked, written by this setup with
-    this job's options, the input's image size); else `InvalidOutput`.
-    `FileNotFoundError` when there is no output."""
+    this job's options, the input's image size, within the size target);
+    else `InvalidOutput`. `FileNotFoundError` when there is no output."""
     from .container import unpack
     from .errors import CorruptStreamError
 
@@ -96,12 +104,15 @@ def check_dcae_output(source: Path, target: Path, expected: dict) -> tuple[int, 
         raise InvalidOutput(one_line(exc)) from None
     found = {"fingerprint": header.fingerprint, "reduced_precision_entropy": header.reduced_precision_entropy,
              "margin": header.margin, "gain_code": header.gain_code}
+    found = {k: found[k] for k in expected}
     if found != expected:
         different = ", ".join(k for k in expected if found[k] != expected[k])
         raise InvalidOutput(f"written by another setup or with other options ({different} differ)")
     size = _image_size(source)
     if (header.height, header.width) != size:
         raise InvalidOutput(f"codes a {header.height}x{header.width} image, the input is {size[0]}x{size[1]}")
+    if not rate.fits(len(data), header.height, header.width):
+        raise InvalidOutput(f"its {len(data)} bytes miss the size target")
     return len(data), header.height, header.width
 
 
@@ -151,6 +162,7 @@ class FileJob:
     force: bool = False  # decompress: try files of another setup
     redo: bool = False  # code every input again, even where a valid output exists
     memory_limit: int | None = None  # bytes for the image transforms (None: a share of what is available)
+    rate: RateChoice = RateChoice()  # compress: quality, or rate control's size target
 
     def open_codec(self):
         from .codec import Codec
@@ -179,13 +191,14 @@ def code_one(codec, job: FileJob, source: str, target: str, expected: dict | Non
         try:
             if job.mode == "compress":
                 if expected is None:
-                    expected = expected_header_fields(codec, job.margin)
+                    expected = expected_header_fields(codec, job.margin, job.rate)
                 facts = None
                 if not job.redo:
-                    facts = _existing(lambda: check_dcae_output(source_path, target_path, expected), notes)
+                    facts = _existing(lambda: check_dcae_output(source_path, target_path, expected, job.rate),
+                                      notes)
                 if facts is None:
                     target_path.parent.mkdir(parents=True, exist_ok=True)
-                    result = compress_file(codec, source_path, target_path, job.margin)
+                    result = compress_file(codec, source_path, target_path, job.margin, job.rate)
                     facts, record["status"] = (len(result.data), result.height, result.width), OK
                 else:
                     record["status"] = SKIPPED

@@ -21,9 +21,15 @@ c = M/S; Z hyper-latent channels):
     g_s              y_hat (1,M,h,w)                        -> x_hat (1,3,H,W)
 
 Between the graphs a host does exactly what the reference does: z symbols =
-round(z - medians) coded with the factorised tables; per slice,
-index = build_indexes(scale), symbols = round(y_slice - mu) (half to even),
-y_hat_raw = symbols + mu, all coded in one rANS stream in slice order.
+round(z - medians) coded with the factorised tables; per slice, at the
+file's quantization gain a (1 unless the quality knob moved it),
+index = build_indexes(scale * a), symbols = round((y_slice - mu) * a) (half
+to even), y_hat_raw = symbols / a + mu, all in float32, all coded in one
+rANS stream in slice order.
+
+`rate_levels` ({"gains": [...], "reference": i, "lambdas": [...]}, optional)
+are a variable-rate model's trained gains, onto which the quality knob maps
+qualities 0..100 (`dcae_deploy.runtime.quality`).
 
 `bytes_per_pixel` ({"g_a": int, "g_s": int}, optional) is the measured
 working memory of each image transform per padded image pixel, from which a
@@ -57,6 +63,7 @@ from pathlib import Path
 
 from .errors import BundleError
 from .portable import DEFAULT_MARGIN, MAX_MARGIN
+from .quality import RateLevels
 
 BUNDLE_FORMAT = "dcae-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -168,6 +175,11 @@ class Manifest:
     # (`dcae_deploy.runtime.tiling`). Empty: not measured; the runtime
     # measures it on first use.
     bytes_per_pixel: dict = field(default_factory=dict)
+    # The quality knob's rate levels, from a variable-rate checkpoint:
+    # {"gains": [...], "reference": i, "lambdas": [...]}
+    # (`dcae_deploy.runtime.quality.RateLevels`). Empty: a model trained at
+    # one rate, which gets the untrained rule.
+    rate_levels: dict = field(default_factory=dict)
 
     @property
     def portable_margin(self) -> float:
@@ -245,6 +257,13 @@ class Manifest:
                 for name, v in self.bytes_per_pixel.items()):
             raise BundleError(f"manifest bytes_per_pixel must map g_a and g_s to positive whole numbers, "
                               f"got {self.bytes_per_pixel!r}")
+
+        if not isinstance(self.rate_levels, dict):
+            raise BundleError("manifest rate_levels is not an object")
+        try:
+            RateLevels.from_record(self.rate_levels)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"manifest rate_levels is not a set of rate levels ({exc})") from None
 
     def write(self, bundle_dir: str | Path) -> None:
         from .fileio import write_atomically

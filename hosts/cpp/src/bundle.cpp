@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 
 #include "container.hpp"
 #include "dcae/codec.hpp"
@@ -87,6 +88,37 @@ std::string entropy_path_fingerprint(const Bundle& bundle, const std::string& en
   return sha256_hex(text);
 }
 
+// As dcae_deploy.runtime.manifest validates it; the bound keeps the
+// planner's products of bytes and pixels in 64 bits.
+void read_bytes_per_pixel(const json& record, Bundle* bundle) {
+  bool valid = record.is_object();
+  if (valid)
+    for (const auto& [name, value] : record.items())
+      valid = valid && (name == "g_a" || name == "g_s") && value.is_number_integer() &&
+              value.get<int64_t>() > 0 && value.get<int64_t>() < (int64_t{1} << 31);
+  if (!valid) refuse("manifest bytes_per_pixel must map g_a and g_s to positive whole numbers, got " + record.dump());
+  for (const auto& [name, value] : record.items()) bundle->bytes_per_pixel[name] = value.get<int64_t>();
+}
+
+// As dcae_deploy.runtime.manifest and RateLevels.from_record read it: an
+// empty object is a model trained at one rate.
+void read_rate_levels(const json& record, Bundle* bundle) {
+  if (!record.is_object()) refuse("manifest rate_levels is not an object");
+  if (record.empty()) return;
+  RateLevels levels;
+  std::string problem;
+  try {
+    if (!record.at("gains").is_array()) throw std::invalid_argument("gains is not a list");
+    for (const json& gain : record.at("gains")) levels.gains.push_back(gain.get<double>());
+    levels.reference = record.at("reference").get<int>();
+    problem = levels.problem();
+  } catch (const std::exception& e) {
+    problem = e.what();
+  }
+  if (!problem.empty()) refuse("manifest rate_levels is not a set of rate levels (" + one_line(problem) + ")");
+  bundle->rate_levels = std::move(levels);
+}
+
 void read_manifest(const std::string& path, Bundle* bundle, std::string* entropy_file, std::string* entropy_sha256) {
   if (!is_directory(path)) refuse("bundle not found: " + path + " is not a directory");
   const std::string manifest_path = path + "/" + kManifestName;
@@ -113,6 +145,9 @@ void read_manifest(const std::string& path, Bundle* bundle, std::string* entropy
       refuse("manifest model config has M=" + std::to_string(bundle->latent_channels) +
              ", num_slices=" + std::to_string(bundle->num_slices) + ": M must split into slices");
     if (bundle->num_slices > 1000) refuse("manifest model config has an absurd number of slices");
+    bundle->window_size = config.at("window_size").get<int>();
+    if (bundle->window_size < 1 || bundle->window_size > 1024)
+      refuse("manifest model config has window_size=" + std::to_string(bundle->window_size));
     for (const json& g : d.at("graphs")) {
       GraphSpec spec{g.at("name").get<std::string>(), g.at("file").get<std::string>(), g.at("sha256").get<std::string>(),
                      g.at("precision").get<std::string>(), tensors(g.at("inputs")), tensors(g.at("outputs"))};
@@ -125,6 +160,8 @@ void read_manifest(const std::string& path, Bundle* bundle, std::string* entropy
       bundle->entropy_model_fingerprint = d.at("entropy_model_fingerprint").get<std::string>();
     if (d.contains("int8_weight_bits") && !d.at("int8_weight_bits").is_null())
       bundle->int8_weight_bits = d.at("int8_weight_bits").get<int>();
+    if (d.contains("bytes_per_pixel")) read_bytes_per_pixel(d.at("bytes_per_pixel"), bundle);
+    if (d.contains("rate_levels")) read_rate_levels(d.at("rate_levels"), bundle);
     bundle->portable_margin = kDefaultPortableMargin;
     if (d.contains("portable") && d.at("portable").contains("margin")) {
       const json& margin = d.at("portable").at("margin");

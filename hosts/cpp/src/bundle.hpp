@@ -3,11 +3,13 @@
 // names, and the entropy tables, all checked before a graph is loaded.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "entropy.hpp"
+#include "quality.hpp"
 #include "rans.hpp"
 
 namespace dcae {
@@ -32,6 +34,11 @@ struct Bundle {
   int latent_channels = 0;  // M
   int num_slices = 0;
   int z_channels = 0;
+  int window_size = 0;  // model config: the Swin window, which tile origins keep to (tiling.hpp)
+  // manifest "bytes_per_pixel": the image transforms' measured working memory
+  // per padded image pixel ({"g_a": n, "g_s": n}), which sizes their tiles;
+  // a graph absent here was not measured.
+  std::map<std::string, int64_t> bytes_per_pixel;
   std::map<std::string, GraphSpec> graphs;
   std::string entropy_fingerprint;        // manifest field, hex
   std::string entropy_model_fingerprint;  // manifest field, 32 hex chars; empty in older bundles
@@ -42,6 +49,9 @@ struct Bundle {
   // The margin portable files of this model get by default: manifest
   // "portable"."margin": the model's own, recorded at export (dcae.margin.model_margin).
   double portable_margin = 0.0;
+  // manifest "rate_levels": the gains a variable-rate model was trained at,
+  // onto which qualities map; untrained_levels() where it has none.
+  RateLevels rate_levels = untrained_levels();
   ScaleTable scale_table;
   CdfTables gaussian;
   ZTables z;

@@ -99,12 +99,22 @@ void dcae_close(dcae_codec* codec) { delete codec; }
 
 int dcae_encode(dcae_codec* codec, const uint8_t* rgb, uint32_t height, uint32_t width, uint8_t** file,
                 size_t* file_size, int32_t** symbols, int32_t** indexes, size_t* count) {
+  return dcae_encode_rate(codec, rgb, height, width, -1.0, 0, 0.0, nullptr, file, file_size, symbols, indexes, count);
+}
+
+int dcae_encode_rate(dcae_codec* codec, const uint8_t* rgb, uint32_t height, uint32_t width, double quality,
+                     uint64_t max_bytes, double target_bpp, uint16_t* gain_code, uint8_t** file, size_t* file_size,
+                     int32_t** symbols, int32_t** indexes, size_t* count) {
   return guarded(codec, [&] {
     dcae::Image image;
     image.height = height;
     image.width = width;
     image.rgb.assign(rgb, rgb + size_t{height} * width * 3);
-    const dcae::EncodeResult result = codec->codec.encode(image);
+    dcae::RateChoice rate;
+    if (!(quality < 0)) rate.quality = quality;  // NaN is given, and refused
+    if (max_bytes) rate.max_bytes = max_bytes;
+    if (target_bpp != 0.0) rate.target_bpp = target_bpp;
+    const dcae::EncodeResult result = codec->codec.encode(image, rate);
     Buffer<uint8_t> file_copy = copy_out(result.file);
     if (symbols && indexes && count) {
       Buffer<int32_t> symbols_copy = copy_out(result.symbols), indexes_copy = copy_out(result.indexes);
@@ -114,6 +124,7 @@ int dcae_encode(dcae_codec* codec, const uint8_t* rgb, uint32_t height, uint32_t
     }
     *file = file_copy.release();
     *file_size = result.file.size();
+    if (gain_code) *gain_code = result.gain_code;
   });
 }
 

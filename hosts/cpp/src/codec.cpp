@@ -2,18 +2,21 @@
 // in the order dcae_deploy/runtime/codec.py does it (which is dcae.model.DCAE's):
 //
 //   encoder: pad -> g_a -> h_a -> z symbols, z stream; z_hat by DECODING the
-//            z stream -> h_s -> per slice i: slice_params_i -> scale index,
-//            round(y_i - mu) -> + mu -> slice_lrp_i; all slices' symbols in
-//            ONE rANS stream, in slice order, each slice flattened C, H, W;
-//            portable files: once every slice's scales are known, the
-//            threshold shifts giving the smallest side stream are chosen,
-//            the indexes shifted, and the elements whose scale is within the
-//            margin of a (shifted) index boundary go to the side stream;
-//            then the y stream is coded with the shifted indexes.
+//            z stream -> h_s; then at the file's gain a (quality.hpp) per
+//            slice i: slice_params_i -> scale index of scale * a,
+//            round((y_i - mu) * a) -> / a + mu -> slice_lrp_i; all slices'
+//            symbols in ONE rANS stream, in slice order, each slice
+//            flattened C, H, W; portable files: once every slice's scales
+//            are known, the threshold shifts giving the smallest side stream
+//            are chosen, the indexes shifted, and the elements whose scale
+//            (times a) is within the margin of a (shifted) index boundary go
+//            to the side stream; then the y stream is coded with the shifted
+//            indexes. Rate control repeats only the part after h_s, once per
+//            gain it tries.
 //   decoder: z stream -> z_hat -> h_s -> per slice: slice_params_i -> index
-//            (shifted and corrected from the side stream) -> rANS decode -> + mu ->
-//            slice_lrp_i; check the stream ended in sync -> g_s -> clamp to
-//            [0, 1] -> crop.
+//            of scale * a (shifted and corrected from the side stream) ->
+//            rANS decode -> / a + mu -> slice_lrp_i; check the stream ended
+//            in sync -> g_s -> clamp to [0, 1] -> crop.
 #include "dcae/codec.hpp"
 
 #include <algorithm>
@@ -21,6 +24,7 @@
 #include <cmath>
 #include <map>
 #include <optional>
+#include <tuple>
 
 #include "backend.hpp"
 #include "bundle.hpp"
@@ -30,6 +34,8 @@
 #include "geometry.hpp"
 #include "hashing.hpp"
 #include "portable.hpp"
+#include "quality.hpp"
+#include "tiling.hpp"
 
 namespace dcae {
 
@@ -200,6 +206,53 @@ struct Codec::Impl {
     }
   }
 
+  // The plan g_a or g_s runs with on this image (dcae_deploy.runtime.tiling.ImageTransforms.plan).
+  TilePlan transform_plan(const std::string& graph, const Layout& g) const {
+    return bundle_transform_plan(bundle, graph, g.h, g.w, options.memory_limit);
+  }
+
+  // g_a (x -> y, scale 16 -> 1) or g_s (y_hat -> x_hat, 1 -> 16) over
+  // `source`, (1, in_channels, h * scale_in, w * scale_in) float32, as `plan`
+  // cuts it: each tile's input copied out, the graph run on it, and only its
+  // interior written into the whole-image output.
+  Tensor transform(const std::string& graph, const TilePlan& plan, const float* source, int64_t in_channels,
+                   int64_t out_channels, int64_t scale_in, int64_t scale_out, TransformTiles* used) {
+    const std::string input = graph == "g_a" ? "x" : "y_hat", output = graph == "g_a" ? "y" : "x_hat";
+    const int64_t in_h = plan.height * scale_in, in_w = plan.width * scale_in;
+    const int64_t out_h = plan.height * scale_out, out_w = plan.width * scale_out;
+    *used = {plan.count(), plan.tile_height, plan.tile_width};
+    if (plan.whole()) {
+      std::map<std::string, Tensor> out = run(graph, {{input, source, {1, in_channels, in_h, in_w}}});
+      expect(out, graph, output, {1, out_channels, out_h, out_w});
+      return std::move(out.at(output));
+    }
+    Tensor whole;
+    whole.shape = {1, out_channels, out_h, out_w};
+    whole.data.resize(static_cast<size_t>(out_channels * out_h * out_w));
+    const int64_t tile_in_h = plan.tile_height * scale_in, tile_in_w = plan.tile_width * scale_in;
+    const int64_t tile_out_h = plan.tile_height * scale_out, tile_out_w = plan.tile_width * scale_out;
+    std::vector<float> piece(static_cast<size_t>(in_channels * tile_in_h * tile_in_w));
+    const auto at = [](int64_t channel, int64_t row, int64_t col, int64_t height, int64_t width) {
+      return static_cast<size_t>((channel * height + row) * width + col);
+    };
+    for (const Span& row : plan.rows)
+      for (const Span& col : plan.cols) {
+        for (int64_t c = 0; c < in_channels; ++c)
+          for (int64_t r = 0; r < tile_in_h; ++r)
+            std::copy_n(source + at(c, row.origin * scale_in + r, col.origin * scale_in, in_h, in_w), tile_in_w,
+                        piece.data() + at(c, r, 0, tile_in_h, tile_in_w));
+        const std::map<std::string, Tensor> out =
+            run(graph, {{input, piece.data(), {1, in_channels, tile_in_h, tile_in_w}}});
+        const Tensor& tile = expect(out, graph, output, {1, out_channels, tile_out_h, tile_out_w});
+        const int64_t first_col = (col.start - col.origin) * scale_out, cols = (col.end - col.start) * scale_out;
+        for (int64_t c = 0; c < out_channels; ++c)
+          for (int64_t r = row.start * scale_out; r < row.end * scale_out; ++r)
+            std::copy_n(tile.data.data() + at(c, r - row.origin * scale_out, first_col, tile_out_h, tile_out_w), cols,
+                        whole.data.data() + at(c, r, col.start * scale_out, out_h, out_w));
+      }
+    return whole;
+  }
+
   std::pair<Tensor, Tensor> hyper_synthesis(const Layout& g, const std::vector<float>& z_hat) {
     std::map<std::string, Tensor> out = run("h_s", {{"z_hat", z_hat.data(), {1, bundle.z_channels, g.zh, g.zw}}});
     expect(out, "h_s", "latent_scales", g.latent_shape());
@@ -234,10 +287,19 @@ struct Codec::Impl {
     return margin;
   }
 
-  EncodeResult encode(const Image& image) {
-    timings.clear();
-    warnings.clear();
-    const Clock::time_point started = Clock::now();
+  // What an encode computes once whatever the gain (dcae_deploy.runtime.codec.Codec.analyse):
+  // the image through g_a and h_a, the z stream, and h_s's scales and means.
+  struct Analysis {
+    Layout g;
+    bool portable;
+    float margin;  // the portable margin as the file stores it; 0 for other files
+    Tensor y, scales, means;
+    std::vector<uint8_t> z_stream;
+    std::vector<int32_t> z_symbols;
+    TransformTiles analysis_tiles;
+  };
+
+  Analysis analyse(const Image& image) {
     if (const std::string problem = dimension_problem(image.height, image.width); !problem.empty())
       fail(ErrorKind::bad_input, problem);
     if (image.rgb.size() != size_t{image.height} * image.width * 3)
@@ -246,44 +308,65 @@ struct Codec::Impl {
     const bool portable = writes_portable();
     const float margin = portable ? portable_margin() : 0.0f;
     const Layout g = layout(image.height, image.width);
+    // Planned before anything of the image's size runs: a budget too small is
+    // refused at once.
+    const TilePlan analysis_plan = transform_plan("g_a", g);
+    TransformTiles analysis_tiles;
 
     std::vector<float> x = timed("pad", [&] { return pad(image, g); });
-    std::map<std::string, Tensor> ga = run("g_a", {{"x", x.data(), {1, 3, g.padded_height, g.padded_width}}});
-    const Tensor& y = expect(ga, "g_a", "y", g.latent_shape());
+    Tensor y = transform("g_a", analysis_plan, x.data(), 3, g.latent_channels, kYDownsample, 1, &analysis_tiles);
     std::map<std::string, Tensor> ha = run("h_a", {{"y", y.data.data(), y.shape}});
     const Tensor& z = expect(ha, "h_a", "z", {1, bundle.z_channels, g.zh, g.zw});
 
-    EncodeResult result;
-    result.height = image.height;
-    result.width = image.width;
-    result.latent_shape = {1, g.latent_channels, g.h, g.w};
-    std::vector<uint8_t> z_stream;
+    Analysis analysis{g, portable, margin, {}, {}, {}, {}, {}, analysis_tiles};
     std::vector<float> z_hat;
     timed("z_coding", [&] {
-      z_stream = compress_z(z.data.data(), static_cast<size_t>(g.zh * g.zw), bundle.z, &result.z_symbols);
+      analysis.z_stream =
+          compress_z(z.data.data(), static_cast<size_t>(g.zh * g.zw), bundle.z, &analysis.z_symbols);
       // As the reference: z_hat comes from decoding the stream, which also
       // proves the stream decodes.
-      z_hat = decompress_z(z_stream.data(), z_stream.size(), static_cast<size_t>(g.zh * g.zw), bundle.z);
+      z_hat = decompress_z(analysis.z_stream.data(), analysis.z_stream.size(), static_cast<size_t>(g.zh * g.zw),
+                           bundle.z);
     });
-    const auto [scales, means] = hyper_synthesis(g, z_hat);
+    std::tie(analysis.scales, analysis.means) = hyper_synthesis(g, z_hat);
+    analysis.y = std::move(y);
+    return analysis;
+  }
 
+  // The slice loop and the entropy coding of an analysed image at a gain
+  // code (dcae_deploy.runtime.codec.Codec.code): indexes of sigma * a,
+  // symbols round((y - mu) * a), y_hat_raw = symbols / a + mu.
+  EncodeResult code(const Analysis& analysis, uint16_t gain_code) {
+    const Layout& g = analysis.g;
+    const bool portable = analysis.portable;
+    const float gain = gain_of(gain_code);
+    EncodeResult result;
+    result.height = g.height;
+    result.width = g.width;
+    result.latent_shape = {1, g.latent_channels, g.h, g.w};
+    result.analysis_tiles = analysis.analysis_tiles;
+    result.z_symbols = analysis.z_symbols;
+    result.gain_code = gain_code;
     result.symbols.resize(g.latent_size());
     result.indexes.resize(g.latent_size());
-    std::vector<float> latent_scales(portable ? g.latent_size() : 0);
-    slice_loop(g, scales, means, &result.y_hat, [&](size_t offset, const float* mu, const float* scale, float* y_hat_raw) {
+    // The coded scales: the whole latent's for the side stream, else one slice's.
+    std::vector<float> latent_scales(portable ? g.latent_size() : g.slice_size());
+    slice_loop(g, analysis.scales, analysis.means, &result.y_hat,
+               [&](size_t offset, const float* mu, const float* scale, float* y_hat_raw) {
       const size_t block = g.slice_size();
-      build_indexes(scale, block, bundle.scale_table, result.indexes.data() + offset);
-      quantize(y.data.data() + offset, mu, block, result.symbols.data() + offset);
-      dequantize(result.symbols.data() + offset, mu, block, y_hat_raw);
-      if (portable) std::copy_n(scale, block, latent_scales.data() + offset);
+      float* coded = latent_scales.data() + (portable ? offset : 0);
+      coded_scales(scale, block, gain, coded);
+      build_indexes(coded, block, bundle.scale_table, result.indexes.data() + offset);
+      quantize(analysis.y.data.data() + offset, mu, block, result.symbols.data() + offset, gain);
+      dequantize(result.symbols.data() + offset, mu, block, y_hat_raw, gain);
     });
     std::vector<uint8_t> side_stream;
     if (portable) {
       // The shifts are chosen on the whole latent: the indexes become the
       // shifted ones, which the y symbols are coded with.
       PortableEncoding encoding = timed("side_stream", [&] {
-        return encode_portable(latent_scales.data(), result.indexes.data(), g.latent_size(), g.plane(), margin,
-                               critical);
+        return encode_portable(latent_scales.data(), result.indexes.data(), g.latent_size(), g.plane(),
+                               analysis.margin, critical);
       });
       side_stream = std::move(encoding.side);
       result.marked = encoding.listed;
@@ -297,13 +380,44 @@ struct Codec::Impl {
     });
 
     FileHeader header;
-    header.height = image.height;
-    header.width = image.width;
+    header.height = g.height;
+    header.width = g.width;
     header.reduced_precision_entropy = bundle.reduced_precision_entropy;
     header.portable = portable;
     header.fingerprint = portable ? from_hex16(bundle.entropy_model_fingerprint) : setup_fingerprint;
-    header.margin = margin;
-    result.file = pack_dcae(header, z_stream, y_stream, side_stream);
+    header.margin = analysis.margin;
+    header.gain_code = gain_code;
+    result.file = pack_dcae(header, analysis.z_stream, y_stream, side_stream);
+    return result;
+  }
+
+  // The image at the rate chosen: a quality's gain code, or rate control's
+  // search over gain codes on one analysis, keeping the best fitting try.
+  EncodeResult encode(const Image& image, const RateChoice& rate) {
+    timings.clear();
+    warnings.clear();
+    const Clock::time_point started = Clock::now();
+    check_rate_choice(rate);
+    const Analysis analysis = analyse(image);
+    EncodeResult result;
+    if (!rate.max_bytes && !rate.target_bpp) {
+      result = code(analysis, bundle.rate_levels.gain_code(rate.quality.value_or(kDefaultQuality)));
+    } else {
+      const RateTarget target = rate.max_bytes ? bytes_target(*rate.max_bytes)
+                                               : bpp_target(*rate.target_bpp, image.height, image.width);
+      std::optional<EncodeResult> kept;
+      const auto size_at = [&](uint16_t gain_code) -> uint64_t {
+        EncodeResult tried = code(analysis, gain_code);
+        const uint64_t size = tried.file.size();
+        if (size <= target.max_bytes &&
+            (!kept || better_fit(size, gain_code, kept->file.size(), kept->gain_code)))
+          kept = std::move(tried);
+        return size;
+      };
+      const RateSearch search = search_gain_code(size_at, target, bundle.rate_levels.code_range());
+      result = kept && kept->gain_code == search.gain_code ? std::move(*kept) : code(analysis, search.gain_code);
+      result.rate_tries = search.tries;
+    }
     add_timing("total", seconds_since(started));
     return result;
   }
@@ -347,6 +461,7 @@ struct Codec::Impl {
     bool portable = false;
     double margin = 0;
     ByteSpan side;
+    uint16_t gain_code = kGainCodeOne;
   };
 
   DecodeResult decode_streams(const Streams& streams, bool synthesize) {
@@ -365,25 +480,35 @@ struct Codec::Impl {
       timed("side_stream", [&] {
         portable.emplace(streams.side.data, streams.side.size, g.latent_size(), critical, streams.margin);
       });
+    // A memory limit gives the same plan now as after the slice loop: a
+    // budget too small is refused before anything of the image's size runs.
+    // The default budget is read when g_s runs, from what is available then.
+    std::optional<TilePlan> synthesis_plan;
+    if (synthesize && options.memory_limit) synthesis_plan = transform_plan("g_s", g);
     const auto [scales, means] = hyper_synthesis(g, z_hat);
 
     result.symbols.resize(g.latent_size());
     std::vector<int32_t> indexes(g.slice_size());
+    std::vector<float> coded(g.slice_size());
+    const float gain = gain_of(streams.gain_code);
     RansDecoder decoder(streams.y.data, streams.y.size);
     slice_loop(g, scales, means, &result.y_hat, [&](size_t offset, const float* mu, const float* scale, float* y_hat_raw) {
       const size_t block = g.slice_size();
-      build_indexes(scale, block, bundle.scale_table, indexes.data());
-      if (portable) portable->apply(offset, scale, indexes.data(), block);
+      // The encoder's indexes and side stream are of the scales times the gain.
+      coded_scales(scale, block, gain, coded.data());
+      build_indexes(coded.data(), block, bundle.scale_table, indexes.data());
+      if (portable) portable->apply(offset, coded.data(), indexes.data(), block);
       decoder.decode(indexes.data(), block, bundle.gaussian, result.symbols.data() + offset);
-      dequantize(result.symbols.data() + offset, mu, block, y_hat_raw);
+      dequantize(result.symbols.data() + offset, mu, block, y_hat_raw, gain);
     });
     timed("y_coding", [&] { decoder.finish(); });
     result.image.height = streams.height;
     result.image.width = streams.width;
     if (!synthesize) return result;
 
-    std::map<std::string, Tensor> gs = run("g_s", {{"y_hat", result.y_hat.data(), g.latent_shape()}});
-    const Tensor& x_hat = expect(gs, "g_s", "x_hat", {1, 3, g.padded_height, g.padded_width});
+    if (!synthesis_plan) synthesis_plan = transform_plan("g_s", g);
+    const Tensor x_hat = transform("g_s", *synthesis_plan, result.y_hat.data(), g.latent_channels, 3, 1,
+                                   kYDownsample, &result.synthesis_tiles);
     result.image = timed("crop", [&] { return crop(x_hat.data, g); });
     return result;
   }
@@ -405,7 +530,6 @@ struct Codec::Impl {
       // Not a .bin: unpack checks it is a .dcae and says what it is if not.
       const DcaeFile parsed = unpack_dcae(file.data(), file.size());
       const FileHeader& header = parsed.header;
-      check_decodable_gain(header.gain_code);
       check_fingerprint(header, force);
       streams.y = parsed.y;
       streams.z = parsed.z;
@@ -414,6 +538,7 @@ struct Codec::Impl {
       streams.portable = header.portable;
       streams.margin = header.margin;
       streams.side = parsed.side;
+      streams.gain_code = header.gain_code;
     }
     if (const std::string problem = dimension_problem(streams.height, streams.width); !problem.empty())
       fail(ErrorKind::corrupt_stream, "stream header has an impossible image size: " + problem);
@@ -458,11 +583,13 @@ Codec::~Codec() = default;
 Codec::Codec(Codec&&) noexcept = default;
 Codec& Codec::operator=(Codec&&) noexcept = default;
 
-std::vector<uint8_t> Codec::compress(const Image& image) { return impl_->encode(image).file; }
+std::vector<uint8_t> Codec::compress(const Image& image, const RateChoice& rate) {
+  return impl_->encode(image, rate).file;
+}
 Image Codec::decompress(const std::vector<uint8_t>& file, bool force) {
   return impl_->decode(file, force, true).image;
 }
-EncodeResult Codec::encode(const Image& image) { return impl_->encode(image); }
+EncodeResult Codec::encode(const Image& image, const RateChoice& rate) { return impl_->encode(image, rate); }
 DecodeResult Codec::decode(const std::vector<uint8_t>& file, bool force, bool synthesize) {
   return impl_->decode(file, force, synthesize);
 }

@@ -100,14 +100,6 @@ std::string not_dcae_reason(const uint8_t* data, size_t size) {
 
 }  // namespace
 
-void check_decodable_gain(uint16_t gain_code) {
-  if (gain_code == kGainCodeOne) return;
-  char text[96];
-  std::snprintf(text, sizeof text, "; the file's is %g (gain_code %u)", static_cast<double>(gain_of(gain_code)),
-                static_cast<unsigned>(gain_code));
-  corrupt("this decoder codes only gain 1 (gain_code " + std::to_string(kGainCodeOne) + ")" + text);
-}
-
 std::vector<uint8_t> pack_dcae(const FileHeader& header, const std::vector<uint8_t>& z, const std::vector<uint8_t>& y,
                                const std::vector<uint8_t>& side) {
   // The coder produced these: a problem is a bug, not a bad input.

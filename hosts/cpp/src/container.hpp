@@ -25,13 +25,11 @@ constexpr uint8_t kFlagPortable = 0x02;
 // Portable margins are natural-log distances in (0, kMaxPortableMargin].
 constexpr float kMaxPortableMargin = 0.01f;
 // The quantization gain a of the quality knob travels as gain_code = a * 4096
-// (uint16, 1..65535): float(gain_code) / 4096 is exact in float32. 4096 is
-// a = 1, the rate every encoder codes at until the knob's loop lands; until
-// then decoders refuse other gains (check_decodable_gain).
+// (uint16, 1..65535): float(gain_code) / 4096 is exact in float32, so every
+// decoder computes the same a. 4096 is a = 1, the fixed-rate model's rate
+// (quality.hpp); decoders read every code.
 constexpr uint16_t kGainCodeOne = 4096;
 inline float gain_of(uint16_t gain_code) { return static_cast<float>(gain_code) / static_cast<float>(kGainCodeOne); }
-// Error(corrupt_stream), one line, for a gain this decoder does not code.
-void check_decodable_gain(uint16_t gain_code);
 
 struct FileHeader {
   uint32_t height = 0, width = 0;

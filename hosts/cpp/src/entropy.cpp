@@ -21,18 +21,27 @@ void build_indexes(const float* scales, size_t count, const ScaleTable& table, i
   }
 }
 
-void quantize(const float* y, const float* mu, size_t count, int32_t* symbols) {
+void coded_scales(const float* scales, size_t count, float gain, float* coded) {
+  for (size_t i = 0; i < count; ++i) coded[i] = scales[i] * gain;
+}
+
+void quantize(const float* y, const float* mu, size_t count, int32_t* symbols, float gain) {
   constexpr float kMaxAbsSymbol = 1073741824.0f;  // 2^30
   for (size_t i = 0; i < count; ++i) {
+    // Two float32 roundings, as numpy: the difference, then its product.
+    const float centred = y[i] - mu[i];
     // nearbyint in the default rounding mode: halves to even, as np.round.
-    const float rounded = std::nearbyint(y[i] - mu[i]);
+    const float rounded = std::nearbyint(centred * gain);
     if (!(std::fabs(rounded) < kMaxAbsSymbol)) fail(ErrorKind::bad_input, "latent holds a non-finite or out-of-range value");
     symbols[i] = static_cast<int32_t>(rounded);
   }
 }
 
-void dequantize(const int32_t* symbols, const float* mu, size_t count, float* values) {
-  for (size_t i = 0; i < count; ++i) values[i] = static_cast<float>(symbols[i]) + mu[i];
+void dequantize(const int32_t* symbols, const float* mu, size_t count, float* values, float gain) {
+  for (size_t i = 0; i < count; ++i) {
+    const float scaled = static_cast<float>(symbols[i]) / gain;
+    values[i] = scaled + mu[i];
+  }
 }
 
 namespace {

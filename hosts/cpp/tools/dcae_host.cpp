@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cctype>
 #include <chrono>
 #include <cstdio>
@@ -29,6 +30,8 @@
 #include "hashing.hpp"
 #include "npy.hpp"
 #include "portable.hpp"
+#include "quality.hpp"
+#include "tiling.hpp"
 
 namespace {
 
@@ -52,9 +55,30 @@ palette and 16-bit PNGs become 8-bit RGB; alpha is dropped).
   --backend NAME       openvino (default: every graph in f32) or openvino-bf16
                        (g_a, h_a, g_s in bf16 where the CPU has it; the entropy
                        graphs stay f32, so the files are the same kind)
-  --json               print one JSON object per file, with timings in ms
+  --memory-limit SIZE  memory for the image transforms (g_a, g_s), such as 2G
+                       or 500M (K, M, G, T: powers of 1024): an image that
+                       needs more runs in tiles that fit (the file and its
+                       decoding stay valid for every decoder; tiles move
+                       pixels by at most a level). Refused, with the smallest
+                       size that works, when not even one tile fits (default:
+                       half the memory available, read when each image is
+                       coded)
+  --json               print one JSON object per file, with timings in ms, the
+                       tiles g_a or g_s ran in and (compress) the gain code
+                       and rate control's tries
   --save-latents DIR   also write the latents as .npy files (for comparing hosts)
 compress:
+  -q, --quality Q      quality from 0 to 100, higher is better (default 50: the
+                       model's reference rate); maps onto the rates the model
+                       was trained at, or gains 1/8 to 4 for a model trained
+                       at one rate
+  --target-bpp B       the largest file of at most B bits per pixel, and
+                       within 3% of it; the image transforms run once, the
+                       entropy path once per try
+  --max-bytes N        the largest file of at most N bytes (never over); an
+                       image that cannot be coded that small is an error
+                       naming the smallest size it can reach
+                       (--quality, --target-bpp and --max-bytes: one at most)
   --not-portable       write a file that decodes only on this backend class
                        (default: portable, decodes on any backend)
   --margin D           portable margin, natural log, at most 0.01 (default:
@@ -74,6 +98,8 @@ struct Arguments {
   std::vector<std::string> inputs;
   std::string bundle, output, save_latents;
   dcae::Options options;
+  dcae::RateChoice rate;
+  std::vector<std::string> rate_options;  // which were given, to refuse more than one
   bool force = false, json = false;
 };
 
@@ -94,6 +120,54 @@ double margin_value(const std::string& text) {
   return value;
 }
 
+uint64_t memory_size(const std::string& text) {
+  try {
+    return dcae::parse_size(text);
+  } catch (const dcae::Error& e) {
+    throw UsageError{std::string("--memory-limit: ") + e.what()};
+  }
+}
+
+// The rate options, in dcae_deploy.runtime.cli's words for values out of range.
+double quality_value(const std::string& text) {
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end) throw UsageError{"--quality: quality must be a number from 0 to 100, got '" + text + "'"};
+  try {
+    dcae::check_quality(value, "'" + text + "'");
+  } catch (const dcae::Error& e) {
+    throw UsageError{std::string("--quality: ") + e.what()};
+  }
+  return value;
+}
+
+double target_bpp_value(const std::string& text) {
+  char* end = nullptr;
+  double value = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end) value = NAN;
+  try {
+    dcae::check_target_bpp(value, "'" + text + "'");
+  } catch (const dcae::Error& e) {
+    throw UsageError{std::string("--target-bpp: ") + e.what()};
+  }
+  return value;
+}
+
+uint64_t max_bytes_value(const std::string& text) {
+  char* end = nullptr;
+  errno = 0;
+  const long long value = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end || errno == ERANGE)
+    throw UsageError{"--max-bytes: expected a whole number, got '" + text + "'"};
+  if (value < 1) throw UsageError{"--max-bytes: must be at least 1, got " + std::to_string(value)};
+  return static_cast<uint64_t>(value);
+}
+
+// An option given again replaces its value, as in the Python CLI.
+void given(std::vector<std::string>* options, const std::string& option) {
+  if (std::find(options->begin(), options->end(), option) == options->end()) options->push_back(option);
+}
+
 Arguments parse(int argc, char** argv) {
   Arguments args;
   if (argc < 2) throw UsageError{"missing command (compress, decompress or inspect)"};
@@ -111,15 +185,25 @@ Arguments parse(int argc, char** argv) {
     else if ((a == "-o" || a == "--output") && codec_command) args.output = value();
     else if (a == "--threads" && codec_command) args.options.threads = positive_int(a, value());
     else if (a == "--backend" && codec_command) args.options.backend = value();
+    else if (a == "--memory-limit" && codec_command) args.options.memory_limit = memory_size(value());
     else if (a == "--json") args.json = true;
     else if (a == "--save-latents" && codec_command) args.save_latents = value();
     else if (a == "--not-portable" && args.command == "compress") args.options.portable = false;
     else if (a == "--margin" && args.command == "compress") args.options.margin = margin_value(value());
+    else if ((a == "-q" || a == "--quality") && args.command == "compress")
+      args.rate.quality = quality_value(value()), given(&args.rate_options, "--quality");
+    else if (a == "--target-bpp" && args.command == "compress")
+      args.rate.target_bpp = target_bpp_value(value()), given(&args.rate_options, a);
+    else if (a == "--max-bytes" && args.command == "compress")
+      args.rate.max_bytes = max_bytes_value(value()), given(&args.rate_options, a);
     else if (a == "--force" && args.command == "decompress") args.force = true;
     else if (a.size() > 1 && a[0] == '-') throw UsageError{"unknown option " + a + " for " + args.command};
     else args.inputs.push_back(a);
   }
   if (args.inputs.empty()) throw UsageError{"no input given"};
+  if (args.rate_options.size() > 1)
+    throw UsageError{"give one of --quality, --target-bpp and --max-bytes, not " + args.rate_options[0] + " and " +
+                     args.rate_options[1]};
   if (args.command == "inspect") {
     if (args.inputs.size() != 1) throw UsageError{"inspect takes one file"};
     return args;
@@ -311,6 +395,22 @@ std::string size_fields(uint32_t height, uint32_t width) {
   return ", \"height\": " + std::to_string(height) + ", \"width\": " + std::to_string(width);
 }
 
+// How many tiles the image transform ran in, and their shape in latent pixels
+// (16 image pixels each); one tile is the whole image.
+std::string tile_fields(const dcae::TransformTiles& tiles) {
+  return ", \"tiles\": " + std::to_string(tiles.count) + ", \"tile\": [" + std::to_string(tiles.tile_height) +
+         ", " + std::to_string(tiles.tile_width) + "]";
+}
+
+// Rate control's tries, [[gain_code, bytes], ...]; null for a quality.
+std::string tries_json(const std::vector<std::pair<uint16_t, uint64_t>>& tries) {
+  if (tries.empty()) return "null";
+  std::string out = "[";
+  for (size_t i = 0; i < tries.size(); ++i)
+    out += (i ? ", [" : "[") + std::to_string(tries[i].first) + ", " + std::to_string(tries[i].second) + "]";
+  return out + "]";
+}
+
 int compress(const Arguments& args) {
   const bool latents = !args.save_latents.empty();
   return code_files(args, {".png"}, "PNG", ".dcae", [&](dcae::Codec& codec, const std::string& source,
@@ -319,7 +419,7 @@ int compress(const Arguments& args) {
     const auto t0 = Clock::now();
     const dcae::Image image = dcae::read_png(source, warnings);
     const auto t1 = Clock::now();
-    const dcae::EncodeResult result = codec.encode(image);
+    const dcae::EncodeResult result = codec.encode(image, args.rate);
     for (const std::string& w : codec.last_warnings()) warnings->push_back(w);
     const auto t2 = Clock::now();
     dcae::write_atomically(target, result.file.data(), result.file.size());
@@ -340,8 +440,15 @@ int compress(const Arguments& args) {
                         ", \"threshold_shifts\": " +
                         (result.threshold_shifts ? std::to_string(result.threshold_shifts) : std::string("null")) +
                         ", \"shift_block\": " +
-                        (result.shift_block ? std::to_string(result.shift_block) : std::string("null"));
+                        (result.shift_block ? std::to_string(result.shift_block) : std::string("null")) +
+                        tile_fields(result.analysis_tiles) + ", \"gain_code\": " +
+                        std::to_string(result.gain_code) + ", \"rate_tries\": " + tries_json(result.rate_tries);
     coded.line = source + " -> " + target + ": " + std::to_string(result.file.size()) + " bytes, " + bpp_text + " bpp";
+    if (!result.rate_tries.empty()) {
+      char gain[32];
+      std::snprintf(gain, sizeof gain, "%g", static_cast<double>(dcae::gain_of(result.gain_code)));
+      coded.line += std::string(" (gain ") + gain + ", " + std::to_string(result.rate_tries.size()) + " tries)";
+    }
     return coded;
   });
 }
@@ -366,7 +473,7 @@ int decompress(const Arguments& args) {
       coded.latents = {{"symbols", dcae::npy_bytes(shape, result.symbols.data())},
                        {"y_hat", dcae::npy_bytes(shape, result.y_hat.data())}};
     }
-    coded.json_fields = size_fields(result.image.height, result.image.width);
+    coded.json_fields = size_fields(result.image.height, result.image.width) + tile_fields(result.synthesis_tiles);
     coded.line = source + " -> " + target + ": " + std::to_string(result.image.height) + "x" +
                  std::to_string(result.image.width);
     return coded;

@@ -19,7 +19,24 @@
 //        PortableDecoding gives, slice by slice (SLICES equal channel blocks)
 //   dcae-probe png IN.png OUT.npy                   (H, W, 3) int32 pixels; warnings on stderr
 //   dcae-probe npz IN.npz                           each array's name, dtype kind and shape
+//   dcae-probe tile-plan BUNDLE < QUERIES
+//        each line "GRAPH HEIGHT WIDTH LIMIT" (latent px; LIMIT bytes, 0: half the memory available):
+//        the plan the codec runs GRAPH with, one JSON line each: {"tile": [h, w], "rows": [[origin,
+//        start, end], ...], "cols": [...]}, or {"error": "..."} for a refusal
+//   dcae-probe tile-plan - < QUERIES
+//        each line "HEIGHT WIDTH BYTES_PER_PIXEL IO_BYTES_PER_PIXEL BUDGET HALO PERIOD": plan_for_budget,
+//        the plan's JSON line or {"needed": N}
+//   dcae-probe gain-codes < QUERIES
+//        each line "REFERENCE GAIN... QUALITY" (rate levels, then a quality), or "QUALITY" alone
+//        (the untrained levels): the gain code, one line each
+//   dcae-probe rate-search IN.npz LOW HIGH MAX_BYTES EXACT
+//        sizes (int32, the file size at each gain code 0..65535): search_gain_code over LOW..HIGH
+//        for a cap (EXACT 0) or a target (1) of MAX_BYTES; prints each try "CODE BYTES" as it
+//        is made, then "kept CODE", or the one-line error
 #include <cstdlib>
+#include <iterator>
+#include <optional>
+#include <sstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -30,7 +47,10 @@
 #include "fileio.hpp"
 #include "npy.hpp"
 #include "portable.hpp"
+#include "quality.hpp"
 #include "rans.hpp"
+#include "bundle.hpp"
+#include "tiling.hpp"
 
 namespace {
 
@@ -85,6 +105,91 @@ std::vector<uint8_t> marks_npy(const dcae::SideInfo& side) {
     pairs.push_back(side.bits[i]);
   }
   return dcae::npy_bytes({side.positions.size(), 2}, pairs.data());
+}
+
+std::string spans_json(const std::vector<dcae::Span>& spans) {
+  std::string text = "[";
+  for (size_t i = 0; i < spans.size(); ++i)
+    text += (i ? ", [" : "[") + std::to_string(spans[i].origin) + ", " + std::to_string(spans[i].start) + ", " +
+            std::to_string(spans[i].end) + "]";
+  return text + "]";
+}
+
+std::string plan_json(const dcae::TilePlan& plan) {
+  return "{\"tile\": [" + std::to_string(plan.tile_height) + ", " + std::to_string(plan.tile_width) +
+         "], \"rows\": " + spans_json(plan.rows) + ", \"cols\": " + spans_json(plan.cols) + "}";
+}
+
+std::string json_text(const std::string& text) {
+  std::string out = "\"";
+  for (char c : text) out += c == '"' || c == '\\' ? std::string("\\") + c : std::string(1, c);
+  return out + "\"";
+}
+
+// One query per line on stdin, one JSON line per query on stdout.
+void tile_plans(const std::string& bundle_dir) {
+  std::optional<dcae::Bundle> bundle;
+  if (bundle_dir != "-") bundle = dcae::Bundle::open(bundle_dir);
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    std::istringstream fields(line);
+    std::vector<std::string> f{std::istream_iterator<std::string>(fields), std::istream_iterator<std::string>()};
+    if (f.empty()) continue;
+    if (bundle) {
+      if (f.size() != 4) dcae::fail(dcae::ErrorKind::bad_input, "expected GRAPH HEIGHT WIDTH LIMIT, got " + line);
+      try {
+        const dcae::TilePlan plan = dcae::bundle_transform_plan(
+            *bundle, f[0], static_cast<int64_t>(whole_number(f[1])), static_cast<int64_t>(whole_number(f[2])),
+            whole_number(f[3]));
+        std::cout << plan_json(plan) << "\n";
+      } catch (const dcae::Error& e) {
+        std::cout << "{\"error\": " << json_text(e.what()) << "}\n";
+      }
+      continue;
+    }
+    if (f.size() != 7)
+      dcae::fail(dcae::ErrorKind::bad_input, "expected HEIGHT WIDTH BYTES_PER_PIXEL IO BUDGET HALO PERIOD, got " + line);
+    uint64_t needed = 0;
+    const auto as_int = [&](size_t i) { return static_cast<int64_t>(whole_number(f[i])); };
+    const std::optional<dcae::TilePlan> plan =
+        dcae::plan_for_budget(as_int(0), as_int(1), as_int(2), number(f[3]), whole_number(f[4]), as_int(5), as_int(6),
+                              &needed);
+    std::cout << (plan ? plan_json(*plan) : "{\"needed\": " + std::to_string(needed) + "}") << "\n";
+  }
+}
+
+// One query per line on stdin: the rate levels and a quality; its gain code.
+void gain_codes() {
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    std::istringstream fields(line);
+    std::vector<std::string> f{std::istream_iterator<std::string>(fields), std::istream_iterator<std::string>()};
+    if (f.empty()) continue;
+    if (f.size() != 1 && f.size() < 4)
+      dcae::fail(dcae::ErrorKind::bad_input, "expected [REFERENCE GAIN...] QUALITY, got " + line);
+    dcae::RateLevels levels = dcae::untrained_levels();
+    if (f.size() > 1) {
+      levels.gains.clear();
+      levels.reference = static_cast<int>(whole_number(f[0]));
+      for (size_t i = 1; i + 1 < f.size(); ++i) levels.gains.push_back(number(f[i]));
+    }
+    if (const std::string problem = levels.problem(); !problem.empty()) dcae::fail(dcae::ErrorKind::bad_input, problem);
+    std::cout << levels.gain_code(number(f.back())) << "\n";
+  }
+}
+
+void rate_search(const std::vector<std::string>& a) {
+  const std::vector<int32_t> sizes = ints(dcae::read_npz(a[1], "input"), "sizes");
+  if (sizes.size() != 65536) dcae::fail(dcae::ErrorKind::bad_input, "sizes must hold one size per gain code");
+  const dcae::RateTarget target{whole_number(a[4]), whole_number(a[5]) != 0, "--max-bytes " + a[4]};
+  // Each try printed as it is made: a search that fails shows its tries too.
+  const auto size_at = [&](uint16_t code) {
+    std::cout << code << " " << sizes[code] << std::endl;
+    return static_cast<uint64_t>(sizes[code]);
+  };
+  const dcae::RateSearch search = dcae::search_gain_code(
+      size_at, target, {static_cast<uint16_t>(whole_number(a[2])), static_cast<uint16_t>(whole_number(a[3]))});
+  std::cout << "kept " << search.gain_code << "\n";
 }
 
 int run(const std::vector<std::string>& a) {
@@ -176,6 +281,12 @@ int run(const std::vector<std::string>& a) {
       for (size_t side : array.shape) std::cout << " " << side;
       std::cout << "\n";
     }
+  } else if (command == "tile-plan" && a.size() == 2) {
+    tile_plans(a[1]);
+  } else if (command == "gain-codes" && a.size() == 1) {
+    gain_codes();
+  } else if (command == "rate-search" && a.size() == 6) {
+    rate_search(a);
   } else {
     std::cerr << "dcae-probe: error: unknown command or wrong arguments (see the source's header)\n";
     return 2;

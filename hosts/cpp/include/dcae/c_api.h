@@ -33,6 +33,16 @@ void dcae_close(dcae_codec* codec);
 int dcae_encode(dcae_codec* codec, const uint8_t* rgb, uint32_t height, uint32_t width, uint8_t** file,
                 size_t* file_size, int32_t** symbols, int32_t** indexes, size_t* count);
 
+/* dcae_encode at a chosen rate: at most one of `quality` (0 to 100; a
+ * negative value: none), `max_bytes` (the largest file of at most that many
+ * bytes; 0: none) and `target_bpp` (the largest file within 3 % under that
+ * many bits per pixel; 0: none); none at all: quality 50, the model's
+ * reference rate, which is dcae_encode's file. *gain_code, when given,
+ * receives the quantization gain the file was coded at, times 4096. */
+int dcae_encode_rate(dcae_codec* codec, const uint8_t* rgb, uint32_t height, uint32_t width, double quality,
+                     uint64_t max_bytes, double target_bpp, uint16_t* gain_code, uint8_t** file, size_t* file_size,
+                     int32_t** symbols, int32_t** indexes, size_t* count);
+
 /* The image goes to *rgb (height * width * 3); when `symbols` is given, the
  * y symbols read from the stream (*count). */
 int dcae_decode(dcae_codec* codec, const uint8_t* file, size_t file_size, int force, uint8_t** rgb,

@@ -15,6 +15,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -64,6 +65,32 @@ struct Options {
   // 0: the margin measured for the model when its bundle was exported
   // (manifest "portable"), kDefaultPortableMargin where it records none.
   double margin = 0.0;
+  // Bytes the image transforms (g_a, g_s) may take: an image that needs more
+  // runs in tiles that fit (docs/tiling.md); one that cannot is refused with
+  // the smallest size that works. 0: half of the memory available when each
+  // image is coded.
+  uint64_t memory_limit = 0;
+};
+
+// How the rate is set (dcae_deploy.runtime.quality.RateChoice): at most one
+// of a quality from 0 to 100 (higher is better), a cap on the file's bytes
+// (the largest file that fits, never over) and a target in bits per pixel
+// (the largest file within 3 % under it); none: quality 50, the model's
+// reference rate. A size target runs the image transforms once and the slice
+// loop and entropy coding once per try; one out of reach is Error(bad_input)
+// naming the nearest size the image codes to.
+struct RateChoice {
+  std::optional<double> quality;
+  std::optional<uint64_t> max_bytes;
+  std::optional<double> target_bpp;
+};
+
+// How an image transform ran: `count` tiles of tile_height x tile_width
+// latent pixels (16 image pixels each); one tile is the whole latent; 0
+// tiles: it did not run.
+struct TransformTiles {
+  uint64_t count = 0;
+  int64_t tile_height = 0, tile_width = 0;
 };
 
 // Everything an encode computed, for tests and tools that compare hosts.
@@ -71,13 +98,18 @@ struct EncodeResult {
   std::vector<uint8_t> file;
   uint32_t height = 0, width = 0;
   std::array<int64_t, 4> latent_shape{};  // (1, M, h, w)
-  std::vector<int32_t> symbols;           // round(y - mu), C order
+  std::vector<int32_t> symbols;           // round((y - mu) * gain), C order
   std::vector<int32_t> indexes;           // the scale-table index each symbol was coded with (shifts applied)
   std::vector<float> y_hat;               // what g_s decodes
   std::vector<int32_t> z_symbols;
   uint64_t marked = 0;                    // elements in the side stream's marked list
   unsigned threshold_shifts = 0;          // portable files: K, 1 without shifts; 0 for other files
   uint64_t shift_block = 0;               // the shifts' block length when K > 1, else 0
+  TransformTiles analysis_tiles;          // how g_a ran
+  uint16_t gain_code = 4096;              // the quantization gain the file is coded at, times 4096
+  // Rate control's tries, (gain_code, file bytes) in the order made; empty
+  // for a quality.
+  std::vector<std::pair<uint16_t, uint64_t>> rate_tries;
 };
 
 struct DecodeResult {
@@ -85,6 +117,7 @@ struct DecodeResult {
   std::array<int64_t, 4> latent_shape{};
   std::vector<int32_t> symbols;  // read from the y stream
   std::vector<float> y_hat;
+  TransformTiles synthesis_tiles;  // how g_s ran
 };
 
 class Codec {
@@ -94,12 +127,12 @@ class Codec {
   Codec(Codec&&) noexcept;
   Codec& operator=(Codec&&) noexcept;
 
-  std::vector<uint8_t> compress(const Image& image);
+  std::vector<uint8_t> compress(const Image& image, const RateChoice& rate = {});
   // A .dcae written by another setup is refused unless `force`; a portable
   // one decodes on any backend whose error fits within its margin.
   Image decompress(const std::vector<uint8_t>& file, bool force = false);
 
-  EncodeResult encode(const Image& image);
+  EncodeResult encode(const Image& image, const RateChoice& rate = {});
   // Without `synthesize` the decode stops once the y stream is read and its
   // end checked: the symbols and y_hat, no image pixels (g_s does not run,
   // and it cannot change a symbol), for checking that a file decodes here.
