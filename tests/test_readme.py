@@ -188,7 +188,7 @@ def test_checked_in_reports_name_no_folder_of_the_machine_that_wrote_them():
 
 
 def test_report_paths_are_made_relative_to_where_the_command_ran(tmp_path):
-    from dcae_deploy.bench.report import relative_paths
+    from dcae_deploy.bench.records import relative_paths
 
     start = tmp_path / "repo"
     report = {"images_dir": str(tmp_path / "shared" / "kodak"), "setups": [{"bundle_path": str(start / "out" / "b")}],

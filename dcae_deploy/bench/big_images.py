@@ -116,10 +116,10 @@ def main(argv=None) -> int:
     from dcae_deploy.runtime.memory import available_memory, format_size
 
     from .machine import load_average
-    from .report import emit_report, relative_paths, run_facts
+    from .records import emit_report, find_images, relative_paths, run_facts
 
     sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes.split(",")]
-    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    images = find_images(args.images, None)
     available = available_memory()
     facts = {**run_facts("dcae_deploy.bench.big_images", argv),
              "available": format_size(available) if available else "unknown"}

@@ -49,7 +49,6 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff")
 EXIT_USAGE, EXIT_SILENT_WRONG, EXIT_MEASUREMENT_FAILED, EXIT_PORTABLE_FAILED = 2, 3, 4, 5
 
 
@@ -127,18 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a line for the report's 'not available' list (e.g. why a bundle is missing)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
-
-
-def find_images(folder: str, limit: int | None) -> list[Path]:
-    path = Path(folder)
-    if not path.is_dir():
-        raise ValueError(f"--images {folder} is not a directory")
-    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if limit is not None:
-        images = images[: max(0, limit)]
-    if not images:
-        raise ValueError(f"no images in {folder}")
-    return images
 
 
 def plan_setups(bundles, backends: list[str], checkpoint: str | None):
@@ -271,7 +258,8 @@ def run(args, say) -> int:
     from .machine import load_average, machine_facts
     from .matrix import DEFAULT_QUALITY, coding_pass, silent_wrong_totals
     from .rd import rd_mean, setup_curves
-    from .report import portable_totals, relative_paths, write_report_files
+    from .records import find_images, relative_paths
+    from .report import portable_totals, write_report_files
     from .roofline import best_peaks, roofline
     from .setups import bundle_infos
     from .torch_reference import ReferenceMismatchError

@@ -22,7 +22,7 @@ import numpy as np
 from dcae_deploy.runtime.codec import Codec
 from dcae_deploy.runtime.imaging import load_image
 
-from .cli import find_images
+from .records import find_images
 from .machine import cpu_description, load_average
 from .cpp_host import CppHostCoder
 from .setups import Setup

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcae_deploy.bench.cli import find_images
+from dcae_deploy.bench.records import find_images
 from dcae.checkpoint import load_checkpoint
 from dcae.golden import golden_model
 from dcae_deploy.export.export import ExportError, export_bundle

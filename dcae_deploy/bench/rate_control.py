@@ -22,9 +22,6 @@ from pathlib import Path
 
 from dcae_deploy.runtime.quality import TARGET_TOLERANCE
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-
-
 def measure(bundle: str, images: list[Path], qualities: list[int], byte_shares: list[float],
             bpps: list[float], threads: int | None, say=print) -> dict:
     from dcae_deploy.runtime import Codec
@@ -152,10 +149,10 @@ def main(argv=None) -> int:
     from dcae_deploy.runtime.default_bundle import ensure_default_bundle
 
     from .machine import load_average
-    from .report import emit_report, relative_paths, run_facts
+    from .records import emit_report, find_images, relative_paths, run_facts
 
     bundle = args.bundle or str(ensure_default_bundle(announce=lambda m: print(m, file=sys.stderr)))
-    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.limit]
+    images = find_images(args.images, args.limit)
     facts = run_facts("dcae_deploy.bench.rate_control", argv)
     result = measure(bundle, images, [int(q) for q in args.qualities.split(",")],
                      [float(s) for s in args.max_bytes_of.split(",")], [float(b) for b in args.target_bpps.split(",")],

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import warnings
 from datetime import datetime, timezone
@@ -334,7 +335,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="folder for rd_curves.{json,md,png}")
     args = p.parse_args(argv)
     from dcae.metrics import ms_ssim  # noqa: F401  (fail early without the [reference] extra)
-    from dcae_deploy.bench.cli import find_images
+    from .records import find_images
     from dcae_deploy.runtime.cpu import cpu_description
     from dcae_deploy.runtime.imaging import load_image
 
@@ -353,10 +354,11 @@ def main(argv=None) -> int:
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     dcae = measure_dcae(args.bundle, args.qualities, images, names, say, args.threads) if args.bundle else None
     curves = measure_codecs(args.codecs, images, names, say)
-    from .report import relative_paths
+    from .records import relative_paths
 
     result = relative_paths({
-        "command": "python -m dcae_deploy.bench.rd_curves " + " ".join(argv), "created": started,
+        "command": shlex.join(["python", "-m", "dcae_deploy.bench.rd_curves"]
+                              + list(argv if argv is not None else sys.argv[1:])), "created": started,
         "date": started[:10], "cpu": cpu_description(), "threads": args.threads,
         "images_dir": args.images, "images": len(paths), "image_names": names,
         "codecs": describe(args.codecs), "dcae": dcae,

@@ -604,24 +604,6 @@ def _speed_sections(report: dict) -> list[str]:
     return lines
 
 
-def relative_paths(value, start: str | None = None):
-    """`value` (a report: dicts, lists, strings) with absolute paths made relative
-    to `start` (default: the current directory, where the command was typed), so
-    that a checked-in report names no folder of the machine that wrote it."""
-    import os
-
-    start = os.path.abspath(start or os.getcwd())
-    if isinstance(value, dict):
-        return {k: relative_paths(v, start) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(relative_paths(v, start) for v in value)
-    if isinstance(value, str):
-        if os.path.isabs(value) and "\n" not in value:
-            return os.path.relpath(value, start)
-        return value.replace(start + os.sep, "")
-    return value
-
-
 def write_report_files(report: dict, out: Path) -> None:
     """Plots first (report.md links them), then report.md."""
     report["plots"] = {
@@ -631,29 +613,3 @@ def write_report_files(report: dict, out: Path) -> None:
     if report.get("rd_curves"):
         report["plots"]["rd_curves"] = CURVES_PLOT if plot_curves(report, out / CURVES_PLOT) else None
     (out / "report.md").write_text(markdown(report))
-
-
-def run_facts(module: str, argv) -> dict:
-    """What every standalone benchmark's report states about its run: the
-    command as typed, the CPU, the date and the load average at the start."""
-    import datetime
-    import shlex
-    import sys
-
-    from .machine import cpu_description, load_average
-
-    return {"command": shlex.join(["python", "-m", module] + list(argv if argv is not None else sys.argv[1:])),
-            "cpu": cpu_description(), "date": datetime.date.today().isoformat(), "load_before": load_average()}
-
-
-def emit_report(result: dict, render, out: Path | None, json_path: Path | None) -> None:
-    """Write a standalone benchmark's Markdown (`render(result)`) to `out` and
-    its numbers to `json_path` where given, and print the Markdown."""
-    import json
-
-    text = render(result)
-    if json_path:
-        json_path.write_text(json.dumps(result, indent=1))
-    if out:
-        out.write_text(text)
-    print(text)

@@ -227,7 +227,7 @@ def main(argv=None) -> int:
         if getattr(args, option):
             setattr(args, option, str(Path(getattr(args, option)).resolve()))
     args.bundle = [str(Path(b).resolve()) for b in args.bundle]
-    from .report import relative_paths
+    from .records import relative_paths
 
     result = relative_paths({"command": "python -m dcae_deploy.bench.sigma_agreement " + " ".join(argv),
                              **measure(args)})

@@ -215,7 +215,7 @@ def report(result: dict) -> str:
 
 def _measure_and_describe(args, argv) -> dict:
     from dcae_deploy.bench.machine import load_average
-    from dcae_deploy.bench.report import run_facts
+    from dcae_deploy.bench.records import run_facts
     from dcae_deploy.runtime.default_bundle import ensure_default_bundle
 
     width, height = (int(v) for v in args.size.lower().split("x"))
@@ -244,10 +244,10 @@ def main(argv=None) -> int:
     elif args.images is None:
         parser.error("--images is required (or --from-json)")
     else:
-        from .report import relative_paths
+        from .records import relative_paths
 
         result = relative_paths(_measure_and_describe(args, argv))
-    from .report import emit_report
+    from .records import emit_report
 
     emit_report(result, report, args.out, args.json)
     return 0
