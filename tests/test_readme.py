@@ -196,3 +196,36 @@ def test_report_paths_are_made_relative_to_where_the_command_ran(tmp_path):
     assert relative_paths(report, str(start)) == {
         "images_dir": os.path.join("..", "shared", "kodak"), "setups": [{"bundle_path": os.path.join("out", "b")}],
         "reason": "cannot read out/x.png", "command": "dcae-bench --out results", "n": 3}
+
+
+# Figures the pages quote, each with the report it comes from and the words the
+# report states it in: regenerating a report with other figures fails here
+# until the page says the new ones.
+QUOTED_FIGURES = [
+    ("README.md", "| DCAE `small`, embedded model | 0.611 | 31.25 | 0.9740 |", "kodak_rd.md", "| 0.611 | 31.25 | 0.9740 |"),
+    ("README.md", "| 0.611 | 30.04 |", "kodak_rd.md", "| 0.611 | 30.04 |"),
+    ("README.md", "| fp32 | 0.6144 | 31.25 |", "int8_quality_kodak.md", "| 0.6144 | 31.247 |"),
+    ("README.md", "| 0.6178 | 31.08 | +0.54 % bpp, −0.17 dB |", "int8_quality_kodak.md", "| 0.6178 | 31.077 | +0.54 | -0.170 |"),
+    ("README.md", "encoding peaks at 909 MB under `--memory-limit 500M` against 1618 MB", "tiling_memory_3mp.md",
+     "| 4 of 56x72 | 909 MB |"),
+    ("README.md", "against 1618 MB", "tiling_memory_3mp.md", "| 1 | 1618 MB |"),
+    ("README.md", "3413 MiB (encode) and 3604 MiB (decode) under `--memory-limit 2G`", "big_images.md",
+     "| 6000x4000 | 24.0 | 0.6380 | 30.73 | 3413 MiB | 3604 MiB |"),
+    ("README.md", "Speed: 0.97× the Python", "cpp_host/cpp_ab.md", "median 0.967"),
+    ("docs/quality.md", "from 0.084 at quality 0 through 0.614 at 50 to 1.544 at", "rate_control.md",
+     "| bpp | 0.084 |"),
+    ("docs/quality.md", "144 of 144 targets met", "rate_control.md", "Met: 144 of 144 (0 over the target"),
+    ("docs/quality.md", "decodes 240 of 240 cross-setup decodes", "quality_matrix/report.md",
+     "decode on every such setup: 240 of 240 cross-setup decodes"),
+    ("docs/tiling.md", "| 6000x4000 (24 MP) | 3413 MiB | 3604 MiB |", "big_images.md", "| 3413 MiB | 3604 MiB |"),
+    ("docs/tiling.md", "78 MiB per MP encoding and 126 MiB per MP", "big_images.md",
+     "grows by 78 MiB per MP encoding and 126 MiB per MP decoding"),
+]
+
+
+@pytest.mark.parametrize("page, quote, report, words", QUOTED_FIGURES,
+                         ids=[f"{p}:{r}:{i}" for i, (p, _, r, _) in enumerate(QUOTED_FIGURES)])
+def test_quoted_figures_are_the_reports(page, quote, report, words):
+    text = " ".join((REPO / page).read_text().split())
+    assert " ".join(quote.split()) in text, f"{page} no longer quotes {quote!r}"
+    assert words in (REPO / "benchmarks" / "results" / report).read_text(), f"{report} no longer says {words!r}"
