@@ -102,3 +102,25 @@ def test_report_gives_the_bundles_curve_over_its_qualities(tiny_bundle, tmp_path
     assert point["bpp"] == pytest.approx(points[1]["bpp"])
     assert result["bd_rate"]["JPEG"] == {"psnr": None, "ms_ssim": None}
     assert main(["--images", str(tmp_path / "none"), "--codecs", "jpeg"]) == 2
+
+
+def test_rd_compare_puts_two_runs_side_by_side_with_the_bd_rate(tmp_path, capsys):
+    import json
+
+    from dcae_deploy.bench.rd_compare import main
+
+    def run(scale: float) -> dict:
+        points = [{"quality": q, "bpp": bpp * scale, "psnr": psnr, "ms_ssim": 1 - 10 ** (-psnr / 20)}
+                  for q, bpp, psnr in ((0, 0.1, 24.0), (50, 0.6, 31.0), (100, 1.5, 33.0))]
+        return {"images": 2, "images_dir": "kodak", "image_names": ["a.png", "b.png"],
+                "dcae": {"bundle": f"b{scale}", "points": points}}
+
+    for name, scale in (("base", 1.0), ("other", 0.9)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "rd_curves.json").write_text(json.dumps(run(scale)))
+    out = tmp_path / "compare.md"
+    assert main([str(tmp_path / "base" / "rd_curves.json"), str(tmp_path / "other" / "rd_curves.json"),
+                 "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "PSNR -10.0 %, MS-SSIM (dB) -10.0 %" in text
+    assert "[base/rd_curves.md](base/rd_curves.md)" in text and "| 50 | 0.600 | 31.00 |" in text

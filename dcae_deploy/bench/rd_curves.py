@@ -357,8 +357,7 @@ def main(argv=None) -> int:
     from .records import relative_paths
 
     result = relative_paths({
-        "command": shlex.join(["python", "-m", "dcae_deploy.bench.rd_curves"]
-                              + list(argv if argv is not None else sys.argv[1:])), "created": started,
+        "command": shlex.join(["python", "-m", "dcae_deploy.bench.rd_curves", *argv]), "created": started,
         "date": started[:10], "cpu": cpu_description(), "threads": args.threads,
         "images_dir": args.images, "images": len(paths), "image_names": names,
         "codecs": describe(args.codecs), "dcae": dcae,
