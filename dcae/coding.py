@@ -25,7 +25,7 @@ from dcae_deploy.runtime.geometry import z_shape_for
 from dcae_deploy.runtime.imaging import crop_to_uint8, load_image, pad_image
 from dcae_deploy.runtime.portable import (MODEL_MARGIN, PortableDecoding, PortableEncoding, encode_portable,
                               margin_covers)
-from dcae_deploy.runtime.quality import RateChoice, RateLevels, search_gain_code
+from dcae_deploy.runtime.quality import RateChoice, RateLevels, code_at_rate
 from dcae_deploy.runtime.rans import RansStreamDecoder, encode_with_indexes
 
 from .entropy_model import entropy_model_fingerprint, scale_thresholds  # noqa: F401  (re-exported)
@@ -86,9 +86,8 @@ def encode_image(model: DCAE, image, format: str = "bin", margin: float | str = 
     rate = RateChoice(quality, max_bytes, target_bpp)
     pixels = load_image(image)
     height, width = pixels.shape[:2]
-    target = rate.target(height, width)
     levels = rate_levels(model)
-    if format == "bin" and (target is not None or rate.gain_code(levels) != GAIN_CODE_ONE):
+    if format == "bin" and (rate.controlled or rate.gain_code(levels) != GAIN_CODE_ONE):
         raise BadInputError("upstream's .bin codes the reference rate only: use format='dcae' for another quality")
     x, _ = pad_image(pixels)
     analysis = model.analyse(torch.from_numpy(x).to(_device_of(model)))
@@ -97,22 +96,15 @@ def encode_image(model: DCAE, image, format: str = "bin", margin: float | str = 
         return pack_bin(height, width, out["strings"][0][0], out["strings"][1][0]), out
     if isinstance(margin, str) and margin == MODEL_MARGIN:
         margin = model_margin(model, entropy_model_fingerprint(model))  # once, not per rate-control try
-    coded: dict[int, tuple[bytes, dict]] = {}
 
-    def code(gain_code: int) -> int:
+    def code(gain_code: int) -> tuple[bytes, dict]:
         out = model.code_slices(analysis, return_latents=True, gain=gain_of(gain_code))
         out["gain_code"] = gain_code
         data = pack_portable(model, height, width, out["strings"][1][0], out["symbols"].cpu().numpy(),
                              out["scales"].float().cpu().numpy(), out["indexes"].cpu().numpy(), margin, gain_code)
-        coded[gain_code] = (data, out)
-        return len(data)
+        return data, out
 
-    if target is None:
-        gain_code = rate.gain_code(levels)
-        code(gain_code)
-    else:
-        gain_code = search_gain_code(code, target, levels.code_range()).gain_code
-    return coded[gain_code]
+    return code_at_rate(code, lambda coded: len(coded[0]), rate, levels, height, width)[0]
 
 
 def pack_portable(model: DCAE, height: int, width: int, z_stream: bytes, symbols: np.ndarray, scales: np.ndarray,

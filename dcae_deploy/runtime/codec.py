@@ -44,7 +44,7 @@ from .errors import BadInputError, CorruptStreamError, FingerprintMismatchError
 from .portable import MODEL_MARGIN, PortableDecoding, Thresholds, encode_portable, margin_covers
 from .geometry import Y_DOWNSAMPLE, check_dimensions, padded_size, z_shape_for
 from .imaging import crop_to_uint8, load_image, pad_image
-from .quality import RateChoice, RateLevels, RateSearch, search_gain_code
+from .quality import RateChoice, RateLevels, RateSearch, code_at_rate
 from .rans import RansStreamDecoder, encode_with_indexes
 from .tiling import ImageTransforms
 from .timing import timed
@@ -223,17 +223,10 @@ class Codec:
         once and the slice loop once per try (`last_rate_search`)."""
         rate = RateChoice(quality, max_bytes, target_bpp)
         analysis = self.analyse(image, margin)
-        target = rate.target(analysis.height, analysis.width)
-        if target is None:
-            return self.code(analysis, rate.gain_code(self.rate_levels))
-        results: dict[int, EncodeResult] = {}
-
-        def size_at(code: int) -> int:
-            results[code] = self.code(analysis, code)
-            return len(results[code].data)
-
-        self.last_rate_search = search_gain_code(size_at, target, self.rate_levels.code_range())
-        return results[self.last_rate_search.gain_code]
+        result, self.last_rate_search = code_at_rate(lambda code: self.code(analysis, code),
+                                                     lambda result: len(result.data), rate, self.rate_levels,
+                                                     analysis.height, analysis.width)
+        return result
 
     def compress(self, image, margin: float | str | None = MODEL_MARGIN, quality: float | None = None,
                  max_bytes: int | None = None, target_bpp: float | None = None) -> bytes:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 from .container import GAIN_CODE_ONE, MAX_GAIN_CODE
 from .errors import BadInputError
@@ -229,7 +229,29 @@ def search_gain_code(size_at: Callable[[int], int], target: RateTarget, code_ran
             raise BadInputError(f"{target.what} cannot be met within {TARGET_TOLERANCE:.0%}: the nearest "
                                 f"file under it has {sizes[best]} bytes" if best is not None else
                                 f"{target.what} is out of reach")
-        code = _next_try(sizes, goal, max(below, low_code - 1), min(above, high_code + 1), low_code, high_code)
+        code = _next_try(sizes, goal, below, above, low_code, high_code)
+
+
+Coded = TypeVar("Coded")
+
+
+def code_at_rate(code: Callable[[int], Coded], size_of: Callable[[Coded], int], rate: RateChoice,
+                 levels: RateLevels, height: int, width: int) -> tuple[Coded, RateSearch | None]:
+    """What `rate` asks for of a `height` x `width` image: `code(gain_code)`
+    at its quality's gain code, or for a size target at the gain code rate
+    control keeps (each try coded once, `size_of` its file's bytes), with the
+    search (None for a quality)."""
+    target = rate.target(height, width)
+    if target is None:
+        return code(rate.gain_code(levels)), None
+    coded: dict[int, Coded] = {}
+
+    def size_at(gain_code: int) -> int:
+        coded[gain_code] = code(gain_code)
+        return size_of(coded[gain_code])
+
+    search = search_gain_code(size_at, target, levels.code_range())
+    return coded[search.gain_code], search
 
 
 # Sizes grow about as gain ** 0.8 near the reference rate (embedded model,
