@@ -68,8 +68,13 @@ class GraphSession(ABC):
         self.output_names = [t.name for t in spec.outputs]
         self._input_dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
         self._timings = timings
+        self._release_requested = False  # set by `run` for the call in progress
 
-    def run(self, inputs: dict) -> dict:
+    def run(self, inputs: dict, release_memory: bool = False) -> dict:
+        """`release_memory`: give the memory the run used back to the system
+        once it is done (where the backend can: onnxruntime's arena), rather
+        than keep it for the next run (the last tile of an image, or a graph
+        run once on the whole latent)."""
         if set(inputs) != set(self.input_names):
             # The codec always passes the contract's names: this is a bug, not bad data.
             raise ValueError(f"graph {self.name} takes inputs {self.input_names}, got {sorted(inputs)}")
@@ -79,7 +84,11 @@ class GraphSession(ABC):
             # A C-contiguous array of the declared dtype passes through uncopied.
             feed[name] = np.ascontiguousarray(value, dtype=dtype)
         start = time.perf_counter()
-        outputs = self._run(feed)
+        self._release_requested = release_memory
+        try:
+            outputs = self._run(feed)
+        finally:
+            self._release_requested = False
         self._timings.append((self.name, time.perf_counter() - start))
         return {name: np.asarray(array, dtype=np.float32) for name, array in outputs.items()}
 
@@ -146,17 +155,80 @@ def _shared_cpu_arena(ort) -> bool:
     return True
 
 
+def _arena_release_options(ort):
+    """Run options that free the arena's unused chunks once the run is done
+    (onnxruntime's `memory.enable_memory_arena_shrinkage`)."""
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
 class OrtSession(GraphSession):
-    def __init__(self, spec: GraphSpec, timings: list, session):
+    """`release_after_run`: shrink the (shared) CPU arena after every run of
+    this graph, not only when `run(..., release_memory=True)` asks.
+
+    The arena otherwise keeps the largest footprint any graph ever reached:
+    after a tiled g_a the slice loop would run on top of g_a's tile
+    (embedded model, 12 MP under a 2G budget: 1.8 GB held), and the entropy
+    graphs, which run on the whole latent, leave theirs under g_s. Released,
+    each graph's peak is its own (their fresh pages cost little: they run
+    once per image, or once per tile plan)."""
+
+    def __init__(self, spec: GraphSpec, timings: list, session, release_after_run: bool = False,
+                 release_options=None):
         super().__init__(spec, timings)
         self._session = session
+        self._release_after_run = release_after_run
+        self._release_options = release_options
 
     def _run(self, feed: dict) -> dict:
+        release = self._release_after_run or self._release_requested
+        options = self._release_options if release else None
         try:
-            arrays = self._session.run(self.output_names, feed)
+            shapes = self._output_shapes(feed) if self._release_options is not None else None
+            if shapes is None:
+                arrays = self._session.run(self.output_names, feed, options)
+            else:
+                arrays = self._run_into_numpy(feed, shapes, options)
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise GraphRunError(f"graph {self.name} failed in onnxruntime: {_one_line(exc)}") from None
         return dict(zip(self.output_names, arrays))
+
+    def _output_shapes(self, feed: dict) -> list | None:
+        """The outputs' shapes where the contract gives them from the inputs'
+        (every symbolic dimension of an output is one of an input's: the
+        slice graphs); None otherwise."""
+        if not hasattr(self, "_output_dims"):
+            where = {}
+            for tensor in self.spec.inputs:
+                for axis, dim in enumerate(tensor.shape):
+                    if isinstance(dim, str):
+                        where.setdefault(dim, (tensor.name, axis))
+            dims = [list(tensor.shape) for tensor in self.spec.outputs]
+            known = all(isinstance(d, int) or d in where for shape in dims for d in shape)
+            self._output_dims = (dims, where) if known and all(t.dtype == "float32" for t in self.spec.outputs) \
+                else None
+        if self._output_dims is None:
+            return None
+        dims, where = self._output_dims
+        return [tuple(d if isinstance(d, int) else feed[where[d][0]].shape[where[d][1]] for d in shape)
+                for shape in dims]
+
+    def _run_into_numpy(self, feed: dict, shapes: list, options) -> list:
+        """Run with the outputs bound to numpy arrays: they never live in the
+        arena, so the run's shrinkage gives back all it used (an output
+        in the arena keeps its region, and every page touched in it, for as
+        long as the array lives)."""
+        binding = self._session.io_binding()
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, array)
+        outputs = []
+        for name, shape in zip(self.output_names, shapes):
+            array = np.empty(shape, np.float32)
+            binding.bind_output(name, "cpu", 0, np.float32, list(shape), array.ctypes.data)
+            outputs.append(array)
+        self._session.run_with_iobinding(binding, options)
+        return outputs
 
 
 def int8_products_saturate_here() -> bool:
@@ -240,6 +312,10 @@ class OnnxRuntimeBackend(Backend):
             options.enable_mem_pattern = False
         if _shared_cpu_arena(self._ort):
             options.add_session_config_entry("session.use_env_allocators", "1")
+            # Weights in memory of their own: a graph loaded while the arena
+            # holds another's freed chunks would otherwise pin that region
+            # (and its resident pages) for the life of the process.
+            options.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
         options.log_severity_level = 3  # errors only: no warnings on the user's terminal
         return options
 
@@ -252,7 +328,12 @@ class OnnxRuntimeBackend(Backend):
             raise BundleError(
                 f"bundle graph {path.name} cannot be loaded by onnxruntime: {_one_line(exc)}") from None
         self._check_session(session, graph, path)
-        return OrtSession(graph, self.timings, session)
+        # Graphs run once on the whole latent (h_a, h_s, the slice graphs)
+        # always give their memory back; g_a / g_s when the codec asks (the
+        # last tile), so that tiles reuse the first one's chunks.
+        return OrtSession(graph, self.timings, session, release_after_run=graph.name not in IMAGE_TRANSFORMS,
+                          release_options=(_arena_release_options(self._ort)
+                                           if self.providers == ("CPUExecutionProvider",) else None))
 
     def _check_session(self, session, graph: GraphSpec, path: Path) -> None:
         check_tensor_names(graph, path, [t.name for t in session.get_inputs()],

@@ -139,10 +139,10 @@ class Codec:
         for name in names or self.manifest.graphs:
             self._session(name)
 
-    def _run(self, name: str, **inputs) -> dict:
+    def _run(self, name: str, release_memory: bool = False, **inputs) -> dict:
         session = self._session(name)  # (a first-use load is not counted as the graph's time)
         with self._timed(name):
-            return session.run(inputs)
+            return session.run(inputs, release_memory)
 
     def _timed(self, stage: str):
         return timed(self.last_timings, stage)
@@ -251,8 +251,10 @@ class Codec:
             pixels = load_image(image)
             height, width = pixels.shape[:2]
             x, _ = pad_image(pixels)
+            del pixels
         latent_shape = self._latent_shape(height, width)
         y = self.transforms.analysis(x)
+        del x  # the image's float copy (12 bytes a pixel): nothing after g_a reads it
         self._expect_shape("g_a", y, latent_shape)
         z = self._run("h_a", y=y)["z"]
         self._expect_shape("h_a", z, (1, self.bundle.z_channels) + z_shape_for(height, width))
@@ -291,7 +293,8 @@ class Codec:
         if margin is not None and self.portable:
             header = DcaeHeader(height, width, self.model_fingerprint, margin=margin, gain_code=gain_code)
             with self._timed("side_stream"):
-                portable = encode_portable(slice_scales, indexes, self.thresholds, header.margin)
+                # `indexes` is this call's own array: shifted in place (no second copy)
+                portable = encode_portable(slice_scales, indexes, self.thresholds, header.margin, copy=False)
                 indexes, side = portable.indexes, portable.side
         else:
             header = DcaeHeader(height, width, self.fingerprint, self.manifest.reduced_precision_entropy,
@@ -353,29 +356,33 @@ class Codec:
                         if margin else None)
 
         decoder = RansStreamDecoder(y)
-        symbols = []
+        # All slices' symbols in stream order, decoded in place (no list of
+        # slices to concatenate at the end).
+        symbols = np.empty(slice_size * self.bundle.num_slices, np.int32)
 
         def decode_slice(i: int, scale: np.ndarray) -> np.ndarray:
             index = self._indexes(scale)
             if portable:
                 portable.apply(i * slice_size, scale, index)
-            symbols.append(decoder.decode(index.reshape(-1), *tables.gaussian))
-            return symbols[-1]
+            part = symbols[i * slice_size : (i + 1) * slice_size]
+            decoder.decode(index.reshape(-1), *tables.gaussian, out=part)
+            return part
 
         y_hat = self.decode_slices(z_hat, height, width, decode_slice, gain_code)
         with self._timed("y_coding"):
             decoder.finish()
         if not synthesize:
             self.last_timings["total"] = time.perf_counter() - started
-            return DecodeResult(None, y_hat, np.concatenate(symbols))
+            return DecodeResult(None, y_hat, symbols)
 
         x_hat = self.transforms.synthesis(y_hat)
         self._expect_shape("g_s", x_hat, (1, 3) + padded_size(height, width))
         with self._timed("crop"):
             np.clip(x_hat, 0.0, 1.0, out=x_hat)  # the reference clamps x_hat
             pixels = crop_to_uint8(x_hat, height, width)
+            del x_hat
         self.last_timings["total"] = time.perf_counter() - started
-        return DecodeResult(pixels, y_hat, np.concatenate(symbols))
+        return DecodeResult(pixels, y_hat, symbols)
 
     def decompress(self, data, force: bool = False) -> np.ndarray:
         """`.dcae` (or upstream `.bin`) bytes or path -> uint8 (H, W, 3) (see `decode`)."""

@@ -90,6 +90,16 @@ def load_image(image) -> np.ndarray:
     raise BadInputError(f"expected a path, PIL image or numpy array, got {type(image).__name__}")
 
 
+# Rows converted at a time between the uint8 image and the float tensor: the
+# temporaries stay a band's size (a few MB) whatever the image's.
+BAND_ROWS = 256
+
+
+def _row_bands(height: int):
+    for start in range(0, height, BAND_ROWS):
+        yield start, min(start + BAND_ROWS, height)
+
+
 def pad_image(pixels: np.ndarray) -> tuple[np.ndarray, "Padding"]:
     """uint8 (H, W, 3) -> float32 (1, 3, Hp, Wp) in [0, 1], centred zero padding."""
     from .geometry import padding_for
@@ -97,7 +107,10 @@ def pad_image(pixels: np.ndarray) -> tuple[np.ndarray, "Padding"]:
     h, w = pixels.shape[:2]
     pad = padding_for(h, w)
     x = np.zeros((1, 3, h + pad.top + pad.bottom, w + pad.left + pad.right), np.float32)
-    x[0, :, pad.top : pad.top + h, pad.left : pad.left + w] = pixels.transpose(2, 0, 1) / np.float32(255)
+    # Band by band (the same element-wise arithmetic): no float temporary of the whole image.
+    for start, stop in _row_bands(h):
+        x[0, :, pad.top + start : pad.top + stop, pad.left : pad.left + w] = \
+            pixels[start:stop].transpose(2, 0, 1) / np.float32(255)
     return x, pad
 
 
@@ -106,8 +119,15 @@ def crop_to_uint8(x_hat: np.ndarray, height: int, width: int) -> np.ndarray:
     from .geometry import padding_for
 
     pad = padding_for(height, width)
-    crop = x_hat[0, :, pad.top : pad.top + height, pad.left : pad.left + width]
-    return np.clip(np.round(crop * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0).copy()
+    out = np.empty((height, width, 3), np.uint8)
+    # Band by band: round(x * 255) clipped to [0, 255], as one expression on
+    # the whole crop would compute it, without its three float copies.
+    for start, stop in _row_bands(height):
+        band = x_hat[0, :, pad.top + start : pad.top + stop, pad.left : pad.left + width] * 255.0
+        np.round(band, out=band)
+        np.clip(band, 0, 255, out=band)
+        out[start:stop] = band.astype(np.uint8).transpose(1, 2, 0)
+    return out
 
 
 def save_image(pixels: np.ndarray, path: str | Path) -> None:
@@ -122,4 +142,4 @@ def save_image(pixels: np.ndarray, path: str | Path) -> None:
     buf = io.BytesIO()
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(path.suffix.lower(), "PNG")
     Image.fromarray(pixels).save(buf, format=fmt)
-    write_atomically(path, buf.getvalue())
+    write_atomically(path, buf.getbuffer())  # (a view: no second copy of the encoded file)

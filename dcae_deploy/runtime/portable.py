@@ -501,20 +501,35 @@ class PortableEncoding:
     shifts: ThresholdShifts
 
 
-def encode_portable(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresholds, margin: float) -> PortableEncoding:
+# Elements of the latent processed at a time by the whole-latent passes here
+# (every one element-wise): their float64 temporaries stay a few MB each
+# instead of 8 bytes per element of the latent, times ten.
+CHUNK_ELEMENTS = 1 << 20
+
+
+def _chunks(total: int):
+    for start in range(0, total, CHUNK_ELEMENTS):
+        yield start, min(start + CHUNK_ELEMENTS, total)
+
+
+def encode_portable(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresholds, margin: float,
+                    copy: bool = True) -> PortableEncoding:
     """The encoder's side of a portable file: of the (1, C, H, W) `scales` and
     their unshifted `indexes`, the threshold shifts (block length, K and
     choices) that give the smallest side stream, the indexes they give, and
-    the side stream."""
+    the side stream. `copy=False` shifts `indexes` (a C-contiguous int32
+    array) in place and returns it, rather than a shifted copy."""
     scales = np.asarray(scales)
+    flat_scales = scales.reshape(-1)
     total, plane = scales.size, int(np.prod(scales.shape[2:])) if scales.ndim == 4 else scales.size
     shift_count = thresholds.largest_shift_count(margin)
     # An element farther than the largest shift plus the margin from every
     # unshifted critical value is near no shifted one (the slack is far above
     # float64 rounding): only the others are tested per shift.
     reach = largest_step(shift_count) * 2.0 * margin + margin + 1e-9
-    candidates = np.flatnonzero(thresholds.nearest(scales)[1] <= reach)
-    candidate_scales = scales.reshape(-1)[candidates]
+    candidates = np.concatenate([start + np.flatnonzero(thresholds.nearest(flat_scales[start:stop])[1] <= reach)
+                                 for start, stop in _chunks(total)] or [np.zeros(0, np.int64)])
+    candidate_scales = flat_scales[candidates]
     # near[k]: the positions within margin of a critical value shifted by step(k) * 2 margin, increasing
     near = [candidates[thresholds.nearest(candidate_scales, SHIFT_STEPS[k] * 2.0 * margin)[1] <= margin]
             for k in range(shift_count)]
@@ -533,11 +548,24 @@ def encode_portable(scales: np.ndarray, indexes: np.ndarray, thresholds: Thresho
             if size < best[0]:
                 best = (size, shifts)
     shifts = best[1]
-    offsets = shifts.offsets(0, total, margin)
-    shifted = np.array(indexes, dtype=np.int32, copy=True)
-    if shifts.count > 1:
-        thresholds.shift_indexes(scales, shifted, offsets)
-    positions, bits = mark(scales, shifted, thresholds, margin, offsets)
+    if copy:
+        shifted = np.array(indexes, dtype=np.int32, copy=True)
+    else:
+        shifted = indexes
+        if not (isinstance(shifted, np.ndarray) and shifted.dtype == np.int32 and shifted.flags.c_contiguous
+                and shifted.flags.writeable):
+            raise ValueError("indexes shifted in place must be a writable C-contiguous int32 array")
+    flat_indexes = shifted.reshape(-1)  # a view: shifted in place
+    marked = []
+    for start, stop in _chunks(total):
+        offsets = shifts.offsets(start, stop, margin)
+        chunk_scales, chunk_indexes = flat_scales[start:stop], flat_indexes[start:stop]
+        if shifts.count > 1:
+            thresholds.shift_indexes(chunk_scales, chunk_indexes, offsets)
+        positions, bits = mark(chunk_scales, chunk_indexes, thresholds, margin, offsets)
+        marked.append((positions + start, bits))
+    positions = np.concatenate([m[0] for m in marked]) if marked else np.zeros(0, np.int64)
+    bits = np.concatenate([m[1] for m in marked]) if marked else np.zeros(0, np.uint8)
     side = encode_side_stream(shifts, positions, bits, total)
     assert len(side) == best[0]
     return PortableEncoding(shifted, side, int(positions.size), shifts)
@@ -557,7 +585,17 @@ class PortableDecoding:
 
     def apply(self, start: int, scales: np.ndarray, indexes: np.ndarray) -> None:
         """In place: the indexes of the elements at offsets start.. of the
-        latent, computed by `build_indexes` from this decoder's `scales`."""
+        latent, computed by `build_indexes` from this decoder's `scales`
+        (a C-contiguous int32 array), a chunk of elements at a time."""
+        scales = np.asarray(scales)
+        if scales.size <= CHUNK_ELEMENTS or not (isinstance(indexes, np.ndarray) and indexes.flags.c_contiguous):
+            self._apply(start, scales, indexes)
+            return
+        flat_scales, flat_indexes = scales.reshape(-1), indexes.reshape(-1)  # (a view of the contiguous indexes)
+        for lo, hi in _chunks(flat_scales.size):
+            self._apply(start + lo, flat_scales[lo:hi], flat_indexes[lo:hi])
+
+    def _apply(self, start: int, scales: np.ndarray, indexes: np.ndarray) -> None:
         stop = start + scales.size
         offsets = self.side.shifts.offsets(start, stop, self.margin)
         if self.side.shifts.count > 1:

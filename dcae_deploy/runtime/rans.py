@@ -335,14 +335,19 @@ class RansStreamDecoder:
         self._pos = 2
         self._failed = False
 
-    def decode(self, indexes, cdfs, cdf_lengths, offsets) -> np.ndarray:
-        """Decode the next len(indexes) symbols, as int32."""
+    def decode(self, indexes, cdfs, cdf_lengths, offsets, out: np.ndarray | None = None) -> np.ndarray:
+        """Decode the next len(indexes) symbols, as int32: into `out` (a
+        C-contiguous int32 vector of that length, returned) where given."""
         if self._failed:
             raise CorruptStreamError("rANS stream already failed to decode")
         indexes = _int32_vector("indexes", indexes)
         cdfs, cdf_lengths, offsets = _checked_tables(cdfs, cdf_lengths, offsets)
         _check_indexes(indexes, cdf_lengths.shape[0])
-        out = np.empty(indexes.shape[0], dtype=np.int32)
+        if out is None:
+            out = np.empty(indexes.shape[0], dtype=np.int32)
+        elif (out.dtype != np.int32 or out.shape != indexes.shape or not out.flags.c_contiguous
+              or not out.flags.writeable):
+            raise ValueError(f"out must be a writable C-contiguous int32 vector of {indexes.shape[0]} symbols")
         status, reached, pos, state = _decode_kernel(
             self._words, self._pos, np.uint64(self._state), indexes, cdfs, cdf_lengths,
             offsets, out)

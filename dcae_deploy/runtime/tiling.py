@@ -230,8 +230,9 @@ def plan_for_budget(height: int, width: int, bytes_per_pixel: float, io_bytes_pe
 class ImageTransforms:
     """A codec's g_a and g_s, run whole or tiled within a memory budget.
 
-    `run(graph, **inputs)` runs one graph and returns its outputs by name
-    (the codec's timed session call). `memory_limit`: bytes for
+    `run(graph, release_memory=False, **inputs)` runs one graph and returns
+    its outputs by name (the codec's timed session call; `release_memory`:
+    give its working memory back after the run, asked on the last tile). `memory_limit`: bytes for
     the transforms' working memory (`dcae_deploy.runtime.memory`); None: a
     share of the memory available when each image is coded. `tile` forces a
     tile shape (latent pixels; for measurements), whatever the budget.
@@ -291,9 +292,14 @@ class ImageTransforms:
         plan = self.plan(graph, height, width)
         self.last_plan[graph] = plan
         (input_name,), (output_name,) = graph_io_names(graph)
+        runs = [0]
 
         def run(tile: np.ndarray) -> np.ndarray:
-            return self._run(graph, **{input_name: tile})[output_name]
+            # The last tile gives the graph's working memory back (the
+            # entropy path or the output's conversion comes next); the
+            # others leave it to the next tile.
+            runs[0] += 1
+            return self._run(graph, release_memory=runs[0] == plan.count, **{input_name: tile})[output_name]
 
         return run_tiled(run, source, plan, out_channels, scale_in, scale_out, self.progress and plan.count > 1)
 
