@@ -36,6 +36,8 @@ def package_fixture(src: str | Path, dst: str | Path = DEFAULT_CHECKPOINT) -> Pa
     source = torch.load(src, map_location="cpu", weights_only=False)
     payload = {"state_dict": state, "config": model.config.to_dict(), "preset": source.get("preset", "small"),
                "step": source.get("step"), "training_args": source.get("args")}
+    if source.get("rate_levels"):  # a variable-rate checkpoint: the quality knob's levels
+        payload["rate_levels"] = source["rate_levels"]
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")

@@ -1344,20 +1344,23 @@ QUALITIES = (20, 50, 85)
 
 def test_gain_codes_of_qualities_are_the_python_rules(probe):
     """The host maps qualities onto rate levels as RateLevels.gain_code does,
-    to the same code, for the untrained rule and random sets of levels, at
-    the ends, around the reference and in between."""
+    to the same code, for the untrained rule and random sets of levels with
+    and without a reach past their ends, at the ends, around the reference
+    and in between."""
     from dcae_deploy.runtime.quality import UNTRAINED_LEVELS, RateLevels
 
     rng = np.random.default_rng(31)
-    levels = [UNTRAINED_LEVELS, RateLevels((0.3, 0.55, 1.0, 1.9, 3.7), 2), RateLevels((1e-4, 1.0, 20.0), 1)]
+    levels = [UNTRAINED_LEVELS, RateLevels((0.3, 0.55, 1.0, 1.9, 3.7), 2), RateLevels((1e-4, 1.0, 20.0), 1),
+              RateLevels((0.32, 0.43, 0.58, 0.75, 1.0, 1.35, 1.84, 2.5), 4)]
     while len(levels) < 24:
         gains = np.sort(np.exp(rng.uniform(-3, 3, int(rng.integers(3, 8)))))
-        levels.append(RateLevels(tuple(gains.tolist()), int(rng.integers(1, gains.size - 1))))
+        reach = float(rng.choice([0.0, 0.5, rng.uniform(0, 1)]))
+        levels.append(RateLevels(tuple(gains.tolist()), int(rng.integers(1, gains.size - 1)), reach))
     qualities = [0, 100, 50, 49.999, 50.001, 12.5, 87.5, 1e-9, 99.99, *rng.uniform(0, 100, 60).tolist()]
     queries, expected = [], []
     for level in levels:
         for quality in qualities:
-            queries.append(" ".join(map(repr, [level.reference, *level.gains, float(quality)])))
+            queries.append(" ".join(map(repr, [level.reference, level.reach, *level.gains, float(quality)])))
             expected.append(level.gain_code(quality))
     # A quality alone: the host's own untrained levels.
     for quality in qualities:
@@ -1556,7 +1559,7 @@ def test_sizes_out_of_reach_are_one_line_errors_and_write_nothing(host, tiny_bun
         done = run(host, "compress", "-b", tiny_bundle, image, "-o", out / "x.dcae", option, value)
         line = assert_refused(done, "out of reach")
         assert line == f"dcae-host: error: {image}: {python.value}", line
-        assert ("smallest file this image codes to" if option == "--max-bytes" else "highest quality gives") in line
+        assert ("smallest file this image codes to" if option == "--max-bytes" else "highest gain gives") in line
     assert _leftovers(out) == []
 
 
@@ -1580,7 +1583,8 @@ def test_rate_levels_from_the_manifest(host, tiny_bundle, kodak_crop, tmp_path):
     pixels = kodak_crop("kodim05", 32, 48, top=100, left=100)
     image = _write_png(tmp_path / "in.png", pixels)
     codec = Codec(trained, backend="openvino", threads=1)
-    for quality in (10, 70):
+    assert codec.rate_levels.gain(0) < 0.35 and codec.rate_levels.gain(100) > 2.9  # half a level past the ends
+    for quality in (0, 10, 70, 100):
         done = run(host, "compress", "-b", trained, image, "-o", tmp_path / "x.dcae", "-q", quality, "--json")
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["gain_code"] == codec.rate_levels.gain_code(quality) != 4096

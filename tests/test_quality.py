@@ -27,17 +27,27 @@ def test_untrained_rule_runs_from_an_eighth_to_four():
     assert UNTRAINED_LEVELS.code_range() == (512, 16384)
 
 
-def test_trained_levels_put_quality_50_on_the_reference_level_and_the_ends_on_the_ends():
+def test_trained_levels_put_quality_50_on_the_reference_level_and_the_ends_half_a_level_past_the_ends():
     levels = RateLevels.from_record(TRAINED)
+    assert levels.reach == 0.5
     assert levels.gain(50) == pytest.approx(0.892, rel=1e-12)
-    assert levels.gain(0) == pytest.approx(0.29, rel=1e-12) and levels.gain(100) == pytest.approx(2.2, rel=1e-12)
+    # Q = 0 and 100: half the end intervals' log step past the end levels
+    assert levels.gain(0) == pytest.approx(0.29 * math.sqrt(0.29 / 0.39), rel=1e-12)
+    assert levels.gain(100) == pytest.approx(2.2 * math.sqrt(2.2 / 1.62), rel=1e-12)
+    # the end levels themselves sit at the qualities half a level in
+    assert levels.gain(50 * 0.5 / 4.5) == pytest.approx(0.29, rel=1e-12)
+    assert levels.gain(50 + 50 * 3 / 3.5) == pytest.approx(2.2, rel=1e-12)
     # halfway between qualities of two levels: the geometric mean of their gains
-    assert levels.gain(50 + 50 / 3 / 2) == pytest.approx(math.sqrt(0.892 * 1.2), rel=1e-12)
+    assert levels.gain(50 + 50 / 3.5 / 2) == pytest.approx(math.sqrt(0.892 * 1.2), rel=1e-12)
     gains = [levels.gain(q) for q in np.arange(0, 100.25, 0.25)]
     assert all(b > a for a, b in zip(gains, gains[1:]))
     codes = [levels.gain_code(q) for q in range(101)]
     assert all(b > a for a, b in zip(codes, codes[1:]))
     assert codes[50] == round(0.892 * 4096) and gain_of(codes[50]) == codes[50] / 4096
+    # rate control reaches past the trained range to the untrained rule's ends
+    assert levels.code_range() == UNTRAINED_LEVELS.code_range() == (512, 16384)
+    wide = RateLevels((0.05, 1.0, 9.0), 1)
+    assert wide.code_range() == (wide.gain_code(0), wide.gain_code(100))
 
 
 @pytest.mark.parametrize("record", [
@@ -95,11 +105,11 @@ def test_rate_control_names_the_smallest_size_of_an_impossible_target():
     with pytest.raises(BadInputError) as info:
         search_gain_code(size, RateTarget(10, False, "--max-bytes 10"), UNTRAINED_LEVELS.code_range())
     assert str(info.value) == (f"--max-bytes 10 is out of reach: the smallest file this image codes to is "
-                               f"{size(512)} bytes (quality 0)")
+                               f"{size(512)} bytes (the lowest gain)")
     # A cap above the highest quality's file is met by that file; a target is not.
     cap = search_gain_code(size, RateTarget(10**6, False, "cap"), UNTRAINED_LEVELS.code_range())
     assert cap.gain_code == 16384
-    with pytest.raises(BadInputError, match="out of reach: the highest quality gives"):
+    with pytest.raises(BadInputError, match="out of reach: the highest gain gives"):
         search_gain_code(size, RateTarget(10**6, True, "--target-bpp 9"), UNTRAINED_LEVELS.code_range())
 
 

@@ -139,14 +139,18 @@ def measure_codec(code, settings, images: list[np.ndarray], names: list[str], la
     return {"label": label, "points": points}
 
 
+DEFAULT_BUNDLE = "default"  # --bundle: the embedded model's bundle, exported on first use
+
+
 def measure_dcae(bundle: str, qualities, images: list[np.ndarray], names: list[str], say,
                  threads: int | None = None, label: str = "DCAE") -> dict:
     """A bundle's curve over `qualities` (the runtime on onnxruntime, the
     default backend): per quality, every image's bpp, PSNR and MS-SSIM, and
     their means, with the gain code the quality codes at."""
     from dcae_deploy.runtime import Codec
+    from dcae_deploy.runtime.default_bundle import ensure_default_bundle
 
-    codec = Codec(bundle, threads=threads)
+    codec = Codec(ensure_default_bundle(say) if bundle == DEFAULT_BUNDLE else bundle, threads=threads)
     codes = {q: codec.rate_levels.gain_code(q) for q in qualities}
     rows: dict = {q: [] for q in qualities}
     for name, pixels in zip(names, images):
@@ -158,7 +162,8 @@ def measure_dcae(bundle: str, qualities, images: list[np.ndarray], names: list[s
     for q in qualities:
         points.append(_point(q, rows[q], quality=q, gain_code=codes[q]))
         _say_point(say, label, f"quality {q:g}", points[-1])
-    return {"label": label, "bundle": bundle, "rate_levels": codec.rate_levels.to_record(), "points": points}
+    return {"label": label, "bundle": bundle, "checkpoint_sha256": codec.manifest.source_checkpoint_sha256,
+            "rate_levels": codec.rate_levels.to_record(), "points": points}
 
 
 def psnr_at_rate(curve: dict, image: str, rate: float) -> float | None:
@@ -248,7 +253,8 @@ def markdown(result: dict) -> str:
     dcae = result.get("dcae")
     if dcae:
         levels = dcae["rate_levels"]
-        lines.append(f"- DCAE: bundle `{dcae['bundle']}` on onnxruntime, qualities "
+        checkpoint = f" (checkpoint sha256 {dcae['checkpoint_sha256'][:16]})" if dcae.get("checkpoint_sha256") else ""
+        lines.append(f"- DCAE: bundle `{dcae['bundle']}`{checkpoint} on onnxruntime, qualities "
                      f"{', '.join(format(p['quality'], 'g') for p in dcae['points'])} (rate levels: gains "
                      f"{', '.join(format(g, 'g') for g in levels['gains'])}, quality 50 = level {levels['reference']})")
     lines += ["", f"![RD curves]({PLOT})", "",
@@ -324,7 +330,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", required=True, help="folder of test images (e.g. tests/data/kodak)")
     p.add_argument("--limit", type=int, default=None, help="the first N images, sorted")
-    p.add_argument("--bundle", default=None, help="a DCAE bundle to draw against the curves (default: none)")
+    p.add_argument("--bundle", default=None, help="a DCAE bundle to draw against the curves, or "
+                   f"'{DEFAULT_BUNDLE}' for the embedded model's (default: none)")
     p.add_argument("--qualities", type=parse_qualities, default=list(DEFAULT_QUALITIES), metavar="Q1,Q2,...",
                    help="the bundle's qualities, 0..100 (default: "
                         f"{','.join(map(str, DEFAULT_QUALITIES))}); one quality (50: the reference rate) places a "

@@ -9,11 +9,15 @@ exactly the fixed-rate model's.
 
 A quality Q from 0 to 100 maps onto a model's RATE LEVELS, the gains its
 variable-rate training learned (`python -m dcae.train --variable-rate`): Q = 50
-lands on the reference level (the fixed-rate model's lambda), Q = 0 on the
-lowest level and Q = 100 on the highest, linearly in between, with log a
-interpolated linearly between neighbouring levels. A model trained at one rate
-has no levels of its own and gets `UNTRAINED_LEVELS`: a from 1/8 at Q = 0 to 4
-at Q = 100, doubling every 50/3 qualities below 50 and every 25 above.
+lands on the reference level (the fixed-rate model's lambda), Q = 0 half a
+level below the lowest level and Q = 100 half a level above the highest
+(`TRAINED_REACH`), linearly in between, with log a interpolated linearly
+between neighbouring levels and extrapolated from the end ones. The reach
+widens the knob past the trained ends, where a small step in the gain still
+codes well, to the usual span of a codec's quality setting. A model trained at
+one rate has no levels of its own and gets `UNTRAINED_LEVELS`: a from 1/8 at
+Q = 0 to 4 at Q = 100, doubling every 50/3 qualities below 50 and every 25
+above.
 
 Rate control (`search_gain_code`) codes the same analysis at several gain
 codes and keeps the largest file within the byte target: g_a, h_a, the z
@@ -35,12 +39,24 @@ DEFAULT_QUALITY = 50
 TARGET_TOLERANCE = 0.03
 
 
+# How far past its lowest and highest trained level, in levels, Q = 0 and
+# Q = 100 of a variable-rate model lie.
+TRAINED_REACH = 0.5
+# The gains rate control reaches at least, past quality 0 and 100 where a
+# model's quality range is narrower (the untrained rule's ends): a cap on the
+# size is met on an image whose quality-0 file is over it, with the gain that
+# gets there.
+RATE_CONTROL_GAINS = (0.125, 4.0)
+
+
 @dataclass(frozen=True)
 class RateLevels:
-    """A model's rate levels: their gains (ascending) and which one Q = 50 is."""
+    """A model's rate levels: their gains (ascending), which one Q = 50 is,
+    and how far past the end levels (in levels) Q = 0 and Q = 100 lie."""
 
     gains: tuple[float, ...]
     reference: int
+    reach: float = TRAINED_REACH
 
     def __post_init__(self):
         gains = tuple(float(g) for g in self.gains)
@@ -49,6 +65,8 @@ class RateLevels:
         if not 0 < self.reference < len(gains) - 1:
             raise ValueError(f"the reference level must lie strictly between the lowest and the highest, "
                              f"got {self.reference} of {len(gains)}")
+        if not 0 <= self.reach <= 1:
+            raise ValueError(f"the reach past the end levels must be from 0 to 1 level, got {self.reach!r}")
         object.__setattr__(self, "gains", gains)
 
     @classmethod
@@ -66,13 +84,14 @@ class RateLevels:
         """The gain a at `quality` (0..100)."""
         quality = check_quality(quality)
         last = len(self.gains) - 1
+        # position in levels: -reach at Q = 0, reference at 50, last + reach at 100
         if quality <= DEFAULT_QUALITY:
-            position = self.reference * quality / DEFAULT_QUALITY
+            position = (self.reference + self.reach) * quality / DEFAULT_QUALITY - self.reach
         else:
-            position = self.reference + (last - self.reference) * (quality - DEFAULT_QUALITY) / (
+            position = self.reference + (last + self.reach - self.reference) * (quality - DEFAULT_QUALITY) / (
                 MAX_QUALITY - DEFAULT_QUALITY)
-        low = min(int(position), last - 1)
-        frac = position - low
+        low = min(max(math.floor(position), 0), last - 1)
+        frac = position - low  # below 0 or above 1 past the end levels
         return math.exp((1 - frac) * math.log(self.gains[low]) + frac * math.log(self.gains[low + 1]))
 
     def gain_code(self, quality: float) -> int:
@@ -80,15 +99,19 @@ class RateLevels:
         return gain_code_of(self.gain(quality))
 
     def code_range(self) -> tuple[int, int]:
-        """The gain codes of quality 0 and 100: the range rate control searches."""
-        return self.gain_code(MIN_QUALITY), self.gain_code(MAX_QUALITY)
+        """The range rate control searches: the gain codes of quality 0 and
+        100, widened to at least `RATE_CONTROL_GAINS` so that a size target
+        is met wherever a gain can reach it."""
+        low, high = RATE_CONTROL_GAINS
+        return (min(self.gain_code(MIN_QUALITY), gain_code_of(low)),
+                max(self.gain_code(MAX_QUALITY), gain_code_of(high)))
 
 
-# A model without trained levels: a from 1/8 to 4. The embedded model's files
-# at a = 1/8 are about 0.12 bpp on Kodak; above a = 1 a model trained at one
-# rate gains little quality for its bits (docs/quality.md), so the top stays
-# at 4.
-UNTRAINED_LEVELS = RateLevels((0.125, 1.0, 4.0), 1)
+# A model without trained levels: a from 1/8 to 4, no reach past them. A
+# fixed-rate model's files at a = 1/8 are about 0.1 bpp on Kodak; above a = 1
+# a model trained at one rate gains little quality for its bits
+# (docs/quality.md), so the top stays at 4.
+UNTRAINED_LEVELS = RateLevels((0.125, 1.0, 4.0), 1, reach=0.0)
 
 
 def check_quality(quality) -> float:
@@ -217,11 +240,11 @@ def search_gain_code(size_at: Callable[[int], int], target: RateTarget, code_ran
         above = min((c for c in sizes if sizes[c] > target.max_bytes), default=high_code + 1)  # ... and not
         if best is None and low_code in sizes:
             raise BadInputError(f"{target.what} is out of reach: the smallest file this image codes to is "
-                                f"{sizes[low_code]} bytes (quality 0)")
+                                f"{sizes[low_code]} bytes (the lowest gain)")
         if high_code in fitting:
-            if not target.exact:  # a cap above what the highest quality needs
+            if not target.exact:  # a cap above what the highest gain needs
                 return result(best)
-            raise BadInputError(f"{target.what} is out of reach: the highest quality gives "
+            raise BadInputError(f"{target.what} is out of reach: the highest gain gives "
                                 f"{sizes[high_code]} bytes")
         if above - below <= 1:  # neighbouring codes step over the window
             if not target.exact and best is not None:

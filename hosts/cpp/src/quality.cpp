@@ -59,18 +59,20 @@ std::string RateLevels::problem() const {
   if (!(reference > 0 && static_cast<size_t>(reference) < gains.size() - 1))
     return "the reference level must lie strictly between the lowest and the highest, got " +
            std::to_string(reference) + " of " + std::to_string(gains.size());
+  if (!(reach >= 0 && reach <= 1)) return "the reach past the end levels must be from 0 to 1 level";
   return "";
 }
 
 double RateLevels::gain(double quality) const {
   const int last = static_cast<int>(gains.size()) - 1;
+  // position in levels: -reach at Q = 0, reference at 50, last + reach at 100
   double position;
   if (quality <= kDefaultQuality)
-    position = reference * quality / kDefaultQuality;
+    position = (reference + reach) * quality / kDefaultQuality - reach;
   else
-    position = reference + (last - reference) * (quality - kDefaultQuality) / (kMaxQuality - kDefaultQuality);
-  const int low = std::min(static_cast<int>(position), last - 1);
-  const double frac = position - low;
+    position = reference + (last + reach - reference) * (quality - kDefaultQuality) / (kMaxQuality - kDefaultQuality);
+  const int low = std::min(std::max(static_cast<int>(std::floor(position)), 0), last - 1);
+  const double frac = position - low;  // below 0 or above 1 past the end levels
   return std::exp((1 - frac) * std::log(gains[static_cast<size_t>(low)]) +
                   frac * std::log(gains[static_cast<size_t>(low) + 1]));
 }
@@ -78,10 +80,11 @@ double RateLevels::gain(double quality) const {
 uint16_t RateLevels::gain_code(double quality) const { return gain_code_of(gain(quality)); }
 
 std::pair<uint16_t, uint16_t> RateLevels::code_range() const {
-  return {gain_code(kMinQuality), gain_code(kMaxQuality)};
+  return {std::min(gain_code(kMinQuality), gain_code_of(kRateControlGains.first)),
+          std::max(gain_code(kMaxQuality), gain_code_of(kRateControlGains.second))};
 }
 
-RateLevels untrained_levels() { return {{0.125, 1.0, 4.0}, 1}; }
+RateLevels untrained_levels() { return {{0.125, 1.0, 4.0}, 1, 0.0}; }
 
 uint16_t gain_code_of(double gain) {
   const double code = std::nearbyint(gain * kGainCodeOne);  // halves to even, as Python's round
@@ -161,13 +164,13 @@ RateSearch search_gain_code(const std::function<uint64_t(uint16_t)>& size_at, co
     }
     if (const uint64_t* lowest = size_of(low_code); !best && lowest)
       fail_with(" is out of reach: the smallest file this image codes to is " + std::to_string(*lowest) +
-                " bytes (quality 0)");
+                " bytes (the lowest gain)");
     if (const uint64_t* highest = size_of(high_code); highest && *highest <= max_bytes) {
-      if (!target.exact) {  // a cap above what the highest quality needs
+      if (!target.exact) {  // a cap above what the highest gain needs
         search.gain_code = best->first;
         return search;
       }
-      fail_with(" is out of reach: the highest quality gives " + std::to_string(*highest) + " bytes");
+      fail_with(" is out of reach: the highest gain gives " + std::to_string(*highest) + " bytes");
     }
     if (above - below <= 1) {  // neighbouring codes step over the window
       if (!target.exact && best) {

@@ -6,8 +6,9 @@
 // float32(sigma * a), and y_hat = q / a + mu; a travels in the header as
 // gain_code = a * 4096 (container.hpp). A quality maps onto the model's rate
 // levels (manifest "rate_levels", the gains its variable-rate training
-// learned): Q = 50 on the reference level, Q = 0 on the lowest and Q = 100
-// on the highest, log a linear in between. A model trained at one rate gets
+// learned): Q = 50 on the reference level, Q = 0 half a level below the
+// lowest and Q = 100 half a level above the highest (kTrainedReach), log a
+// linear in between and extrapolated from the end levels. A model trained at one rate gets
 // untrained_levels(): a from 1/8 at Q = 0 to 4 at Q = 100, doubling every
 // 50/3 qualities below 50 and every 25 above.
 //
@@ -34,21 +35,31 @@ constexpr double kTargetTolerance = 0.03;
 // A target in bits per pixel is above 0 and under this.
 constexpr double kMaxTargetBpp = 64;
 
-// A model's rate levels: their gains (ascending) and which one Q = 50 is.
+// How far past its lowest and highest trained level, in levels, Q = 0 and
+// Q = 100 of a variable-rate model lie.
+constexpr double kTrainedReach = 0.5;
+// The gains rate control reaches at least, past quality 0 and 100 where a
+// model's quality range is narrower (the untrained rule's ends).
+constexpr std::pair<double, double> kRateControlGains{0.125, 4.0};
+
+// A model's rate levels: their gains (ascending), which one Q = 50 is, and
+// how far past the end levels (in levels) Q = 0 and Q = 100 lie.
 struct RateLevels {
   std::vector<double> gains;
   int reference = 0;
+  double reach = kTrainedReach;
 
   // Empty when the levels are sound, else why not (RateLevels.__post_init__).
   std::string problem() const;
   // The gain a at `quality` (0..100, checked by the caller).
   double gain(double quality) const;
   uint16_t gain_code(double quality) const;
-  // The gain codes of quality 0 and 100: the range rate control searches.
+  // The range rate control searches: the gain codes of quality 0 and 100,
+  // widened to at least kRateControlGains.
   std::pair<uint16_t, uint16_t> code_range() const;
 };
 
-// Gains 1/8, 1, 4 with the reference in the middle (a model trained at one
+// Gains 1/8, 1, 4 with the reference in the middle and no reach (a model trained at one
 // rate gains little quality for its bits above a = 4; docs/quality.md).
 RateLevels untrained_levels();
 

@@ -27,7 +27,7 @@
 //        each line "HEIGHT WIDTH BYTES_PER_PIXEL IO_BYTES_PER_PIXEL BUDGET HALO PERIOD": plan_for_budget,
 //        the plan's JSON line or {"needed": N}
 //   dcae-probe gain-codes < QUERIES
-//        each line "REFERENCE GAIN... QUALITY" (rate levels, then a quality), or "QUALITY" alone
+//        each line "REFERENCE REACH GAIN... QUALITY" (rate levels, then a quality), or "QUALITY" alone
 //        (the untrained levels): the gain code, one line each
 //   dcae-probe rate-search IN.npz LOW HIGH MAX_BYTES EXACT
 //        sizes (int32, the file size at each gain code 0..65535): search_gain_code over LOW..HIGH
@@ -165,13 +165,14 @@ void gain_codes() {
     std::istringstream fields(line);
     std::vector<std::string> f{std::istream_iterator<std::string>(fields), std::istream_iterator<std::string>()};
     if (f.empty()) continue;
-    if (f.size() != 1 && f.size() < 4)
-      dcae::fail(dcae::ErrorKind::bad_input, "expected [REFERENCE GAIN...] QUALITY, got " + line);
+    if (f.size() != 1 && f.size() < 5)
+      dcae::fail(dcae::ErrorKind::bad_input, "expected [REFERENCE REACH GAIN...] QUALITY, got " + line);
     dcae::RateLevels levels = dcae::untrained_levels();
     if (f.size() > 1) {
       levels.gains.clear();
       levels.reference = static_cast<int>(whole_number(f[0]));
-      for (size_t i = 1; i + 1 < f.size(); ++i) levels.gains.push_back(number(f[i]));
+      levels.reach = number(f[1]);
+      for (size_t i = 2; i + 1 < f.size(); ++i) levels.gains.push_back(number(f[i]));
     }
     if (const std::string problem = levels.problem(); !problem.empty()) dcae::fail(dcae::ErrorKind::bad_input, problem);
     std::cout << levels.gain_code(number(f.back())) << "\n";
