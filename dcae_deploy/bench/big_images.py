@@ -6,64 +6,47 @@ the image grows, under a memory budget.
         [--out benchmarks/results/big_images.md --json benchmarks/results/big_images.json]
 
 Each size is a mosaic of the images (`tiling_halo.mosaic`), coded by `dcae
-compress` and decoded by `dcae decompress` in processes of their own under
-`/usr/bin/time` (peak RSS, wall time from start to exit, bundle loading
-included). Seconds per megapixel are compared with the smallest size's, the
-speed the tiles must keep.
+compress` and decoded by `dcae decompress` in processes of their own
+(`scaling.run_process`: peak RSS, wall time from start to exit, bundle
+loading included; `dcae-bench --sizes` measures the same way, per setup).
+Seconds per megapixel are compared with the smallest size's, the speed the
+tiles must keep.
 """
 from __future__ import annotations
 
 import argparse
-import shlex
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 
-TIME = "/usr/bin/time"
-
-
-def _timed_run(command: list[str]) -> tuple[int, float]:
-    """(peak RSS bytes, wall seconds) of a command run under /usr/bin/time."""
-    done = subprocess.run([TIME, "-f", "%M %e", *command], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"big_images: {shlex.join(command)} failed: {done.stderr.strip()[-500:]}")
-    kib, seconds = done.stderr.strip().splitlines()[-1].split()
-    return int(kib) * 1024, float(seconds)
-
-
 def measure(bundle: str | None, images: list[Path], sizes: list[tuple[int, int]], memory_limit: str | None,
             threads: int | None, say=print) -> dict:
-    from dcae_deploy.runtime.imaging import load_image, save_image
-    from dcae_deploy.runtime.metrics import psnr
+    from dcae_deploy.runtime.imaging import save_image
 
-    from .tiling_halo import mosaic
+    from .scaling import code_size, runtime_commands
+    from .tiling_halo import mosaic, mosaic_cells
 
-    dcae = str(Path(sys.executable).parent / "dcae")
-    options = (["-b", bundle] if bundle else []) + (["--threads", str(threads)] if threads else []) + (
-        ["--memory-limit", memory_limit] if memory_limit else [])
+    commands = runtime_commands(bundle, None, threads, memory_limit)
+    cells = mosaic_cells(images)
     rows = []
     with tempfile.TemporaryDirectory(prefix="dcae-big-") as tmp:
         work = Path(tmp)
         for width, height in sizes:
-            source, coded, decoded = work / "mosaic.png", work / "mosaic.dcae", work / "decoded.png"
-            pixels = mosaic(images, height, width)
+            source = work / "mosaic.png"
+            pixels = mosaic(images, height, width, cells)
             save_image(pixels, source)
-            encode_peak, encode_s = _timed_run([dcae, "compress", str(source), "-o", str(coded), *options])
-            decode_peak, decode_s = _timed_run([dcae, "decompress", str(coded), "-o", str(decoded), *options])
-            back = load_image(decoded)
-            megapixels = height * width / 1e6
-            rows.append({"width": width, "height": height, "megapixels": megapixels,
-                         "bpp": 8 * coded.stat().st_size / (height * width), "psnr": float(psnr(pixels, back)),
-                         "encode_peak": encode_peak, "encode_s": encode_s, "decode_peak": decode_peak,
-                         "decode_s": decode_s})
-            say(f"{width}x{height}: encode {encode_s:.1f} s, {encode_peak / 2**20:.0f} MiB; "
-                f"decode {decode_s:.1f} s, {decode_peak / 2**20:.0f} MiB")
-            for path in (source, coded, decoded):
-                path.unlink()
-            del pixels, back
+            row = code_size(commands, source, pixels, work, cap=None)
+            source.unlink()
+            del pixels
+            if row["outcome"] != "ok":
+                command = commands.shown("compress" if row["stage"] == "encode" else "decompress")
+                raise SystemExit(f"big_images: {command} failed on {width}x{height}: {row['reason']}")
+            rows.append({"width": width, "height": height, "megapixels": height * width / 1e6,
+                         **{k: row[k] for k in ("bpp", "psnr", "encode_peak", "encode_s", "decode_peak",
+                                                "decode_s")}})
+            say(f"{width}x{height}: encode {row['encode_s']:.1f} s, {row['encode_peak'] / 2**20:.0f} MiB; "
+                f"decode {row['decode_s']:.1f} s, {row['decode_peak'] / 2**20:.0f} MiB")
     return {"bundle": bundle or "default", "memory_limit": memory_limit, "threads": threads, "rows": rows}
 
 
@@ -111,8 +94,6 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="Markdown report to write (default: print it)")
     parser.add_argument("--json", type=Path, help="also write the numbers as JSON")
     args = parser.parse_args(argv)
-    if not shutil.which(TIME):
-        parser.error(f"{TIME} is needed to measure peak memory (Debian package `time`)")
     from dcae_deploy.runtime.memory import available_memory, format_size
 
     from .machine import load_average

@@ -5,6 +5,7 @@ cross-backend decodability matrix.
                [--backends torch,torch-compile,torch-cuda,onnxruntime,onnxruntime-cuda,tensorrt] [--limit N]
                [--repeats R] [--rounds N] [--threads T] [--checkpoint C] [--speed-only | --no-matrix | --no-speed]
                [--matrix-images N] [--matrix-pixels N] [--qualities Q1,Q2,... [--codecs jpeg,webp,avif,jxl]]
+               [--sizes MP1,MP2,... [--sizes-only] [--size-memory-cap [SETUP=]SIZE] [--memory-limit SIZE]]
 
 Setups: the PyTorch reference ("torch" on the CPU, "torch-avx2" and
 "torch-sse41" on the CPU with the AVX2 or SSE4.1 kernels of other CPU
@@ -30,12 +31,21 @@ each setup against each codec. A setup that writes the reference rate only
 every quality's files. Timing, the headline and the per-image table stay at
 one quality: 50, or the given one nearest to it.
 
+--sizes adds the Scaling section (dcae_deploy/bench/scaling.py): a mosaic
+of the images at each size in megapixels, coded and decoded by each setup in
+fresh processes (`dcae compress/decompress`, `dcae-host`, the reference in
+a process of its own): time, time per MP against the smallest size, peak
+RSS. Each process on the CPU runs under an address-space cap
+(--size-memory-cap): a size that needs more is "out of memory at N MP" and
+the run goes on. --sizes-only runs that section alone.
+
 Exit status: 0 (also when a setup cannot run here, e.g. no GPU: the report
 lists it with the reason); 2 for a usage error (no images, a checkpoint that
 is not the bundles' model); 3 when a runtime setup decoded a file WRONGLY
 WITHOUT AN ERROR; 5 when a portable file failed to decode on another setup
 that writes portable files (refused: the portability promise broken, safely);
-4 when the speed of a setup that runs here could not be measured. For 3, 4
+4 when the speed of a setup that runs here could not be measured, or a
+--sizes process failed for another reason than memory. For 3, 4
 and 5 the report is written first and says so at the top.
 """
 from __future__ import annotations
@@ -104,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--no-speed", action="store_true",
                       help="rate-distortion and the decodability matrix only: no timing, memory or roofline "
                            "(the matrix on many images, where the speed was measured in another run)")
+    mode.add_argument("--sizes-only", action="store_true",
+                      help="with --sizes: the Scaling section only (no timing, rate-distortion or matrix)")
     p.add_argument("--matrix-images", type=int, default=None, metavar="N",
                    help="cross-decode the files of the first N images only (default: every image); every "
                         "image is still coded and decoded by its own setup for rate-distortion. The matrix "
@@ -122,6 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "the setups' curves are compared with: a comma-separated subset of jpeg,webp,avif,jxl, or "
                         "none (default: all four; those this Pillow lacks are listed as not available)")
     p.add_argument("--no-jpeg", action="store_true", help="skip the JPEG comparison")
+    p.add_argument("--sizes", default=None, metavar="MP1,MP2,...",
+                   help="the Scaling section: a mosaic of the images at each size in megapixels (e.g. "
+                        "0.4,3,12,24; the images' aspect ratio, even dimensions), coded and decoded by every "
+                        "setup in fresh processes (dcae, dcae-host, the reference in a process of its own): "
+                        "encode and decode time, time per MP and peak RSS. A size that runs out of memory under "
+                        "--size-memory-cap is reported as 'out of memory at N MP' and the setup's larger sizes "
+                        "are not tried")
+    p.add_argument("--size-memory-cap", action="append", default=[], metavar="[SETUP=]SIZE",
+                   help="the address space each --sizes process on the CPU may map, e.g. 12G: a process that "
+                        "needs more fails and the size is reported as out of memory. SETUP=SIZE caps one setup "
+                        "(e.g. torch=8G); repeat for several (default: 80%% of the memory available at the "
+                        "start; none for GPU setups)")
+    p.add_argument("--memory-limit", default=None, metavar="SIZE",
+                   help="with --sizes: the runtime's and the C++ host's --memory-limit (memory for g_a and g_s; "
+                        "an image that needs more runs in tiles), e.g. 2G (default: theirs, half the memory "
+                        "available)")
     p.add_argument("--note", action="append", default=[], metavar="TEXT",
                    help="a line for the report's 'not available' list (e.g. why a bundle is missing)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -252,6 +280,21 @@ def _reference_rate_only(setup) -> str:
     return "upstream's .bin format, written on a GPU, has no gain field"
 
 
+def _plan_scaling(args, setups, images) -> None:
+    """Refuse (ValueError) sizes the images cannot make and caps of setups not planned,
+    before anything is measured; the default cap goes into args.size_memory_cap."""
+    from .scaling import default_cap, plan_sizes
+    from .tiling_halo import mosaic_cells
+
+    plan_sizes(mosaic_cells(images), args.sizes)
+    names = {s.name for s in setups}
+    unknown = [name for name in args.size_memory_cap if name is not None and name not in names]
+    if unknown:
+        raise ValueError(f"--size-memory-cap: no setup {', '.join(unknown)} in this run; setups: {', '.join(names)}")
+    if None not in args.size_memory_cap:
+        args.size_memory_cap[None] = default_cap()
+
+
 def run(args, say) -> int:
     from dcae_deploy.runtime.errors import DcaeError
 
@@ -261,6 +304,7 @@ def run(args, say) -> int:
     from .records import find_images, relative_paths
     from .report import portable_totals, write_report_files
     from .roofline import best_peaks, roofline
+    from .scaling import scaling_failures
     from .setups import bundle_infos
     from .torch_reference import ReferenceMismatchError
 
@@ -270,10 +314,12 @@ def run(args, say) -> int:
         bundles = bundle_infos(args.bundle)
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]
         setups = plan_setups(bundles, backends, args.checkpoint)
+        if args.sizes:
+            _plan_scaling(args, setups, images)
         machine = machine_facts(args.threads)
         say(f"{len(images)} images, {len(setups)} setups; machine: {machine['cpu']}, GPU: {machine['gpu']}")
         coders = open_available(setups, bundles, args.threads, say)
-        if args.speed_only:
+        if args.speed_only or args.sizes_only:
             coders.clear()  # opened only to check they run here; the timing is done in subprocesses
     except (ValueError, DcaeError, ReferenceMismatchError) as exc:
         print(f"dcae-bench: error: {' '.join(str(exc).split())}", file=sys.stderr)
@@ -288,7 +334,7 @@ def run(args, say) -> int:
         shutil.rmtree(inductor_cache, ignore_errors=True)
     speeds, speed_errors = {}, {}
     try:
-        if not args.no_speed:
+        if not args.no_speed and not args.sizes_only:
             speeds, speed_errors = measure_speed(setups, images, args.repeats, args.threads, files_dir / "measure",
                                                  say, rounds=args.rounds, peaks=peaks, inductor_cache=inductor_cache)
     finally:
@@ -298,7 +344,7 @@ def run(args, say) -> int:
     available = [s for s in setups if s.available]
     notes = list(args.note)
     passed = None
-    if not args.speed_only and available:
+    if not args.speed_only and not args.sizes_only and available:
         if args.qualities:
             notes += [f"{s.name} writes the reference rate only ({_reference_rate_only(s)}): it codes quality 50 "
                       f"alone{'' if DEFAULT_QUALITY in args.qualities else ', not among --qualities'}, and "
@@ -308,6 +354,12 @@ def run(args, say) -> int:
                              matrix_images=args.matrix_images, pixel_images=args.matrix_pixels,
                              with_jpeg=not args.no_jpeg, progress=say, qualities=args.qualities)
     coders.clear()
+    scaling = None
+    if args.sizes:
+        from .scaling import measure_scaling
+
+        scaling = measure_scaling(setups, images, args.sizes, args.threads, args.memory_limit,
+                                  args.size_memory_cap, files_dir / "scaling", say)
 
     headline = passed["headline_quality"] if passed else None
     setup_dicts = []
@@ -351,7 +403,9 @@ def run(args, say) -> int:
                     "codecs": args.codecs if args.qualities else None,
                     "no_speed": args.no_speed, "backends": backends,
                     "checkpoint": args.checkpoint, "speed_only": args.speed_only, "files": str(files_dir),
-                    "inductor_cache": args.inductor_cache},
+                    "inductor_cache": args.inductor_cache, "sizes": args.sizes, "sizes_only": args.sizes_only,
+                    "size_memory_cap": {k or "*": v for k, v in args.size_memory_cap.items()} or None,
+                    "memory_limit": args.memory_limit},
         "bundles": [b.__dict__ for b in bundles],
         "setups": setup_dicts,
         "not_available": [{"setup": s.name, "reason": s.reason} for s in setups if not s.available],
@@ -363,6 +417,7 @@ def run(args, say) -> int:
         "symbol_differences": passed["symbol_differences"] if passed else None,
         "roofline": roofline(setup_dicts, bundles, images, best_peaks(peaks)),
         "rd_curves": curves,
+        "scaling": scaling,
     }
     report = relative_paths(report)
     write_report_files(report, out)  # adds report["plots"]
@@ -383,11 +438,45 @@ def run(args, say) -> int:
               f"{portable['decodes']} decodes between setups that write them; see {out / 'report.md'}",
               file=sys.stderr)
         status = EXIT_PORTABLE_FAILED
+    failures = scaling_failures(scaling)
+    if failures:
+        print(f"dcae-bench: FAILURE: scaling: {'; '.join(failures)}; see {out / 'report.md'}", file=sys.stderr)
+        status = status or EXIT_MEASUREMENT_FAILED
     if speed_errors:
         print(f"dcae-bench: FAILURE: could not measure the speed of {', '.join(speed_errors)}; "
               f"see {out / 'report.md'}", file=sys.stderr)
         status = status or EXIT_MEASUREMENT_FAILED
     return status
+
+
+def _check_scaling_options(args) -> str | None:
+    """Parse --sizes, --size-memory-cap and --memory-limit in place; the usage error, if any."""
+    from dcae_deploy.runtime.errors import BadInputError
+    from dcae_deploy.runtime.memory import parse_size
+
+    from .scaling import parse_sizes
+
+    if args.sizes_only and args.sizes is None:
+        return "--sizes-only needs --sizes"
+    try:
+        if args.sizes is not None:
+            args.sizes = parse_sizes(args.sizes)
+    except argparse.ArgumentTypeError as exc:
+        return f"--sizes: {exc}"
+    caps = {}
+    for text in args.size_memory_cap:
+        name, _, size = text.rpartition("=")
+        try:
+            caps[name or None] = parse_size(size)
+        except BadInputError as exc:
+            return f"--size-memory-cap: {exc}"
+    args.size_memory_cap = caps
+    if args.memory_limit is not None:
+        try:
+            parse_size(args.memory_limit)
+        except BadInputError as exc:
+            return f"--memory-limit: {exc}"
+    return None
 
 
 def main(argv=None) -> int:
@@ -408,6 +497,10 @@ def main(argv=None) -> int:
         except argparse.ArgumentTypeError as exc:
             print(f"dcae-bench: error: --{option}: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    error = _check_scaling_options(args)
+    if error:
+        print(f"dcae-bench: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))

@@ -511,6 +511,12 @@ def markdown(report: dict) -> str:
         lines += [f"> **FAILURE: the speed of {len(failed)} setup(s) could not be measured.**", ">"]
         lines += [f"> - {f['setup']}: {f['reason']}" for f in failed]
         lines.append("")
+    from .scaling import scaling_failures
+
+    scaling_failed = scaling_failures(report.get("scaling"))
+    if scaling_failed:
+        lines += [f"> **FAILURE: {len(scaling_failed)} Scaling run(s) failed for another reason than memory.**",
+                  ">"] + [f"> - {f}" for f in scaling_failed] + [""]
     if totals.get("checked"):
         lines += [f"> **FAILURE: setups decoded {totals['checked']} file(s) WRONGLY WITHOUT AN ERROR.** "
                   "This must never happen; see the decodability matrix.", ""]
@@ -547,16 +553,19 @@ def markdown(report: dict) -> str:
               + _timing_plan(report['options']), ""]
     headline_quality = report["options"].get("headline_quality")
     at = "" if headline_quality is None else f" at quality {headline_quality:g}"
-    lines += ["## Headline", ""] + _headline(report) + [
-        "", "encode / decode ms: median over all timed runs of all images; speed-up: the torch setup's median "
-        f"divided by this setup's. bpp counts the whole file (header included); PSNR and MS-SSIM on RGB, "
-        f"means over images{at}.", ""]
+    if not report["options"].get("sizes_only"):
+        lines += ["## Headline", ""] + _headline(report) + [
+            "", "encode / decode ms: median over all timed runs of all images; speed-up: the torch setup's median "
+            f"divided by this setup's. bpp counts the whole file (header included); PSNR and MS-SSIM on RGB, "
+            f"means over images{at}.", ""]
     unavailable = [s for s in report["setups"] if not s["available"]]
     if unavailable or report.get("notes"):
         lines += ["## Not available, and notes", ""]
         lines += [f"- {s['name']}: not available: {s['reason']}" for s in unavailable]
         lines += [f"- {note}" for note in report.get("notes", [])]
         lines.append("")
+    if report["options"].get("sizes_only"):
+        return "\n".join(lines + ["## Scaling", ""] + _scaling(report)) + "\n"
     if report["options"].get("no_speed"):
         lines += ["## Speed and memory", "", "Not measured (--no-speed)."]
     else:
@@ -586,7 +595,62 @@ def markdown(report: dict) -> str:
               "later slices inherit it; between setups with different g_a / h_a precision the latents "
               "themselves differ, so these fractions measure that, not numeric noise.", ""] + \
         _symbol_differences(report)
+    if report.get("scaling"):
+        lines += ["", "## Scaling", ""] + _scaling(report)
     return "\n".join(lines) + "\n"
+
+
+def _mib(value) -> str:
+    return "–" if value is None else f"{value / 2**20:.0f}"
+
+
+def _scaling_row(row: dict, first: dict | None) -> str:
+    size = f"{row['megapixels']:.3g} MP ({row['width']}x{row['height']})"
+    if row["outcome"] != "ok":
+        where = f"{row['megapixels']:.3g} MP"
+        if row["outcome"] == "not tried":
+            text = f"not tried ({row['reason']})"
+        else:
+            text = f"**{row['outcome']} at {where}** ({row['stage']}: {row['reason']})"
+        return f"| {size} | {text} |" + " |" * 8
+    enc, dec = row["encode_s"] / row["megapixels"], row["decode_s"] / row["megapixels"]
+    ratio = "–"
+    if first is not None:
+        enc0, dec0 = first["encode_s"] / first["megapixels"], first["decode_s"] / first["megapixels"]
+        ratio = f"{enc / enc0:.2f}x / {dec / dec0:.2f}x"
+    return (f"| {size} | {row['encode_s']:.2f} | {row['decode_s']:.2f} | {enc:.2f} / {dec:.2f} | {ratio} | "
+            f"{_mib(row['encode_peak'])} | {_mib(row['decode_peak'])} | {row['bpp']:.4f} | "
+            f"{_fmt(row.get('psnr'))} |")
+
+
+def _scaling(report: dict) -> list[str]:
+    from dcae_deploy.runtime.memory import format_size
+
+    section = report["scaling"]
+    cap = section.get("cap")
+    lines = ["Each size is a mosaic of the images (their aspect ratio, even dimensions), coded in one fresh "
+             "process and decoded in another: wall time from start to exit (imports and loading the bundle or "
+             "model included) and the process's peak RSS (ru_maxrss). s/MP is seconds per megapixel; the ratio "
+             "compares it with the smallest size that ran. Each process on the CPU runs under an address-space "
+             f"cap ({format_size(cap) if cap else 'none'} unless the setup's line says otherwise; the address "
+             "space exceeds the RSS by the libraries and allocator arenas): a size that needs more is out of "
+             "memory, and the setup's larger sizes are not tried. Runtime and C++ host memory limit "
+             f"(--memory-limit): {section.get('memory_limit') or 'their default, half the memory available'}; "
+             f"threads: {section.get('threads') or 'each program default'}.", ""]
+    for entry in section["setups"]:
+        first = next((r for r in entry["rows"] if r["outcome"] == "ok"), None)
+        lines += [f"### {entry['setup']}", "", f"Commands: `{entry['compress']}`, `{entry['decompress']}`; "
+                  f"address-space cap {format_size(entry['cap']) if entry['cap'] else 'none'}.", "",
+                  "| size | encode s | decode s | s/MP (enc / dec) | s/MP vs smallest (enc / dec) | "
+                  "peak RSS encode (MiB) | peak RSS decode (MiB) | bpp | PSNR (dB) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [_scaling_row(row, first) for row in entry["rows"]]
+        lines.append("")
+    for item in section.get("not_run", []):
+        lines.append(f"- {item['setup']}: not measured: {item['reason']}")
+    if section.get("not_run"):
+        lines.append("")
+    return lines
 
 
 def _speed_sections(report: dict) -> list[str]:

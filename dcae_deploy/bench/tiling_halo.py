@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 
 
-def mosaic(images: list[Path], height: int, width: int) -> np.ndarray:
-    """uint8 (height, width, 3): the images, landscape (portrait ones turned),
-    row by row in name order, cropped to the size; where they do not cover
-    it, they come round again mirrored (left-right, then top-bottom), so no
-    two cells hold the same pixels."""
+MOSAIC_ROUNDS = 4  # each image at most once as it is, mirrored left-right, top-bottom and both
+
+
+def mosaic_cells(images: list[Path]) -> list[np.ndarray]:
+    """A mosaic's cells: the images landscape (portrait ones turned), in name
+    order, cropped to the smallest one's height and width."""
     from dcae_deploy.runtime.imaging import load_image
 
     cells = []
@@ -41,10 +42,26 @@ def mosaic(images: list[Path], height: int, width: int) -> np.ndarray:
         pixels = load_image(path)
         cells.append(pixels if pixels.shape[0] <= pixels.shape[1] else np.rot90(pixels))
     ch, cw = min(c.shape[0] for c in cells), min(c.shape[1] for c in cells)
-    cells = [c[:ch, :cw] for c in cells]
+    return [c[:ch, :cw] for c in cells]
+
+
+def mosaic_covers(cells: list[np.ndarray], height: int, width: int) -> bool:
+    """Whether the cells, mirrored, cover height x width with no two cells alike."""
+    ch, cw = cells[0].shape[:2]
+    return -(-height // ch) * -(-width // cw) <= MOSAIC_ROUNDS * len(cells)
+
+
+def mosaic(images: list[Path], height: int, width: int, cells: list[np.ndarray] | None = None) -> np.ndarray:
+    """uint8 (height, width, 3): the images, landscape (portrait ones turned),
+    row by row in name order, cropped to the size; where they do not cover
+    it, they come round again mirrored (left-right, then top-bottom), so no
+    two cells hold the same pixels. `cells`: `mosaic_cells(images)`, when
+    already loaded."""
+    cells = mosaic_cells(images) if cells is None else cells
+    ch, cw = cells[0].shape[:2]
     rows, cols = -(-height // ch), -(-width // cw)
     base = len(cells)
-    if rows * cols > 4 * base:
+    if not mosaic_covers(cells, height, width):
         raise SystemExit(f"mosaic: {base} images of {cw}x{ch} do not cover {width}x{height} even mirrored")
     mirrors = (lambda c: c, lambda c: c[:, ::-1], lambda c: c[::-1], lambda c: c[::-1, ::-1])
     cells = [mirrors[i // base](cells[i % base]) for i in range(rows * cols)]
