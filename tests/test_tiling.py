@@ -134,14 +134,13 @@ def photo() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def codecs(tiny_bundle):
-    """(whole, tiled): one codec that never tiles, one whose budget allows 24 x 24 latent tiles."""
+    """(whole, tiled): one codec that never tiles, one that runs in 24 x 24 latent tiles
+    (forced: the plan a limit gives depends on what the process holds)."""
     from dcae_deploy.runtime import Codec
 
     whole = Codec(tiny_bundle, threads=1, memory_limit=1 << 40)
     tiled = Codec(tiny_bundle, threads=1)
-    per_pixel = tiled.transforms.bytes_per_pixel  # measured at export
-    io = tiled.transforms._io_bytes_per_pixel() * 768 * 512
-    tiled.transforms.memory_limit = int(max(per_pixel.values()) * (24 * 16) ** 2 + io) + 1
+    tiled.transforms.tile = (24, 24)
     return whole, tiled
 
 
@@ -177,20 +176,66 @@ def test_tiled_encode_matches_whole_encode_and_decodes_anywhere(codecs, whole_fi
     assert abs(quality["tiled"] - quality["whole"]) <= 0.01
 
 
-def test_too_small_budget_is_refused_with_the_smallest_that_works(tiny_bundle, photo):
-    from dcae_deploy.runtime import Codec
+def test_too_small_budget_is_refused_with_the_smallest_that_works(tiny_bundle, photo, monkeypatch):
+    from dcae_deploy.runtime import Codec, tiling
 
+    # What the process holds, fixed: the size named is then exact.
+    monkeypatch.setattr(tiling, "resident_memory", lambda: 300 << 20)
     codec = Codec(tiny_bundle, threads=1, memory_limit=1 << 20)
-    with pytest.raises(MemoryBudgetError, match=r"memory limit 1\.0M is too small for g_a .* needs at least "
-                                                r"\S+") as refused:
+    with pytest.raises(MemoryBudgetError, match=r"memory limit 1\.0M is too small for g_a .*, with 300M held "
+                                                r"by the process already: it needs at least \S+") as refused:
         codec.encode(photo)
     smallest = re.search(r"needs at least (\S+)$", str(refused.value)).group(1)
+    assert parse_size(smallest) > 300 << 20
     codec.transforms.memory_limit = parse_size(smallest)
     data = codec.compress(photo)  # the size it named works, in the smallest tiles
     assert codec.transforms.last_plan["g_a"].tile == (minimum_tile(DEFAULT_HALO, PERIOD),) * 2
     codec.transforms.memory_limit = 1 << 20
     with pytest.raises(MemoryBudgetError, match="too small for g_s"):
         codec.decompress(data)
+
+
+def test_a_limit_leaves_room_for_what_the_process_holds(tiny_bundle, monkeypatch):
+    """Under a memory limit the budget is the limit less what the process
+    holds, for graphs at 21/20 of their recorded bytes per pixel: the same
+    limit tiles once the process holds a large array, and the smallest limit
+    named grows by that array."""
+    from dcae_deploy.runtime.bundle import Bundle
+    from dcae_deploy.runtime.memory import resident_memory
+    from dcae_deploy.runtime.tiling import ImageTransforms, with_large_tile_allowance
+
+    bundle = Bundle.open(tiny_bundle)
+    h, w = 32, 48  # kodim23's latent
+    whole_cost = with_large_tile_allowance(bundle.manifest.bytes_per_pixel["g_a"]) * h * w * 256
+    transforms = ImageTransforms(None, bundle, resident_memory() + whole_cost + (16 << 20))
+    assert transforms.plan("g_a", h, w).whole
+    with pytest.raises(MemoryBudgetError) as refused:
+        ImageTransforms(None, bundle, 1 << 20).plan("g_a", h, w)
+    needed = refused.value.needed
+    held = np.ones(64 << 18, np.float32)  # 64M, in memory
+    plan = transforms.plan("g_a", h, w)
+    assert plan.count > 1 and plan.tile[0] * plan.tile[1] < h * w, plan
+    with pytest.raises(MemoryBudgetError) as refused:
+        ImageTransforms(None, bundle, 1 << 20).plan("g_a", h, w)
+    assert refused.value.needed - needed >= 60 << 20, (refused.value.needed, needed)
+    del held
+
+    # The arithmetic, with what is held fixed: plan_for_budget on the limit
+    # less what is held, the whole-image output (not the input, held) beside the tile.
+    from dcae_deploy.runtime import tiling
+
+    monkeypatch.setattr(tiling, "resident_memory", lambda: 200 << 20)
+    bpp = {graph: with_large_tile_allowance(value) for graph, value in bundle.manifest.bytes_per_pixel.items()}
+    assert all(bpp[g] * 20 >= bundle.manifest.bytes_per_pixel[g] * 21 > (bpp[g] - 1) * 20 for g in ("g_a", "g_s"))
+    for graph, output in (("g_a", 4 * bundle.latent_channels / 256), ("g_s", 12)):
+        for limit in ((200 << 20) + whole_cost // 3, (200 << 20) + whole_cost // 2, (200 << 20) + whole_cost * 2):
+            expected = plan_for_budget(h, w, bpp[graph], output, limit - (200 << 20), DEFAULT_HALO, PERIOD)
+            assert ImageTransforms(None, bundle, limit).plan(graph, h, w) == expected
+        with pytest.raises(MemoryBudgetError) as refused:
+            ImageTransforms(None, bundle, 100 << 20).plan(graph, h, w)
+        with pytest.raises(MemoryBudgetError) as pure:
+            plan_for_budget(h, w, bpp[graph], output, 0, DEFAULT_HALO, PERIOD)
+        assert refused.value.needed == (200 << 20) + pure.value.needed
 
 
 def test_cli_too_small_limit_one_line_nothing_written(capsys, tmp_path, tiny_bundle, photo, whole_file):

@@ -114,9 +114,10 @@ class Codec:
         tables = self.bundle.entropy
         self.thresholds = Thresholds.from_table(tables.gaussian_scale_table, float(tables.gaussian_scale_bound))
         self._sessions: dict[str, GraphSession] = {}
-        # g_a and g_s, tiled where the image does not fit `memory_limit` bytes
-        # (None: a share of the memory available): dcae_deploy.runtime.tiling.
-        self.transforms = ImageTransforms(self._run, self.bundle, memory_limit)
+        # g_a and g_s, tiled where the process would not stay within
+        # `memory_limit` bytes otherwise (None: a share of the memory
+        # available): dcae_deploy.runtime.tiling.
+        self.transforms = ImageTransforms(self._run, self.bundle, memory_limit, load=self._session)
         # Seconds per stage of the last compress / decompress call.
         self.last_timings: dict[str, float] = {}
         # The quality knob's rate levels (the model's trained gains, or the

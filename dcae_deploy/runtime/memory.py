@@ -9,13 +9,15 @@ pixel. The exporter records it in the manifest (`bytes_per_pixel`); for a
 bundle written before that, the first codec that needs it measures it and
 caches it under $DCAE_CACHE, keyed by the graph files' hashes.
 
-A budget is a number of bytes for the transform's working memory: the tile's
-activations (bytes per pixel x tile pixels) plus the whole image's input and
-output arrays, which stay in memory while the tiles run
-(`dcae_deploy.runtime.tiling`). The weights, the interpreter and the entropy
-path (which works on the whole latent) come on top. Without an explicit
-budget, the transforms get `DEFAULT_BUDGET_FRACTION` of the memory the
-machine has available when the image is coded.
+A memory limit is a bound on the whole process's resident memory: when a
+transform is planned under one, what the process already holds (its resident
+memory measured right then, `resident_memory`: the interpreter, the loaded
+graphs, the image's arrays) is taken off it, and the rest is the budget for
+the transform's working memory: the tile's activations (bytes per pixel x
+tile pixels) plus the whole-image output array the tiles are written into
+(`dcae_deploy.runtime.tiling`). Without an explicit limit, the transforms
+get `DEFAULT_BUDGET_FRACTION` of the memory the machine has available when
+the image is coded (what the process holds is not part of that).
 """
 from __future__ import annotations
 
@@ -93,6 +95,12 @@ def available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def resident_memory() -> int:
+    """Bytes this process holds in memory now (VmRSS); 0 where /proc does not say."""
+    kib = proc_field_kib("/proc/self/status", "VmRSS")
+    return 0 if kib is None else kib * 1024
 
 
 def default_budget() -> int | None:

@@ -30,8 +30,10 @@ pixels: both transforms map a latent pixel to a 16x16 block):
   shrinking), so a backend that compiles per shape (OpenVINO, TensorRT)
   compiles once per image.
 
-The tile shape comes from a memory budget (`dcae_deploy.runtime.memory`);
-an image that fits the budget whole runs whole, exactly as without tiling.
+The tile shape comes from a memory budget (`dcae_deploy.runtime.memory`):
+under a memory limit, the limit less what the process holds when the
+transform is planned (its resident memory, measured then); an image that
+fits the budget whole runs whole, exactly as without tiling.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ from .backends import GraphRunError
 from .bundle import graph_io_names
 from .errors import BadInputError
 from .geometry import Y_DOWNSAMPLE
-from .memory import available_memory, default_budget, format_size
+from .memory import available_memory, default_budget, format_size, resident_memory
 from .memory import bytes_per_pixel as measured_bytes_per_pixel
 
 # Halo around each tile's interior, in latent pixels (16 image pixels each),
@@ -166,6 +168,10 @@ def run_tiled(run: Callable[[np.ndarray], np.ndarray], source: np.ndarray, plan:
             out[:, :, row.start * scale_out : row.end * scale_out, col.start * scale_out : col.end * scale_out] = \
                 result[:, :, (row.start - row.origin) * scale_out : (row.end - row.origin) * scale_out,
                        (col.start - col.origin) * scale_out : (col.end - col.origin) * scale_out]
+            # The tile's output may live in the backend's memory arena: let it
+            # go before the next tile runs, so that the run reuses the chunks
+            # the last one left instead of growing the arena around it.
+            del result
             bar.update()
     return out
 
@@ -227,22 +233,40 @@ def plan_for_budget(height: int, width: int, bytes_per_pixel: float, io_bytes_pe
     return plan_tiles(height, width, tile, halo, period)
 
 
+# Under a memory limit a graph's bytes per pixel count 21/20 of what the
+# bundle records (`dcae_deploy.runtime.memory`, measured at 256x256 and
+# 512x512): a multi-megapixel tile took 3 to 4 % more (embedded model, g_a on
+# 136x136-latent tiles of a 24 MP image, onnxruntime; docs/tiling.md).
+LARGE_TILE_ALLOWANCE = (21, 20)
+
+
+def with_large_tile_allowance(bytes_per_pixel: int) -> int:
+    numerator, denominator = LARGE_TILE_ALLOWANCE
+    return -(-bytes_per_pixel * numerator // denominator)
+
+
 class ImageTransforms:
     """A codec's g_a and g_s, run whole or tiled within a memory budget.
 
     `run(graph, release_memory=False, **inputs)` runs one graph and returns
     its outputs by name (the codec's timed session call; `release_memory`:
     give its working memory back after the run, asked on the last tile). `memory_limit`: bytes for
-    the transforms' working memory (`dcae_deploy.runtime.memory`); None: a
-    share of the memory available when each image is coded. `tile` forces a
-    tile shape (latent pixels; for measurements), whatever the budget.
+    the whole process's resident memory: each transform gets what is left of
+    it beside what the process holds when the transform is planned
+    (`dcae_deploy.runtime.memory`); None: a share of the memory available
+    when each image is coded. `tile` forces a tile shape (latent pixels; for
+    measurements, or to run at another process's plan), whatever the budget.
+    `load(graph)`: loads the graph's session, called before a plan under a
+    limit so that its weights count among what the process holds.
     """
 
     def __init__(self, run: Callable[..., dict], bundle, memory_limit: int | None = None,
-                 halo: int = DEFAULT_HALO, tile: tuple[int, int] | None = None):
+                 halo: int = DEFAULT_HALO, tile: tuple[int, int] | None = None,
+                 load: Callable[[str], object] | None = None):
         if memory_limit is not None and memory_limit < 1:
             raise BadInputError(f"memory limit must be at least 1 byte, got {memory_limit}")
         self._run = run
+        self._load = load
         self.bundle = bundle
         self.memory_limit = memory_limit
         self.halo = halo
@@ -263,22 +287,45 @@ class ImageTransforms:
         # float32 image (3 channels) and latent (M channels at 1/16 x 1/16)
         return 4 * (3 + self.bundle.latent_channels / _PIXELS_PER_LATENT)
 
+    def _output_bytes_per_pixel(self, graph: str) -> float:
+        # the whole-image float32 output the tiles are written into: y (M
+        # channels at 1/16 x 1/16) for g_a, x_hat (3 channels) for g_s
+        return 4 * (self.bundle.latent_channels / _PIXELS_PER_LATENT if graph == "g_a" else 3)
+
     def plan(self, graph: str, height: int, width: int) -> TilePlan:
-        """The plan `graph` runs with on a latent of height x width."""
+        """The plan `graph` runs with on a latent of height x width.
+
+        Under a memory limit: the budget is the limit less what the process
+        holds now (`resident_memory`, the transform's input included), and a
+        tiled run takes the tile's working memory plus the whole-image output
+        on top of that. Refused with the smallest limit that works: what is
+        held plus the smallest tile's cost."""
         if self.tile is not None:
             return plan_tiles(height, width, self.tile, self.halo, self.period)
-        budget = self.memory_limit if self.memory_limit is not None else default_budget()
+        size = f"{height * Y_DOWNSAMPLE}x{width * Y_DOWNSAMPLE}"
+        if self.memory_limit is not None:
+            args = (height, width, with_large_tile_allowance(self.bytes_per_pixel[graph]),
+                    self._output_bytes_per_pixel(graph))
+            held = resident_memory()
+            try:
+                return plan_for_budget(*args, max(0, self.memory_limit - held), self.halo, self.period)
+            except MemoryBudgetError as exc:
+                needed = held + exc.needed
+            holding = f", with {format_size(held)} held by the process already" if held else ""
+            raise MemoryBudgetError(f"memory limit {format_size(self.memory_limit)} is too small for {graph} on a "
+                                    f"{size} (padded) image{holding}: it needs at least {format_size(needed)}",
+                                    needed)
+        budget = default_budget()
         if budget is None:  # the machine does not say: as without tiling
             return plan_tiles(height, width, (height, width), self.halo, self.period)
+        # The default budget is a share of the memory available: what the
+        # process holds is not part of that, the whole image's input and
+        # output arrays are.
         args = (height, width, self.bytes_per_pixel[graph], self._io_bytes_per_pixel())
-        size = f"{height * Y_DOWNSAMPLE}x{width * Y_DOWNSAMPLE}"
         try:
             return plan_for_budget(*args, budget, self.halo, self.period)
         except MemoryBudgetError as exc:
             needed = exc.needed
-        if self.memory_limit is not None:
-            raise MemoryBudgetError(f"memory limit {format_size(self.memory_limit)} is too small for {graph} on a "
-                                    f"{size} (padded) image: it needs at least {format_size(needed)}", needed)
         # The default budget is a share of what is available; the smallest
         # tile may still fit in all of it.
         available = available_memory()
@@ -289,6 +336,8 @@ class ImageTransforms:
 
     def _apply(self, graph: str, source: np.ndarray, height: int, width: int, out_channels: int,
                scale_in: int, scale_out: int) -> np.ndarray:
+        if self._load is not None and self.memory_limit is not None and self.tile is None:
+            self._load(graph)  # its weights are then among what the process holds
         plan = self.plan(graph, height, width)
         self.last_plan[graph] = plan
         (input_name,), (output_name,) = graph_io_names(graph)

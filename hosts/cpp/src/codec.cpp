@@ -206,9 +206,14 @@ struct Codec::Impl {
     }
   }
 
-  // The plan g_a or g_s runs with on this image (dcae_deploy.runtime.tiling.ImageTransforms.plan).
-  TilePlan transform_plan(const std::string& graph, const Layout& g) const {
-    return bundle_transform_plan(bundle, graph, g.h, g.w, options.memory_limit);
+  // The plan g_a or g_s runs with on this image (dcae_deploy.runtime.tiling.ImageTransforms.plan):
+  // under a memory limit, within what is left of it beside what the process
+  // holds now. The graph is loaded first, so that its weights count among
+  // what is held. `input_held` false: a check before the input exists (it
+  // counts beside the tile then).
+  TilePlan transform_plan(const std::string& graph, const Layout& g, bool input_held = true) {
+    if (options.memory_limit) session(graph);
+    return bundle_transform_plan(bundle, graph, g.h, g.w, options.memory_limit, resident_memory(), input_held);
   }
 
   // g_a (x -> y, scale 16 -> 1) or g_s (y_hat -> x_hat, 1 -> 16) over
@@ -308,12 +313,14 @@ struct Codec::Impl {
     const bool portable = writes_portable();
     const float margin = portable ? portable_margin() : 0.0f;
     const Layout g = layout(image.height, image.width);
-    // Planned before anything of the image's size runs: a budget too small is
-    // refused at once.
-    const TilePlan analysis_plan = transform_plan("g_a", g);
+    // Checked before anything of the image's size is allocated: a limit too
+    // small for even the input is refused at once; the plan g_a runs with is
+    // made with the padded input held.
+    if (options.memory_limit) transform_plan("g_a", g, false);
     TransformTiles analysis_tiles;
 
     std::vector<float> x = timed("pad", [&] { return pad(image, g); });
+    const TilePlan analysis_plan = transform_plan("g_a", g);
     Tensor y = transform("g_a", analysis_plan, x.data(), 3, g.latent_channels, kYDownsample, 1, &analysis_tiles);
     std::map<std::string, Tensor> ha = run("h_a", {{"y", y.data.data(), y.shape}});
     const Tensor& z = expect(ha, "h_a", "z", {1, bundle.z_channels, g.zh, g.zw});
@@ -480,11 +487,9 @@ struct Codec::Impl {
       timed("side_stream", [&] {
         portable.emplace(streams.side.data, streams.side.size, g.latent_size(), critical, streams.margin);
       });
-    // A memory limit gives the same plan now as after the slice loop: a
-    // budget too small is refused before anything of the image's size runs.
-    // The default budget is read when g_s runs, from what is available then.
-    std::optional<TilePlan> synthesis_plan;
-    if (synthesize && options.memory_limit) synthesis_plan = transform_plan("g_s", g);
+    // The plan g_s runs with is made after the slice loop, with what that
+    // leaves held (y_hat, the symbols, the entropy graphs): a check before it
+    // would name a limit too small.
     const auto [scales, means] = hyper_synthesis(g, z_hat);
 
     result.symbols.resize(g.latent_size());
@@ -506,8 +511,8 @@ struct Codec::Impl {
     result.image.width = streams.width;
     if (!synthesize) return result;
 
-    if (!synthesis_plan) synthesis_plan = transform_plan("g_s", g);
-    const Tensor x_hat = transform("g_s", *synthesis_plan, result.y_hat.data(), g.latent_channels, 3, 1,
+    const TilePlan synthesis_plan = transform_plan("g_s", g);
+    const Tensor x_hat = transform("g_s", synthesis_plan, result.y_hat.data(), g.latent_channels, 3, 1,
                                    kYDownsample, &result.synthesis_tiles);
     result.image = timed("crop", [&] { return crop(x_hat.data, g); });
     return result;

@@ -142,25 +142,37 @@ std::optional<TilePlan> plan_for_budget(int64_t height, int64_t width, int64_t b
                     halo, period);
 }
 
+int64_t with_large_tile_allowance(int64_t bytes_per_pixel) {
+  return (bytes_per_pixel * kLargeTileAllowance.first + kLargeTileAllowance.second - 1) / kLargeTileAllowance.second;
+}
+
 TilePlan plan_transform(const std::string& graph, int64_t height, int64_t width, int64_t bytes_per_pixel,
-                        double io_bytes_per_pixel, uint64_t memory_limit, int64_t halo, int64_t period) {
-  const std::optional<uint64_t> budget = memory_limit ? std::optional<uint64_t>(memory_limit) : default_budget();
-  if (!budget) return plan_tiles(height, width, height, width, halo, period);  // the machine does not say
-  if (bytes_per_pixel <= 0) {
-    if (!memory_limit) return plan_tiles(height, width, height, width, halo, period);
-    fail(ErrorKind::bundle, "the bundle records no bytes_per_pixel for " + graph +
-                                " (it was exported before the field), which a memory limit needs: export it again");
-  }
+                        double io_bytes_per_pixel, double output_bytes_per_pixel, uint64_t memory_limit,
+                        uint64_t held, int64_t halo, int64_t period) {
   const std::string size =
       std::to_string(height * kYDownsample) + "x" + std::to_string(width * kYDownsample);
   uint64_t needed = 0;
+  if (memory_limit) {
+    if (bytes_per_pixel <= 0)
+      fail(ErrorKind::bundle, "the bundle records no bytes_per_pixel for " + graph +
+                                  " (it was exported before the field), which a memory limit needs: export it again");
+    // The limit bounds the whole process: what it holds already is not the transform's.
+    const uint64_t budget = memory_limit > held ? memory_limit - held : 0;
+    if (std::optional<TilePlan> plan = plan_for_budget(height, width, with_large_tile_allowance(bytes_per_pixel),
+                                                       output_bytes_per_pixel, budget, halo, period, &needed))
+      return *plan;
+    const std::string holding =
+        held ? ", with " + format_size(static_cast<double>(held)) + " held by the process already" : "";
+    fail(ErrorKind::bad_input, "memory limit " + format_size(static_cast<double>(memory_limit)) +
+                                   " is too small for " + graph + " on a " + size + " (padded) image" + holding +
+                                   ": it needs at least " + format_size(static_cast<double>(held + needed)));
+  }
+  const std::optional<uint64_t> budget = default_budget();
+  if (!budget || bytes_per_pixel <= 0)  // the machine or the bundle does not say: as without tiling
+    return plan_tiles(height, width, height, width, halo, period);
   if (std::optional<TilePlan> plan =
           plan_for_budget(height, width, bytes_per_pixel, io_bytes_per_pixel, *budget, halo, period, &needed))
     return *plan;
-  if (memory_limit)
-    fail(ErrorKind::bad_input, "memory limit " + format_size(static_cast<double>(memory_limit)) +
-                                   " is too small for " + graph + " on a " + size +
-                                   " (padded) image: it needs at least " + format_size(static_cast<double>(needed)));
   // The default budget is a share of what is available; the smallest tile
   // may still fit in all of it.
   const std::optional<uint64_t> available = available_memory();
@@ -172,11 +184,14 @@ TilePlan plan_transform(const std::string& graph, int64_t height, int64_t width,
 }
 
 TilePlan bundle_transform_plan(const Bundle& bundle, const std::string& graph, int64_t height, int64_t width,
-                               uint64_t memory_limit) {
+                               uint64_t memory_limit, uint64_t held, bool input_held) {
   const auto recorded = bundle.bytes_per_pixel.find(graph);
-  const double io_bytes_per_pixel = 4 * (3 + static_cast<double>(bundle.latent_channels) / kPixelsPerLatent);
+  // float32: the image (3 channels) and the latent (M channels at 1/16 x 1/16)
+  const double image = 4 * 3.0, latent = 4 * static_cast<double>(bundle.latent_channels) / kPixelsPerLatent;
+  const double output = graph == "g_a" ? latent : image;
   return plan_transform(graph, height, width, recorded == bundle.bytes_per_pixel.end() ? 0 : recorded->second,
-                        io_bytes_per_pixel, memory_limit, kDefaultHalo, attention_period(bundle.window_size));
+                        image + latent, input_held ? output : image + latent, memory_limit, held, kDefaultHalo,
+                        attention_period(bundle.window_size));
 }
 
 uint64_t parse_size(const std::string& text) {
@@ -259,6 +274,18 @@ std::optional<uint64_t> default_budget() {
   const std::optional<uint64_t> available = available_memory();
   if (!available) return std::nullopt;
   return static_cast<uint64_t>(static_cast<double>(*available) * kDefaultBudgetFraction);
+}
+
+uint64_t resident_memory() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmRSS:", 0) == 0) {
+      char* end = nullptr;
+      const unsigned long long kib = std::strtoull(line.c_str() + std::strlen("VmRSS:"), &end, 10);
+      return end != line.c_str() + std::strlen("VmRSS:") ? static_cast<uint64_t>(kib) * 1024 : 0;
+    }
+  return 0;
 }
 
 }  // namespace dcae

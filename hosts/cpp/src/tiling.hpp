@@ -10,6 +10,8 @@
 // per image (edge tiles slide inward), so OpenVINO compiles once per image.
 #pragma once
 
+#include <utility>
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -23,6 +25,12 @@ namespace dcae {
 // embedded model's tiled g_a gives the whole-image y bit for bit
 // (docs/tiling.md, the halo curve).
 constexpr int64_t kDefaultHalo = 8;
+// Under a memory limit a graph's bytes per pixel count 21/20 of what the
+// bundle records (rounded up), as in dcae_deploy.runtime.tiling: they are
+// measured at 256x256 and 512x512, and a multi-megapixel tile takes a few
+// per cent more.
+constexpr std::pair<int64_t, int64_t> kLargeTileAllowance{21, 20};
+int64_t with_large_tile_allowance(int64_t bytes_per_pixel);
 
 // One tile along one axis: the tile reads [origin, origin + tile) and keeps
 // [start, end).
@@ -61,21 +69,30 @@ std::optional<TilePlan> plan_for_budget(int64_t height, int64_t width, int64_t b
                                         uint64_t* needed);
 
 // The plan `graph` ("g_a" or "g_s") runs with on a latent of height x width,
-// as dcae_deploy.runtime.tiling.ImageTransforms.plan: within `memory_limit`
-// bytes, or (0) half of the memory available now, where not even the
-// smallest tile fits that but does fit in all that is available, the
-// smallest tiles. Error(bad_input), one line naming the smallest budget that
-// works, when it cannot. `bytes_per_pixel` 0: the bundle records none, so
-// only the whole image can run, and only without a memory limit.
+// as dcae_deploy.runtime.tiling.ImageTransforms.plan. Under `memory_limit`
+// (a bound on the whole process's resident memory): within the limit less
+// the `held` bytes the process holds now, a tiled run costing the tile plus
+// `output_bytes_per_pixel` x pixels (the whole-image output still to come);
+// refused, one line naming the smallest limit that works (`held` + the
+// smallest tile's cost). Without one (0): within half of the memory
+// available now, a tiled run costing the tile plus `io_bytes_per_pixel` x
+// pixels (the whole input and output), and where not even the smallest tile
+// fits that but does fit in all that is available, the smallest tiles.
+// `bytes_per_pixel` 0: the bundle records none, so only the whole image can
+// run, and only without a memory limit.
 TilePlan plan_transform(const std::string& graph, int64_t height, int64_t width, int64_t bytes_per_pixel,
-                        double io_bytes_per_pixel, uint64_t memory_limit, int64_t halo, int64_t period);
+                        double io_bytes_per_pixel, double output_bytes_per_pixel, uint64_t memory_limit,
+                        uint64_t held, int64_t halo, int64_t period);
 
 struct Bundle;
 // plan_transform with the bundle's figures: its bytes_per_pixel for `graph`,
 // the whole image's float32 input and output (3 channels at full size, M at
-// 1/16 x 1/16), the default halo and its window grid.
+// 1/16 x 1/16), the default halo and its window grid. `held`: what the
+// process holds when the plan is made, the transform's input included
+// (resident_memory()); `input_held` false: the input is still to come, and
+// counts beside the tile as the output does.
 TilePlan bundle_transform_plan(const Bundle& bundle, const std::string& graph, int64_t height, int64_t width,
-                               uint64_t memory_limit);
+                               uint64_t memory_limit, uint64_t held, bool input_held = true);
 
 // "2G", "500M", "1.5GiB", "64k", "1048576" -> bytes (K, M, G, T: powers of
 // 1024), as dcae_deploy.runtime.memory.parse_size; Error(bad_input) naming
@@ -88,5 +105,8 @@ std::string format_size(double size);
 std::optional<uint64_t> available_memory();
 // Half of the available memory (DEFAULT_BUDGET_FRACTION); nullopt where unknown.
 std::optional<uint64_t> default_budget();
+// Bytes this process holds in memory now (VmRSS of /proc/self/status); 0
+// where it does not say (dcae_deploy.runtime.memory.resident_memory).
+uint64_t resident_memory();
 
 }  // namespace dcae

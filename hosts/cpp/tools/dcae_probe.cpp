@@ -20,8 +20,8 @@
 //   dcae-probe png IN.png OUT.npy                   (H, W, 3) int32 pixels; warnings on stderr
 //   dcae-probe npz IN.npz                           each array's name, dtype kind and shape
 //   dcae-probe tile-plan BUNDLE < QUERIES
-//        each line "GRAPH HEIGHT WIDTH LIMIT" (latent px; LIMIT bytes, 0: half the memory available):
-//        the plan the codec runs GRAPH with, one JSON line each: {"tile": [h, w], "rows": [[origin,
+//        each line "GRAPH HEIGHT WIDTH LIMIT [HELD]" (latent px; LIMIT bytes, 0: half the memory
+//        available; HELD: the bytes the process holds, 0 if left out): the plan the codec runs GRAPH with, one JSON line each: {"tile": [h, w], "rows": [[origin,
 //        start, end], ...], "cols": [...]}, or {"error": "..."} for a refusal
 //   dcae-probe tile-plan - < QUERIES
 //        each line "HEIGHT WIDTH BYTES_PER_PIXEL IO_BYTES_PER_PIXEL BUDGET HALO PERIOD": plan_for_budget,
@@ -136,11 +136,12 @@ void tile_plans(const std::string& bundle_dir) {
     std::vector<std::string> f{std::istream_iterator<std::string>(fields), std::istream_iterator<std::string>()};
     if (f.empty()) continue;
     if (bundle) {
-      if (f.size() != 4) dcae::fail(dcae::ErrorKind::bad_input, "expected GRAPH HEIGHT WIDTH LIMIT, got " + line);
+      if (f.size() != 4 && f.size() != 5)
+        dcae::fail(dcae::ErrorKind::bad_input, "expected GRAPH HEIGHT WIDTH LIMIT [HELD], got " + line);
       try {
         const dcae::TilePlan plan = dcae::bundle_transform_plan(
             *bundle, f[0], static_cast<int64_t>(whole_number(f[1])), static_cast<int64_t>(whole_number(f[2])),
-            whole_number(f[3]));
+            whole_number(f[3]), f.size() == 5 ? whole_number(f[4]) : 0);
         std::cout << plan_json(plan) << "\n";
       } catch (const dcae::Error& e) {
         std::cout << "{\"error\": " << json_text(e.what()) << "}\n";
