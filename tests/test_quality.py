@@ -27,23 +27,25 @@ def test_untrained_rule_runs_from_an_eighth_to_four():
     assert UNTRAINED_LEVELS.code_range() == (512, 16384)
 
 
-def test_trained_levels_put_quality_50_on_the_reference_level_and_the_ends_half_a_level_past_the_ends():
+def test_trained_levels_put_quality_50_at_gain_1_and_the_ends_half_a_level_past_the_ends():
     levels = RateLevels.from_record(TRAINED)
     assert levels.reach == 0.5
-    assert levels.gain(50) == pytest.approx(0.892, rel=1e-12)
+    # gains relative to the reference level's (0.892): quality 50 codes at a = 1 exactly
+    assert levels.gain(50) == 1.0 and levels.gain_code(50) == GAIN_CODE_ONE
+    rel = [g / 0.892 for g in TRAINED["gains"]]
     # Q = 0 and 100: half the end intervals' log step past the end levels
-    assert levels.gain(0) == pytest.approx(0.29 * math.sqrt(0.29 / 0.39), rel=1e-12)
-    assert levels.gain(100) == pytest.approx(2.2 * math.sqrt(2.2 / 1.62), rel=1e-12)
+    assert levels.gain(0) == pytest.approx(rel[0] * math.sqrt(0.29 / 0.39), rel=1e-12)
+    assert levels.gain(100) == pytest.approx(rel[-1] * math.sqrt(2.2 / 1.62), rel=1e-12)
     # the end levels themselves sit at the qualities half a level in
-    assert levels.gain(50 * 0.5 / 4.5) == pytest.approx(0.29, rel=1e-12)
-    assert levels.gain(50 + 50 * 3 / 3.5) == pytest.approx(2.2, rel=1e-12)
+    assert levels.gain(50 * 0.5 / 4.5) == pytest.approx(rel[0], rel=1e-12)
+    assert levels.gain(50 + 50 * 3 / 3.5) == pytest.approx(rel[-1], rel=1e-12)
     # halfway between qualities of two levels: the geometric mean of their gains
-    assert levels.gain(50 + 50 / 3.5 / 2) == pytest.approx(math.sqrt(0.892 * 1.2), rel=1e-12)
+    assert levels.gain(50 + 50 / 3.5 / 2) == pytest.approx(math.sqrt(1.2 / 0.892), rel=1e-12)
     gains = [levels.gain(q) for q in np.arange(0, 100.25, 0.25)]
     assert all(b > a for a, b in zip(gains, gains[1:]))
     codes = [levels.gain_code(q) for q in range(101)]
     assert all(b > a for a, b in zip(codes, codes[1:]))
-    assert codes[50] == round(0.892 * 4096) and gain_of(codes[50]) == codes[50] / 4096
+    assert codes[60] == round(levels.gain(60) * 4096) and gain_of(codes[60]) == codes[60] / 4096
     # rate control reaches past the trained range to the untrained rule's ends
     assert levels.code_range() == UNTRAINED_LEVELS.code_range() == (512, 16384)
     wide = RateLevels((0.05, 1.0, 9.0), 1)

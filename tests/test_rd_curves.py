@@ -103,6 +103,22 @@ def test_report_gives_the_bundles_curve_over_its_qualities(tiny_bundle, tmp_path
     assert result["bd_rate"]["JPEG"] == {"psnr": None, "ms_ssim": None}
     assert main(["--images", str(tmp_path / "none"), "--codecs", "jpeg"]) == 2
 
+    # The codecs' curves of the first run, taken again instead of measured: the same
+    # curves and BD-rates, the first run named in the report
+    again = tmp_path / "again"
+    assert main(["--images", str(images), "--bundle", str(tiny_bundle), "--qualities", "80,20,50", "--codecs", "jpeg",
+                 "--codec-curves", str(out / "rd_curves.json"), "--threads", "1", "--out", str(again)]) == 0
+    reused = json.loads((again / "rd_curves.json").read_text())
+    first = json.loads((out / "rd_curves.json").read_text())
+    assert reused["curves"] == first["curves"] and reused["bd_rate"] == first["bd_rate"]
+    assert reused["codecs"] == first["codecs"] and "codec curves from" in (again / "rd_curves.md").read_text()
+    # ... only from a run on the same images, with the codecs asked for
+    Image.fromarray(kodak_crop("kodim05", 128, 128)).save(images / "b.png")
+    assert main(["--images", str(images), "--codecs", "jpeg", "--codec-curves", str(out / "rd_curves.json")]) == 2
+    (images / "b.png").unlink()
+    assert main(["--images", str(images), "--codecs", "webp", "--codec-curves", str(out / "rd_curves.json")]) == 2
+    assert main(["--images", str(images), "--codecs", "jpeg", "--codec-curves", str(images / "a.png")]) == 2
+
 
 def test_rd_compare_puts_two_runs_side_by_side_with_the_bd_rate(tmp_path, capsys):
     import json

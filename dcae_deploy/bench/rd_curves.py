@@ -17,6 +17,8 @@ codec on PSNR and on MS-SSIM (in dB, -10 log10(1 - MS-SSIM)), and per quality
 the mean PSNR difference at the same bpp (each codec's PSNR interpolated
 linearly in bpp, per image, at the bpp of DCAE's file of that image).
 `--qualities 50` places the bundle's one reference rate against the curves.
+`--codec-curves RUN/rd_curves.json` takes the codecs' curves from an earlier
+run on the same images (the slow part; they do not depend on the bundle).
 `bd_rate` (Bjontegaard, with monotone piecewise-cubic interpolation of log
 rate over the quality range both curves cover) compares two curves. Writes
 rd_curves.json, rd_curves.md and rd_curves.png under --out.
@@ -250,6 +252,9 @@ def markdown(result: dict) -> str:
              f"Run: {result['created']}; CPU: {result['cpu']}; threads: {result['threads'] or 'library default'}  ",
              f"Images: {result['images']} from `{result['images_dir']}`", "", "Codecs and settings:", ""]
     lines += codec_lines(result["codecs"])
+    if result.get("codec_curves_from"):
+        lines.append(f"- The codecs' curves: codec curves from `{result['codec_curves_from']}` (an earlier run on "
+                     "the same images; they do not depend on the bundle)")
     dcae = result.get("dcae")
     if dcae:
         levels = dcae["rate_levels"]
@@ -324,6 +329,23 @@ def measure_codecs(keys: list[str], images: list[np.ndarray], names: list[str], 
     return curves
 
 
+def earlier_codec_curves(path: str, keys: list[str], names: list[str]) -> tuple[dict, dict]:
+    """The curves of `keys` and their codecs' versions and settings from an
+    earlier run's rd_curves.json, which must have measured the same images."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+        curves, info = earlier["curves"], earlier["codecs"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--codec-curves {path}: not an rd_curves.json ({type(exc).__name__})") from None
+    if earlier.get("image_names") != names:
+        raise ValueError(f"--codec-curves {path} measured other images ({earlier.get('images')} images from "
+                         f"{earlier.get('images_dir')})")
+    missing = [CODECS[k].name for k in keys if k not in curves]
+    if missing:
+        raise ValueError(f"--codec-curves {path} has no curve of {', '.join(missing)}")
+    return {k: curves[k] for k in keys}, {CODECS[k].name: info[CODECS[k].name] for k in keys}
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m dcae_deploy.bench.rd_curves", description=__doc__,
@@ -338,10 +360,17 @@ def main(argv=None) -> int:
                         "single point")
     p.add_argument("--codecs", type=parse_codecs, default=list(CODECS), help="comma-separated subset of "
                    f"{','.join(CODECS)}, or none (default: all)")
+    p.add_argument("--codec-curves", default=None, metavar="RD_CURVES_JSON",
+                   help="take the codecs' curves from an earlier run's rd_curves.json on the same images "
+                        "instead of measuring them again (they do not depend on the bundle)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="folder for rd_curves.{json,md,png}")
     args = p.parse_args(argv)
     from dcae.metrics import ms_ssim  # noqa: F401  (fail early without the [reference] extra)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # MS-SSIM's convolutions, as every other setup's
     from .records import find_images
     from dcae_deploy.runtime.cpu import cpu_description
     from dcae_deploy.runtime.imaging import load_image
@@ -359,15 +388,23 @@ def main(argv=None) -> int:
     images = [load_image(path) for path in paths]
     names = [path.name for path in paths]
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    codec_info = describe(args.codecs)
+    if args.codec_curves:
+        try:
+            curves, codec_info = earlier_codec_curves(args.codec_curves, args.codecs, names)
+        except ValueError as exc:
+            print(f"rd_curves: error: {exc}", file=sys.stderr)
+            return 2
     dcae = measure_dcae(args.bundle, args.qualities, images, names, say, args.threads) if args.bundle else None
-    curves = measure_codecs(args.codecs, images, names, say)
+    if not args.codec_curves:
+        curves = measure_codecs(args.codecs, images, names, say)
     from .records import relative_paths
 
     result = relative_paths({
         "command": shlex.join(["python", "-m", "dcae_deploy.bench.rd_curves", *argv]), "created": started,
         "date": started[:10], "cpu": cpu_description(), "threads": args.threads,
         "images_dir": args.images, "images": len(paths), "image_names": names,
-        "codecs": describe(args.codecs), "dcae": dcae,
+        "codecs": codec_info, "codec_curves_from": args.codec_curves, "dcae": dcae,
         "bd_rate": {c["label"]: bd_rates(c, dcae) for c in curves.values()} if dcae else None,
         "against": {format(pt["quality"], "g"): against_codecs(curves, pt) for pt in dcae["points"]}
         if dcae and curves else None,

@@ -9,7 +9,8 @@ exactly the fixed-rate model's.
 
 A quality Q from 0 to 100 maps onto a model's RATE LEVELS, the gains its
 variable-rate training learned (`python -m dcae.train --variable-rate`): Q = 50
-lands on the reference level (the fixed-rate model's lambda), Q = 0 half a
+lands on the reference level (the fixed-rate model's lambda) at a = 1
+exactly (gains count relative to the reference level's), Q = 0 half a
 level below the lowest level and Q = 100 half a level above the highest
 (`TRAINED_REACH`), linearly in between, with log a interpolated linearly
 between neighbouring levels and extrapolated from the end ones. The reach
@@ -92,7 +93,11 @@ class RateLevels:
                 MAX_QUALITY - DEFAULT_QUALITY)
         low = min(max(math.floor(position), 0), last - 1)
         frac = position - low  # below 0 or above 1 past the end levels
-        return math.exp((1 - frac) * math.log(self.gains[low]) + frac * math.log(self.gains[low + 1]))
+        # log gains relative to the reference level's: Q = 50 is a = 1 exactly,
+        # the fixed-rate arithmetic (and upstream's .bin)
+        reference = math.log(self.gains[self.reference])
+        low_log, high_log = math.log(self.gains[low]) - reference, math.log(self.gains[low + 1]) - reference
+        return math.exp((1 - frac) * low_log + frac * high_log)
 
     def gain_code(self, quality: float) -> int:
         """The header's gain_code for `quality`."""

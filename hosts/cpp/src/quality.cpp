@@ -73,8 +73,11 @@ double RateLevels::gain(double quality) const {
     position = reference + (last + reach - reference) * (quality - kDefaultQuality) / (kMaxQuality - kDefaultQuality);
   const int low = std::min(std::max(static_cast<int>(std::floor(position)), 0), last - 1);
   const double frac = position - low;  // below 0 or above 1 past the end levels
-  return std::exp((1 - frac) * std::log(gains[static_cast<size_t>(low)]) +
-                  frac * std::log(gains[static_cast<size_t>(low) + 1]));
+  // log gains relative to the reference level's: Q = 50 is a = 1 exactly
+  const double ref = std::log(gains[static_cast<size_t>(reference)]);
+  const double low_log = std::log(gains[static_cast<size_t>(low)]) - ref;
+  const double high_log = std::log(gains[static_cast<size_t>(low) + 1]) - ref;
+  return std::exp((1 - frac) * low_log + frac * high_log);
 }
 
 uint16_t RateLevels::gain_code(double quality) const { return gain_code_of(gain(quality)); }

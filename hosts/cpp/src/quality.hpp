@@ -6,7 +6,8 @@
 // float32(sigma * a), and y_hat = q / a + mu; a travels in the header as
 // gain_code = a * 4096 (container.hpp). A quality maps onto the model's rate
 // levels (manifest "rate_levels", the gains its variable-rate training
-// learned): Q = 50 on the reference level, Q = 0 half a level below the
+// learned): Q = 50 on the reference level at a = 1 exactly (gains count
+// relative to the reference level's), Q = 0 half a level below the
 // lowest and Q = 100 half a level above the highest (kTrainedReach), log a
 // linear in between and extrapolated from the end levels. A model trained at one rate gets
 // untrained_levels(): a from 1/8 at Q = 0 to 4 at Q = 100, doubling every
