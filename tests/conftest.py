@@ -96,6 +96,16 @@ def tiny_model():
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model, tmp_path_factory):
+    """`tiny_model` saved as a checkpoint file (for commands that take one)."""
+    import dcae
+
+    path = tmp_path_factory.mktemp("tiny_ckpt") / "tiny.pth.tar"
+    dcae.save_checkpoint(path, tiny_model, preset="tiny")
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_bundle(tiny_model, tmp_path_factory):
     """A fp32 bundle of `tiny_model` (exported once; about 10 s)."""
     from dcae_deploy.export.export import export_bundle

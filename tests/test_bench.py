@@ -32,13 +32,6 @@ IMAGES = {"kodim05": (170, 200, 37, 53), "kodim20": (200, 170, 0, 0)}  # MS-SSIM
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tiny_model, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("bench_ckpt") / "tiny.pth.tar"
-    dcae.save_checkpoint(path, tiny_model, preset="tiny")
-    return path
-
-
-@pytest.fixture(scope="module")
 def fp16_bundle(tiny_model, tiny_checkpoint, tmp_path_factory) -> Path:
     from dcae_deploy.export.export import export_bundle
 

@@ -14,17 +14,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import dcae
 from dcae_deploy.bench import big_images, cli, scaling
 
 SIZES = "0.02,0.04"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_model, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("sizes_ckpt") / "tiny.pth.tar"
-    dcae.save_checkpoint(path, tiny_model, preset="tiny")
-    return path
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

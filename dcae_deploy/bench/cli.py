@@ -147,9 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. torch=8G); repeat for several (default: 80%% of the memory available at the "
                         "start; none for GPU setups)")
     p.add_argument("--memory-limit", default=None, metavar="SIZE",
-                   help="with --sizes: the runtime's and the C++ host's --memory-limit (memory for g_a and g_s; "
-                        "an image that needs more runs in tiles), e.g. 2G (default: theirs, half the memory "
-                        "available)")
+                   help="with --sizes: the runtime's and the C++ host's --memory-limit (the process's memory: "
+                        "g_a and g_s run in tiles within what is left of it), e.g. 2G (default: theirs, half the "
+                        "memory available for the transforms)")
     p.add_argument("--note", action="append", default=[], metavar="TEXT",
                    help="a line for the report's 'not available' list (e.g. why a bundle is missing)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
