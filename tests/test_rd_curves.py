@@ -112,6 +112,14 @@ def test_report_gives_the_bundles_curve_over_its_qualities(tiny_bundle, tmp_path
     first = json.loads((out / "rd_curves.json").read_text())
     assert reused["curves"] == first["curves"] and reused["bd_rate"] == first["bd_rate"]
     assert reused["codecs"] == first["codecs"] and "codec curves from" in (again / "rd_curves.md").read_text()
+    # and DCAE's curve too: one report of the earlier runs' curves, nothing coded
+    merged = tmp_path / "merged"
+    assert main(["--images", str(images), "--codecs", "jpeg", "--codec-curves", str(out / "rd_curves.json"),
+                 "--dcae-curve", str(again / "rd_curves.json"), "--out", str(merged)]) == 0
+    merged = json.loads((merged / "rd_curves.json").read_text())
+    assert merged["dcae"] == first["dcae"] and merged["bd_rate"] == first["bd_rate"]
+    assert main(["--images", str(images), "--codecs", "jpeg", "--bundle", str(tiny_bundle),
+                 "--dcae-curve", str(again / "rd_curves.json")]) == 2
     # ... only from a run on the same images, with the codecs asked for
     Image.fromarray(kodak_crop("kodim05", 128, 128)).save(images / "b.png")
     assert main(["--images", str(images), "--codecs", "jpeg", "--codec-curves", str(out / "rd_curves.json")]) == 2

@@ -18,7 +18,8 @@ the mean PSNR difference at the same bpp (each codec's PSNR interpolated
 linearly in bpp, per image, at the bpp of DCAE's file of that image).
 `--qualities 50` places the bundle's one reference rate against the curves.
 `--codec-curves RUN/rd_curves.json` takes the codecs' curves from an earlier
-run on the same images (the slow part; they do not depend on the bundle).
+run on the same images (the slow part; they do not depend on the bundle), and
+`--dcae-curve RUN/rd_curves.json` DCAE's: with both, one report of two runs.
 `bd_rate` (Bjontegaard, with monotone piecewise-cubic interpolation of log
 rate over the quality range both curves cover) compares two curves. Writes
 rd_curves.json, rd_curves.md and rd_curves.png under --out.
@@ -256,6 +257,8 @@ def markdown(result: dict) -> str:
         lines.append(f"- The codecs' curves: codec curves from `{result['codec_curves_from']}` (an earlier run on "
                      "the same images; they do not depend on the bundle)")
     dcae = result.get("dcae")
+    if result.get("dcae_curve_from"):
+        lines.append(f"- DCAE's curve: from `{result['dcae_curve_from']}` (an earlier run on the same images)")
     if dcae:
         levels = dcae["rate_levels"]
         checkpoint = f" (checkpoint sha256 {dcae['checkpoint_sha256'][:16]})" if dcae.get("checkpoint_sha256") else ""
@@ -329,17 +332,25 @@ def measure_codecs(keys: list[str], images: list[np.ndarray], names: list[str], 
     return curves
 
 
+def earlier_run(path: str, names: list[str]) -> dict:
+    """An earlier run's rd_curves.json, which must have measured the same images."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not an rd_curves.json ({type(exc).__name__})") from None
+    if not isinstance(earlier, dict) or not {"curves", "codecs", "dcae"} <= set(earlier):
+        raise ValueError(f"{path}: not an rd_curves.json (no curves)")
+    if earlier.get("image_names") != names:
+        raise ValueError(f"{path} measured other images ({earlier.get('images')} images from "
+                         f"{earlier.get('images_dir')})")
+    return earlier
+
+
 def earlier_codec_curves(path: str, keys: list[str], names: list[str]) -> tuple[dict, dict]:
     """The curves of `keys` and their codecs' versions and settings from an
     earlier run's rd_curves.json, which must have measured the same images."""
-    try:
-        earlier = json.loads(Path(path).read_text())
-        curves, info = earlier["curves"], earlier["codecs"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"--codec-curves {path}: not an rd_curves.json ({type(exc).__name__})") from None
-    if earlier.get("image_names") != names:
-        raise ValueError(f"--codec-curves {path} measured other images ({earlier.get('images')} images from "
-                         f"{earlier.get('images_dir')})")
+    earlier = earlier_run(path, names)
+    curves, info = earlier["curves"], earlier["codecs"]
     missing = [CODECS[k].name for k in keys if k not in curves]
     if missing:
         raise ValueError(f"--codec-curves {path} has no curve of {', '.join(missing)}")
@@ -363,6 +374,9 @@ def main(argv=None) -> int:
     p.add_argument("--codec-curves", default=None, metavar="RD_CURVES_JSON",
                    help="take the codecs' curves from an earlier run's rd_curves.json on the same images "
                         "instead of measuring them again (they do not depend on the bundle)")
+    p.add_argument("--dcae-curve", default=None, metavar="RD_CURVES_JSON",
+                   help="take DCAE's curve from an earlier run's rd_curves.json on the same images instead of "
+                        "coding with --bundle (with --codec-curves: the two runs' curves in one report)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="folder for rd_curves.{json,md,png}")
     args = p.parse_args(argv)
@@ -388,14 +402,21 @@ def main(argv=None) -> int:
     images = [load_image(path) for path in paths]
     names = [path.name for path in paths]
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    if args.bundle and args.dcae_curve:
+        print("rd_curves: error: give --bundle or --dcae-curve, not both", file=sys.stderr)
+        return 2
     codec_info = describe(args.codecs)
-    if args.codec_curves:
-        try:
+    try:
+        if args.codec_curves:
             curves, codec_info = earlier_codec_curves(args.codec_curves, args.codecs, names)
-        except ValueError as exc:
-            print(f"rd_curves: error: {exc}", file=sys.stderr)
-            return 2
-    dcae = measure_dcae(args.bundle, args.qualities, images, names, say, args.threads) if args.bundle else None
+        dcae = earlier_run(args.dcae_curve, names)["dcae"] if args.dcae_curve else None
+        if args.dcae_curve and not dcae:
+            raise ValueError(f"--dcae-curve {args.dcae_curve} has no DCAE curve")
+    except ValueError as exc:
+        print(f"rd_curves: error: {exc}", file=sys.stderr)
+        return 2
+    if args.bundle:
+        dcae = measure_dcae(args.bundle, args.qualities, images, names, say, args.threads)
     if not args.codec_curves:
         curves = measure_codecs(args.codecs, images, names, say)
     from .records import relative_paths
@@ -404,7 +425,8 @@ def main(argv=None) -> int:
         "command": shlex.join(["python", "-m", "dcae_deploy.bench.rd_curves", *argv]), "created": started,
         "date": started[:10], "cpu": cpu_description(), "threads": args.threads,
         "images_dir": args.images, "images": len(paths), "image_names": names,
-        "codecs": codec_info, "codec_curves_from": args.codec_curves, "dcae": dcae,
+        "codecs": codec_info, "codec_curves_from": args.codec_curves, "dcae_curve_from": args.dcae_curve,
+        "dcae": dcae,
         "bd_rate": {c["label"]: bd_rates(c, dcae) for c in curves.values()} if dcae else None,
         "against": {format(pt["quality"], "g"): against_codecs(curves, pt) for pt in dcae["points"]}
         if dcae and curves else None,
