@@ -159,10 +159,14 @@ def test_readme_commands_run_as_written(tmp_path, kodak_crop):
                               timeout=900)
         assert done.returncode == 0, (command, done.stderr[-2000:])
     from dcae_deploy.runtime.container import unpack
-    from dcae_deploy.runtime.quality import UNTRAINED_LEVELS
+    import torch
 
-    # the second command wrote photo.dcae again at quality 70 (the embedded model has no trained levels)
-    assert unpack((tmp_path / "photo.dcae").read_bytes()).header.gain_code == UNTRAINED_LEVELS.gain_code(70)
+    from dcae.checkpoint import DEFAULT_CHECKPOINT
+    from dcae_deploy.runtime.quality import RateLevels
+
+    # the second command wrote photo.dcae again at quality 70, on the embedded model's trained levels
+    levels = RateLevels.from_record(torch.load(DEFAULT_CHECKPOINT, map_location="cpu", weights_only=False)["rate_levels"])
+    assert unpack((tmp_path / "photo.dcae").read_bytes()).header.gain_code == levels.gain_code(70) != 4096
     assert sorted(p.name for p in (tmp_path / "coded").iterdir()) == ["a.dcae", "b.dcae"]
     assert sorted(p.name for p in (tmp_path / "decoded").iterdir()) == ["a.png", "b.png"]
     demo = sorted(p.suffix for p in (tmp_path / "dcae-demo").iterdir())
@@ -207,33 +211,37 @@ def test_report_paths_are_made_relative_to_where_the_command_ran(tmp_path):
 # report states it in: regenerating a report with other figures fails here
 # until the page says the new ones.
 QUOTED_FIGURES = [
-    ("README.md", "| DCAE `small`, embedded model | 0.611 | 31.25 | 0.9740 |", "kodak_rd.md", "| 0.611 | 31.25 | 0.9740 |"),
-    ("README.md", "| 0.611 | 30.04 |", "kodak_rd.md", "| 0.611 | 30.04 |"),
-    ("README.md", "| fp32 | 0.6144 | 31.25 |", "int8_quality_kodak.md", "| 0.6144 | 31.247 |"),
-    ("README.md", "| 0.6178 | 31.08 | +0.54 % bpp, −0.17 dB |", "int8_quality_kodak.md", "| 0.6178 | 31.077 | +0.54 | -0.170 |"),
-    ("README.md", "encoding peaks at 909 MB under `--memory-limit 500M` against 1618 MB", "tiling_memory_3mp.md",
-     "| 4 of 56x72 | 909 MB |"),
-    ("README.md", "against 1618 MB", "tiling_memory_3mp.md", "| 1 | 1618 MB |"),
-    ("README.md", "3413 MiB (encode) and 3604 MiB (decode) under `--memory-limit 2G`", "big_images.md",
-     "| 6000x4000 | 24.0 | 0.6380 | 30.73 | 3413 MiB | 3604 MiB |"),
+    ("README.md", "| PSNR | −36.3 % | +14.6 % | +60.0 % | −5.7 % |", "rd_curves/rd_curves.md",
+     "| JPEG | -36.3 % | -35.2 % |\n| WebP | +14.6 % | -1.9 % |\n| AVIF | +60.0 % | +53.0 % |\n| JPEG XL | -5.7 % | -1.2 % |"),
+    ("docs/quality.md", "| JPEG | −36.3 % | −35.2 % | +2.84 / +1.39 / −0.41 dB |", "rd_curves/rd_curves.md",
+     "| 80 | -0.41 dB (24) | -3.09 dB (24) | -4.10 dB (24) | -2.44 dB (24) |"),
+    ("README.md", "| DCAE `small`, embedded model, quality 50 | 0.606 | 31.42 | 0.9738 |", "kodak_rd.md",
+     "| 0.606 | 31.42 | 0.9738 |"),
+    ("README.md", "| 0.608 | 30.01 |", "kodak_rd.md", "| 0.608 | 30.01 |"),
+    ("README.md", "| fp32 | 0.6091 | 31.42 |", "int8_quality_kodak.md", "| 0.6091 | 31.417 |"),
+    ("README.md", "| 0.6133 | 31.23 | +0.69 % bpp, −0.18 dB |", "int8_quality_kodak.md", "| 0.6133 | 31.233 | +0.69 | -0.184 |"),
+    ("README.md", "a 24 MP photo peaks at 1883 MiB (encode) and 1654 MiB (decode) under `--memory-limit 2G`",
+     "big_images.md", "| 6000x4000 | 24.0 | 0.6323 | 30.94 | 1883 MiB | 1654 MiB |"),
     ("README.md", "Speed: 0.97× the Python", "cpp_host/cpp_ab.md", "median 0.967"),
-    ("README.md", "runs from 0.084 bpp at quality 0 to 1.544 bpp at quality 100", "rate_control.md",
-     "| bpp | 0.084 |"),
+    ("README.md", "runs from 0.141 bpp at quality 0 to 1.309 bpp at quality 100", "rate_control.md",
+     "| bpp | 0.141 |"),
     ("README.md", "met 144 of 144 targets", "rate_control.md", "Met: 144 of 144"),
-    ("docs/quality.md", "from 0.084 at quality 0 through 0.614 at 50 to 1.544 at", "rate_control.md",
-     "| bpp | 0.084 |"),
+    ("docs/quality.md", "from 0.141 at quality 0 through 0.609 at 50 to 1.309 at 100", "rate_control.md",
+     "| bpp | 0.141 |"),
     ("docs/quality.md", "144 of 144 targets met", "rate_control.md", "Met: 144 of 144 (0 over the target"),
+    ("README.md", "the C++ host): 240 of 240 cross-setup decodes", "quality_matrix/report.md",
+     "decode on every such setup: 240 of 240 cross-setup decodes"),
     ("docs/quality.md", "decodes 240 of 240 cross-setup decodes", "quality_matrix/report.md",
      "decode on every such setup: 240 of 240 cross-setup decodes"),
-    ("docs/embedded-model.md", "level 4 at 0.635 bpp and 31.18 dB", "variable_rate_training.md",
-     "level 4 (the reference level, quality 50): 0.635 bpp at 31.18 dB"),
-    ("docs/quality.md", "the BD-rate against the untrained knob is −17.9 % in PSNR, −11.5 % in MS-SSIM",
+    ("docs/embedded-model.md", "| DCAE `small`, embedded model, quality 50 | 0.606 | 31.42 | 0.9738 |", "kodak_rd.md",
+     "| 0.606 | 31.42 | 0.9738 |"),
+    ("docs/quality.md", "a BD-rate of −17.9 % in PSNR, −11.5 % in MS-SSIM against the untrained knob",
      "variable_rate_vs_untrained.md", "PSNR -17.9 %, MS-SSIM (dB) -11.5 %"),
-    ("docs/quality.md", "quality 50 gives 0.609 bpp and 31.39 dB", "variable_rate_vs_untrained.md",
+    ("docs/quality.md", "quality 50 at 0.609 bpp and 31.39 dB", "variable_rate_vs_untrained.md",
      "| 50 | 0.614 | 31.25 | 0.9740 | 0.609 | 31.39 |"),
-    ("docs/tiling.md", "| 6000x4000 (24 MP) | 3413 MiB | 3604 MiB |", "big_images.md", "| 3413 MiB | 3604 MiB |"),
-    ("docs/tiling.md", "78 MiB per MP encoding and 126 MiB per MP", "big_images.md",
-     "grows by 78 MiB per MP encoding and 126 MiB per MP decoding"),
+    ("docs/tiling.md", "| 6000x4000 (24 MP) | 1883 MiB | 1654 MiB |", "big_images.md", "| 1883 MiB | 1654 MiB |"),
+    ("docs/tiling.md", "27 MiB per MP encoding and 23 MiB per MP", "big_images.md",
+     "grows by 27 MiB per MP encoding and 23 MiB per MP decoding"),
 ]
 
 
