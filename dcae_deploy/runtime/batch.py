@@ -216,8 +216,8 @@ def run_batch(mode: str, sources: list[str], output_dir: str, *, files_from: lis
     cluster's CPUs / `threads`). `address` joins a running Ray cluster;
     otherwise a Ray already started in this process is used, or a local one
     is started (`num_cpus`) and shut down at the end. `worker_memory`: bytes
-    Ray reserves per actor; `memory_limit`: bytes each actor's image
-    transforms may take (`Codec`'s); `rate`: compress's quality or size
+    Ray reserves per actor; `memory_limit`: each actor's peak memory in
+    bytes (`Codec`'s: its image transforms tile within it); `rate`: compress's quality or size
     target (None: quality 50). `progress(record, summary)` is called on the
     driver for each results line as it arrives. Results lines go to
     `results` (default `output_dir/results.jsonl`), one per input, in the

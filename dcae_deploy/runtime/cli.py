@@ -347,8 +347,9 @@ def _add_codec_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_memory_limit(parser: argparse.ArgumentParser, default_help: str = "half the memory available") -> None:
     parser.add_argument("--memory-limit", type=_memory_size, metavar="SIZE",
-                        help="memory for the image transforms (g_a, g_s), such as 2G or 500M: an image that "
-                             "needs more runs in tiles that fit (the file and its decoding stay valid for every "
+                        help="the process's peak memory, such as 2G: g_a and g_s get what the process does not "
+                             "hold already, and an image that needs more runs in tiles that fit (the entropy path "
+                             "runs on the whole latent; the file and its decoding stay valid for every "
                              "decoder; tiles move pixels by at most a level). Refused, with the smallest size "
                              f"that works, when not even one tile fits (default: {default_help}, measured when "
                              "each image is coded)")

@@ -55,8 +55,9 @@ palette and 16-bit PNGs become 8-bit RGB; alpha is dropped).
   --backend NAME       openvino (default: every graph in f32) or openvino-bf16
                        (g_a, h_a, g_s in bf16 where the CPU has it; the entropy
                        graphs stay f32, so the files are the same kind)
-  --memory-limit SIZE  memory for the image transforms (g_a, g_s), such as 2G
-                       or 500M (K, M, G, T: powers of 1024): an image that
+  --memory-limit SIZE  the process's peak memory, such as 2G or 500M (K, M,
+                       G, T: powers of 1024): g_a and g_s get what the
+                       process does not hold already, and an image that
                        needs more runs in tiles that fit (the file and its
                        decoding stay valid for every decoder; tiles move
                        pixels by at most a level). Refused, with the smallest
