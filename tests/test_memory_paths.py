@@ -1,5 +1,5 @@
 """The memory-saving paths of big images compute exactly what the whole-array
-ones do (issue 36): chunked portable passes, banded image conversions, symbols
+ones do: chunked portable passes, banded image conversions, symbols
 decoded in place, and the slice graphs' outputs bound to numpy arrays (never
 left in onnxruntime's arena)."""
 from __future__ import annotations
@@ -11,17 +11,7 @@ from dcae_deploy.runtime import imaging, portable
 from dcae_deploy.runtime.entropy import build_indexes
 from dcae_deploy.runtime.portable import PortableDecoding, Thresholds, encode_portable
 from dcae_deploy.runtime.rans import RansStreamDecoder, encode_with_indexes
-
-TABLE = np.exp(np.linspace(np.log(0.11), np.log(256), 64)).astype(np.float32)
-BOUND = float(np.float32(0.11))
-
-
-def _scales_near_boundaries(rng, n: int, spread: float) -> np.ndarray:
-    critical = TABLE[rng.integers(0, 63, n)].astype(np.float64)
-    scales = critical * np.exp(rng.uniform(-spread, spread, n))
-    scales[: n // 10] = rng.uniform(0.0, 0.11, n // 10)
-    return scales.astype(np.float32)
-
+from tests.test_portable import BOUND, TABLE, _scales_near_boundaries
 
 def test_chunked_portable_passes_give_the_whole_latents_side_stream_and_indexes(monkeypatch):
     rng = np.random.default_rng(3)
