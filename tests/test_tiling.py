@@ -204,25 +204,32 @@ def test_a_limit_leaves_room_for_what_the_process_holds(tiny_bundle, monkeypatch
     from dcae_deploy.runtime.memory import resident_memory
     from dcae_deploy.runtime.tiling import ImageTransforms, with_large_tile_allowance
 
+    from dcae_deploy.runtime import tiling
+
     bundle = Bundle.open(tiny_bundle)
     h, w = 32, 48  # kodim23's latent
+    # What the planner reads, recorded (other objects of a long test session
+    # may be freed meanwhile, so the reading is checked, not assumed).
+    readings = []
+    monkeypatch.setattr(tiling, "resident_memory", lambda: readings.append(resident_memory()) or readings[-1])
     whole_cost = with_large_tile_allowance(bundle.manifest.bytes_per_pixel["g_a"]) * h * w * 256
     transforms = ImageTransforms(None, bundle, resident_memory() + whole_cost + (16 << 20))
     assert transforms.plan("g_a", h, w).whole
     with pytest.raises(MemoryBudgetError) as refused:
         ImageTransforms(None, bundle, 1 << 20).plan("g_a", h, w)
-    needed = refused.value.needed
+    smallest = refused.value.needed - readings[-1]  # the smallest tile's cost, beside what is held
     held = np.ones(64 << 18, np.float32)  # 64M, in memory
     plan = transforms.plan("g_a", h, w)
+    assert readings[-1] - readings[0] >= 32 << 20, readings  # the reading sees the array
     assert plan.count > 1 and plan.tile[0] * plan.tile[1] < h * w, plan
     with pytest.raises(MemoryBudgetError) as refused:
         ImageTransforms(None, bundle, 1 << 20).plan("g_a", h, w)
-    assert refused.value.needed - needed >= 60 << 20, (refused.value.needed, needed)
+    assert refused.value.needed == readings[-1] + smallest  # what is held, named in the refusal
     del held
+    monkeypatch.undo()
 
     # The arithmetic, with what is held fixed: plan_for_budget on the limit
     # less what is held, the whole-image output (not the input, held) beside the tile.
-    from dcae_deploy.runtime import tiling
 
     monkeypatch.setattr(tiling, "resident_memory", lambda: 200 << 20)
     bpp = {graph: with_large_tile_allowance(value) for graph, value in bundle.manifest.bytes_per_pixel.items()}
