@@ -199,6 +199,12 @@ class Commands:
     cwd: str | None = None
     gpu: bool = False
 
+    @classmethod
+    def of(cls, program: list[str], options: list[str], **kwargs) -> "Commands":
+        """`program compress {in} -o {out} options...` and the same with decompress."""
+        return cls(*([*program, which, "{in}", "-o", "{out}", *options] for which in ("compress", "decompress")),
+                   **kwargs)
+
     def argv(self, which: str, source: Path, target: Path) -> list[str]:
         return [str(source) if a == "{in}" else str(target) if a == "{out}" else a for a in getattr(self, which)]
 
@@ -216,8 +222,7 @@ def runtime_commands(bundle: str | None, backend: str | None, threads: int | Non
     dcae = str(Path(sys.executable).parent / "dcae")
     options = (["-b", str(bundle)] if bundle else []) + (["--backend", backend] if backend else []) + (
         ["--threads", str(threads)] if threads else []) + (["--memory-limit", memory_limit] if memory_limit else [])
-    return Commands([dcae, "compress", "{in}", "-o", "{out}", *options],
-                    [dcae, "decompress", "{in}", "-o", "{out}", *options], gpu=backend in GPU_BACKENDS)
+    return Commands.of([dcae], options, gpu=backend in GPU_BACKENDS)
 
 
 def setup_commands(setup, threads: int | None, memory_limit: str | None) -> Commands | str:
@@ -234,10 +239,8 @@ def setup_commands(setup, threads: int | None, memory_limit: str | None) -> Comm
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         options = ["--backend", setup.backend] + (["--checkpoint", str(setup.checkpoint)] if setup.checkpoint else []) \
             + (["--threads", str(threads)] if threads else [])
-        worker = [sys.executable, "-m", "dcae_deploy.bench.scaling"]
-        return Commands([*worker, "compress", "{in}", "-o", "{out}", *options],
-                        [*worker, "decompress", "{in}", "-o", "{out}", *options], env, str(IMPORT_ROOT),
-                        gpu=TORCH_DEVICES[setup.backend] != "cpu")
+        return Commands.of([sys.executable, "-m", "dcae_deploy.bench.scaling"], options, env=env,
+                           cwd=str(IMPORT_ROOT), gpu=TORCH_DEVICES[setup.backend] != "cpu")
     if setup.backend in CPP_BACKENDS:
         host = library_path().parent / "dcae-host"
         if not host.is_file():
@@ -245,8 +248,7 @@ def setup_commands(setup, threads: int | None, memory_limit: str | None) -> Comm
                     f"cmake --build build/cpp (DCAE_CPP_BUILD names another build folder)")
         options = ["-b", str(setup.bundle_path), "--backend", CPP_BACKENDS[setup.backend]] + (
             ["--threads", str(threads)] if threads else []) + (["--memory-limit", memory_limit] if memory_limit else [])
-        return Commands([str(host), "compress", "{in}", "-o", "{out}", *options],
-                        [str(host), "decompress", "{in}", "-o", "{out}", *options])
+        return Commands.of([str(host)], options)
     if setup.backend not in backend_names():
         return f"`dcae compress` has no backend {setup.backend!r}"
     return runtime_commands(setup.bundle_path, setup.backend, threads, memory_limit)
@@ -364,6 +366,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    from dcae_deploy.runtime.fileio import write_atomically
     from dcae_deploy.runtime.imaging import load_image, save_image
 
     from .setup_types import TORCH, Setup
@@ -371,10 +374,7 @@ def main(argv=None) -> int:
 
     coder = open_setup(Setup(args.backend, TORCH, args.backend, "fp32", checkpoint=args.checkpoint), args.threads)
     if args.command == "compress":
-        data = coder.encode(load_image(args.input)).data
-        partial = args.output.with_name(args.output.name + ".part")
-        partial.write_bytes(data)
-        partial.replace(args.output)
+        write_atomically(args.output, coder.encode(load_image(args.input)).data)
     else:
         save_image(coder.decompress(args.input.read_bytes()), args.output)
     return 0

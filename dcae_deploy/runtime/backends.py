@@ -163,6 +163,20 @@ def _arena_release_options(ort):
     return options
 
 
+def _output_dims_from_inputs(spec: GraphSpec) -> tuple[list, dict] | None:
+    """(each output's dims, {symbolic dim: (input name, axis)}) where every
+    symbolic dimension of a float32 output is one of an input's (the slice
+    graphs): the outputs' shapes follow from the inputs'; None otherwise."""
+    where = {}
+    for tensor in spec.inputs:
+        for axis, dim in enumerate(tensor.shape):
+            if isinstance(dim, str):
+                where.setdefault(dim, (tensor.name, axis))
+    dims = [list(tensor.shape) for tensor in spec.outputs]
+    known = all(isinstance(d, int) or d in where for shape in dims for d in shape)
+    return (dims, where) if known and all(t.dtype == "float32" for t in spec.outputs) else None
+
+
 class OrtSession(GraphSession):
     """`release_after_run`: shrink the (shared) CPU arena after every run of
     this graph, not only when `run(..., release_memory=True)` asks.
@@ -180,36 +194,23 @@ class OrtSession(GraphSession):
         self._session = session
         self._release_after_run = release_after_run
         self._release_options = release_options
+        # Outputs are bound to numpy arrays where the arena can be released
+        # and the contract gives their shapes from the inputs'.
+        self._output_dims = _output_dims_from_inputs(spec) if release_options is not None else None
 
     def _run(self, feed: dict) -> dict:
         release = self._release_after_run or self._release_requested
         options = self._release_options if release else None
         try:
-            shapes = self._output_shapes(feed) if self._release_options is not None else None
-            if shapes is None:
+            if self._output_dims is None:
                 arrays = self._session.run(self.output_names, feed, options)
             else:
-                arrays = self._run_into_numpy(feed, shapes, options)
+                arrays = self._run_into_numpy(feed, self._output_shapes(feed), options)
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise GraphRunError(f"graph {self.name} failed in onnxruntime: {_one_line(exc)}") from None
         return dict(zip(self.output_names, arrays))
 
-    def _output_shapes(self, feed: dict) -> list | None:
-        """The outputs' shapes where the contract gives them from the inputs'
-        (every symbolic dimension of an output is one of an input's: the
-        slice graphs); None otherwise."""
-        if not hasattr(self, "_output_dims"):
-            where = {}
-            for tensor in self.spec.inputs:
-                for axis, dim in enumerate(tensor.shape):
-                    if isinstance(dim, str):
-                        where.setdefault(dim, (tensor.name, axis))
-            dims = [list(tensor.shape) for tensor in self.spec.outputs]
-            known = all(isinstance(d, int) or d in where for shape in dims for d in shape)
-            self._output_dims = (dims, where) if known and all(t.dtype == "float32" for t in self.spec.outputs) \
-                else None
-        if self._output_dims is None:
-            return None
+    def _output_shapes(self, feed: dict) -> list:
         dims, where = self._output_dims
         return [tuple(d if isinstance(d, int) else feed[where[d][0]].shape[where[d][1]] for d in shape)
                 for shape in dims]

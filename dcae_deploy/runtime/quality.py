@@ -43,11 +43,6 @@ TARGET_TOLERANCE = 0.03
 # How far past its lowest and highest trained level, in levels, Q = 0 and
 # Q = 100 of a variable-rate model lie.
 TRAINED_REACH = 0.5
-# The gains rate control reaches at least, past quality 0 and 100 where a
-# model's quality range is narrower (the untrained rule's ends): a cap on the
-# size is met on an image whose quality-0 file is over it, with the gain that
-# gets there.
-RATE_CONTROL_GAINS = (0.125, 4.0)
 
 
 @dataclass(frozen=True)
@@ -105,11 +100,12 @@ class RateLevels:
 
     def code_range(self) -> tuple[int, int]:
         """The range rate control searches: the gain codes of quality 0 and
-        100, widened to at least `RATE_CONTROL_GAINS` so that a size target
-        is met wherever a gain can reach it."""
-        low, high = RATE_CONTROL_GAINS
-        return (min(self.gain_code(MIN_QUALITY), gain_code_of(low)),
-                max(self.gain_code(MAX_QUALITY), gain_code_of(high)))
+        100, widened to at least the untrained rule's ends (a from 1/8 to 4)
+        where a model's quality range is narrower, so that a size target is
+        met wherever a gain can reach it (a cap under quality 0's file, with
+        the gain that gets there)."""
+        return (min(self.gain_code(MIN_QUALITY), gain_code_of(UNTRAINED_LEVELS.gains[0])),
+                max(self.gain_code(MAX_QUALITY), gain_code_of(UNTRAINED_LEVELS.gains[-1])))
 
 
 # A model without trained levels: a from 1/8 to 4, no reach past them. A

@@ -83,8 +83,9 @@ double RateLevels::gain(double quality) const {
 uint16_t RateLevels::gain_code(double quality) const { return gain_code_of(gain(quality)); }
 
 std::pair<uint16_t, uint16_t> RateLevels::code_range() const {
-  return {std::min(gain_code(kMinQuality), gain_code_of(kRateControlGains.first)),
-          std::max(gain_code(kMaxQuality), gain_code_of(kRateControlGains.second))};
+  const RateLevels untrained = untrained_levels();
+  return {std::min(gain_code(kMinQuality), gain_code_of(untrained.gains.front())),
+          std::max(gain_code(kMaxQuality), gain_code_of(untrained.gains.back()))};
 }
 
 RateLevels untrained_levels() { return {{0.125, 1.0, 4.0}, 1, 0.0}; }

@@ -39,9 +39,6 @@ constexpr double kMaxTargetBpp = 64;
 // How far past its lowest and highest trained level, in levels, Q = 0 and
 // Q = 100 of a variable-rate model lie.
 constexpr double kTrainedReach = 0.5;
-// The gains rate control reaches at least, past quality 0 and 100 where a
-// model's quality range is narrower (the untrained rule's ends).
-constexpr std::pair<double, double> kRateControlGains{0.125, 4.0};
 
 // A model's rate levels: their gains (ascending), which one Q = 50 is, and
 // how far past the end levels (in levels) Q = 0 and Q = 100 lie.
@@ -56,7 +53,7 @@ struct RateLevels {
   double gain(double quality) const;
   uint16_t gain_code(double quality) const;
   // The range rate control searches: the gain codes of quality 0 and 100,
-  // widened to at least kRateControlGains.
+  // widened to at least the untrained rule's ends (a from 1/8 to 4).
   std::pair<uint16_t, uint16_t> code_range() const;
 };
 

@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <numeric>
 #include <stdexcept>
@@ -255,16 +254,29 @@ std::string format_size(double size) {
   return text;
 }
 
-std::optional<uint64_t> available_memory() {
-  std::ifstream meminfo("/proc/meminfo");
+namespace {
+
+// A "Field:  N kB" line of a /proc file (meminfo, self/status), in bytes, as
+// dcae_deploy.runtime.memory.proc_field_kib reads it; nullopt where the file
+// or the field is missing.
+std::optional<uint64_t> proc_field_bytes(const char* path, const std::string& field) {
+  std::ifstream lines(path);
+  const std::string prefix = field + ":";
   std::string line;
-  while (std::getline(meminfo, line))
-    if (line.rfind("MemAvailable:", 0) == 0) {
+  while (std::getline(lines, line))
+    if (line.rfind(prefix, 0) == 0) {
       char* end = nullptr;
-      const unsigned long long kib = std::strtoull(line.c_str() + std::strlen("MemAvailable:"), &end, 10);
-      if (end != line.c_str() + std::strlen("MemAvailable:")) return static_cast<uint64_t>(kib) * 1024;
-      break;
+      const unsigned long long kib = std::strtoull(line.c_str() + prefix.size(), &end, 10);
+      if (end == line.c_str() + prefix.size()) return std::nullopt;
+      return static_cast<uint64_t>(kib) * 1024;
     }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<uint64_t> available_memory() {
+  if (const std::optional<uint64_t> available = proc_field_bytes("/proc/meminfo", "MemAvailable")) return available;
   const long pages = ::sysconf(_SC_AVPHYS_PAGES), page_size = ::sysconf(_SC_PAGE_SIZE);
   if (pages < 0 || page_size < 0) return std::nullopt;
   return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size);
@@ -276,16 +288,6 @@ std::optional<uint64_t> default_budget() {
   return static_cast<uint64_t>(static_cast<double>(*available) * kDefaultBudgetFraction);
 }
 
-uint64_t resident_memory() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line))
-    if (line.rfind("VmRSS:", 0) == 0) {
-      char* end = nullptr;
-      const unsigned long long kib = std::strtoull(line.c_str() + std::strlen("VmRSS:"), &end, 10);
-      return end != line.c_str() + std::strlen("VmRSS:") ? static_cast<uint64_t>(kib) * 1024 : 0;
-    }
-  return 0;
-}
+uint64_t resident_memory() { return proc_field_bytes("/proc/self/status", "VmRSS").value_or(0); }
 
 }  // namespace dcae
