@@ -235,8 +235,7 @@ def plan_for_budget(height: int, width: int, bytes_per_pixel: float, io_bytes_pe
 
 # Under a memory limit a graph's bytes per pixel count 21/20 of what the
 # bundle records (`dcae_deploy.runtime.memory`, measured at 256x256 and
-# 512x512): a multi-megapixel tile took 3 to 4 % more (embedded model, g_a on
-# 136x136-latent tiles of a 24 MP image, onnxruntime; docs/tiling.md).
+# 512x512): a multi-megapixel tile takes a few per cent more (docs/tiling.md).
 LARGE_TILE_ALLOWANCE = (21, 20)
 
 
